@@ -1,0 +1,232 @@
+//! Actions: what an alias's `action_ref` runs.
+//!
+//! Each action declares its parameters the way st2's action metadata does
+//! (name, type, required, default). The engine validates a request's
+//! parameters against that schema, lets the action `prepare` them when the
+//! request is made (packs.install pins a git ref to a commit there), and
+//! runs exactly the prepared parameters once the request is approved.
+//! An alias whose action is not here is refused when it is used, never run.
+
+pub mod core;
+pub mod packs;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use serde_json::Value;
+
+use crate::alias::Params;
+use crate::alias::cast::{self, ParamType};
+
+#[derive(Debug, Clone)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub ty: ParamType,
+    pub required: bool,
+    pub default: Option<Value>,
+    pub description: &'static str,
+}
+
+impl ParamSpec {
+    pub const fn new(name: &'static str, ty: ParamType, description: &'static str) -> Self {
+        ParamSpec {
+            name,
+            ty,
+            required: false,
+            default: None,
+            description,
+        }
+    }
+
+    pub fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
+
+    pub fn default(mut self, v: Value) -> Self {
+        self.default = Some(v);
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ActionSpec {
+    pub reference: &'static str,
+    pub description: &'static str,
+    pub params: Vec<ParamSpec>,
+}
+
+impl ActionSpec {
+    pub fn param(&self, name: &str) -> Option<&ParamSpec> {
+        self.params.iter().find(|p| p.name == name)
+    }
+
+    pub fn type_of(&self, name: &str) -> Option<ParamType> {
+        self.param(name).map(|p| p.ty)
+    }
+
+    /// Check `params` against the schema: nulls dropped (a regex group that
+    /// did not match means "not given"), unknown names refused, strings
+    /// cast, types checked, required ones present, defaults filled in.
+    pub fn validate(&self, params: Params) -> Result<Params, String> {
+        let unknown: Vec<&str> = params
+            .keys()
+            .filter(|k| self.param(k).is_none())
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "unknown parameter{} for {}: {} (it takes: {})",
+                if unknown.len() > 1 { "s" } else { "" },
+                self.reference,
+                unknown.join(", "),
+                self.params
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let mut out = Params::new();
+        for p in &self.params {
+            let v = match params.get(p.name) {
+                Some(Value::Null) | None => match &p.default {
+                    Some(d) => d.clone(),
+                    None if p.required => {
+                        return Err(format!("{} needs parameter {}", self.reference, p.name));
+                    }
+                    None => continue,
+                },
+                Some(v) => cast::cast(p.name, v.clone(), p.ty)?,
+            };
+            check_type(p, &v)?;
+            out.insert(p.name.to_string(), v);
+        }
+        Ok(out)
+    }
+}
+
+fn check_type(p: &ParamSpec, v: &Value) -> Result<(), String> {
+    let ok = match p.ty {
+        ParamType::String => v.is_string(),
+        ParamType::Integer => v.is_i64() || v.is_u64(),
+        ParamType::Number => v.is_number(),
+        ParamType::Boolean => v.is_boolean(),
+        ParamType::Array => v.is_array(),
+        ParamType::Object => v.is_object(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "parameter {} must be of type {}, got {v}",
+            p.name,
+            p.ty.name()
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Succeeded,
+    Failed,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    /// st2's `execution.result`.
+    pub result: Value,
+    /// One line for the audit log and default messages.
+    pub summary: String,
+    /// For installs: the commit now deployed.
+    pub commit: Option<String>,
+    /// Installed or removed packs: the alias set must be reloaded.
+    pub packs_changed: bool,
+}
+
+impl Outcome {
+    pub fn ok(summary: impl Into<String>, result: Value) -> Self {
+        Outcome {
+            status: Status::Succeeded,
+            result,
+            summary: summary.into(),
+            commit: None,
+            packs_changed: false,
+        }
+    }
+
+    pub fn failed(summary: impl Into<String>) -> Self {
+        let summary = summary.into();
+        Outcome {
+            status: Status::Failed,
+            result: serde_json::json!({ "error": summary }),
+            summary,
+            commit: None,
+            packs_changed: false,
+        }
+    }
+}
+
+/// What a running action may know about its request.
+pub struct RunContext<'a> {
+    pub request_id: &'a str,
+    pub requester: &'a str,
+    /// Set on shutdown: long actions should stop at the next safe point.
+    pub cancel: &'a AtomicBool,
+}
+
+pub trait Action: Send + Sync {
+    fn spec(&self) -> &ActionSpec;
+
+    /// Complete validated parameters when the request is made. What this
+    /// returns is shown in the confirmation prompt and is exactly what runs.
+    fn prepare(&self, params: Params) -> Result<Params, String> {
+        Ok(params)
+    }
+
+    fn run(&self, ctx: &RunContext, params: &Params) -> Outcome;
+}
+
+/// The actions this bot can run, by reference.
+#[derive(Clone, Default)]
+pub struct Actions {
+    by_ref: BTreeMap<&'static str, Arc<dyn Action>>,
+}
+
+impl Actions {
+    /// The built-in set: core.echo/noop/pause and the packs.* actions.
+    pub fn standard(packs: Arc<packs::PackManager>) -> Self {
+        let mut a = Actions::default();
+        for action in core::actions() {
+            a.add(action);
+        }
+        for action in packs::actions(packs) {
+            a.add(action);
+        }
+        a
+    }
+
+    pub fn add(&mut self, action: Arc<dyn Action>) {
+        self.by_ref.insert(action.spec().reference, action);
+    }
+
+    pub fn get(&self, reference: &str) -> Option<&Arc<dyn Action>> {
+        self.by_ref.get(reference)
+    }
+
+    pub fn specs(&self) -> impl Iterator<Item = &ActionSpec> {
+        self.by_ref.values().map(|a| a.spec())
+    }
+}

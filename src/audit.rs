@@ -1,0 +1,422 @@
+//! The audit log: append-only, hash-chained, in sled.
+//!
+//! Each entry carries a sequence number, a timestamp, the room, sender and
+//! request it concerns, and the SHA-256 of the previous entry; its own hash
+//! covers all of that. `verify` walks the chain: an altered entry breaks its
+//! hash, a removed one leaves a gap or a broken link, a truncated tail no
+//! longer matches the head record. Secondary indexes (by user, alias,
+//! action, room, request, status) keep queries from scanning the log.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+
+use crate::clock;
+
+const HEAD: &[u8] = b"audit_head";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// What happened: received, matched, no_match, allowed, denied,
+    /// confirmation_requested, approved, approval_refused, rejected,
+    /// expired, cancelled, started, finished, interrupted, ignored_edit...
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub detail: Value,
+    #[serde(default)]
+    pub prev: String,
+    #[serde(default)]
+    pub hash: String,
+}
+
+impl Entry {
+    pub fn new(event: &str) -> Self {
+        Entry {
+            event: event.to_string(),
+            ts: clock::now_ms(),
+            ..Default::default()
+        }
+    }
+
+    pub fn room(mut self, v: &str) -> Self {
+        self.room = Some(v.to_string());
+        self
+    }
+    pub fn sender(mut self, v: &str) -> Self {
+        self.sender = Some(v.to_string());
+        self
+    }
+    pub fn request(mut self, v: &str) -> Self {
+        self.request = Some(v.to_string());
+        self
+    }
+    pub fn alias(mut self, v: Option<&str>) -> Self {
+        self.alias = v.map(str::to_string);
+        self
+    }
+    pub fn action(mut self, v: &str) -> Self {
+        self.action = Some(v.to_string());
+        self
+    }
+    pub fn rule(mut self, v: Option<&str>) -> Self {
+        self.rule = v.map(str::to_string);
+        self
+    }
+    pub fn status(mut self, v: &str) -> Self {
+        self.status = Some(v.to_string());
+        self
+    }
+    pub fn detail(mut self, v: Value) -> Self {
+        self.detail = v;
+        self
+    }
+
+    /// SHA-256 over the entry with its own hash blank.
+    fn compute_hash(&self) -> String {
+        let mut copy = self.clone();
+        copy.hash.clear();
+        let bytes = serde_json::to_vec(&copy).expect("entry serializes");
+        hex(&Sha256::digest(&bytes))
+    }
+
+    /// One line for chat and the CLI.
+    pub fn summary_line(&self) -> String {
+        let mut s = format!("#{} {} {}", self.seq, clock::format_ms(self.ts), self.event);
+        for (label, v) in [
+            ("by", &self.sender),
+            ("req", &self.request),
+            ("alias", &self.alias),
+            ("action", &self.action),
+            ("status", &self.status),
+            ("rule", &self.rule),
+        ] {
+            if let Some(v) = v {
+                s.push_str(&format!(" {label}={v}"));
+            }
+        }
+        if let Some(obj) = self.detail.as_object() {
+            for (k, v) in obj {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                s.push_str(&format!(" {k}={v}"));
+            }
+        }
+        s
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Which entries to return. All filters must hold.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub user: Option<String>,
+    pub room: Option<String>,
+    pub alias: Option<String>,
+    pub action: Option<String>,
+    pub request: Option<String>,
+    /// Matches the entry's status or its event name.
+    pub status: Option<String>,
+    pub event: Option<String>,
+    /// Lower bound on the timestamp, in ms.
+    pub since: Option<u64>,
+    /// Newest `limit` entries.
+    pub limit: Option<usize>,
+}
+
+impl Query {
+    fn accepts(&self, e: &Entry) -> bool {
+        let eq = |f: &Option<String>, v: &Option<String>| {
+            f.as_ref().is_none_or(|f| v.as_ref() == Some(f))
+        };
+        eq(&self.user, &e.sender)
+            && eq(&self.room, &e.room)
+            && eq(&self.alias, &e.alias)
+            && eq(&self.action, &e.action)
+            && eq(&self.request, &e.request)
+            && self.event.as_ref().is_none_or(|v| *v == e.event)
+            && self
+                .status
+                .as_ref()
+                .is_none_or(|s| e.status.as_ref() == Some(s) || e.event == *s)
+            && self.since.is_none_or(|t| e.ts >= t)
+    }
+
+    /// The most selective index this query can use: (tag, value).
+    fn index(&self) -> Option<(u8, &str)> {
+        [
+            (b'q', &self.request),
+            (b'a', &self.alias),
+            (b'u', &self.user),
+            (b'r', &self.room),
+            (b'x', &self.action),
+        ]
+        .into_iter()
+        .find_map(|(t, v)| v.as_deref().map(|v| (t, v)))
+    }
+}
+
+fn index_key(tag: u8, value: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(value.len() + 10);
+    k.push(tag);
+    k.extend_from_slice(value.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn index_keys(e: &Entry) -> Vec<Vec<u8>> {
+    [
+        (b'q', &e.request),
+        (b'a', &e.alias),
+        (b'u', &e.sender),
+        (b'r', &e.room),
+        (b'x', &e.action),
+        (b's', &e.status),
+    ]
+    .into_iter()
+    .filter_map(|(t, v)| v.as_deref().map(|v| index_key(t, v, e.seq)))
+    .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit storage: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("audit entry {0} is unreadable: {1}")]
+    Corrupt(u64, String),
+}
+
+/// Head of the chain: last sequence number and its hash.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
+#[derive(Clone)]
+pub struct AuditLog {
+    db: sled::Db,
+    entries: sled::Tree,
+    index: sled::Tree,
+    meta: sled::Tree,
+}
+
+/// What `verify` found.
+#[derive(Debug, Default)]
+pub struct Verification {
+    pub entries: u64,
+    pub head_hash: String,
+    pub problems: Vec<String>,
+}
+
+impl Verification {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl AuditLog {
+    pub fn open(db: &sled::Db) -> Result<Self, AuditError> {
+        Ok(AuditLog {
+            db: db.clone(),
+            entries: db.open_tree("audit")?,
+            index: db.open_tree("audit_index")?,
+            meta: db.open_tree("meta")?,
+        })
+    }
+
+    /// Append entries atomically (all or none), chained, then flush to disk.
+    pub fn append(&self, batch: Vec<Entry>) -> Result<Vec<Entry>, AuditError> {
+        if batch.is_empty() {
+            return Ok(batch);
+        }
+        let written = (&self.entries, &self.index, &self.meta)
+            .transaction(|(entries, index, meta)| {
+                let mut head: Head = meta
+                    .get(HEAD)?
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                let mut out = Vec::with_capacity(batch.len());
+                for e in &batch {
+                    let mut e = e.clone();
+                    e.seq = head.seq + 1;
+                    e.prev = head.hash.clone();
+                    e.hash = e.compute_hash();
+                    let bytes = serde_json::to_vec(&e).map_err(|err| {
+                        ConflictableTransactionError::Abort(AuditError::Corrupt(
+                            e.seq,
+                            err.to_string(),
+                        ))
+                    })?;
+                    entries.insert(&e.seq.to_be_bytes(), bytes)?;
+                    for k in index_keys(&e) {
+                        index.insert(k, &[])?;
+                    }
+                    head = Head {
+                        seq: e.seq,
+                        hash: e.hash.clone(),
+                    };
+                    out.push(e);
+                }
+                meta.insert(HEAD, serde_json::to_vec(&head).expect("head serializes"))?;
+                Ok(out)
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Abort(a) => a,
+                sled::transaction::TransactionError::Storage(s) => AuditError::Storage(s),
+            })?;
+        self.db.flush()?;
+        Ok(written)
+    }
+
+    pub fn record(&self, e: Entry) -> Result<Entry, AuditError> {
+        Ok(self.append(vec![e])?.remove(0))
+    }
+
+    fn read(&self, seq: u64) -> Result<Option<Entry>, AuditError> {
+        match self.entries.get(seq.to_be_bytes())? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| AuditError::Corrupt(seq, e.to_string())),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.head().seq
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn head(&self) -> Head {
+        self.meta
+            .get(HEAD)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Entries matching `q`, oldest first (the newest `q.limit` of them).
+    pub fn query(&self, q: &Query) -> Result<Vec<Entry>, AuditError> {
+        let limit = q.limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        let mut take = |e: Entry| -> bool {
+            // Entries come newest first; stop once past `since`.
+            if q.since.is_some_and(|t| e.ts < t) {
+                return false;
+            }
+            if q.accepts(&e) {
+                out.push(e);
+            }
+            out.len() < limit
+        };
+        match q.index() {
+            Some((tag, value)) => {
+                let mut prefix = vec![tag];
+                prefix.extend_from_slice(value.as_bytes());
+                prefix.push(0);
+                for k in self.index.scan_prefix(&prefix).keys().rev() {
+                    let k = k?;
+                    let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8-byte seq"));
+                    if let Some(e) = self.read(seq)?
+                        && !take(e)
+                    {
+                        break;
+                    }
+                }
+            }
+            None => {
+                for item in self.entries.iter().values().rev() {
+                    let b = item?;
+                    let e: Entry = serde_json::from_slice(&b)
+                        .map_err(|err| AuditError::Corrupt(0, err.to_string()))?;
+                    if !take(e) {
+                        break;
+                    }
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Walk the whole chain and report every inconsistency.
+    pub fn verify(&self) -> Result<Verification, AuditError> {
+        let mut v = Verification::default();
+        let mut expected_seq = 1u64;
+        let mut prev_hash = String::new();
+        for item in self.entries.iter() {
+            let (k, b) = item?;
+            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            let e: Entry = match serde_json::from_slice(&b) {
+                Ok(e) => e,
+                Err(err) => {
+                    v.problems.push(format!("entry {seq}: unreadable ({err})"));
+                    expected_seq = seq + 1;
+                    prev_hash.clear();
+                    continue;
+                }
+            };
+            if seq != expected_seq {
+                v.problems.push(format!(
+                    "entries {expected_seq}..{} are missing",
+                    seq.saturating_sub(1)
+                ));
+            }
+            if e.seq != seq {
+                v.problems
+                    .push(format!("entry stored at {seq} says it is {}", e.seq));
+            }
+            if e.prev != prev_hash {
+                v.problems.push(format!(
+                    "entry {seq}: does not chain to the entry before it"
+                ));
+            }
+            if e.compute_hash() != e.hash {
+                v.problems.push(format!(
+                    "entry {seq}: content does not match its hash (altered)"
+                ));
+            }
+            prev_hash = e.hash.clone();
+            expected_seq = seq + 1;
+            v.entries += 1;
+        }
+        let head = self.head();
+        if head.seq != expected_seq - 1 || head.hash != prev_hash {
+            v.problems.push(format!(
+                "the log ends at entry {} but its head record says {} (entries removed from the end?)",
+                expected_seq - 1,
+                head.seq
+            ));
+        }
+        v.head_hash = head.hash;
+        Ok(v)
+    }
+}

@@ -1,0 +1,892 @@
+//! Who may run what, where, and who must confirm it.
+//!
+//! Policies are YAML files (`policies/*.yaml`, read in name order) holding
+//! named `groups` of Matrix user IDs and an ordered list of `rules`. A rule
+//! names subjects (users, groups), where (rooms, a minimum power level) and
+//! targets (aliases, actions, packs, built-in commands). Evaluation:
+//!
+//! 1. any matching `deny` rule refuses (deny beats allow);
+//! 2. the first matching `allow` rule whose parameter constraints hold
+//!    allows, with its confirmation settings;
+//! 3. nothing matched: refused (deny by default).
+//!
+//! Identities are Matrix user IDs, never display names. Globs are anchored:
+//! `*` is any run of characters, `?` one character, nothing else is special.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::diag::{self, Diagnostic, Severity, YamlIndex};
+
+/// Commands the bot answers itself, which rules can grant.
+pub const BUILTINS: [&str; 4] = ["help", "audit", "pending", "cancel"];
+
+/// How long a confirmation stays open unless a rule says otherwise.
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(600);
+
+/// Actions that need confirmation unless a rule explicitly says otherwise.
+pub fn risky_by_default(action_ref: &str) -> bool {
+    matches!(
+        action_ref,
+        "packs.install" | "packs.uninstall" | "packs.rollback"
+    )
+}
+
+// ---------------------------------------------------------------- files
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    groups: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: String,
+    effect: Effect,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    rooms: Vec<String>,
+    #[serde(default)]
+    min_power_level: Option<i64>,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    actions: Vec<String>,
+    #[serde(default)]
+    packs: Vec<String>,
+    #[serde(default)]
+    builtins: Vec<String>,
+    #[serde(default)]
+    params: BTreeMap<String, RawConstraint>,
+    #[serde(default)]
+    confirm: Option<RawConfirm>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConstraint {
+    #[serde(default)]
+    values: Option<Vec<serde_yaml::Value>>,
+    #[serde(default)]
+    regex: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawConfirm {
+    Flag(bool),
+    Spec(RawConfirmSpec),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfirmSpec {
+    #[serde(default)]
+    approvers: Option<RawSubjects>,
+    #[serde(default)]
+    approvals: Option<u32>,
+    #[serde(default)]
+    self_approve: Option<bool>,
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubjects {
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+// ---------------------------------------------------------------- model
+
+/// An anchored glob over user IDs, room IDs or refs.
+#[derive(Debug, Clone)]
+pub struct Glob {
+    pub text: String,
+    re: Regex,
+}
+
+impl Glob {
+    pub fn new(text: &str) -> Self {
+        let mut re = String::from("^");
+        for c in text.chars() {
+            match c {
+                '*' => re.push_str(".*"),
+                '?' => re.push('.'),
+                c => re.push_str(&regex::escape(&c.to_string())),
+            }
+        }
+        re.push('$');
+        Glob {
+            text: text.to_string(),
+            re: Regex::new(&re).expect("escaped glob"),
+        }
+    }
+
+    pub fn matches(&self, s: &str) -> bool {
+        self.re.is_match(s)
+    }
+}
+
+/// Users, by glob or by group (groups expanded when the policy loads).
+#[derive(Debug, Clone, Default)]
+pub struct Subjects {
+    pub users: Vec<Glob>,
+    pub groups: Vec<String>,
+    expanded: Vec<Glob>,
+}
+
+impl Subjects {
+    pub fn contains(&self, user: &str) -> bool {
+        self.users
+            .iter()
+            .chain(&self.expanded)
+            .any(|g| g.matches(user))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.groups.is_empty()
+    }
+
+    /// For prompts: "@bob:example.org, group ops".
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self.users.iter().map(|g| g.text.clone()).collect();
+        parts.extend(self.groups.iter().map(|g| format!("group {g}")));
+        parts.join(", ")
+    }
+
+    /// The user globs, groups expanded: what a stored request keeps.
+    pub fn user_globs(&self) -> Vec<String> {
+        self.users
+            .iter()
+            .chain(&self.expanded)
+            .map(|g| g.text.clone())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Constraint {
+    Values(Vec<String>),
+    Regex(Regex),
+}
+
+impl Constraint {
+    fn allows(&self, v: &str) -> bool {
+        match self {
+            Constraint::Values(vs) => vs.iter().any(|x| x == v),
+            Constraint::Regex(re) => re.is_match(v),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Constraint::Values(vs) => format!("one of {}", vs.join(", ")),
+            Constraint::Regex(re) => format!("matching {}", re.as_str()),
+        }
+    }
+}
+
+/// What a confirmation needs, as a rule states it.
+#[derive(Debug, Clone)]
+pub struct ConfirmPolicy {
+    /// Empty: anyone the policy lets run the same command in the room.
+    pub approvers: Subjects,
+    pub approvals: u32,
+    /// Whether the requester's own approval counts.
+    pub self_approve: bool,
+    pub expires: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub effect: Effect,
+    pub description: Option<String>,
+    pub subjects: Subjects,
+    /// Room IDs or aliases (`#ops:example.org`); empty = any room.
+    pub rooms: Vec<Glob>,
+    pub min_power_level: Option<i64>,
+    pub aliases: Vec<Glob>,
+    pub actions: Vec<Glob>,
+    pub packs: Vec<Glob>,
+    pub builtins: Vec<Glob>,
+    pub params: BTreeMap<String, Constraint>,
+    /// `Some(None)`: `confirm: false` (explicitly none).
+    pub confirm: Option<Option<ConfirmPolicy>>,
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+/// Who is asking, and where.
+#[derive(Debug, Clone)]
+pub struct Subject<'a> {
+    pub user: &'a str,
+    pub room: &'a str,
+    pub power_level: Option<i64>,
+}
+
+/// What is asked for.
+#[derive(Debug, Clone)]
+pub enum Target<'a> {
+    Alias {
+        reference: &'a str,
+        pack: &'a str,
+        action_ref: &'a str,
+    },
+    Builtin(&'a str),
+}
+
+impl Target<'_> {
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Alias {
+                reference,
+                action_ref,
+                ..
+            } => format!("{reference} ({action_ref})"),
+            Target::Builtin(b) => format!("!{b}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Decision {
+    Allow {
+        rule: String,
+        /// None: runs without confirmation.
+        confirm: Option<ConfirmPolicy>,
+    },
+    Deny {
+        /// The deny rule, or the allow rule whose constraint failed; None
+        /// when nothing allowed (deny by default).
+        rule: Option<String>,
+        reason: String,
+    },
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allow { .. })
+    }
+
+    pub fn rule(&self) -> Option<&str> {
+        match self {
+            Decision::Allow { rule, .. } => Some(rule),
+            Decision::Deny { rule, .. } => rule.as_deref(),
+        }
+    }
+}
+
+/// A decision with the rules that were considered, for `policy explain`.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    pub decision: Decision,
+    pub matched: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub groups: BTreeMap<String, Vec<Glob>>,
+    pub rules: Vec<Rule>,
+    /// Room aliases resolved to room IDs by the transport.
+    room_aliases: HashMap<String, String>,
+}
+
+#[derive(Debug, Default)]
+pub struct LoadedPolicy {
+    pub policy: Policy,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl LoadedPolicy {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+// ---------------------------------------------------------------- loading
+
+/// Parse "10m", "30s", "2h", "1d" or plain seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n.checked_mul(mult)?))
+}
+
+fn user_glob_ok(g: &str) -> bool {
+    g == "*" || (g.starts_with('@') && g.contains(':'))
+}
+
+fn room_glob_ok(g: &str) -> bool {
+    g == "*" || ((g.starts_with('!') || g.starts_with('#')) && g.contains(':'))
+}
+
+/// Load every `*.yaml`/`*.yml` in `dirs` (or the files given), reporting
+/// every problem. Nothing from a file with errors is kept: a half-read
+/// policy could allow what the whole one forbids.
+pub fn load(paths: &[PathBuf]) -> LoadedPolicy {
+    let mut files = Vec::new();
+    let mut out = LoadedPolicy::default();
+    for p in paths {
+        if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            v.retain(|f| matches!(f.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")));
+            v.sort();
+            files.extend(v);
+        } else if p.is_file() {
+            files.push(p.clone());
+        } else {
+            out.diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                file: p.clone(),
+                line: 1,
+                column: 1,
+                field: String::new(),
+                message: "no such file or directory".into(),
+            });
+        }
+    }
+    let mut parsed = Vec::new();
+    for f in &files {
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                out.diagnostics.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: f.clone(),
+                    line: 1,
+                    column: 1,
+                    field: String::new(),
+                    message: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        match serde_yaml::from_str::<Option<RawFile>>(&text) {
+            Ok(raw) => parsed.push((f.clone(), YamlIndex::parse(&text), raw.unwrap_or_default())),
+            Err(e) => out.diagnostics.push(diag::from_serde_yaml(f, &e)),
+        }
+    }
+
+    // Groups first: rules in any file may name groups from any file.
+    let mut group_src: HashMap<String, PathBuf> = HashMap::new();
+    for (f, idx, raw) in &parsed {
+        for (name, members) in &raw.groups {
+            let field = format!("groups.{name}");
+            if let Some(prev) = group_src.get(name) {
+                out.diagnostics.push(idx.diag(
+                    Severity::Error,
+                    f,
+                    &field,
+                    format!("group {name} is already defined in {}", prev.display()),
+                ));
+                continue;
+            }
+            group_src.insert(name.clone(), f.clone());
+            for (i, m) in members.iter().enumerate() {
+                if !user_glob_ok(m) {
+                    out.diagnostics.push(idx.diag(
+                        Severity::Error,
+                        f,
+                        &format!("{field}[{i}]"),
+                        format!("\"{m}\" is not a Matrix user ID or glob (@user:server)"),
+                    ));
+                }
+            }
+            if members.is_empty() {
+                out.diagnostics.push(idx.diag(
+                    Severity::Warning,
+                    f,
+                    &field,
+                    "group has no members",
+                ));
+            }
+            out.policy
+                .groups
+                .insert(name.clone(), members.iter().map(|m| Glob::new(m)).collect());
+        }
+    }
+
+    let mut ids: HashMap<String, (PathBuf, usize)> = HashMap::new();
+    for (f, idx, raw) in parsed {
+        for (i, r) in raw.rules.into_iter().enumerate() {
+            let base = format!("rules[{i}]");
+            let mut errs = Vec::new();
+            let mut e =
+                |path: &str, sev: Severity, msg: String| errs.push(idx.diag(sev, &f, path, msg));
+            if let Some((pf, line)) = ids.get(&r.id) {
+                e(
+                    &format!("{base}.id"),
+                    Severity::Error,
+                    format!(
+                        "rule id \"{}\" is already used at {}:{line}",
+                        r.id,
+                        pf.display()
+                    ),
+                );
+            }
+            let line = idx.locate(&base).0;
+            ids.insert(r.id.clone(), (f.clone(), line));
+            let who = subjects(&out.policy.groups, &r.users, &r.groups, &base, &mut e);
+            if r.users.is_empty() && r.groups.is_empty() {
+                e(
+                    &base,
+                    Severity::Error,
+                    "rule names no users or groups, so it can never match".into(),
+                );
+            }
+            for (j, room) in r.rooms.iter().enumerate() {
+                if !room_glob_ok(room) {
+                    e(
+                        &format!("{base}.rooms[{j}]"),
+                        Severity::Error,
+                        format!(
+                            "\"{room}\" is not a room ID (!id:server), room alias (#alias:server) or glob"
+                        ),
+                    );
+                }
+            }
+            if r.aliases.is_empty()
+                && r.actions.is_empty()
+                && r.packs.is_empty()
+                && r.builtins.is_empty()
+            {
+                e(
+                    &base,
+                    Severity::Error,
+                    "rule names no aliases, actions, packs or builtins, so it can never match"
+                        .into(),
+                );
+            }
+            for (j, b) in r.builtins.iter().enumerate() {
+                if b != "*" && !BUILTINS.contains(&b.as_str()) {
+                    e(
+                        &format!("{base}.builtins[{j}]"),
+                        Severity::Error,
+                        format!(
+                            "unknown built-in command \"{b}\" (known: {})",
+                            BUILTINS.join(", ")
+                        ),
+                    );
+                }
+            }
+            if let Some(pl) = r.min_power_level
+                && !(-1_000_000..=1_000_000).contains(&pl)
+            {
+                e(
+                    &format!("{base}.min_power_level"),
+                    Severity::Warning,
+                    format!("power level {pl} is unusual"),
+                );
+            }
+            let mut params = BTreeMap::new();
+            for (name, c) in &r.params {
+                let field = format!("{base}.params.{name}");
+                if r.effect == Effect::Deny {
+                    e(
+                        &field,
+                        Severity::Error,
+                        "deny rules cannot constrain parameters".into(),
+                    );
+                }
+                match (&c.values, &c.regex) {
+                    (Some(vs), None) => {
+                        if vs.is_empty() {
+                            e(&field, Severity::Warning, "no values are allowed: the rule allows nothing that sets this parameter".into());
+                        }
+                        let vs = vs.iter().map(yaml_scalar_text).collect();
+                        params.insert(name.clone(), Constraint::Values(vs));
+                    }
+                    (None, Some(re)) => match Regex::new(&format!("^(?:{re})$")) {
+                        Ok(re) => {
+                            params.insert(name.clone(), Constraint::Regex(re));
+                        }
+                        Err(err) => e(
+                            &format!("{field}.regex"),
+                            Severity::Error,
+                            format!("invalid regex: {err}"),
+                        ),
+                    },
+                    _ => e(
+                        &field,
+                        Severity::Error,
+                        "give exactly one of `values` or `regex`".into(),
+                    ),
+                }
+            }
+            if !r.params.is_empty()
+                && r.aliases.is_empty()
+                && r.actions.is_empty()
+                && r.packs.is_empty()
+            {
+                e(
+                    &format!("{base}.params"),
+                    Severity::Error,
+                    "parameter constraints on a rule for built-ins can never apply".into(),
+                );
+            }
+            let confirm = match r.confirm {
+                None => None,
+                Some(_) if r.effect == Effect::Deny => {
+                    e(
+                        &format!("{base}.confirm"),
+                        Severity::Error,
+                        "deny rules cannot ask for confirmation".into(),
+                    );
+                    None
+                }
+                Some(RawConfirm::Flag(false)) => Some(None),
+                Some(RawConfirm::Flag(true)) => Some(Some(ConfirmPolicy {
+                    approvers: Subjects::default(),
+                    approvals: 1,
+                    self_approve: true,
+                    expires: DEFAULT_EXPIRY,
+                })),
+                Some(RawConfirm::Spec(c)) => {
+                    let approvers = c.approvers.unwrap_or_default();
+                    let approvers = subjects(
+                        &out.policy.groups,
+                        &approvers.users,
+                        &approvers.groups,
+                        &format!("{base}.confirm.approvers"),
+                        &mut e,
+                    );
+                    let approvals = c.approvals.unwrap_or(1);
+                    if approvals == 0 {
+                        e(
+                            &format!("{base}.confirm.approvals"),
+                            Severity::Error,
+                            "must be at least 1 (use `confirm: false` for none)".into(),
+                        );
+                    }
+                    let expires = match c.expires.as_deref().map(parse_duration) {
+                        None => DEFAULT_EXPIRY,
+                        Some(Some(d)) if !d.is_zero() => d,
+                        Some(_) => {
+                            e(
+                                &format!("{base}.confirm.expires"),
+                                Severity::Error,
+                                "expected a duration such as 90s, 10m, 2h".into(),
+                            );
+                            DEFAULT_EXPIRY
+                        }
+                    };
+                    let self_approve = c.self_approve.unwrap_or(approvers.is_empty());
+                    Some(Some(ConfirmPolicy {
+                        approvers,
+                        approvals,
+                        self_approve,
+                        expires,
+                    }))
+                }
+            };
+            let failed = errs.iter().any(Diagnostic::is_error);
+            out.diagnostics.extend(errs);
+            if failed {
+                continue;
+            }
+            let globs = |v: &[String]| v.iter().map(|s| Glob::new(s)).collect::<Vec<_>>();
+            out.policy.rules.push(Rule {
+                id: r.id,
+                effect: r.effect,
+                description: r.description,
+                subjects: who,
+                rooms: globs(&r.rooms),
+                min_power_level: r.min_power_level,
+                aliases: globs(&r.aliases),
+                actions: globs(&r.actions),
+                packs: globs(&r.packs),
+                builtins: globs(&r.builtins),
+                params,
+                confirm,
+                file: f.clone(),
+                line,
+            });
+        }
+    }
+    if out.has_errors() {
+        // Never run with part of a policy.
+        out.policy.rules.clear();
+    }
+    out
+}
+
+fn yaml_scalar_text(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    }
+}
+
+fn subjects(
+    groups: &BTreeMap<String, Vec<Glob>>,
+    users: &[String],
+    group_names: &[String],
+    base: &str,
+    e: &mut impl FnMut(&str, Severity, String),
+) -> Subjects {
+    let mut expanded = Vec::new();
+    for (j, u) in users.iter().enumerate() {
+        if !user_glob_ok(u) {
+            e(
+                &format!("{base}.users[{j}]"),
+                Severity::Error,
+                format!(
+                    "\"{u}\" is not a Matrix user ID or glob (@user:server); display names are never used"
+                ),
+            );
+        }
+    }
+    for (j, g) in group_names.iter().enumerate() {
+        match groups.get(g) {
+            Some(members) => expanded.extend(members.iter().cloned()),
+            None => e(
+                &format!("{base}.groups[{j}]"),
+                Severity::Error,
+                format!("unknown group \"{g}\""),
+            ),
+        }
+    }
+    Subjects {
+        users: users.iter().map(|u| Glob::new(u)).collect(),
+        groups: group_names.to_vec(),
+        expanded,
+    }
+}
+
+// ---------------------------------------------------------------- decisions
+
+impl Policy {
+    pub fn load(paths: &[PathBuf]) -> LoadedPolicy {
+        load(paths)
+    }
+
+    /// Room aliases named by rules, for the transport to resolve.
+    pub fn room_aliases(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .rules
+            .iter()
+            .flat_map(|r| r.rooms.iter())
+            .filter(|g| g.text.starts_with('#'))
+            .map(|g| g.text.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn set_room_aliases(&mut self, resolved: HashMap<String, String>) {
+        self.room_aliases = resolved;
+    }
+
+    fn room_matches(&self, rule: &Rule, room: &str) -> bool {
+        rule.rooms.is_empty()
+            || rule.rooms.iter().any(|g| {
+                if g.text.starts_with('#') {
+                    self.room_aliases.get(&g.text).is_some_and(|id| id == room)
+                        // A transport without aliases (the console) uses them as IDs.
+                        || g.matches(room)
+                } else {
+                    g.matches(room)
+                }
+            })
+    }
+
+    fn rule_applies(&self, rule: &Rule, who: &Subject, target: &Target) -> bool {
+        if !rule.subjects.contains(who.user) || !self.room_matches(rule, who.room) {
+            return false;
+        }
+        if let Some(min) = rule.min_power_level
+            && who.power_level.is_none_or(|pl| pl < min)
+        {
+            return false;
+        }
+        match target {
+            Target::Builtin(b) => rule.builtins.iter().any(|g| g.matches(b)),
+            Target::Alias {
+                reference,
+                pack,
+                action_ref,
+            } => {
+                rule.aliases.iter().any(|g| g.matches(reference))
+                    || rule.actions.iter().any(|g| g.matches(action_ref))
+                    || rule.packs.iter().any(|g| g.matches(pack))
+            }
+        }
+    }
+
+    /// The first parameter that breaks `rule`'s constraints.
+    fn violation(rule: &Rule, params: &serde_json::Map<String, Value>) -> Option<String> {
+        for (name, c) in &rule.params {
+            let values: Vec<String> = match params.get(name) {
+                None | Some(Value::Null) => continue,
+                Some(Value::Array(items)) => items.iter().map(value_text).collect(),
+                Some(v) => vec![value_text(v)],
+            };
+            if let Some(bad) = values.iter().find(|v| !c.allows(v)) {
+                return Some(format!(
+                    "parameter {name}={bad} is not allowed by rule {} (must be {})",
+                    rule.id,
+                    c.describe()
+                ));
+            }
+        }
+        None
+    }
+
+    /// Decide, and list every rule that matched on the way.
+    pub fn explain(
+        &self,
+        who: &Subject,
+        target: &Target,
+        params: &serde_json::Map<String, Value>,
+    ) -> Explanation {
+        let applicable: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| self.rule_applies(r, who, target))
+            .collect();
+        let matched = applicable.iter().map(|r| r.id.clone()).collect();
+        if let Some(deny) = applicable.iter().find(|r| r.effect == Effect::Deny) {
+            return Explanation {
+                decision: Decision::Deny {
+                    rule: Some(deny.id.clone()),
+                    reason: format!("denied by rule {}", deny.id),
+                },
+                matched,
+            };
+        }
+        let mut first_violation = None;
+        for r in applicable.iter().filter(|r| r.effect == Effect::Allow) {
+            match Self::violation(r, params) {
+                Some(v) => {
+                    first_violation.get_or_insert((r.id.clone(), v));
+                }
+                None => {
+                    let risky = matches!(target, Target::Alias { action_ref, .. } if risky_by_default(action_ref));
+                    let confirm = match &r.confirm {
+                        Some(explicit) => explicit.clone(),
+                        None if risky => Some(ConfirmPolicy {
+                            approvers: Subjects::default(),
+                            approvals: 1,
+                            self_approve: true,
+                            expires: DEFAULT_EXPIRY,
+                        }),
+                        None => None,
+                    };
+                    return Explanation {
+                        decision: Decision::Allow {
+                            rule: r.id.clone(),
+                            confirm,
+                        },
+                        matched,
+                    };
+                }
+            }
+        }
+        let decision = match first_violation {
+            Some((rule, reason)) => Decision::Deny {
+                rule: Some(rule),
+                reason,
+            },
+            None => Decision::Deny {
+                rule: None,
+                reason: format!(
+                    "no rule allows {} for {} in {} (deny by default)",
+                    target.describe(),
+                    who.user,
+                    who.room
+                ),
+            },
+        };
+        Explanation { decision, matched }
+    }
+
+    pub fn decide(
+        &self,
+        who: &Subject,
+        target: &Target,
+        params: &serde_json::Map<String, Value>,
+    ) -> Decision {
+        self.explain(who, target, params).decision
+    }
+
+    /// Whether some allow rule could let `who` run `target` (parameters
+    /// aside): what `!help` lists.
+    pub fn may_use(&self, who: &Subject, target: &Target) -> bool {
+        let applicable: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| self.rule_applies(r, who, target))
+            .collect();
+        !applicable.iter().any(|r| r.effect == Effect::Deny)
+            && applicable.iter().any(|r| r.effect == Effect::Allow)
+    }
+
+    /// Whether to accept an invite: some allow rule must let the inviter
+    /// run an alias, action or pack's command in that room (built-ins
+    /// alone, such as help for everyone, do not count).
+    pub fn may_join(&self, inviter: &str, room: &str) -> bool {
+        self.rules.iter().any(|r| {
+            r.effect == Effect::Allow
+                && r.subjects.contains(inviter)
+                && self.room_matches(r, room)
+                && !(r.aliases.is_empty() && r.actions.is_empty() && r.packs.is_empty())
+        })
+    }
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Where a rule comes from, for messages: `policies/ops.yaml:12`.
+pub fn rule_location(rule: &Rule) -> String {
+    format!("{}:{}", rule.file.display(), rule.line)
+}
+
+pub fn file_of(path: &Path) -> String {
+    path.display().to_string()
+}

@@ -113,8 +113,23 @@ impl Entry {
                 s.push_str(&format!(" {label}={v}"));
             }
         }
+        // The short details; parameters and the like stay in --json output.
+        const SHOWN: [&str; 12] = [
+            "command",
+            "reply",
+            "reason",
+            "error",
+            "summary",
+            "commit",
+            "approvals",
+            "needed",
+            "expires",
+            "was",
+            "builtin",
+            "query",
+        ];
         if let Some(obj) = self.detail.as_object() {
-            for (k, v) in obj {
+            for (k, v) in obj.iter().filter(|(k, _)| SHOWN.contains(&k.as_str())) {
                 let v = match v {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),

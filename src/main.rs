@@ -2,14 +2,24 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 use airlock::alias::{self, AliasSet};
+use airlock::audit::{AuditLog, Query};
+use airlock::config::Config;
+use airlock::confirm::Requests;
+use airlock::diag::Diagnostic;
+use airlock::engine::{self, Engine};
+use airlock::policy::{self, Decision, Subject};
+use airlock::{action, clock};
 
 #[derive(Parser)]
 #[command(name = "airlock", version, disable_help_subcommand = true)]
-#[command(about = "A Matrix ChatOps bot for StackStorm action aliases")]
+#[command(
+    about = "A Matrix ChatOps bot for StackStorm action aliases, with policy, confirmation and audit"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -20,6 +30,13 @@ struct AliasDirs {
     /// Alias directory: alias files, or packs (<dir>/<pack>/aliases/*.yaml). Repeatable.
     #[arg(long = "aliases", value_name = "DIR", default_value = "aliases")]
     aliases: Vec<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// Configuration file (default: ./airlock.yaml if present).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -38,29 +55,185 @@ enum Cmd {
         /// Case-insensitive regex on the display string.
         filter: Option<String>,
     },
-    /// Load aliases (and policies) and report every problem found.
+    /// Load aliases and policies and report every problem found.
     Check {
         #[command(flatten)]
         dirs: AliasDirs,
+        /// Policy directory or file. Repeatable.
+        #[arg(long = "policies", value_name = "DIR")]
+        policies: Vec<PathBuf>,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
+    /// Run the bot in this terminal: stdin is the room (no homeserver).
+    Console {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Who you are at first.
+        #[arg(long, default_value = "@alice:example.org")]
+        user: String,
+        /// Where you are at first.
+        #[arg(long, default_value = "!ops:example.org")]
+        room: String,
+    },
+    /// List open requests (pending, approved, running).
+    Pending {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Query the audit log, or verify its hash chain.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: Option<AuditCmd>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        room: Option<String>,
+        #[arg(long)]
+        alias: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        request: Option<String>,
+        /// RFC 3339 time, or a span back from now such as 2h or 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// An entry status (succeeded, failed, denied...) or event name.
+        #[arg(long)]
+        status: Option<String>,
+        /// The newest N matching entries.
+        #[arg(long, short = 'n')]
+        limit: Option<usize>,
+        /// One JSON array.
+        #[arg(long, conflicts_with = "jsonl")]
+        json: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        jsonl: bool,
     },
 }
 
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// The decision for a command, the rules behind it, and the confirmation it would need.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        room: String,
+        /// The user's power level in the room.
+        #[arg(long)]
+        power: Option<i64>,
+        /// The chat command, without the prefix.
+        command: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the hash chain: any altered or removed entry is reported.
+    Verify,
+    /// Who deployed a pack, when, at which commit, approved by whom.
+    WhoDeployed { pack: String },
+}
+
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     match cli.command {
         Cmd::Match { dirs, command } => cmd_match(&dirs.aliases, &command),
         Cmd::Help { dirs, filter } => cmd_help(&dirs.aliases, filter.as_deref()),
-        Cmd::Check { dirs } => cmd_check(&dirs.aliases),
+        Cmd::Check { dirs, policies } => cmd_check(&dirs.aliases, &policies),
+        Cmd::Policy {
+            command:
+                PolicyCmd::Explain {
+                    config,
+                    user,
+                    room,
+                    power,
+                    command,
+                },
+        } => cmd_explain(config, &user, &room, power, &command),
+        Cmd::Console { config, user, room } => cmd_console(config, &user, &room),
+        Cmd::Pending { config } => cmd_pending(config),
+        Cmd::Audit {
+            config,
+            command,
+            user,
+            room,
+            alias,
+            action,
+            request,
+            since,
+            status,
+            limit,
+            json,
+            jsonl,
+        } => match command {
+            Some(AuditCmd::Verify) => cmd_verify(config),
+            Some(AuditCmd::WhoDeployed { pack }) => cmd_who_deployed(config, &pack),
+            None => {
+                let since = match since
+                    .as_deref()
+                    .map(|s| clock::parse_since(s, clock::now_ms()))
+                {
+                    None => None,
+                    Some(Some(t)) => Some(t),
+                    Some(None) => {
+                        eprintln!(
+                            "--since: expected RFC 3339 (2026-11-24T18:00:00Z) or a span such as 2h"
+                        );
+                        return ExitCode::from(2);
+                    }
+                };
+                let q = Query {
+                    user,
+                    room,
+                    alias,
+                    action,
+                    request,
+                    status,
+                    since,
+                    limit,
+                    event: None,
+                };
+                cmd_audit(config, &q, json, jsonl)
+            }
+        },
     }
+}
+
+fn print_diagnostics(diags: &[Diagnostic]) {
+    for d in diags {
+        eprintln!("{d}");
+    }
+}
+
+fn config(arg: &ConfigArg) -> Result<Config, ExitCode> {
+    Config::load_or_default(arg.config.as_deref()).map_err(|d| {
+        print_diagnostics(&d);
+        ExitCode::from(2)
+    })
 }
 
 /// Load aliases for a command that only needs what loaded: problems go to
 /// stderr, they do not stop it.
 fn load_aliases(dirs: &[PathBuf]) -> AliasSet {
     let loaded = alias::load_dirs(dirs);
-    for d in &loaded.diagnostics {
-        eprintln!("{d}");
-    }
+    print_diagnostics(&loaded.diagnostics);
     AliasSet::new(loaded.aliases)
 }
 
@@ -101,27 +274,348 @@ fn cmd_help(dirs: &[PathBuf], filter: Option<&str>) -> ExitCode {
     }
     for e in entries {
         match &e.description {
-            Some(d) if !d.is_empty() => println!("{} - {}  [{}]", e.display, d.trim(), e.reference),
+            Some(d) if !d.trim().is_empty() => {
+                println!("{} - {}  [{}]", e.display, d.trim(), e.reference)
+            }
             _ => println!("{}  [{}]", e.display, e.reference),
         }
     }
     ExitCode::SUCCESS
 }
 
-fn cmd_check(dirs: &[PathBuf]) -> ExitCode {
+fn cmd_check(dirs: &[PathBuf], policies: &[PathBuf]) -> ExitCode {
     let loaded = alias::load_dirs(dirs);
-    for d in &loaded.diagnostics {
-        println!("{d}");
+    let mut diags = loaded.diagnostics;
+    let policy = if policies.is_empty() {
+        None
+    } else {
+        let p = policy::load(policies);
+        diags.extend(p.diagnostics);
+        Some(p.policy)
+    };
+    // Rules naming aliases or actions that do not exist can never match.
+    if let Some(p) = &policy {
+        let set = AliasSet::new(loaded.aliases.clone());
+        let specs = action::standard_specs();
+        for r in &p.rules {
+            for g in &r.aliases {
+                if !set.aliases().iter().any(|a| g.matches(&a.reference())) {
+                    diags.push(warn_rule(
+                        r,
+                        format!("aliases: no loaded alias matches \"{}\"", g.text),
+                    ));
+                }
+            }
+            for g in &r.actions {
+                if !specs.iter().any(|s| g.matches(s.reference)) {
+                    diags.push(warn_rule(
+                        r,
+                        format!("actions: airlock has no action matching \"{}\"", g.text),
+                    ));
+                }
+            }
+        }
     }
-    let errors = loaded.diagnostics.iter().filter(|d| d.is_error()).count();
-    let warnings = loaded.diagnostics.len() - errors;
+    print_diagnostics(&diags);
+    let errors = diags.iter().filter(|d| d.is_error()).count();
     println!(
-        "{} aliases loaded, {errors} error(s), {warnings} warning(s)",
-        loaded.aliases.len()
+        "{} aliases{} loaded, {errors} error(s), {} warning(s)",
+        loaded.aliases.len(),
+        policy
+            .map(|p| format!(" and {} policy rules", p.rules.len()))
+            .unwrap_or_default(),
+        diags.len() - errors
     );
     if errors == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+fn warn_rule(r: &policy::Rule, message: String) -> Diagnostic {
+    Diagnostic {
+        severity: airlock::diag::Severity::Warning,
+        file: r.file.clone(),
+        line: r.line,
+        column: 3,
+        field: format!("rule {}", r.id),
+        message,
+    }
+}
+
+fn cmd_explain(
+    arg: ConfigArg,
+    user: &str,
+    room: &str,
+    power: Option<i64>,
+    command: &str,
+) -> ExitCode {
+    let cfg = match config(&arg) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let loaded = policy::load(&cfg.policies);
+    if loaded.has_errors() {
+        print_diagnostics(&loaded.diagnostics);
+        return ExitCode::from(2);
+    }
+    let set = load_aliases(&cfg.aliases);
+    let who = Subject {
+        user,
+        room,
+        power_level: power,
+    };
+    let command = command.strip_prefix(cfg.prefix.as_str()).unwrap_or(command);
+    let eval = match engine::evaluate(
+        &set,
+        &loaded.policy,
+        &action::standard_specs(),
+        &who,
+        command,
+    ) {
+        Ok(e) => e,
+        Err(e) => {
+            println!("{e}");
+            println!("decision: nothing to decide (no alias matched)");
+            return ExitCode::from(1);
+        }
+    };
+    println!(
+        "command matches alias {} ({}) → action {}",
+        eval.alias.reference(),
+        eval.representation,
+        eval.alias.action_ref
+    );
+    let mut allowed_all = true;
+    for (i, ex) in eval.executions.iter().enumerate() {
+        if eval.executions.len() > 1 {
+            println!("execution {}:", i + 1);
+        }
+        let (params, explanation) = match ex {
+            Ok(x) => x,
+            Err(e) => {
+                println!("parameters rejected: {e}");
+                allowed_all = false;
+                continue;
+            }
+        };
+        print!("parameters:\n{}", engine::params_text(params));
+        println!(
+            "rules matching {user} in {room}: {}",
+            if explanation.matched.is_empty() {
+                "none".to_string()
+            } else {
+                explanation.matched.join(", ")
+            }
+        );
+        match &explanation.decision {
+            Decision::Deny { rule, reason } => {
+                allowed_all = false;
+                println!(
+                    "decision: DENY ({reason}){}",
+                    rule.as_ref()
+                        .map(|r| format!(" [rule {r}]"))
+                        .unwrap_or_default()
+                );
+            }
+            Decision::Allow { rule, confirm } => {
+                println!("decision: ALLOW by rule {rule}");
+                match confirm {
+                    None => println!("confirmation: none, runs at once"),
+                    Some(c) => println!(
+                        "confirmation: {} approval(s) from {}{}; expires after {}",
+                        c.approvals,
+                        if c.approvers.is_empty() {
+                            "anyone allowed to run it here".to_string()
+                        } else {
+                            c.approvers.describe()
+                        },
+                        if c.self_approve {
+                            ", the requester may approve"
+                        } else {
+                            ", not the requester"
+                        },
+                        clock::human(c.expires)
+                    ),
+                }
+                if !eval.action_available {
+                    println!(
+                        "note: action {} is not available in airlock; it would be refused",
+                        eval.alias.action_ref
+                    );
+                }
+            }
+        }
+    }
+    if allowed_all {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn open_engine(cfg: &Config) -> Result<Arc<Engine>, ExitCode> {
+    match Engine::open(cfg.settings()) {
+        Ok(e) => {
+            print_diagnostics(&e.take_diagnostics());
+            Ok(Arc::new(e))
+        }
+        Err(e) => {
+            eprintln!("airlock: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn cmd_console(arg: ConfigArg, user: &str, room: &str) -> ExitCode {
+    let cfg = match config(&arg) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let engine = match open_engine(&cfg) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    airlock::console::Console::new(engine, user, room).run(std::io::stdin().lock());
+    ExitCode::SUCCESS
+}
+
+/// The database alone, for the read-only commands.
+fn open_db(cfg: &Config) -> Result<sled::Db, ExitCode> {
+    let path = cfg.data_dir.join("airlock.sled");
+    if !path.exists() {
+        eprintln!(
+            "airlock: no database at {} (nothing has run yet?)",
+            path.display()
+        );
+        return Err(ExitCode::from(2));
+    }
+    sled::Config::new().path(&path).open().map_err(|e| {
+        eprintln!(
+            "airlock: cannot open {}: {e}\n(the database is locked while the bot runs; stop it, or ask in chat with !audit / !pending)",
+            path.display()
+        );
+        ExitCode::from(2)
+    })
+}
+
+fn cmd_pending(arg: ConfigArg) -> ExitCode {
+    let cfg = match config(&arg) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let db = match open_db(&cfg) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let open = Requests::open(&db).and_then(|r| r.open_requests());
+    match open {
+        Ok(v) if v.is_empty() => println!("No open requests."),
+        Ok(v) => {
+            let now = clock::now_ms();
+            for r in v {
+                println!("{}", engine::pending_line(&r, now));
+            }
+        }
+        Err(e) => {
+            eprintln!("airlock: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn audit_log(arg: &ConfigArg) -> Result<AuditLog, ExitCode> {
+    let cfg = config(arg)?;
+    let db = open_db(&cfg)?;
+    AuditLog::open(&db).map_err(|e| {
+        eprintln!("airlock: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn cmd_audit(arg: ConfigArg, q: &Query, json: bool, jsonl: bool) -> ExitCode {
+    let log = match audit_log(&arg) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let entries = match log.query(q) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("airlock: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).unwrap_or_default()
+        );
+    } else if jsonl {
+        for e in &entries {
+            println!("{}", serde_json::to_string(e).unwrap_or_default());
+        }
+    } else {
+        for e in &entries {
+            println!("{}", e.summary_line());
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn cmd_verify(arg: ConfigArg) -> ExitCode {
+    let log = match audit_log(&arg) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    match log.verify() {
+        Ok(v) if v.ok() => {
+            println!(
+                "audit log intact: {} entries, head {}",
+                v.entries, v.head_hash
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            for p in &v.problems {
+                println!("PROBLEM: {p}");
+            }
+            println!(
+                "audit log NOT intact: {} problem(s) in {} entries",
+                v.problems.len(),
+                v.entries
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("airlock: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn cmd_who_deployed(arg: ConfigArg, pack: &str) -> ExitCode {
+    let cfg = match config(&arg) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let db = match open_db(&cfg) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    match (AuditLog::open(&db), Requests::open(&db)) {
+        (Ok(log), Ok(reqs)) => {
+            println!("{}", engine::who_deployed(&log, &reqs, pack, None));
+            ExitCode::SUCCESS
+        }
+        (Err(e), _) => {
+            eprintln!("airlock: {e}");
+            ExitCode::from(2)
+        }
+        (_, Err(e)) => {
+            eprintln!("airlock: {e}");
+            ExitCode::from(2)
+        }
     }
 }

@@ -6,8 +6,8 @@
 //! targets (aliases, actions, packs, built-in commands). Evaluation:
 //!
 //! 1. any matching `deny` rule refuses (deny beats allow);
-//! 2. the first matching `allow` rule whose parameter constraints hold
-//!    allows, with its confirmation settings;
+//! 2. otherwise the first matching `allow` rule (in file order) governs:
+//!    its parameter constraints must hold, and its confirmation applies;
 //! 3. nothing matched: refused (deny by default).
 //!
 //! Identities are Matrix user IDs, never display names. Globs are anchored:
@@ -714,6 +714,10 @@ impl Policy {
         v
     }
 
+    pub fn resolved_room_aliases(&self) -> &HashMap<String, String> {
+        &self.room_aliases
+    }
+
     pub fn set_room_aliases(&mut self, resolved: HashMap<String, String>) {
         self.room_aliases = resolved;
     }
@@ -795,12 +799,15 @@ impl Policy {
                 matched,
             };
         }
-        let mut first_violation = None;
-        for r in applicable.iter().filter(|r| r.effect == Effect::Allow) {
-            match Self::violation(r, params) {
-                Some(v) => {
-                    first_violation.get_or_insert((r.id.clone(), v));
-                }
+        // The first allow rule that matches governs: its constraints and
+        // its confirmation. A later, looser rule never rescues a command
+        // that broke the constraints of a more specific one.
+        let decision = match applicable.iter().find(|r| r.effect == Effect::Allow) {
+            Some(r) => match Self::violation(r, params) {
+                Some(reason) => Decision::Deny {
+                    rule: Some(r.id.clone()),
+                    reason,
+                },
                 None => {
                     let risky = matches!(target, Target::Alias { action_ref, .. } if risky_by_default(action_ref));
                     let confirm = match &r.confirm {
@@ -813,20 +820,11 @@ impl Policy {
                         }),
                         None => None,
                     };
-                    return Explanation {
-                        decision: Decision::Allow {
-                            rule: r.id.clone(),
-                            confirm,
-                        },
-                        matched,
-                    };
+                    Decision::Allow {
+                        rule: r.id.clone(),
+                        confirm,
+                    }
                 }
-            }
-        }
-        let decision = match first_violation {
-            Some((rule, reason)) => Decision::Deny {
-                rule: Some(rule),
-                reason,
             },
             None => Decision::Deny {
                 rule: None,

@@ -13,24 +13,45 @@ use crate::alias::cast::ParamType;
 
 pub fn actions() -> Vec<Arc<dyn Action>> {
     vec![
-        Arc::new(Echo::new()),
-        Arc::new(Noop::new()),
-        Arc::new(Pause::new()),
+        Arc::new(Echo(echo_spec())),
+        Arc::new(Noop(noop_spec())),
+        Arc::new(Pause(pause_spec())),
     ]
+}
+
+pub fn echo_spec() -> ActionSpec {
+    ActionSpec {
+        reference: "core.echo",
+        description: "Return the message given",
+        params: vec![ParamSpec::new("message", ParamType::String, "text to echo").required()],
+    }
+}
+
+pub fn noop_spec() -> ActionSpec {
+    ActionSpec {
+        reference: "core.noop",
+        description: "Do nothing",
+        params: vec![],
+    }
+}
+
+pub fn pause_spec() -> ActionSpec {
+    ActionSpec {
+        reference: "core.pause",
+        description: "Wait a number of seconds",
+        params: vec![
+            ParamSpec::new(
+                "max_pause",
+                ParamType::Integer,
+                "seconds to wait (at most 3600)",
+            )
+            .default(json!(5)),
+        ],
+    }
 }
 
 /// `core.echo`: returns its message as stdout.
 struct Echo(ActionSpec);
-
-impl Echo {
-    fn new() -> Self {
-        Echo(ActionSpec {
-            reference: "core.echo",
-            description: "Return the message given",
-            params: vec![ParamSpec::new("message", ParamType::String, "text to echo").required()],
-        })
-    }
-}
 
 impl Action for Echo {
     fn spec(&self) -> &ActionSpec {
@@ -52,16 +73,6 @@ impl Action for Echo {
 /// `core.noop`: does nothing, successfully.
 struct Noop(ActionSpec);
 
-impl Noop {
-    fn new() -> Self {
-        Noop(ActionSpec {
-            reference: "core.noop",
-            description: "Do nothing",
-            params: vec![],
-        })
-    }
-}
-
 impl Action for Noop {
     fn spec(&self) -> &ActionSpec {
         &self.0
@@ -74,23 +85,6 @@ impl Action for Noop {
 
 /// `core.pause`: waits `max_pause` seconds; stops early on shutdown.
 struct Pause(ActionSpec);
-
-impl Pause {
-    fn new() -> Self {
-        Pause(ActionSpec {
-            reference: "core.pause",
-            description: "Wait a number of seconds",
-            params: vec![
-                ParamSpec::new(
-                    "max_pause",
-                    ParamType::Integer,
-                    "seconds to wait (at most 3600)",
-                )
-                .default(json!(5)),
-            ],
-        })
-    }
-}
 
 impl Action for Pause {
     fn spec(&self) -> &ActionSpec {

@@ -199,6 +199,20 @@ pub trait Action: Send + Sync {
     fn run(&self, ctx: &RunContext, params: &Params) -> Outcome;
 }
 
+/// The schemas of every action airlock has, without anything to run them
+/// (for `policy explain` and other offline checks).
+pub fn standard_specs() -> Vec<ActionSpec> {
+    vec![
+        core::echo_spec(),
+        core::noop_spec(),
+        core::pause_spec(),
+        packs::install_spec(),
+        packs::uninstall_spec(),
+        packs::rollback_spec(),
+        packs::list_spec(),
+    ]
+}
+
 /// The actions this bot can run, by reference.
 #[derive(Clone, Default)]
 pub struct Actions {

@@ -801,7 +801,7 @@ fn validate_pack(dir: &Path, name: &str) -> Result<Option<String>, String> {
         ));
     }
     if dir.join("aliases").is_dir() {
-        let loaded = crate::alias::load_dirs(&[dir.to_path_buf()]);
+        let loaded = crate::alias::load::load_pack(dir, name);
         let errors: Vec<String> = loaded
             .diagnostics
             .iter()
@@ -852,10 +852,22 @@ fn swap_symlink(dir: &Path, name: &str, target: &Path) -> Result<(), String> {
 
 pub fn actions(mgr: Arc<PackManager>) -> Vec<Arc<dyn Action>> {
     vec![
-        Arc::new(Install::new(mgr.clone())),
-        Arc::new(Uninstall::new(mgr.clone())),
-        Arc::new(Rollback::new(mgr.clone())),
-        Arc::new(List::new(mgr)),
+        Arc::new(Install {
+            spec: install_spec(),
+            mgr: mgr.clone(),
+        }),
+        Arc::new(Uninstall {
+            spec: uninstall_spec(),
+            mgr: mgr.clone(),
+        }),
+        Arc::new(Rollback {
+            spec: rollback_spec(),
+            mgr: mgr.clone(),
+        }),
+        Arc::new(List {
+            spec: list_spec(),
+            mgr,
+        }),
     ]
 }
 
@@ -864,55 +876,74 @@ struct Install {
     mgr: Arc<PackManager>,
 }
 
-impl Install {
-    fn new(mgr: Arc<PackManager>) -> Self {
-        use ParamType::*;
-        let spec = ActionSpec {
-            reference: "packs.install",
-            description: "Install packs from git",
-            params: vec![
-                ParamSpec::new(
-                    "packs",
-                    Array,
-                    "pack names or git URLs, each optionally =<ref>",
-                )
-                .required(),
-                ParamSpec::new(
-                    "repo_url",
-                    String,
-                    "repository holding the packs (StackStorm 1.x)",
-                ),
-                ParamSpec::new("branch", String, "branch, tag or commit (StackStorm 1.x)"),
-                ParamSpec::new(
-                    "subtree",
-                    Boolean,
-                    "packs live in packs/<name> of the repository",
-                ),
-                ParamSpec::new(
-                    "register",
-                    String,
-                    "what to register: all, aliases, or other st2 kinds",
-                )
-                .default(json!("all")),
-                ParamSpec::new("force", Boolean, "accepted for compatibility")
-                    .default(json!(false)),
-                ParamSpec::new("skip_dependencies", Boolean, "accepted for compatibility")
-                    .default(json!(false)),
-                ParamSpec::new("timeout", Integer, "seconds the fetch may take")
-                    .default(json!(600)),
-                ParamSpec::new(
-                    "env",
-                    Object,
-                    "accepted for compatibility; airlock runs no virtualenv",
-                ),
-                ParamSpec::new(
-                    "python3",
-                    Boolean,
-                    "accepted for compatibility (st2 2.7–3.3)",
-                ),
-            ],
-        };
-        Install { spec, mgr }
+pub fn install_spec() -> ActionSpec {
+    use ParamType::*;
+    ActionSpec {
+        reference: "packs.install",
+        description: "Install packs from git",
+        params: vec![
+            ParamSpec::new(
+                "packs",
+                Array,
+                "pack names or git URLs, each optionally =<ref>",
+            )
+            .required(),
+            ParamSpec::new(
+                "repo_url",
+                String,
+                "repository holding the packs (StackStorm 1.x)",
+            ),
+            ParamSpec::new("branch", String, "branch, tag or commit (StackStorm 1.x)"),
+            ParamSpec::new(
+                "subtree",
+                Boolean,
+                "packs live in packs/<name> of the repository",
+            ),
+            ParamSpec::new(
+                "register",
+                String,
+                "what to register: all, aliases, or other st2 kinds",
+            )
+            .default(json!("all")),
+            ParamSpec::new("force", Boolean, "accepted for compatibility").default(json!(false)),
+            ParamSpec::new("skip_dependencies", Boolean, "accepted for compatibility")
+                .default(json!(false)),
+            ParamSpec::new("timeout", Integer, "seconds the fetch may take").default(json!(600)),
+            ParamSpec::new(
+                "env",
+                Object,
+                "accepted for compatibility; airlock runs no virtualenv",
+            ),
+            ParamSpec::new(
+                "python3",
+                Boolean,
+                "accepted for compatibility (st2 2.7–3.3)",
+            ),
+        ],
+    }
+}
+
+pub fn uninstall_spec() -> ActionSpec {
+    ActionSpec {
+        reference: "packs.uninstall",
+        description: "Remove installed packs",
+        params: vec![ParamSpec::new("packs", ParamType::Array, "pack names").required()],
+    }
+}
+
+pub fn rollback_spec() -> ActionSpec {
+    ActionSpec {
+        reference: "packs.rollback",
+        description: "Restore a pack's previous installed version",
+        params: vec![ParamSpec::new("pack", ParamType::String, "pack name").required()],
+    }
+}
+
+pub fn list_spec() -> ActionSpec {
+    ActionSpec {
+        reference: "packs.list",
+        description: "List installed packs",
+        params: vec![],
     }
 }
 
@@ -1033,19 +1064,6 @@ struct Uninstall {
     mgr: Arc<PackManager>,
 }
 
-impl Uninstall {
-    fn new(mgr: Arc<PackManager>) -> Self {
-        Uninstall {
-            spec: ActionSpec {
-                reference: "packs.uninstall",
-                description: "Remove installed packs",
-                params: vec![ParamSpec::new("packs", ParamType::Array, "pack names").required()],
-            },
-            mgr,
-        }
-    }
-}
-
 impl Action for Uninstall {
     fn spec(&self) -> &ActionSpec {
         &self.spec
@@ -1100,19 +1118,6 @@ impl Action for Uninstall {
 struct Rollback {
     spec: ActionSpec,
     mgr: Arc<PackManager>,
-}
-
-impl Rollback {
-    fn new(mgr: Arc<PackManager>) -> Self {
-        Rollback {
-            spec: ActionSpec {
-                reference: "packs.rollback",
-                description: "Restore a pack's previous installed version",
-                params: vec![ParamSpec::new("pack", ParamType::String, "pack name").required()],
-            },
-            mgr,
-        }
-    }
 }
 
 impl Action for Rollback {
@@ -1185,19 +1190,6 @@ impl Action for Rollback {
 struct List {
     spec: ActionSpec,
     mgr: Arc<PackManager>,
-}
-
-impl List {
-    fn new(mgr: Arc<PackManager>) -> Self {
-        List {
-            spec: ActionSpec {
-                reference: "packs.list",
-                description: "List installed packs",
-                params: vec![],
-            },
-            mgr,
-        }
-    }
 }
 
 impl Action for List {

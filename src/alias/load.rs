@@ -342,6 +342,22 @@ fn alias_files(dirs: &[PathBuf]) -> (Vec<AliasFile>, Vec<Diagnostic>) {
     (files, diags)
 }
 
+/// Load the aliases of the pack in `dir` (its `aliases/*.yaml`), as pack
+/// `name` whatever the directory is called (a staging checkout, say).
+pub fn load_pack(dir: &Path, name: &str) -> Loaded {
+    let mut out = Loaded::default();
+    for f in sorted_entries(&dir.join("aliases"))
+        .into_iter()
+        .filter(|p| is_yaml(p))
+    {
+        match load_file(&f, Some(name), name) {
+            Ok(a) => out.aliases.push(a),
+            Err(mut d) => out.diagnostics.append(&mut d),
+        }
+    }
+    out
+}
+
 /// Load every alias under `dirs`. A ref defined twice keeps the later file
 /// (as st2's registration does) and both files are named in a warning.
 pub fn load_dirs(dirs: &[PathBuf]) -> Loaded {

@@ -1,0 +1,190 @@
+//! `airlock.yaml`: where things live and how to reach the homeserver.
+//! Secrets never go in the file: `AIRLOCK_PASSWORD` or
+//! `AIRLOCK_ACCESS_TOKEN` come from the environment, and
+//! `AIRLOCK_HOMESERVER`, `AIRLOCK_USER`, `AIRLOCK_DATA_DIR` override it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::action::packs::GitConfig;
+use crate::diag::{self, Diagnostic, Severity, YamlIndex};
+use crate::engine::Settings;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Homeserver base URL, e.g. `https://matrix.example.org`.
+    #[serde(default)]
+    pub homeserver: Option<String>,
+    /// The bot's Matrix user ID.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Display name of the bot's device.
+    #[serde(default = "default_device")]
+    pub device_name: String,
+    #[serde(default = "default_data")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_aliases")]
+    pub aliases: Vec<PathBuf>,
+    #[serde(default = "default_policies")]
+    pub policies: Vec<PathBuf>,
+    #[serde(default = "default_packs")]
+    pub packs: PathBuf,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Names the bot answers to as `name: command`.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Commands older than this are not run (`2m`, `90s`).
+    #[serde(default = "default_age")]
+    pub max_command_age: String,
+    /// 👍/👎 on a prompt counts as a reply.
+    #[serde(default)]
+    pub reaction_approvals: bool,
+    #[serde(default)]
+    pub git: GitConfig,
+}
+
+fn default_device() -> String {
+    "airlock".into()
+}
+fn default_data() -> PathBuf {
+    "data".into()
+}
+fn default_aliases() -> Vec<PathBuf> {
+    vec!["aliases".into()]
+}
+fn default_policies() -> Vec<PathBuf> {
+    vec!["policies".into()]
+}
+fn default_packs() -> PathBuf {
+    "packs".into()
+}
+fn default_prefix() -> String {
+    "!".into()
+}
+fn default_age() -> String {
+    "2m".into()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("defaults")
+    }
+}
+
+impl Config {
+    /// Read `path` (relative paths inside it are relative to its
+    /// directory), then apply the environment overrides.
+    pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![Diagnostic {
+                severity: Severity::Error,
+                file: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                field: String::new(),
+                message: format!("cannot read: {e}"),
+            }]
+        })?;
+        let mut c: Config = serde_yaml::from_str::<Option<Config>>(&text)
+            .map_err(|e| vec![diag::from_serde_yaml(path, &e)])?
+            .unwrap_or_default();
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        rebase(&mut c.data_dir);
+        rebase(&mut c.packs);
+        c.aliases.iter_mut().for_each(rebase);
+        c.policies.iter_mut().for_each(rebase);
+        let idx = YamlIndex::parse(&text);
+        let mut errors = Vec::new();
+        if c.max_age().is_none() {
+            errors.push(idx.diag(
+                Severity::Error,
+                path,
+                "max_command_age",
+                format!(
+                    "\"{}\" is not a duration such as 2m or 90s",
+                    c.max_command_age
+                ),
+            ));
+        }
+        if c.prefix.is_empty() || c.prefix.chars().any(char::is_whitespace) {
+            errors.push(idx.diag(
+                Severity::Error,
+                path,
+                "prefix",
+                "must be non-empty, without spaces",
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        c.apply_env();
+        Ok(c)
+    }
+
+    /// `airlock.yaml` in the current directory when it exists, else defaults.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config, Vec<Diagnostic>> {
+        match path {
+            Some(p) => Config::load(p),
+            None if Path::new("airlock.yaml").is_file() => Config::load(Path::new("airlock.yaml")),
+            None => {
+                let mut c = Config::default();
+                c.apply_env();
+                Ok(c)
+            }
+        }
+    }
+
+    fn apply_env(&mut self) {
+        if let Ok(v) = std::env::var("AIRLOCK_HOMESERVER") {
+            self.homeserver = Some(v);
+        }
+        if let Ok(v) = std::env::var("AIRLOCK_USER") {
+            self.user_id = Some(v);
+        }
+        if let Ok(v) = std::env::var("AIRLOCK_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+    }
+
+    pub fn max_age(&self) -> Option<Duration> {
+        crate::policy::parse_duration(&self.max_command_age)
+    }
+
+    /// The engine's settings from this configuration.
+    pub fn settings(&self) -> Settings {
+        let mut names = self.names.clone();
+        if names.is_empty() {
+            names.push("airlock".into());
+        }
+        if let Some(localpart) = self
+            .user_id
+            .as_deref()
+            .and_then(|u| u.strip_prefix('@'))
+            .and_then(|u| u.split(':').next())
+            && !names.iter().any(|n| n == localpart)
+        {
+            names.push(localpart.to_string());
+        }
+        Settings {
+            prefix: self.prefix.clone(),
+            names,
+            bot_user: self.user_id.clone(),
+            alias_dirs: self.aliases.clone(),
+            policy_paths: self.policies.clone(),
+            packs_dir: self.packs.clone(),
+            data_dir: self.data_dir.clone(),
+            max_age: self.max_age().unwrap_or(Duration::from_secs(120)),
+            reaction_approvals: self.reaction_approvals,
+            git: self.git.clone(),
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Test helpers: real git repositories for packs, and a small in-process
+//! transport that drives the engine the way the console and Matrix do.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use airlock::action::packs::{GitConfig, InsteadOf};
+use airlock::engine::{Effect, Engine, Incoming, Settings};
+
+pub const ALICE: &str = "@alice:example.org";
+pub const BOB: &str = "@bob:example.org";
+pub const CAROL: &str = "@carol:example.org";
+pub const MALLORY: &str = "@mallory:example.org";
+pub const OPS: &str = "!ops:example.org";
+pub const SEED_URL: &str = "git@github.com:websages/st2-flow";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A git repository holding a StackStorm pack, built with git2.
+pub struct PackRepo {
+    pub path: PathBuf,
+    pub repo: git2::Repository,
+}
+
+impl PackRepo {
+    /// A repository whose `main` branch holds pack `name` with one alias,
+    /// `<name> status` → core.echo.
+    pub fn new(path: &Path, name: &str) -> Self {
+        let repo = git2::Repository::init(path).expect("git init");
+        repo.set_head("refs/heads/main").expect("head");
+        let r = PackRepo {
+            path: path.to_path_buf(),
+            repo,
+        };
+        r.write(
+            "pack.yaml",
+            &format!("---\nname: {name}\ndescription: test pack\nversion: 0.1.0\nauthor: tests\n"),
+        );
+        r.write(
+            &format!("aliases/{name}_status.yaml"),
+            &format!(
+                "---\nname: \"{u}_status\"\npack: \"{name}\"\naction_ref: \"core.echo\"\ndescription: \"Say which version is deployed\"\nformats:\n  - \"{name} status\"\nimmutable_parameters:\n  message: \"{name} v1 is live\"\nresult:\n  format: \"{{{{ execution.result.stdout }}}}\"\n",
+                u = name.replace('-', "_")
+            ),
+        );
+        r.commit("initial pack");
+        r
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.path.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    pub fn remove(&self, rel: &str) {
+        std::fs::remove_file(self.path.join(rel)).unwrap();
+    }
+
+    /// Commit everything in the work tree on the current branch.
+    pub fn commit(&self, msg: &str) -> String {
+        let mut index = self.repo.index().unwrap();
+        index
+            .add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)
+            .unwrap();
+        index.update_all(["*"].iter(), None).unwrap();
+        index.write().unwrap();
+        let tree = self.repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("tests", "tests@example.org").unwrap();
+        let parent = self.repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        self.repo
+            .commit(Some("HEAD"), &sig, &sig, msg, &tree, &parents)
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn head(&self) -> String {
+        self.repo
+            .head()
+            .unwrap()
+            .peel_to_commit()
+            .unwrap()
+            .id()
+            .to_string()
+    }
+
+    /// Point branch `name` at the current HEAD commit.
+    pub fn branch(&self, name: &str) {
+        let c = self.repo.head().unwrap().peel_to_commit().unwrap();
+        self.repo.branch(name, &c, true).unwrap();
+    }
+
+    pub fn checkout(&self, branch: &str) {
+        self.repo.set_head(&format!("refs/heads/{branch}")).unwrap();
+        self.repo
+            .checkout_head(Some(git2::build::CheckoutBuilder::new().force()))
+            .unwrap();
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.path.display())
+    }
+}
+
+/// One message the bot sent.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub event_id: String,
+    pub room: String,
+    pub reply_to: Option<String>,
+    pub body: String,
+    pub html: Option<String>,
+    pub prompt_for: Option<String>,
+}
+
+/// The engine, a scratch directory, and a transport that runs executions
+/// synchronously so tests read effects in order.
+pub struct Bot {
+    pub engine: Arc<Engine>,
+    pub dir: PathBuf,
+    next: AtomicU64,
+    pub reactions: Mutex<Vec<(String, &'static str)>>,
+}
+
+pub fn settings(dir: &Path, policies: &Path, seed_repo: Option<&Path>) -> Settings {
+    Settings {
+        alias_dirs: vec![repo_root().join("aliases")],
+        policy_paths: vec![policies.to_path_buf()],
+        packs_dir: dir.join("packs"),
+        data_dir: dir.join("data"),
+        git: GitConfig {
+            ssh_key: None,
+            instead_of: seed_repo
+                .map(|p| InsteadOf {
+                    from: SEED_URL.into(),
+                    to: format!("file://{}", p.display()),
+                })
+                .into_iter()
+                .collect(),
+        },
+        ..Settings::default()
+    }
+}
+
+impl Bot {
+    pub fn open(settings: Settings) -> Self {
+        let dir = settings.data_dir.parent().unwrap().to_path_buf();
+        let engine = Engine::open(settings).unwrap_or_else(|e| panic!("engine: {e}"));
+        Bot {
+            engine: Arc::new(engine),
+            dir,
+            next: AtomicU64::new(1),
+            reactions: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn event_id(&self) -> String {
+        format!("$t{}", self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Deliver an event; play out every effect (executions included).
+    pub fn deliver(&self, m: Incoming) -> Vec<Sent> {
+        let fx = self.engine.handle(&m);
+        self.play(fx)
+    }
+
+    pub fn play(&self, fx: Vec<Effect>) -> Vec<Sent> {
+        let mut sent = Vec::new();
+        for e in fx {
+            match e {
+                Effect::Send(o) => {
+                    let id = self.event_id();
+                    if let Some(req) = &o.prompt_for {
+                        self.engine.bind_prompt(req, &o.room, &id);
+                    }
+                    sent.push(Sent {
+                        event_id: id,
+                        room: o.room,
+                        reply_to: o.reply_to,
+                        body: o.message.body,
+                        html: o.message.html,
+                        prompt_for: o.prompt_for,
+                    });
+                }
+                Effect::React { event_id, key, .. } => {
+                    self.reactions.lock().unwrap().push((event_id, key));
+                }
+                Effect::Execute(id) => {
+                    let more = self.engine.execute(&id);
+                    sent.extend(self.play(more));
+                }
+            }
+        }
+        sent
+    }
+
+    /// `user` says `body` in `room`; returns the bot's answers.
+    pub fn say(&self, user: &str, room: &str, body: &str) -> Vec<Sent> {
+        self.deliver(Incoming::message(user, room, &self.event_id(), body))
+    }
+
+    /// `user` replies `body` to event `parent`.
+    pub fn reply(&self, user: &str, room: &str, parent: &str, body: &str) -> Vec<Sent> {
+        let mut m = Incoming::message(user, room, &self.event_id(), body);
+        m.reply_to = Some(parent.to_string());
+        self.deliver(m)
+    }
+
+    pub fn audit_events(&self) -> Vec<String> {
+        self.engine
+            .audit_log()
+            .query(&Default::default())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect()
+    }
+}
+
+/// The prompt among `sent`, with its request id.
+pub fn prompt(sent: &[Sent]) -> &Sent {
+    sent.iter()
+        .find(|s| s.prompt_for.is_some())
+        .unwrap_or_else(|| panic!("no prompt in {sent:#?}"))
+}
+
+pub fn bodies(sent: &[Sent]) -> String {
+    sent.iter()
+        .map(|s| s.body.as_str())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}

@@ -1,0 +1,643 @@
+//! The safe core, driven the way a transport drives it: policy, the
+//! confirmation gate, the audit log, restarts. Real sled on disk, real git
+//! repositories for the seed's deploy.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+
+use airlock::engine::{Effect, Incoming, Kind};
+use common::*;
+
+/// The shipped policy and aliases, with the seed's repository served from
+/// a local git repository.
+fn shipped(dir: &Path) -> (Bot, PackRepo) {
+    let repo = PackRepo::new(&dir.join("st2-flow"), "st2-flow");
+    let bot = Bot::open(settings(
+        dir,
+        &repo_root().join("policies"),
+        Some(&repo.path),
+    ));
+    (bot, repo)
+}
+
+fn with_policy(dir: &Path, yaml: &str) -> (Bot, PackRepo) {
+    let repo = PackRepo::new(&dir.join("st2-flow"), "st2-flow");
+    let pol = dir.join("policy.yaml");
+    std::fs::write(&pol, yaml).unwrap();
+    (Bot::open(settings(dir, &pol, Some(&repo.path))), repo)
+}
+
+const ECHO_ALIAS: &str =
+    "---\nname: say\npack: demo\naction_ref: core.echo\nformats:\n  - \"say {{ message }}\"\n";
+
+#[test]
+fn seed_deploy_needs_another_ops_member_then_installs_the_shown_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, repo) = shipped(tmp.path());
+    let sent = bot.say(ALICE, OPS, "!flow deploy main");
+    let p = prompt(&sent);
+    let id = p.prompt_for.clone().unwrap();
+    // The prompt says who asked, what runs, who approves, and the commit.
+    for needle in [
+        ALICE,
+        "st2-flow.flow_deploy",
+        "packs.install",
+        "branch: main",
+        "group ops",
+        &repo.head(),
+        &id,
+        "Expires in 10m",
+    ] {
+        assert!(
+            p.body.contains(needle),
+            "prompt lacks {needle:?}:\n{}",
+            p.body
+        );
+    }
+    // Alice cannot approve her own request.
+    let own = bot.reply(ALICE, OPS, &p.event_id, "yes");
+    assert!(
+        bodies(&own).contains("someone else must approve"),
+        "{}",
+        bodies(&own)
+    );
+    // Bob can; the pack is installed at the shown commit.
+    let done = bot.reply(BOB, OPS, &p.event_id, "yes");
+    let all = bodies(&done);
+    let req = bot.engine.requests().get(&id).unwrap().unwrap();
+    assert_eq!(
+        req.state,
+        airlock::confirm::State::Succeeded,
+        "{:?}",
+        req.summary
+    );
+    assert!(all.contains("Deploying flow ... standby ..."), "{all}");
+    assert!(all.contains("Successfully deployed flow"), "{all}");
+    let rec = bot.engine.packs().record("st2-flow").expect("installed");
+    assert_eq!(rec.current.commit, repo.head());
+    // The pack's own alias answers at once.
+    let status = bot.say(ALICE, OPS, "!st2-flow status");
+    assert!(
+        bodies(&status).contains("st2-flow v1 is live"),
+        "{}",
+        bodies(&status)
+    );
+    let events = bot.audit_events();
+    for e in [
+        "received",
+        "matched",
+        "allowed",
+        "confirmation_requested",
+        "approval_refused",
+        "approval",
+        "started",
+        "finished",
+    ] {
+        assert!(events.iter().any(|x| x == e), "audit lacks {e}: {events:?}");
+    }
+}
+
+#[test]
+fn mallory_may_only_ask_for_help() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = shipped(tmp.path());
+    let help = bodies(&bot.say(MALLORY, OPS, "!help"));
+    assert!(help.contains("no commands you may run"), "{help}");
+    assert!(!help.contains("flow deploy"), "{help}");
+    let r = bodies(&bot.say(MALLORY, OPS, "!flow deploy main"));
+    assert!(
+        r.contains("Refused") && r.contains("deny by default"),
+        "{r}"
+    );
+    let r = bodies(&bot.say(MALLORY, OPS, "!pending"));
+    assert!(r.contains("Refused"), "{r}");
+    // Alice's help lists what she may run here, and only here.
+    let help = bodies(&bot.say(ALICE, OPS, "!help"));
+    assert!(
+        help.contains("!flow deploy {{ branch }}") && help.contains("!pending"),
+        "{help}"
+    );
+    let elsewhere = bodies(&bot.say(ALICE, "!random:example.org", "!help"));
+    assert!(!elsewhere.contains("flow deploy"), "{elsewhere}");
+}
+
+#[test]
+fn overriding_a_pinned_default_is_refused_naming_the_parameter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = shipped(tmp.path());
+    let r = bodies(&bot.say(
+        ALICE,
+        OPS,
+        "!flow deploy main repo_url=git@evil.example:x/y",
+    ));
+    assert!(
+        r.contains("Refused") && r.contains("repo_url=git@evil.example:x/y"),
+        "{r}"
+    );
+    let r = bodies(&bot.say(ALICE, OPS, "!flow deploy main packs=other"));
+    assert!(r.contains("packs=other"), "{r}");
+    // The policy's pattern lets dots and slashes through; git's ref rules
+    // still stop a traversal before anything is fetched.
+    let r = bodies(&bot.say(ALICE, OPS, "!flow deploy ../../etc"));
+    assert!(r.contains("\"../../etc\" is not a valid git branch"), "{r}");
+    let r = bodies(&bot.say(ALICE, OPS, "!flow deploy $(rm -rf ~)"));
+    assert!(r.contains("Refused") && r.contains("branch"), "{r}");
+    assert!(bot.engine.requests().open_requests().unwrap().is_empty());
+}
+
+#[test]
+fn deny_by_default_and_deny_beats_allow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let aliases = tmp.path().join("aliases");
+    std::fs::create_dir_all(&aliases).unwrap();
+    std::fs::write(aliases.join("say.yaml"), ECHO_ALIAS).unwrap();
+    let (mut_bot, _r) = (
+        {
+            let pol = tmp.path().join("p.yaml");
+            std::fs::write(
+                &pol,
+                "rules:\n  - id: everyone-says\n    effect: allow\n    users: ['@*:example.org']\n    aliases: [demo.say]\n  - id: not-bob\n    effect: deny\n    users: ['@bob:example.org']\n    aliases: ['demo.*']\n",
+            )
+            .unwrap();
+            let mut s = settings(tmp.path(), &pol, None);
+            s.alias_dirs = vec![aliases.clone()];
+            Bot::open(s)
+        },
+        (),
+    );
+    let bot = mut_bot;
+    let r = bodies(&bot.say(ALICE, OPS, "!say hi"));
+    assert!(
+        r.contains("Action core.echo succeeded") && r.contains("stdout: hi"),
+        "{r}"
+    );
+    let r = bodies(&bot.say(BOB, OPS, "!say hi"));
+    assert!(r.contains("denied by rule not-bob"), "{r}");
+    // Glob anchoring: a longer server name is not the same server.
+    let r = bodies(&bot.say("@alice:example.org.evil", OPS, "!say hi"));
+    assert!(r.contains("deny by default"), "{r}");
+    let r = bodies(&bot.say("@eve:evil.org", OPS, "!say hi"));
+    assert!(r.contains("deny by default"), "{r}");
+}
+
+const TWO_APPROVALS: &str = r#"
+groups:
+  ops: ["@alice:example.org", "@bob:example.org", "@carol:example.org"]
+rules:
+  - id: deploy
+    effect: allow
+    groups: [ops]
+    aliases: [st2-flow.flow_deploy]
+    confirm:
+      approvers: {groups: [ops]}
+      approvals: 2
+      expires: 2s
+  - id: tools
+    effect: allow
+    groups: [ops]
+    builtins: ["*"]
+"#;
+
+#[test]
+fn n_distinct_approvals_the_same_approver_counts_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = with_policy(tmp.path(), TWO_APPROVALS);
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    assert!(p.body.contains("Needs 2 approvals"), "{}", p.body);
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    assert!(r.contains("Approval 1 of 2"), "{r}");
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "approve"));
+    assert!(r.contains("already approved"), "{r}");
+    assert!(bot.engine.packs().record("st2-flow").is_none());
+    let r = bodies(&bot.reply(CAROL, OPS, &p.event_id, "yes"));
+    assert!(r.contains("Successfully deployed flow"), "{r}");
+}
+
+#[test]
+fn expiry_is_announced_and_late_approvals_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = with_policy(tmp.path(), TWO_APPROVALS);
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    let id = p.prompt_for.clone().unwrap();
+    // Nothing expires early.
+    assert!(bot.engine.tick(airlock::clock::now_ms()).is_empty());
+    let fx = bot.engine.tick(airlock::clock::now_ms() + 3_000);
+    let sent = bot.play(fx);
+    assert!(
+        bodies(&sent).contains(&format!("Request {id}")) && bodies(&sent).contains("expired"),
+        "{}",
+        bodies(&sent)
+    );
+    assert_eq!(
+        sent[0].reply_to.as_deref(),
+        Some(p.event_id.as_str()),
+        "announced on the prompt"
+    );
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    assert!(r.contains("already expired"), "{r}");
+    assert!(bot.audit_events().contains(&"expired".to_string()));
+}
+
+#[test]
+fn expiry_is_checked_at_approval_time_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = with_policy(tmp.path(), TWO_APPROVALS);
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    assert!(r.contains("expired before it was approved"), "{r}");
+}
+
+const ONE_APPROVAL: &str = r#"
+groups:
+  ops: ["@alice:example.org", "@bob:example.org", "@carol:example.org"]
+rules:
+  - id: deploy
+    effect: allow
+    groups: [ops]
+    aliases: [st2-flow.flow_deploy]
+    confirm:
+      approvers: {groups: [ops]}
+"#;
+
+#[test]
+fn concurrent_approvals_run_the_action_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = with_policy(tmp.path(), ONE_APPROVAL);
+    let bot = Arc::new(bot);
+    for round in 0..8 {
+        let p = prompt(&bot.say(
+            ALICE,
+            OPS,
+            &format!("!flow deploy main{}", if round % 2 == 0 { "" } else { " " }),
+        ))
+        .clone();
+        let id = p.prompt_for.clone().unwrap();
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = [BOB, CAROL]
+            .into_iter()
+            .map(|who| {
+                let bot = bot.clone();
+                let barrier = barrier.clone();
+                let parent = p.event_id.clone();
+                std::thread::spawn(move || {
+                    let mut m = Incoming::message(who, OPS, &bot.event_id(), "yes");
+                    m.reply_to = Some(parent);
+                    barrier.wait();
+                    bot.engine.handle(&m)
+                })
+            })
+            .collect();
+        let effects: Vec<Effect> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let executes: Vec<&Effect> = effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Execute(_)))
+            .collect();
+        assert_eq!(executes.len(), 1, "round {round}: {effects:#?}");
+        // Even if a transport asked twice at once, it runs once.
+        let b1 = bot.clone();
+        let b2 = bot.clone();
+        let (i1, i2) = (id.clone(), id.clone());
+        let t1 = std::thread::spawn(move || b1.engine.execute(&i1));
+        let t2 = std::thread::spawn(move || b2.engine.execute(&i2));
+        let ran = [t1.join().unwrap(), t2.join().unwrap()]
+            .iter()
+            .filter(|fx| !fx.is_empty())
+            .count();
+        assert_eq!(ran, 1, "round {round}");
+        let started = bot
+            .engine
+            .audit_log()
+            .query(&airlock::audit::Query {
+                request: Some(id.clone()),
+                event: Some("started".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(started.len(), 1);
+    }
+}
+
+const SELF_APPROVE: &str = r#"
+groups:
+  ops: ["@alice:example.org", "@bob:example.org"]
+rules:
+  - id: deploy-anyone-in-ops
+    effect: allow
+    groups: [ops]
+    aliases: [st2-flow.flow_deploy]
+    rooms: ["!ops:example.org"]
+"#;
+
+#[test]
+fn without_named_approvers_the_requester_may_confirm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, repo) = with_policy(tmp.path(), SELF_APPROVE);
+    // packs.install needs confirmation although the rule says nothing.
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    assert!(p.body.contains("including the requester"), "{}", p.body);
+    // Mallory is not allowed to run it, so cannot approve it.
+    let r = bodies(&bot.reply(MALLORY, OPS, &p.event_id, "yes"));
+    assert!(r.contains("cannot approve"), "{r}");
+    let r = bodies(&bot.reply(ALICE, OPS, &p.event_id, "yes"));
+    assert!(r.contains("Successfully deployed flow"), "{r}");
+    assert_eq!(
+        bot.engine
+            .packs()
+            .record("st2-flow")
+            .unwrap()
+            .current
+            .commit,
+        repo.head()
+    );
+}
+
+#[test]
+fn quoted_yes_in_a_reply_elsewhere_approves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = shipped(tmp.path());
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    let other = bot.say(ALICE, OPS, "!pending");
+    // A reply to another message whose text quotes "yes".
+    let r = bot.reply(
+        BOB,
+        OPS,
+        &other[0].event_id,
+        "> <@alice:example.org> yes\n\nyes",
+    );
+    assert!(r.is_empty(), "{r:?}");
+    // The same words as a plain message do nothing either.
+    assert!(bot.say(BOB, OPS, "yes").is_empty());
+    // An approval from another room is refused even with the id.
+    let r = bodies(&bot.say(
+        BOB,
+        "!other:example.org",
+        &format!("!approve {}", p.prompt_for.as_ref().unwrap()),
+    ));
+    assert!(r.contains("another room"), "{r}");
+    assert_eq!(
+        bot.engine.requests().open_requests().unwrap()[0].state,
+        airlock::confirm::State::Pending
+    );
+}
+
+#[test]
+fn edits_never_run_and_say_so_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = shipped(tmp.path());
+    let orig = bot.event_id();
+    let edit = |body: &str| {
+        let mut m = Incoming::message(ALICE, OPS, &bot.event_id(), body);
+        m.kind = Kind::Edit;
+        m.relates_to = Some(orig.clone());
+        bot.deliver(m)
+    };
+    let first = edit("!flow deploy main");
+    assert!(
+        bodies(&first).contains("Edited messages never run"),
+        "{}",
+        bodies(&first)
+    );
+    assert!(edit("!flow deploy other").is_empty());
+    assert!(bot.engine.requests().open_requests().unwrap().is_empty());
+    // Editing a reply into "yes" approves nothing.
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    let mut m = Incoming::message(BOB, OPS, &bot.event_id(), "yes");
+    m.kind = Kind::Edit;
+    m.reply_to = Some(p.event_id.clone());
+    m.relates_to = Some("$earlier".into());
+    bot.deliver(m);
+    assert_eq!(
+        bot.engine.requests().open_requests().unwrap()[0].state,
+        airlock::confirm::State::Pending
+    );
+}
+
+#[test]
+fn stale_commands_are_not_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = shipped(tmp.path());
+    let mut m = Incoming::message(ALICE, OPS, &bot.event_id(), "!flow deploy main");
+    m.ts_ms -= 10 * 60 * 1000;
+    let r = bodies(&bot.deliver(m));
+    assert!(r.contains("Not acting on your command from 10m ago"), "{r}");
+    assert!(bot.engine.requests().open_requests().unwrap().is_empty());
+}
+
+#[test]
+fn cancel_by_requester_only_and_pending_lists_open_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = shipped(tmp.path());
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    let id = p.prompt_for.clone().unwrap();
+    let r = bodies(&bot.say(BOB, OPS, "!pending"));
+    assert!(
+        r.contains(&id) && r.contains("0/1 approvals") && r.contains("branch=main"),
+        "{r}"
+    );
+    let r = bodies(&bot.say(BOB, OPS, &format!("!cancel {id}")));
+    assert!(r.contains("only the requester"), "{r}");
+    let r = bodies(&bot.reply(ALICE, OPS, &p.event_id, "cancel"));
+    assert!(r.contains("was cancelled by @alice:example.org"), "{r}");
+    assert!(bodies(&bot.say(BOB, OPS, "!pending")).contains("No open requests"));
+}
+
+#[test]
+fn an_alias_for_an_action_airlock_lacks_is_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let aliases = tmp.path().join("aliases");
+    std::fs::create_dir_all(&aliases).unwrap();
+    std::fs::write(
+        aliases.join("remote.yaml"),
+        "name: remote_shell_cmd\npack: examples\naction_ref: core.remote\nformats:\n  - \"run {{cmd}} on {{hosts}}\"\n",
+    )
+    .unwrap();
+    let pol = tmp.path().join("p.yaml");
+    std::fs::write(
+        &pol,
+        "rules:\n  - id: all\n    effect: allow\n    users: ['*']\n    packs: ['*']\n",
+    )
+    .unwrap();
+    let mut s = settings(tmp.path(), &pol, None);
+    s.alias_dirs = vec![aliases];
+    let bot = Bot::open(s);
+    let r = bodies(&bot.say(ALICE, OPS, "!run date on localhost"));
+    assert!(
+        r.contains("action core.remote is not available in airlock"),
+        "{r}"
+    );
+    assert!(bot.engine.requests().open_requests().unwrap().is_empty());
+}
+
+#[test]
+fn restart_keeps_pending_requests_and_interrupts_running_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
+    repo.branch("other");
+    let s = settings(tmp.path(), &repo_root().join("policies"), Some(&repo.path));
+    let (pending_prompt, running_id, expires) = {
+        let bot = Bot::open(s.clone());
+        let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+        let id = p.prompt_for.clone().unwrap();
+        let expires = bot
+            .engine
+            .requests()
+            .get(&id)
+            .unwrap()
+            .unwrap()
+            .confirmation
+            .unwrap()
+            .expires_ms;
+        // A second request, approved and started when the process "dies".
+        let p2 = prompt(&bot.say(ALICE, OPS, "!flow deploy other")).clone();
+        let fx = bot.engine.handle(&{
+            let mut m = Incoming::message(BOB, OPS, &bot.event_id(), "yes");
+            m.reply_to = Some(p2.event_id.clone());
+            m
+        });
+        let run_id = fx
+            .iter()
+            .find_map(|e| {
+                if let Effect::Execute(id) = e {
+                    Some(id.clone())
+                } else {
+                    None
+                }
+            })
+            .unwrap();
+        bot.engine
+            .requests()
+            .update(&run_id, |r| {
+                r.state = airlock::confirm::State::Running;
+                Ok(())
+            })
+            .unwrap();
+        (p, run_id, expires)
+    };
+    let bot = Bot::open(s);
+    let running = bot.engine.requests().get(&running_id).unwrap().unwrap();
+    assert_eq!(running.state, airlock::confirm::State::Interrupted);
+    let notices = bot.play(bot.engine.take_startup_effects());
+    assert!(
+        bodies(&notices).contains("was not re-run"),
+        "{}",
+        bodies(&notices)
+    );
+    // Interrupted requests cannot be started again.
+    assert!(bot.engine.execute(&running_id).is_empty());
+    let pending = bot
+        .engine
+        .requests()
+        .get(pending_prompt.prompt_for.as_ref().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(pending.state, airlock::confirm::State::Pending);
+    assert_eq!(
+        pending.confirmation.unwrap().expires_ms,
+        expires,
+        "keeps its expiry"
+    );
+    // The prompt still works after the restart, and runs once.
+    let r = bodies(&bot.reply(BOB, OPS, &pending_prompt.event_id, "yes"));
+    assert!(r.contains("Successfully deployed flow"), "{r}");
+    let again = bot.reply(BOB, OPS, &pending_prompt.event_id, "yes");
+    assert!(
+        bodies(&again).contains("already succeeded"),
+        "{}",
+        bodies(&again)
+    );
+    assert!(bot.audit_events().contains(&"interrupted".to_string()));
+}
+
+#[test]
+fn audit_chain_detects_altered_and_removed_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = {
+        let (bot, _repo) = shipped(tmp.path());
+        bot.say(ALICE, OPS, "!help");
+        bot.say(MALLORY, OPS, "!flow deploy main");
+        bot.say(ALICE, OPS, "!pending");
+        let v = bot.engine.audit_log().verify().unwrap();
+        assert!(v.ok(), "{:?}", v.problems);
+        assert!(v.entries >= 6);
+        tmp.path().join("data/airlock.sled")
+    };
+    let db = sled::open(&s).unwrap();
+    let log = airlock::audit::AuditLog::open(&db).unwrap();
+    let tree = db.open_tree("audit").unwrap();
+    // Alter: mallory becomes alice in entry 4.
+    let key = 4u64.to_be_bytes();
+    let old = tree.get(key).unwrap().unwrap();
+    let text = String::from_utf8(old.to_vec())
+        .unwrap()
+        .replace("mallory", "alice");
+    tree.insert(key, text.as_bytes()).unwrap();
+    let v = log.verify().unwrap();
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.contains("entry 4") && p.contains("altered")),
+        "{:?}",
+        v.problems
+    );
+    tree.insert(key, old).unwrap();
+    assert!(log.verify().unwrap().ok());
+    // Remove: a gap in the middle, then the last entry.
+    tree.remove(2u64.to_be_bytes()).unwrap();
+    let v = log.verify().unwrap();
+    assert!(
+        v.problems.iter().any(|p| p.contains("missing")),
+        "{:?}",
+        v.problems
+    );
+    let last = v.entries + 1;
+    tree.remove(last.to_be_bytes()).unwrap();
+    let v = log.verify().unwrap();
+    assert!(
+        v.problems.iter().any(|p| p.contains("head record")),
+        "{:?}",
+        v.problems
+    );
+}
+
+#[test]
+fn audit_queries_by_user_and_alias_use_the_indexes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = shipped(tmp.path());
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    bot.reply(BOB, OPS, &p.event_id, "yes");
+    bot.say(MALLORY, OPS, "!flow deploy main");
+    let log = bot.engine.audit_log();
+    let q = |q: airlock::audit::Query| log.query(&q).unwrap();
+    let mallory = q(airlock::audit::Query {
+        user: Some(MALLORY.into()),
+        ..Default::default()
+    });
+    assert!(!mallory.is_empty() && mallory.iter().all(|e| e.sender.as_deref() == Some(MALLORY)));
+    let denied = q(airlock::audit::Query {
+        status: Some("denied".into()),
+        ..Default::default()
+    });
+    assert_eq!(denied.len(), 1);
+    let deploys = q(airlock::audit::Query {
+        alias: Some("st2-flow.flow_deploy".into()),
+        event: Some("finished".into()),
+        ..Default::default()
+    });
+    assert_eq!(deploys.len(), 1);
+    assert!(deploys[0].detail["commit"].as_str().unwrap().len() == 40);
+    let r = bodies(&bot.say(ALICE, OPS, "!audit who deployed st2-flow"));
+    assert!(
+        r.contains("deployed st2-flow by @alice:example.org (approved by @bob:example.org)"),
+        "{r}"
+    );
+    let r = bodies(&bot.say(ALICE, OPS, "!audit 5"));
+    assert!(r.contains("Last 5 audit entries"), "{r}");
+    let r = bodies(&bot.say(MALLORY, OPS, "!audit"));
+    assert!(r.contains("Refused"), "{r}");
+}

@@ -316,7 +316,9 @@ fn cmd_check(dirs: &[PathBuf], policies: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    print_diagnostics(&diags);
+    for d in &diags {
+        println!("{d}");
+    }
     let errors = diags.iter().filter(|d| d.is_error()).count();
     println!(
         "{} aliases{} loaded, {errors} error(s), {} warning(s)",

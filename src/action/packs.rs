@@ -162,16 +162,18 @@ pub fn valid_url(u: &str) -> bool {
     }
     let schemes = ["https://", "http://", "ssh://", "git://", "file://"];
     if schemes.iter().any(|s| u.starts_with(s)) {
+        // No host that could pass for an option (`ssh://-oProxyCommand=...`).
         return u
             .split_once("://")
-            .is_some_and(|(_, rest)| !rest.is_empty());
+            .is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('-'));
     }
     if u.starts_with('/') {
         return true;
     }
     // scp-like: user@host:path
-    u.split_once(':')
-        .is_some_and(|(host, path)| host.contains('@') && !host.contains('/') && !path.is_empty())
+    u.split_once(':').is_some_and(|(host, path)| {
+        host.contains('@') && !host.contains('/') && !host.starts_with('-') && !path.is_empty()
+    })
 }
 
 /// The pack name a URL implies: its last path segment without `.git` and
@@ -318,7 +320,7 @@ impl PackManager {
     }
 
     /// Resolve what `params` ask for into sources pinned to commits.
-    fn resolve(&self, params: &Params) -> Result<Vec<Source>, String> {
+    fn resolve(self: &Arc<Self>, params: &Params) -> Result<Vec<Source>, String> {
         let packs: Vec<String> = params
             .get("packs")
             .and_then(Value::as_array)
@@ -358,13 +360,13 @@ impl PackManager {
                 (what.to_string(), format!("{EXCHANGE}{what}.git"))
             };
             let reference = reference.or_else(|| branch.map(str::to_string));
+            if !valid_url(&url) {
+                return Err(format!("\"{url}\" is not a repository URL airlock accepts"));
+            }
             if !valid_pack_name(&name) {
                 return Err(format!(
                     "\"{name}\" is not a valid pack name (lowercase letters, digits, _ and -, at most 64)"
                 ));
-            }
-            if !valid_url(&url) {
-                return Err(format!("\"{url}\" is not a repository URL airlock accepts"));
             }
             if let Some(r) = &reference
                 && !valid_ref(r)
@@ -380,7 +382,7 @@ impl PackManager {
                 return Err(format!("pack {name} is named twice"));
             }
             let fetch_url = self.fetch_url(&url);
-            let commit = ls_remote(self, &fetch_url, reference.as_deref())?;
+            let commit = resolve_ref(self, &fetch_url, reference.as_deref())?;
             out.push(Source {
                 pack: name,
                 url,
@@ -400,49 +402,19 @@ impl PackManager {
         ctx: &RunContext,
         timeout: Duration,
         aliases: bool,
-    ) -> Result<(PackRecord, bool), String> {
+    ) -> Result<(PackRecord, bool, Fetched), String> {
         let lock = self.lock(&src.pack);
         let deadline = Instant::now() + timeout;
-        // The fetch runs on its own thread so a stalled server cannot hold
-        // the request past its timeout; the thread keeps the pack locked
-        // until it really ends.
-        let (tx, rx) = std::sync::mpsc::channel();
         let mgr = self.clone();
         let src2 = src.clone();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let cancel2 = cancel.clone();
-        let parent_cancel = ctx.cancel.load(Ordering::Relaxed);
-        std::thread::spawn(move || {
-            let result = if parent_cancel {
-                Err("cancelled".to_string())
-            } else {
-                mgr.fetch(&src2, &cancel2, deadline)
-            };
-            // The lock travels back with the result; if nobody waits any
-            // more it is released here, when the fetch has really ended.
-            let _ = tx.send((result, lock));
-        });
-        let (fetched, _lock) = loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(r) => break r,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if ctx.cancel.load(Ordering::Relaxed) {
-                        cancel.store(true, Ordering::Relaxed);
-                        return Err("interrupted by shutdown while fetching".into());
-                    }
-                    if Instant::now() > deadline {
-                        cancel.store(true, Ordering::Relaxed);
-                        return Err(format!(
-                            "timed out after {}s fetching {}",
-                            timeout.as_secs(),
-                            src.fetch_url
-                        ));
-                    }
-                }
-                Err(_) => return Err("fetch thread ended unexpectedly".into()),
-            }
-        };
-        let (version_dir, version) = fetched?;
+        // The lock is kept until the fetch has really ended, even when the
+        // request gave up waiting for it.
+        let (fetched, _lock) = bounded(deadline, ctx.cancel, lock, move |stop| mgr.fetch(&src2, stop, deadline))
+            .map_err(|why| match why {
+                Stop::Timeout => format!("timed out after {}s fetching {}", timeout.as_secs(), src.fetch_url),
+                Stop::Cancelled => "interrupted by shutdown while fetching".to_string(),
+            })?;
+        let (version_dir, version, stats) = fetched?;
 
         let link = self.dir.join(&src.pack);
         if let Ok(meta) = std::fs::symlink_metadata(&link)
@@ -486,17 +458,17 @@ impl PackManager {
         rec.previous.truncate(KEEP_VERSIONS - 1);
         self.save(&rec)?;
         self.prune_versions(&rec);
-        Ok((rec, changed))
+        Ok((rec, changed, stats))
     }
 
     /// Fetch the commit and produce a validated version directory; returns
-    /// it with the pack's version.
+    /// it with the pack's version and what the fetch transferred.
     fn fetch(
         self: &Arc<Self>,
         src: &Source,
         cancel: &AtomicBool,
         deadline: Instant,
-    ) -> Result<(PathBuf, Option<String>), String> {
+    ) -> Result<(PathBuf, Option<String>, Fetched), String> {
         let git_dir = self
             .dir
             .join(".airlock/git")
@@ -507,6 +479,7 @@ impl PackManager {
                 .map_err(|e| format!("cannot create {}: {e}", git_dir.display()))?,
         };
         let oid = Oid::from_str(&src.commit).map_err(|e| e.to_string())?;
+        let mut stats = Fetched::default();
         if repo.find_commit(oid).is_err() {
             let mut remote = repo
                 .remote_anonymous(&src.fetch_url)
@@ -534,6 +507,7 @@ impl PackManager {
                 specs.push(t);
             }
             let by_ref = remote.fetch(&specs, Some(&mut opts), None);
+            stats.add(&remote.stats());
             if cancel.load(Ordering::Relaxed) {
                 return Err("fetch cancelled".into());
             }
@@ -542,6 +516,7 @@ impl PackManager {
                 let mut opts = FetchOptions::new();
                 opts.remote_callbacks(self.callbacks(cancel, deadline));
                 let by_id = remote.fetch(&[src.commit.as_str()], Some(&mut opts), None);
+                stats.add(&remote.stats());
                 if repo.find_commit(oid).is_err() {
                     let why = [by_ref.err(), by_id.err()]
                         .into_iter()
@@ -590,7 +565,7 @@ impl PackManager {
             .join(&src.commit);
         if version_dir.join("pack.yaml").is_file() {
             let version = validate_pack(&version_dir, &src.pack)?;
-            return Ok((version_dir, version));
+            return Ok((version_dir, version, stats));
         }
         let staging = self.dir.join(".airlock/staging").join(format!(
             "{}-{}-{}",
@@ -611,7 +586,7 @@ impl PackManager {
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&staging);
         }
-        Ok((version_dir, result?))
+        Ok((version_dir, result?, stats))
     }
 
     fn prune_versions(&self, rec: &PackRecord) {
@@ -684,22 +659,94 @@ impl PackManager {
     }
 }
 
+/// What a fetch transferred.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Fetched {
+    pub objects: usize,
+    pub bytes: usize,
+}
+
+impl Fetched {
+    fn add(&mut self, p: &git2::Progress) {
+        self.objects += p.received_objects();
+        self.bytes += p.received_bytes();
+    }
+}
+
+enum Stop {
+    Timeout,
+    Cancelled,
+}
+
+/// Run `f` on its own thread and wait for it until `deadline` or until
+/// `cancel` is set. libgit2 blocks in network reads a callback cannot
+/// interrupt; this bounds how long a request waits for a stalled server.
+/// `f` sees a flag raised when the caller gave up; `keep` (a lock) is
+/// dropped only when `f` has returned.
+fn bounded<T: Send + 'static, K: Send + 'static>(
+    deadline: Instant,
+    cancel: &AtomicBool,
+    keep: K,
+    f: impl FnOnce(&AtomicBool) -> T + Send + 'static,
+) -> Result<(T, K), Stop> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    std::thread::spawn(move || {
+        let out = f(&stop2);
+        let _ = tx.send((out, keep));
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(r) => return Ok(r),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if cancel.load(Ordering::Relaxed) {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(Stop::Cancelled);
+                }
+                if Instant::now() > deadline {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(Stop::Timeout);
+                }
+            }
+            // The thread panicked.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(Stop::Cancelled),
+        }
+    }
+}
+
+/// Resolve `reference` (None: the default branch) on `url` to a commit id,
+/// giving up after `RESOLVE_TIMEOUT`.
+fn resolve_ref(mgr: &Arc<PackManager>, url: &str, reference: Option<&str>) -> Result<String, String> {
+    let (m, u, r) = (mgr.clone(), url.to_string(), reference.map(str::to_string));
+    let never = AtomicBool::new(false);
+    bounded(Instant::now() + RESOLVE_TIMEOUT, &never, (), move |stop| {
+        ls_remote(&m, &u, r.as_deref(), stop)
+    })
+    .map_err(|_| format!("{url} did not answer within {}s", RESOLVE_TIMEOUT.as_secs()))?
+    .0
+}
+
 /// Resolve `reference` (None: the default branch) on `url` to a commit id.
-fn ls_remote(mgr: &PackManager, url: &str, reference: Option<&str>) -> Result<String, String> {
+fn ls_remote(
+    mgr: &PackManager,
+    url: &str,
+    reference: Option<&str>,
+    cancel: &AtomicBool,
+) -> Result<String, String> {
     if let Some(r) = reference
         && r.len() == 40
         && Oid::from_str(r).is_ok()
     {
         return Ok(r.to_lowercase());
     }
-    let cancel = AtomicBool::new(false);
     let deadline = Instant::now() + RESOLVE_TIMEOUT;
     let mut remote =
         git2::Remote::create_detached(url).map_err(|e| format!("{url}: {}", e.message()))?;
     let conn = remote
         .connect_auth(
             Direction::Fetch,
-            Some(mgr.callbacks(&cancel, deadline)),
+            Some(mgr.callbacks(cancel, deadline)),
             None,
         )
         .map_err(|e| format!("cannot reach {url}: {}", e.message()))?;
@@ -1011,16 +1058,16 @@ impl Action for Install {
         let mut changed = false;
         for src in &sources {
             match self.mgr.install(src, ctx, timeout, aliases) {
-                Ok((rec, c)) => {
+                Ok((rec, c, stats)) => {
                     changed |= c;
-                    installed.push(rec);
+                    installed.push((rec, stats));
                 }
                 Err(e) => {
                     let mut out = Outcome::failed(format!("pack {}: {e}", src.pack));
                     out.packs_changed = changed;
                     out.result = json!({
                         "error": out.summary,
-                        "installed": installed.iter().map(|r| &r.name).collect::<Vec<_>>(),
+                        "installed": installed.iter().map(|(r, _)| &r.name).collect::<Vec<_>>(),
                     });
                     return out;
                 }
@@ -1028,7 +1075,7 @@ impl Action for Install {
         }
         let summary = installed
             .iter()
-            .map(|r| {
+            .map(|(r, _)| {
                 format!(
                     "{}{} at {}",
                     r.name,
@@ -1045,15 +1092,16 @@ impl Action for Install {
         Outcome {
             status: Status::Succeeded,
             result: json!({
-                "packs": installed.iter().map(|r| json!({
+                "packs": installed.iter().map(|(r, fetched)| json!({
                     "name": r.name, "version": r.current.version, "commit": r.current.commit,
                     "url": r.current.url, "ref": r.current.reference,
                     "previous": r.previous.first().map(|p| &p.commit),
+                    "fetched": fetched,
                 })).collect::<Vec<_>>(),
                 "message": format!("Successfully installed {summary}"),
             }),
             summary: format!("installed {summary}"),
-            commit: installed.first().map(|r| r.current.commit.clone()),
+            commit: installed.first().map(|(r, _)| r.current.commit.clone()),
             packs_changed: aliases || changed,
         }
     }

@@ -1,0 +1,169 @@
+//! The `airlock` binary as a user runs it: match, help, check, policy
+//! explain, the console, pending and audit.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+fn airlock(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("AIRLOCK_DATA_DIR")
+        .output()
+        .expect("run airlock")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn match_answers_the_seed_like_st2() {
+    let root = repo_root();
+    let o = airlock(&["match", "flow deploy"], &root);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["alias"], "st2-flow.flow_deploy");
+    assert_eq!(
+        v["parameters"],
+        serde_json::json!({"register": "all", "packs": "st2-flow", "repo_url": "git@github.com:websages/st2-flow", "branch": "master"})
+    );
+    let o = airlock(&["match", "flow deploy feature-x"], &root);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["parameters"]["branch"], "feature-x");
+    // Smart quotes from chat clients are plain quotes to the matcher.
+    let o = airlock(&["match", "flow deploy \u{201c}feature y\u{201d}"], &root);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["parameters"]["branch"], "feature y");
+    let o = airlock(&["match", "deploy the flow"], &root);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(text(&o).1.trim(), "Command 'deploy the flow' matched no patterns");
+}
+
+#[test]
+fn help_lists_displays_with_filter() {
+    let o = airlock(&["help", "rollback"], &repo_root());
+    let (out, _) = text(&o);
+    assert!(out.contains("pack rollback {{ pack }}") && !out.contains("flow deploy"), "{out}");
+}
+
+#[test]
+fn check_reports_every_error_with_file_line_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("aliases");
+    let p = tmp.path().join("policies");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(a.join("ok.yaml"), "name: ok\npack: t\naction_ref: core.echo\nformats: ['say {{ message }}']\n").unwrap();
+    std::fs::write(
+        a.join("bad.yaml"),
+        "name: bad\npack: t\naction_ref: core.echo\nformats:\n  - \"fine {{ x }}\"\n  - display: d\n    representation:\n      - \"{{ ip-address }}\"\n  - 42\nack:\n  format: \"{% if %}\"\n",
+    )
+    .unwrap();
+    std::fs::write(a.join("typo.yaml"), "name: t\npack: t\naction_ref: core.echo\nformat: ['x']\n").unwrap();
+    std::fs::write(
+        p.join("p.yaml"),
+        "groups:\n  ops: ['@alice:example.org', 'bob']\nrules:\n  - id: r1\n    effect: allow\n    groups: [opz]\n    aliases: [t.ok]\n  - id: r2\n    effect: allow\n    users: ['@alice:example.org']\n    rooms: ['ops']\n    aliases: [t.nothing]\n    params:\n      x: {regex: '('}\n  - id: r3\n    effect: allow\n    users: ['*']\n",
+    )
+    .unwrap();
+    let o = airlock(&["check", "--aliases", "aliases", "--policies", "policies"], tmp.path());
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    for needle in [
+        "aliases/bad.yaml:8:9: error: formats[1].representation[0]: format is not a valid regular expression",
+        "aliases/bad.yaml:9:5: error: formats[2]: alias_format '42' is neither a dictionary or string type.",
+        "aliases/bad.yaml:11:3: error: ack.format: invalid template",
+        "aliases/typo.yaml:4:1: error: unknown field `format`",
+        "policies/p.yaml:2:31: error: groups.ops[1]: \"bob\" is not a Matrix user ID",
+        "policies/p.yaml:6:14: error: rules[0].groups[0]: unknown group \"opz\"",
+        "policies/p.yaml:11:13: error: rules[1].rooms[0]: \"ops\" is not a room ID",
+        "policies/p.yaml:14:11: error: rules[1].params.x.regex: invalid regex: unclosed group",
+        "rules[2]: rule names no aliases, actions, packs or builtins, so it can never match",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+    assert!(out.contains("error(s)"));
+}
+
+#[test]
+fn policy_explain_shows_decision_rules_and_confirmation() {
+    let root = repo_root();
+    let o = airlock(&["policy", "explain", "--user", ALICE, "--room", OPS, "!flow deploy main"], &root);
+    let (out, _) = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("decision: ALLOW by rule ops-deploy-flow"), "{out}");
+    assert!(out.contains("confirmation: 1 approval(s) from group ops, not the requester; expires after 10m"), "{out}");
+    let o = airlock(&["policy", "explain", "--user", ALICE, "--room", OPS, "flow deploy main repo_url=git@evil:x"], &root);
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(out.contains("DENY (parameter repo_url=git@evil:x is not allowed by rule ops-deploy-flow"), "{out}");
+    let o = airlock(&["policy", "explain", "--user", MALLORY, "--room", OPS, "flow deploy main"], &root);
+    let (out, _) = text(&o);
+    assert!(out.contains("deny by default"), "{out}");
+    let o = airlock(&["policy", "explain", "--user", "@alice:example.org.evil", "--room", OPS, "flow deploy main"], &root);
+    assert!(text(&o).0.contains("rules matching @alice:example.org.evil in !ops:example.org: none"));
+}
+
+/// The README's first command: the console, piped, from a fresh checkout.
+#[test]
+fn console_session_deploy_confirm_audit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
+    let root = repo_root();
+    let cfg = tmp.path().join("airlock.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir: data\npacks: packs\naliases: [{}]\npolicies: [{}]\ngit:\n  instead_of:\n    - from: \"{SEED_URL}\"\n      to: \"{}\"\n",
+            root.join("aliases").display(),
+            root.join("policies").display(),
+            repo.url()
+        ),
+    )
+    .unwrap();
+    let script = "!flow deploy main\n/user @bob:example.org\n/reply m1 yes\n/wait\n/user @alice:example.org\n!st2-flow status\n/wait\n!audit 40\n";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["console", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    for needle in [
+        "[m1] airlock ↪ [u1]: 🔐 Confirmation needed",
+        &format!("st2-flow at commit {}", repo.head()),
+        "[u2] @bob:example.org ↪ [m1]: yes",
+        "Deploying flow ... standby ...",
+        "Successfully deployed flow",
+        "st2-flow v1 is live",
+        "confirmation_requested",
+        "approval by=@bob:example.org",
+        &format!("finished by=@alice:example.org"),
+        &format!("commit={}", repo.head()),
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+    // Afterwards, from the CLI: the chain verifies and the audit answers.
+    let o = airlock(&["audit", "--config", cfg.to_str().unwrap(), "verify"], tmp.path());
+    assert!(text(&o).0.contains("audit log intact"), "{:?}", text(&o));
+    let o = airlock(&["audit", "--config", cfg.to_str().unwrap(), "--user", BOB, "--jsonl"], tmp.path());
+    let lines: Vec<serde_json::Value> = text(&o).0.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!lines.is_empty() && lines.iter().all(|e| e["sender"] == BOB));
+    let o = airlock(&["audit", "--config", cfg.to_str().unwrap(), "--alias", "st2-flow.flow_deploy", "--status", "succeeded", "--json"], tmp.path());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let o = airlock(&["audit", "--config", cfg.to_str().unwrap(), "who-deployed", "st2-flow"], tmp.path());
+    assert!(text(&o).0.contains(&format!("deployed st2-flow by {ALICE} (approved by {BOB}) at {}", repo.head())), "{:?}", text(&o));
+    let o = airlock(&["pending", "--config", cfg.to_str().unwrap()], tmp.path());
+    assert!(text(&o).0.contains("No open requests"));
+}

@@ -1,0 +1,412 @@
+//! packs.install and friends against real git repositories, served over
+//! file:// and by `git daemon` on loopback.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use airlock::engine::Effect;
+use common::*;
+
+/// `git daemon` serving every repository under `base` on a free port.
+struct GitDaemon {
+    child: Child,
+    port: u16,
+}
+
+impl GitDaemon {
+    fn start(base: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new("git")
+            .args(["daemon", "--reuseaddr", "--export-all", "--informative-errors", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon (the git CLI) must be installed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "git daemon did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        GitDaemon { child, port }
+    }
+
+    fn url(&self, repo: &str) -> String {
+        format!("git://127.0.0.1:{}/{repo}", self.port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A TCP proxy in front of a server that can be told to stall: it then
+/// accepts connections and never answers, like a hung git server.
+struct StallProxy {
+    port: u16,
+    stalled: Arc<AtomicBool>,
+}
+
+impl StallProxy {
+    fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let flag = stalled.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                if flag.load(Ordering::Relaxed) {
+                    // Hold the connection open, say nothing.
+                    std::thread::spawn(move || {
+                        let _keep = client;
+                        std::thread::sleep(Duration::from_secs(120));
+                    });
+                    continue;
+                }
+                let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        StallProxy { port, stalled }
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+const OPEN_POLICY: &str = r#"
+groups:
+  ops: ["@alice:example.org", "@bob:example.org"]
+rules:
+  - id: ops-everything
+    effect: allow
+    groups: [ops]
+    packs: ["*"]
+    builtins: ["*"]
+    confirm: false
+"#;
+
+const TEST_ALIASES: &[(&str, &str)] = &[
+    (
+        "deploy_any.yaml",
+        "name: deploy_any\npack: tests\naction_ref: packs.install\nformats:\n  - \"deploy {{ packs }} now\"\n  - \"deploy {{ packs }} registering {{ register }}\"\n  - \"deploy {{ packs }} within {{ timeout }}\"\n",
+    ),
+];
+
+/// A bot with the permissive policy, the repo's aliases plus test ones.
+fn open_bot(dir: &Path, seed: Option<&Path>, policy: &str) -> Bot {
+    let aliases = dir.join("test-aliases");
+    std::fs::create_dir_all(&aliases).unwrap();
+    for (name, text) in TEST_ALIASES {
+        std::fs::write(aliases.join(name), text).unwrap();
+    }
+    let pol = dir.join("policy.yaml");
+    std::fs::write(&pol, policy).unwrap();
+    let mut s = settings(dir, &pol, seed);
+    s.alias_dirs.push(aliases);
+    Bot::open(s)
+}
+
+fn record(bot: &Bot, pack: &str) -> airlock::action::packs::PackRecord {
+    bot.engine.packs().record(pack).unwrap_or_else(|| panic!("{pack} not installed"))
+}
+
+/// The second version of the test pack: its alias says v2.
+fn make_v2(repo: &PackRepo) -> String {
+    repo.write(
+        "aliases/st2-flow_status.yaml",
+        "---\nname: \"st2_flow_status\"\npack: \"st2-flow\"\naction_ref: \"core.echo\"\nformats:\n  - \"st2-flow status\"\nimmutable_parameters:\n  message: \"st2-flow v2 is live\"\nresult:\n  format: \"{{ execution.result.stdout }}\"\n",
+    );
+    repo.write("pack.yaml", "---\nname: st2-flow\nversion: 0.2.0\n");
+    repo.commit("v2")
+}
+
+#[test]
+fn installs_over_git_daemon_with_the_3x_parameter_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repos = tmp.path().join("repos");
+    let repo = PackRepo::new(&repos.join("st2-flow"), "st2-flow");
+    let v1 = repo.head();
+    repo.repo.tag_lightweight("v1", &repo.repo.find_object(repo.repo.head().unwrap().target().unwrap(), None).unwrap(), false).unwrap();
+    make_v2(&repo);
+    let daemon = GitDaemon::start(&repos);
+    let bot = open_bot(tmp.path(), None, OPEN_POLICY);
+    // `<url>=<ref>` in packs: the 3.x form, pinned to a tag.
+    let r = bodies(&bot.say(ALICE, OPS, &format!("!deploy {}=v1 now", daemon.url("st2-flow"))));
+    assert!(r.contains("succeeded"), "{r}");
+    let rec = record(&bot, "st2-flow");
+    assert_eq!(rec.current.commit, v1);
+    assert_eq!(rec.current.url, daemon.url("st2-flow"));
+    assert_eq!(rec.current.reference.as_deref(), Some("v1"));
+    assert!(bodies(&bot.say(ALICE, OPS, "!st2-flow status")).contains("v1 is live"));
+    // Unknown parameters are errors naming them.
+    let r = bodies(&bot.say(ALICE, OPS, &format!("!deploy {} now colour=blue", daemon.url("st2-flow"))));
+    assert!(r.contains("unknown parameter for packs.install: colour"), "{r}");
+    // A pack list shows version, commit, who and when.
+    let r = bodies(&bot.say(ALICE, OPS, "!pack list"));
+    assert!(r.contains("st2-flow 0.1.0") && r.contains(&v1[..12]) && r.contains(ALICE), "{r}");
+}
+
+#[test]
+fn a_moved_branch_after_approval_still_installs_the_shown_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repos = tmp.path().join("repos");
+    let repo = PackRepo::new(&repos.join("st2-flow"), "st2-flow");
+    let shown = repo.head();
+    let daemon = GitDaemon::start(&repos);
+    // The seed's URL, fetched from git daemon (git's insteadOf).
+    let mut s = settings(tmp.path(), &repo_root().join("policies"), None);
+    s.git.instead_of.push(airlock::action::packs::InsteadOf {
+        from: SEED_URL.into(),
+        to: daemon.url("st2-flow"),
+    });
+    let bot = Bot::open(s);
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    assert!(p.body.contains(&shown), "{}", p.body);
+    let moved = make_v2(&repo);
+    assert_ne!(moved, shown);
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    assert!(r.contains("Successfully deployed flow"), "{r}");
+    assert_eq!(record(&bot, "st2-flow").current.commit, shown);
+    assert!(bodies(&bot.say(ALICE, OPS, "!st2-flow status")).contains("v1 is live"));
+}
+
+#[test]
+fn a_broken_alias_file_fails_the_install_and_keeps_the_previous_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
+    let v1 = repo.head();
+    let bot = open_bot(tmp.path(), None, OPEN_POLICY);
+    let url = repo.url();
+    assert!(bodies(&bot.say(ALICE, OPS, &format!("!deploy {url} now"))).contains("succeeded"));
+    repo.write("aliases/broken.yaml", "name: broken\npack: st2-flow\naction_ref: core.echo\nformats:\n  - \"bad (unclosed {{ x }}\"\n");
+    repo.commit("broken alias");
+    let r = bodies(&bot.say(ALICE, OPS, &format!("!deploy {url} now")));
+    assert!(r.contains("failed") && r.contains("aliases/broken.yaml:5:5") && r.contains("formats[0]"), "{r}");
+    assert_eq!(record(&bot, "st2-flow").current.commit, v1);
+    assert!(bodies(&bot.say(ALICE, OPS, "!st2-flow status")).contains("v1 is live"));
+    assert!(std::fs::read_dir(tmp.path().join("packs/.airlock/staging")).unwrap().next().is_none(), "staging cleaned");
+}
+
+#[test]
+fn a_repository_with_the_wrong_pack_name_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PackRepo::new(&tmp.path().join("st2-flow"), "other-pack");
+    let bot = open_bot(tmp.path(), None, OPEN_POLICY);
+    let r = bodies(&bot.say(ALICE, OPS, &format!("!deploy {} now", repo.url())));
+    assert!(r.contains("pack.yaml names the pack \"other-pack\", not \"st2-flow\""), "{r}");
+    assert!(bot.engine.packs().record("st2-flow").is_none());
+    assert!(!tmp.path().join("packs/st2-flow").exists());
+    repo.remove("pack.yaml");
+    repo.commit("no pack.yaml");
+    let r = bodies(&bot.say(ALICE, OPS, &format!("!deploy {} now", repo.url())));
+    assert!(r.contains("no pack.yaml"), "{r}");
+}
+
+#[test]
+fn traversal_attempts_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
+    let bot = open_bot(tmp.path(), None, OPEN_POLICY);
+    for (cmd, why) in [
+        ("!deploy ../../etc now".to_string(), "not a valid pack name"),
+        ("!deploy file:///tmp/.. now".to_string(), "not a valid pack name"),
+        (format!("!deploy {}=../../x now", repo.url()), "not a valid git branch"),
+        (format!("!deploy {}=-upload-pack=x now", repo.url()), "not a valid"),
+        (format!("!deploy {}=--upload-pack now", repo.url()), "not a valid git branch"),
+        ("!deploy ssh://-oProxyCommand=id now".to_string(), "not a repository URL"),
+        ("!deploy ext::sh -c id now".to_string(), "not a repository URL"),
+        ("!pack uninstall ../packs".to_string(), "not a valid pack name"),
+    ] {
+        let r = bodies(&bot.say(ALICE, OPS, &cmd));
+        assert!(r.contains(why), "{cmd}: {r}");
+    }
+    // A symlink leaving the pack is refused at install time.
+    std::os::unix::fs::symlink("/etc/passwd", repo.path.join("aliases/leak.yaml")).unwrap();
+    repo.commit("symlink out");
+    let r = bodies(&bot.say(ALICE, OPS, &format!("!deploy {} now", repo.url())));
+    assert!(r.contains("points outside the pack"), "{r}");
+    // A directory airlock did not create is never replaced.
+    std::fs::create_dir_all(tmp.path().join("packs/st2-flow")).unwrap();
+    std::fs::remove_file(repo.path.join("aliases/leak.yaml")).unwrap();
+    repo.commit("no symlink");
+    let r = bodies(&bot.say(ALICE, OPS, &format!("!deploy {} now", repo.url())));
+    assert!(r.contains("not managed by airlock"), "{r}");
+}
+
+#[test]
+fn a_stalled_fetch_times_out_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repos = tmp.path().join("repos");
+    let repo = PackRepo::new(&repos.join("st2-flow"), "st2-flow");
+    let daemon = GitDaemon::start(&repos);
+    let proxy = StallProxy::start(daemon.port);
+    let url = format!("git://127.0.0.1:{}/st2-flow", proxy.port);
+    let policy = OPEN_POLICY.replace("confirm: false", "confirm: {approvers: {groups: [ops]}}");
+    let bot = open_bot(tmp.path(), None, &policy);
+    // Resolved while the server answers...
+    let p = prompt(&bot.say(ALICE, OPS, &format!("!deploy {url} within 2"))).clone();
+    assert!(p.body.contains(&repo.head()));
+    // ...fetched when it has hung.
+    proxy.stalled.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    let took = started.elapsed();
+    assert!(r.contains("timed out after 2s"), "{r}");
+    assert!(took < Duration::from_secs(10), "gave up after {took:?}");
+    assert!(bot.engine.packs().record("st2-flow").is_none());
+    assert!(!tmp.path().join("packs/st2-flow").exists());
+}
+
+#[test]
+fn rollback_restores_the_previous_commit_and_its_aliases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
+    let s = settings(tmp.path(), &repo_root().join("policies"), Some(&repo.path));
+    let bot = Bot::open(s);
+    let deploy = |bot: &Bot| {
+        let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+        let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+        assert!(r.contains("Successfully deployed flow"), "{r}");
+    };
+    let v1 = repo.head();
+    deploy(&bot);
+    let v2 = make_v2(&repo);
+    deploy(&bot);
+    assert!(bodies(&bot.say(ALICE, OPS, "!st2-flow status")).contains("v2 is live"));
+    // Rolling back needs another member of ops, and names both commits.
+    let p = prompt(&bot.say(ALICE, OPS, "!pack rollback st2-flow")).clone();
+    assert!(p.body.contains(&v1) && p.body.contains(&v2), "{}", p.body);
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    assert!(r.contains(&format!("Rolled st2-flow back to {}", &v1[..12])), "{r}");
+    assert_eq!(record(&bot, "st2-flow").current.commit, v1);
+    assert!(bodies(&bot.say(ALICE, OPS, "!st2-flow status")).contains("v1 is live"));
+    // The audit log has every step, with the commits.
+    let who = bodies(&bot.say(ALICE, OPS, "!audit who deployed st2-flow"));
+    assert!(who.contains(&format!("rolled back st2-flow by {ALICE} (approved by {BOB}) at {v1}")), "{who}");
+    assert!(who.contains(&format!("deployed st2-flow by {ALICE} (approved by {BOB}) at {v2}")), "{who}");
+    assert!(who.contains(&format!("at {v1}")), "{who}");
+    // Nothing earlier to go back to now.
+    let r = bodies(&bot.say(ALICE, OPS, "!pack rollback st2-flow"));
+    assert!(r.contains("no earlier version"), "{r}");
+}
+
+#[test]
+fn reinstall_fetches_only_what_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repos = tmp.path().join("repos");
+    let repo = PackRepo::new(&repos.join("st2-flow"), "st2-flow");
+    for i in 0..30 {
+        repo.write(&format!("actions/a{i}.yaml"), &format!("name: a{i}\nrunner_type: local-shell-cmd\n"));
+        repo.commit(&format!("action {i}"));
+    }
+    let daemon = GitDaemon::start(&repos);
+    let bot = open_bot(tmp.path(), None, OPEN_POLICY);
+    let url = daemon.url("st2-flow");
+    let fetched = |bot: &Bot| -> u64 {
+        let out = bot.say(ALICE, OPS, &format!("!deploy {url} now"));
+        assert!(bodies(&out).contains("succeeded"), "{}", bodies(&out));
+        let id = bot.engine.audit_log().query(&airlock::audit::Query { event: Some("finished".into()), limit: Some(1), ..Default::default() }).unwrap()[0].request.clone().unwrap();
+        let req = bot.engine.requests().get(&id).unwrap().unwrap();
+        req.result.unwrap()["packs"][0]["fetched"]["objects"].as_u64().unwrap()
+    };
+    let first = fetched(&bot);
+    assert!(first > 60, "first install fetched {first} objects");
+    let cache = tmp.path().join("packs/.airlock/git/st2-flow.git");
+    std::fs::write(cache.join("marker"), "kept").unwrap();
+    repo.write("actions/a0.yaml", "name: a0\nrunner_type: python-script\n");
+    repo.commit("one change");
+    let second = fetched(&bot);
+    assert!(second > 0 && second <= 5, "re-install fetched {second} objects (first: {first})");
+    assert!(cache.join("marker").exists(), "the cache was reused, not re-cloned");
+    assert_eq!(record(&bot, "st2-flow").current.commit, repo.head());
+    // The same commit again fetches nothing.
+    assert_eq!(fetched(&bot), 0);
+}
+
+#[test]
+fn concurrent_installs_of_one_pack_are_serialized() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
+    let v1 = repo.head();
+    repo.branch("one");
+    let v2 = make_v2(&repo);
+    repo.branch("two");
+    let other = PackRepo::new(&tmp.path().join("other"), "other");
+    let bot = Arc::new(open_bot(tmp.path(), None, &OPEN_POLICY.replace("confirm: false", "confirm: {approvers: {groups: [ops]}}")));
+    for round in 0..4 {
+        let mut ids = Vec::new();
+        for cmd in [format!("!deploy {}=one now", repo.url()), format!("!deploy {}=two now", repo.url()), format!("!deploy {} now", other.url())] {
+            let p = prompt(&bot.say(ALICE, OPS, &cmd)).clone();
+            let fx = bot.engine.handle(&{
+                let mut m = airlock::engine::Incoming::message(BOB, OPS, &bot.event_id(), "yes");
+                m.reply_to = Some(p.event_id.clone());
+                m
+            });
+            ids.extend(fx.into_iter().filter_map(|e| if let Effect::Execute(id) = e { Some(id) } else { None }));
+        }
+        let threads: Vec<_> = ids
+            .into_iter()
+            .map(|id| {
+                let bot = bot.clone();
+                std::thread::spawn(move || bot.engine.execute(&id))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let rec = record(&bot, "st2-flow");
+        let now = rec.current.commit.clone();
+        assert!(now == v1 || now == v2, "round {round}");
+        let link = std::fs::read_link(tmp.path().join("packs/st2-flow")).unwrap();
+        assert!(link.ends_with(&now), "round {round}: link {link:?} vs record {now}");
+        assert!(tmp.path().join("packs/st2-flow/pack.yaml").is_file());
+        assert!(tmp.path().join("packs/other/pack.yaml").is_file());
+    }
+}
+
+#[test]
+fn uninstall_and_register_control_which_commands_exist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
+    let bot = open_bot(tmp.path(), None, OPEN_POLICY);
+    let r = bodies(&bot.say(ALICE, OPS, &format!("!deploy {} registering actions", repo.url())));
+    assert!(r.contains("succeeded"), "{r}");
+    assert!(bodies(&bot.say(ALICE, OPS, "!st2-flow status")).contains("matched no patterns"));
+    assert!(bodies(&bot.say(ALICE, OPS, &format!("!deploy {} now", repo.url()))).contains("succeeded"));
+    assert!(bodies(&bot.say(ALICE, OPS, "!st2-flow status")).contains("v1 is live"));
+    let r = bodies(&bot.say(ALICE, OPS, "!pack uninstall st2-flow"));
+    assert!(r.contains("succeeded"), "{r}");
+    assert!(bodies(&bot.say(ALICE, OPS, "!st2-flow status")).contains("matched no patterns"));
+    assert!(!tmp.path().join("packs/st2-flow").exists());
+    let r = bodies(&bot.say(ALICE, OPS, "!pack uninstall st2-flow"));
+    assert!(r.contains("is not installed"), "{r}");
+}
+

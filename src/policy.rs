@@ -540,7 +540,14 @@ pub fn load(paths: &[PathBuf]) -> LoadedPolicy {
                         Err(err) => e(
                             &format!("{field}.regex"),
                             Severity::Error,
-                            format!("invalid regex: {}", err.to_string().lines().last().unwrap_or_default().trim_start_matches("error: ")),
+                            format!(
+                                "invalid regex: {}",
+                                err.to_string()
+                                    .lines()
+                                    .last()
+                                    .unwrap_or_default()
+                                    .trim_start_matches("error: ")
+                            ),
                         ),
                     },
                     _ => e(

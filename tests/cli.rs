@@ -19,7 +19,10 @@ fn airlock(args: &[&str], dir: &Path) -> Output {
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -42,14 +45,20 @@ fn match_answers_the_seed_like_st2() {
     assert_eq!(v["parameters"]["branch"], "feature y");
     let o = airlock(&["match", "deploy the flow"], &root);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(text(&o).1.trim(), "Command 'deploy the flow' matched no patterns");
+    assert_eq!(
+        text(&o).1.trim(),
+        "Command 'deploy the flow' matched no patterns"
+    );
 }
 
 #[test]
 fn help_lists_displays_with_filter() {
     let o = airlock(&["help", "rollback"], &repo_root());
     let (out, _) = text(&o);
-    assert!(out.contains("pack rollback {{ pack }}") && !out.contains("flow deploy"), "{out}");
+    assert!(
+        out.contains("pack rollback {{ pack }}") && !out.contains("flow deploy"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -59,19 +68,30 @@ fn check_reports_every_error_with_file_line_and_field() {
     let p = tmp.path().join("policies");
     std::fs::create_dir_all(&a).unwrap();
     std::fs::create_dir_all(&p).unwrap();
-    std::fs::write(a.join("ok.yaml"), "name: ok\npack: t\naction_ref: core.echo\nformats: ['say {{ message }}']\n").unwrap();
+    std::fs::write(
+        a.join("ok.yaml"),
+        "name: ok\npack: t\naction_ref: core.echo\nformats: ['say {{ message }}']\n",
+    )
+    .unwrap();
     std::fs::write(
         a.join("bad.yaml"),
         "name: bad\npack: t\naction_ref: core.echo\nformats:\n  - \"fine {{ x }}\"\n  - display: d\n    representation:\n      - \"{{ ip-address }}\"\n  - 42\nack:\n  format: \"{% if %}\"\n",
     )
     .unwrap();
-    std::fs::write(a.join("typo.yaml"), "name: t\npack: t\naction_ref: core.echo\nformat: ['x']\n").unwrap();
+    std::fs::write(
+        a.join("typo.yaml"),
+        "name: t\npack: t\naction_ref: core.echo\nformat: ['x']\n",
+    )
+    .unwrap();
     std::fs::write(
         p.join("p.yaml"),
         "groups:\n  ops: ['@alice:example.org', 'bob']\nrules:\n  - id: r1\n    effect: allow\n    groups: [opz]\n    aliases: [t.ok]\n  - id: r2\n    effect: allow\n    users: ['@alice:example.org']\n    rooms: ['ops']\n    aliases: [t.nothing]\n    params:\n      x: {regex: '('}\n  - id: r3\n    effect: allow\n    users: ['*']\n",
     )
     .unwrap();
-    let o = airlock(&["check", "--aliases", "aliases", "--policies", "policies"], tmp.path());
+    let o = airlock(
+        &["check", "--aliases", "aliases", "--policies", "policies"],
+        tmp.path(),
+    );
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}{err}");
     for needle in [
@@ -93,20 +113,79 @@ fn check_reports_every_error_with_file_line_and_field() {
 #[test]
 fn policy_explain_shows_decision_rules_and_confirmation() {
     let root = repo_root();
-    let o = airlock(&["policy", "explain", "--user", ALICE, "--room", OPS, "!flow deploy main"], &root);
+    let o = airlock(
+        &[
+            "policy",
+            "explain",
+            "--user",
+            ALICE,
+            "--room",
+            OPS,
+            "!flow deploy main",
+        ],
+        &root,
+    );
     let (out, _) = text(&o);
     assert!(o.status.success(), "{out}");
-    assert!(out.contains("decision: ALLOW by rule ops-deploy-flow"), "{out}");
-    assert!(out.contains("confirmation: 1 approval(s) from group ops, not the requester; expires after 10m"), "{out}");
-    let o = airlock(&["policy", "explain", "--user", ALICE, "--room", OPS, "flow deploy main repo_url=git@evil:x"], &root);
+    assert!(
+        out.contains("decision: ALLOW by rule ops-deploy-flow"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "confirmation: 1 approval(s) from group ops, not the requester; expires after 10m"
+        ),
+        "{out}"
+    );
+    let o = airlock(
+        &[
+            "policy",
+            "explain",
+            "--user",
+            ALICE,
+            "--room",
+            OPS,
+            "flow deploy main repo_url=git@evil:x",
+        ],
+        &root,
+    );
     let (out, _) = text(&o);
     assert_eq!(o.status.code(), Some(1));
-    assert!(out.contains("DENY (parameter repo_url=git@evil:x is not allowed by rule ops-deploy-flow"), "{out}");
-    let o = airlock(&["policy", "explain", "--user", MALLORY, "--room", OPS, "flow deploy main"], &root);
+    assert!(
+        out.contains("DENY (parameter repo_url=git@evil:x is not allowed by rule ops-deploy-flow"),
+        "{out}"
+    );
+    let o = airlock(
+        &[
+            "policy",
+            "explain",
+            "--user",
+            MALLORY,
+            "--room",
+            OPS,
+            "flow deploy main",
+        ],
+        &root,
+    );
     let (out, _) = text(&o);
     assert!(out.contains("deny by default"), "{out}");
-    let o = airlock(&["policy", "explain", "--user", "@alice:example.org.evil", "--room", OPS, "flow deploy main"], &root);
-    assert!(text(&o).0.contains("rules matching @alice:example.org.evil in !ops:example.org: none"));
+    let o = airlock(
+        &[
+            "policy",
+            "explain",
+            "--user",
+            "@alice:example.org.evil",
+            "--room",
+            OPS,
+            "flow deploy main",
+        ],
+        &root,
+    );
+    assert!(
+        text(&o)
+            .0
+            .contains("rules matching @alice:example.org.evil in !ops:example.org: none")
+    );
 }
 
 /// The README's first command: the console, piped, from a fresh checkout.
@@ -135,7 +214,12 @@ fn console_session_deploy_confirm_audit() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
@@ -154,16 +238,61 @@ fn console_session_deploy_confirm_audit() {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }
     // Afterwards, from the CLI: the chain verifies and the audit answers.
-    let o = airlock(&["audit", "--config", cfg.to_str().unwrap(), "verify"], tmp.path());
+    let o = airlock(
+        &["audit", "--config", cfg.to_str().unwrap(), "verify"],
+        tmp.path(),
+    );
     assert!(text(&o).0.contains("audit log intact"), "{:?}", text(&o));
-    let o = airlock(&["audit", "--config", cfg.to_str().unwrap(), "--user", BOB, "--jsonl"], tmp.path());
-    let lines: Vec<serde_json::Value> = text(&o).0.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let o = airlock(
+        &[
+            "audit",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--user",
+            BOB,
+            "--jsonl",
+        ],
+        tmp.path(),
+    );
+    let lines: Vec<serde_json::Value> = text(&o)
+        .0
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(!lines.is_empty() && lines.iter().all(|e| e["sender"] == BOB));
-    let o = airlock(&["audit", "--config", cfg.to_str().unwrap(), "--alias", "st2-flow.flow_deploy", "--status", "succeeded", "--json"], tmp.path());
+    let o = airlock(
+        &[
+            "audit",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--alias",
+            "st2-flow.flow_deploy",
+            "--status",
+            "succeeded",
+            "--json",
+        ],
+        tmp.path(),
+    );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
-    let o = airlock(&["audit", "--config", cfg.to_str().unwrap(), "who-deployed", "st2-flow"], tmp.path());
-    assert!(text(&o).0.contains(&format!("deployed st2-flow by {ALICE} (approved by {BOB}) at {}", repo.head())), "{:?}", text(&o));
+    let o = airlock(
+        &[
+            "audit",
+            "--config",
+            cfg.to_str().unwrap(),
+            "who-deployed",
+            "st2-flow",
+        ],
+        tmp.path(),
+    );
+    assert!(
+        text(&o).0.contains(&format!(
+            "deployed st2-flow by {ALICE} (approved by {BOB}) at {}",
+            repo.head()
+        )),
+        "{:?}",
+        text(&o)
+    );
     let o = airlock(&["pending", "--config", cfg.to_str().unwrap()], tmp.path());
     assert!(text(&o).0.contains("No open requests"));
 }

@@ -24,7 +24,13 @@ impl GitDaemon {
     fn start(base: &Path) -> Self {
         let port = free_port();
         let child = Command::new("git")
-            .args(["daemon", "--reuseaddr", "--export-all", "--informative-errors", "--listen=127.0.0.1"])
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--informative-errors",
+                "--listen=127.0.0.1",
+            ])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", base.display()))
             .arg(base)
@@ -53,7 +59,11 @@ impl Drop for GitDaemon {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A TCP proxy in front of a server that can be told to stall: it then
@@ -113,12 +123,10 @@ rules:
     confirm: false
 "#;
 
-const TEST_ALIASES: &[(&str, &str)] = &[
-    (
-        "deploy_any.yaml",
-        "name: deploy_any\npack: tests\naction_ref: packs.install\nformats:\n  - \"deploy {{ packs }} now\"\n  - \"deploy {{ packs }} registering {{ register }}\"\n  - \"deploy {{ packs }} within {{ timeout }}\"\n",
-    ),
-];
+const TEST_ALIASES: &[(&str, &str)] = &[(
+    "deploy_any.yaml",
+    "name: deploy_any\npack: tests\naction_ref: packs.install\nformats:\n  - \"deploy {{ packs }} now\"\n  - \"deploy {{ packs }} registering {{ register }}\"\n  - \"deploy {{ packs }} within {{ timeout }}\"\n",
+)];
 
 /// A bot with the permissive policy, the repo's aliases plus test ones.
 fn open_bot(dir: &Path, seed: Option<&Path>, policy: &str) -> Bot {
@@ -135,7 +143,10 @@ fn open_bot(dir: &Path, seed: Option<&Path>, policy: &str) -> Bot {
 }
 
 fn record(bot: &Bot, pack: &str) -> airlock::action::packs::PackRecord {
-    bot.engine.packs().record(pack).unwrap_or_else(|| panic!("{pack} not installed"))
+    bot.engine
+        .packs()
+        .record(pack)
+        .unwrap_or_else(|| panic!("{pack} not installed"))
 }
 
 /// The second version of the test pack: its alias says v2.
@@ -154,12 +165,25 @@ fn installs_over_git_daemon_with_the_3x_parameter_set() {
     let repos = tmp.path().join("repos");
     let repo = PackRepo::new(&repos.join("st2-flow"), "st2-flow");
     let v1 = repo.head();
-    repo.repo.tag_lightweight("v1", &repo.repo.find_object(repo.repo.head().unwrap().target().unwrap(), None).unwrap(), false).unwrap();
+    repo.repo
+        .tag_lightweight(
+            "v1",
+            &repo
+                .repo
+                .find_object(repo.repo.head().unwrap().target().unwrap(), None)
+                .unwrap(),
+            false,
+        )
+        .unwrap();
     make_v2(&repo);
     let daemon = GitDaemon::start(&repos);
     let bot = open_bot(tmp.path(), None, OPEN_POLICY);
     // `<url>=<ref>` in packs: the 3.x form, pinned to a tag.
-    let r = bodies(&bot.say(ALICE, OPS, &format!("!deploy {}=v1 now", daemon.url("st2-flow"))));
+    let r = bodies(&bot.say(
+        ALICE,
+        OPS,
+        &format!("!deploy {}=v1 now", daemon.url("st2-flow")),
+    ));
     assert!(r.contains("succeeded"), "{r}");
     let rec = record(&bot, "st2-flow");
     assert_eq!(rec.current.commit, v1);
@@ -167,11 +191,21 @@ fn installs_over_git_daemon_with_the_3x_parameter_set() {
     assert_eq!(rec.current.reference.as_deref(), Some("v1"));
     assert!(bodies(&bot.say(ALICE, OPS, "!st2-flow status")).contains("v1 is live"));
     // Unknown parameters are errors naming them.
-    let r = bodies(&bot.say(ALICE, OPS, &format!("!deploy {} now colour=blue", daemon.url("st2-flow"))));
-    assert!(r.contains("unknown parameter for packs.install: colour"), "{r}");
+    let r = bodies(&bot.say(
+        ALICE,
+        OPS,
+        &format!("!deploy {} now colour=blue", daemon.url("st2-flow")),
+    ));
+    assert!(
+        r.contains("unknown parameter for packs.install: colour"),
+        "{r}"
+    );
     // A pack list shows version, commit, who and when.
     let r = bodies(&bot.say(ALICE, OPS, "!pack list"));
-    assert!(r.contains("st2-flow 0.1.0") && r.contains(&v1[..12]) && r.contains(ALICE), "{r}");
+    assert!(
+        r.contains("st2-flow 0.1.0") && r.contains(&v1[..12]) && r.contains(ALICE),
+        "{r}"
+    );
 }
 
 #[test]
@@ -209,10 +243,19 @@ fn a_broken_alias_file_fails_the_install_and_keeps_the_previous_version() {
     repo.write("aliases/broken.yaml", "name: broken\npack: st2-flow\naction_ref: core.echo\nformats:\n  - \"bad (unclosed {{ x }}\"\n");
     repo.commit("broken alias");
     let r = bodies(&bot.say(ALICE, OPS, &format!("!deploy {url} now")));
-    assert!(r.contains("failed") && r.contains("aliases/broken.yaml:5:5") && r.contains("formats[0]"), "{r}");
+    assert!(
+        r.contains("failed") && r.contains("aliases/broken.yaml:5:5") && r.contains("formats[0]"),
+        "{r}"
+    );
     assert_eq!(record(&bot, "st2-flow").current.commit, v1);
     assert!(bodies(&bot.say(ALICE, OPS, "!st2-flow status")).contains("v1 is live"));
-    assert!(std::fs::read_dir(tmp.path().join("packs/.airlock/staging")).unwrap().next().is_none(), "staging cleaned");
+    assert!(
+        std::fs::read_dir(tmp.path().join("packs/.airlock/staging"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "staging cleaned"
+    );
 }
 
 #[test]
@@ -221,7 +264,10 @@ fn a_repository_with_the_wrong_pack_name_is_refused() {
     let repo = PackRepo::new(&tmp.path().join("st2-flow"), "other-pack");
     let bot = open_bot(tmp.path(), None, OPEN_POLICY);
     let r = bodies(&bot.say(ALICE, OPS, &format!("!deploy {} now", repo.url())));
-    assert!(r.contains("pack.yaml names the pack \"other-pack\", not \"st2-flow\""), "{r}");
+    assert!(
+        r.contains("pack.yaml names the pack \"other-pack\", not \"st2-flow\""),
+        "{r}"
+    );
     assert!(bot.engine.packs().record("st2-flow").is_none());
     assert!(!tmp.path().join("packs/st2-flow").exists());
     repo.remove("pack.yaml");
@@ -237,13 +283,34 @@ fn traversal_attempts_are_refused() {
     let bot = open_bot(tmp.path(), None, OPEN_POLICY);
     for (cmd, why) in [
         ("!deploy ../../etc now".to_string(), "not a valid pack name"),
-        ("!deploy file:///tmp/.. now".to_string(), "not a valid pack name"),
-        (format!("!deploy {}=../../x now", repo.url()), "not a valid git branch"),
-        (format!("!deploy {}=-upload-pack=x now", repo.url()), "not a valid"),
-        (format!("!deploy {}=--upload-pack now", repo.url()), "not a valid git branch"),
-        ("!deploy ssh://-oProxyCommand=id now".to_string(), "not a repository URL"),
-        ("!deploy ext::sh -c id now".to_string(), "not a repository URL"),
-        ("!pack uninstall ../packs".to_string(), "not a valid pack name"),
+        (
+            "!deploy file:///tmp/.. now".to_string(),
+            "not a valid pack name",
+        ),
+        (
+            format!("!deploy {}=../../x now", repo.url()),
+            "not a valid git branch",
+        ),
+        (
+            format!("!deploy {}=-upload-pack=x now", repo.url()),
+            "not a valid",
+        ),
+        (
+            format!("!deploy {}=--upload-pack now", repo.url()),
+            "not a valid git branch",
+        ),
+        (
+            "!deploy ssh://-oProxyCommand=id now".to_string(),
+            "not a repository URL",
+        ),
+        (
+            "!deploy ext::sh -c id now".to_string(),
+            "not a repository URL",
+        ),
+        (
+            "!pack uninstall ../packs".to_string(),
+            "not a valid pack name",
+        ),
     ] {
         let r = bodies(&bot.say(ALICE, OPS, &cmd));
         assert!(r.contains(why), "{cmd}: {r}");
@@ -305,13 +372,26 @@ fn rollback_restores_the_previous_commit_and_its_aliases() {
     let p = prompt(&bot.say(ALICE, OPS, "!pack rollback st2-flow")).clone();
     assert!(p.body.contains(&v1) && p.body.contains(&v2), "{}", p.body);
     let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
-    assert!(r.contains(&format!("Rolled st2-flow back to {}", &v1[..12])), "{r}");
+    assert!(
+        r.contains(&format!("Rolled st2-flow back to {}", &v1[..12])),
+        "{r}"
+    );
     assert_eq!(record(&bot, "st2-flow").current.commit, v1);
     assert!(bodies(&bot.say(ALICE, OPS, "!st2-flow status")).contains("v1 is live"));
     // The audit log has every step, with the commits.
     let who = bodies(&bot.say(ALICE, OPS, "!audit who deployed st2-flow"));
-    assert!(who.contains(&format!("rolled back st2-flow by {ALICE} (approved by {BOB}) at {v1}")), "{who}");
-    assert!(who.contains(&format!("deployed st2-flow by {ALICE} (approved by {BOB}) at {v2}")), "{who}");
+    assert!(
+        who.contains(&format!(
+            "rolled back st2-flow by {ALICE} (approved by {BOB}) at {v1}"
+        )),
+        "{who}"
+    );
+    assert!(
+        who.contains(&format!(
+            "deployed st2-flow by {ALICE} (approved by {BOB}) at {v2}"
+        )),
+        "{who}"
+    );
     assert!(who.contains(&format!("at {v1}")), "{who}");
     // Nothing earlier to go back to now.
     let r = bodies(&bot.say(ALICE, OPS, "!pack rollback st2-flow"));
@@ -324,7 +404,10 @@ fn reinstall_fetches_only_what_changed() {
     let repos = tmp.path().join("repos");
     let repo = PackRepo::new(&repos.join("st2-flow"), "st2-flow");
     for i in 0..30 {
-        repo.write(&format!("actions/a{i}.yaml"), &format!("name: a{i}\nrunner_type: local-shell-cmd\n"));
+        repo.write(
+            &format!("actions/a{i}.yaml"),
+            &format!("name: a{i}\nrunner_type: local-shell-cmd\n"),
+        );
         repo.commit(&format!("action {i}"));
     }
     let daemon = GitDaemon::start(&repos);
@@ -333,9 +416,22 @@ fn reinstall_fetches_only_what_changed() {
     let fetched = |bot: &Bot| -> u64 {
         let out = bot.say(ALICE, OPS, &format!("!deploy {url} now"));
         assert!(bodies(&out).contains("succeeded"), "{}", bodies(&out));
-        let id = bot.engine.audit_log().query(&airlock::audit::Query { event: Some("finished".into()), limit: Some(1), ..Default::default() }).unwrap()[0].request.clone().unwrap();
+        let id = bot
+            .engine
+            .audit_log()
+            .query(&airlock::audit::Query {
+                event: Some("finished".into()),
+                limit: Some(1),
+                ..Default::default()
+            })
+            .unwrap()[0]
+            .request
+            .clone()
+            .unwrap();
         let req = bot.engine.requests().get(&id).unwrap().unwrap();
-        req.result.unwrap()["packs"][0]["fetched"]["objects"].as_u64().unwrap()
+        req.result.unwrap()["packs"][0]["fetched"]["objects"]
+            .as_u64()
+            .unwrap()
     };
     let first = fetched(&bot);
     assert!(first > 60, "first install fetched {first} objects");
@@ -344,8 +440,14 @@ fn reinstall_fetches_only_what_changed() {
     repo.write("actions/a0.yaml", "name: a0\nrunner_type: python-script\n");
     repo.commit("one change");
     let second = fetched(&bot);
-    assert!(second > 0 && second <= 5, "re-install fetched {second} objects (first: {first})");
-    assert!(cache.join("marker").exists(), "the cache was reused, not re-cloned");
+    assert!(
+        second > 0 && second <= 5,
+        "re-install fetched {second} objects (first: {first})"
+    );
+    assert!(
+        cache.join("marker").exists(),
+        "the cache was reused, not re-cloned"
+    );
     assert_eq!(record(&bot, "st2-flow").current.commit, repo.head());
     // The same commit again fetches nothing.
     assert_eq!(fetched(&bot), 0);
@@ -360,17 +462,31 @@ fn concurrent_installs_of_one_pack_are_serialized() {
     let v2 = make_v2(&repo);
     repo.branch("two");
     let other = PackRepo::new(&tmp.path().join("other"), "other");
-    let bot = Arc::new(open_bot(tmp.path(), None, &OPEN_POLICY.replace("confirm: false", "confirm: {approvers: {groups: [ops]}}")));
+    let bot = Arc::new(open_bot(
+        tmp.path(),
+        None,
+        &OPEN_POLICY.replace("confirm: false", "confirm: {approvers: {groups: [ops]}}"),
+    ));
     for round in 0..4 {
         let mut ids = Vec::new();
-        for cmd in [format!("!deploy {}=one now", repo.url()), format!("!deploy {}=two now", repo.url()), format!("!deploy {} now", other.url())] {
+        for cmd in [
+            format!("!deploy {}=one now", repo.url()),
+            format!("!deploy {}=two now", repo.url()),
+            format!("!deploy {} now", other.url()),
+        ] {
             let p = prompt(&bot.say(ALICE, OPS, &cmd)).clone();
             let fx = bot.engine.handle(&{
                 let mut m = airlock::engine::Incoming::message(BOB, OPS, &bot.event_id(), "yes");
                 m.reply_to = Some(p.event_id.clone());
                 m
             });
-            ids.extend(fx.into_iter().filter_map(|e| if let Effect::Execute(id) = e { Some(id) } else { None }));
+            ids.extend(fx.into_iter().filter_map(|e| {
+                if let Effect::Execute(id) = e {
+                    Some(id)
+                } else {
+                    None
+                }
+            }));
         }
         let threads: Vec<_> = ids
             .into_iter()
@@ -386,7 +502,10 @@ fn concurrent_installs_of_one_pack_are_serialized() {
         let now = rec.current.commit.clone();
         assert!(now == v1 || now == v2, "round {round}");
         let link = std::fs::read_link(tmp.path().join("packs/st2-flow")).unwrap();
-        assert!(link.ends_with(&now), "round {round}: link {link:?} vs record {now}");
+        assert!(
+            link.ends_with(&now),
+            "round {round}: link {link:?} vs record {now}"
+        );
         assert!(tmp.path().join("packs/st2-flow/pack.yaml").is_file());
         assert!(tmp.path().join("packs/other/pack.yaml").is_file());
     }
@@ -397,10 +516,16 @@ fn uninstall_and_register_control_which_commands_exist() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
     let bot = open_bot(tmp.path(), None, OPEN_POLICY);
-    let r = bodies(&bot.say(ALICE, OPS, &format!("!deploy {} registering actions", repo.url())));
+    let r = bodies(&bot.say(
+        ALICE,
+        OPS,
+        &format!("!deploy {} registering actions", repo.url()),
+    ));
     assert!(r.contains("succeeded"), "{r}");
     assert!(bodies(&bot.say(ALICE, OPS, "!st2-flow status")).contains("matched no patterns"));
-    assert!(bodies(&bot.say(ALICE, OPS, &format!("!deploy {} now", repo.url()))).contains("succeeded"));
+    assert!(
+        bodies(&bot.say(ALICE, OPS, &format!("!deploy {} now", repo.url()))).contains("succeeded")
+    );
     assert!(bodies(&bot.say(ALICE, OPS, "!st2-flow status")).contains("v1 is live"));
     let r = bodies(&bot.say(ALICE, OPS, "!pack uninstall st2-flow"));
     assert!(r.contains("succeeded"), "{r}");
@@ -409,4 +534,3 @@ fn uninstall_and_register_control_which_commands_exist() {
     let r = bodies(&bot.say(ALICE, OPS, "!pack uninstall st2-flow"));
     assert!(r.contains("is not installed"), "{r}");
 }
-

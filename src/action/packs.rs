@@ -409,11 +409,17 @@ impl PackManager {
         let src2 = src.clone();
         // The lock is kept until the fetch has really ended, even when the
         // request gave up waiting for it.
-        let (fetched, _lock) = bounded(deadline, ctx.cancel, lock, move |stop| mgr.fetch(&src2, stop, deadline))
-            .map_err(|why| match why {
-                Stop::Timeout => format!("timed out after {}s fetching {}", timeout.as_secs(), src.fetch_url),
-                Stop::Cancelled => "interrupted by shutdown while fetching".to_string(),
-            })?;
+        let (fetched, _lock) = bounded(deadline, ctx.cancel, lock, move |stop| {
+            mgr.fetch(&src2, stop, deadline)
+        })
+        .map_err(|why| match why {
+            Stop::Timeout => format!(
+                "timed out after {}s fetching {}",
+                timeout.as_secs(),
+                src.fetch_url
+            ),
+            Stop::Cancelled => "interrupted by shutdown while fetching".to_string(),
+        })?;
         let (version_dir, version, stats) = fetched?;
 
         let link = self.dir.join(&src.pack);
@@ -717,7 +723,11 @@ fn bounded<T: Send + 'static, K: Send + 'static>(
 
 /// Resolve `reference` (None: the default branch) on `url` to a commit id,
 /// giving up after `RESOLVE_TIMEOUT`.
-fn resolve_ref(mgr: &Arc<PackManager>, url: &str, reference: Option<&str>) -> Result<String, String> {
+fn resolve_ref(
+    mgr: &Arc<PackManager>,
+    url: &str,
+    reference: Option<&str>,
+) -> Result<String, String> {
     let (m, u, r) = (mgr.clone(), url.to_string(), reference.map(str::to_string));
     let never = AtomicBool::new(false);
     bounded(Instant::now() + RESOLVE_TIMEOUT, &never, (), move |stop| {

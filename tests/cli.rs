@@ -232,7 +232,7 @@ fn console_session_deploy_confirm_audit() {
         "st2-flow v1 is live",
         "confirmation_requested",
         "approval by=@bob:example.org",
-        &format!("finished by=@alice:example.org"),
+        "finished by=@alice:example.org",
         &format!("commit={}", repo.head()),
     ] {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");

@@ -107,6 +107,8 @@ pub struct Incoming {
     pub ts_ms: u64,
     /// The sender's power level in the room, when known.
     pub power_level: Option<i64>,
+    /// The transport saw the bot mentioned (Matrix `m.mentions`).
+    pub addressed: bool,
 }
 
 impl Incoming {
@@ -122,6 +124,7 @@ impl Incoming {
             thread: None,
             ts_ms: now_ms(),
             power_level: None,
+            addressed: false,
         }
     }
 }
@@ -219,8 +222,6 @@ pub struct Engine {
     /// Set on shutdown; running actions stop at their next safe point.
     cancel: AtomicBool,
     startup: Mutex<Vec<Effect>>,
-    /// Diagnostics from the last alias load, for the transport to log.
-    alias_diagnostics: Mutex<Vec<Diagnostic>>,
 }
 
 fn valid_user_id(u: &str) -> bool {
@@ -264,8 +265,10 @@ impl Engine {
             warned: Mutex::new(HashMap::new()),
             cancel: AtomicBool::new(false),
             startup: Mutex::new(Vec::new()),
-            alias_diagnostics: Mutex::new(loaded.diagnostics),
         };
+        for d in &loaded.diagnostics {
+            tracing::warn!("{d}");
+        }
         engine.reload_aliases();
         engine.recover();
         Ok(engine)
@@ -301,16 +304,6 @@ impl Engine {
             .clone()
     }
 
-    /// Diagnostics from loading (warnings about aliases, policy warnings).
-    pub fn take_diagnostics(&self) -> Vec<Diagnostic> {
-        std::mem::take(
-            &mut *self
-                .alias_diagnostics
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        )
-    }
-
     /// Messages to send once the transport is connected (requests the
     /// last run left unfinished).
     pub fn take_startup_effects(&self) -> Vec<Effect> {
@@ -325,10 +318,6 @@ impl Engine {
         for d in &loaded.diagnostics {
             tracing::warn!("{d}");
         }
-        self.alias_diagnostics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(loaded.diagnostics);
         *self.aliases.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(AliasSet::new(loaded.aliases));
     }
@@ -443,24 +432,41 @@ impl Engine {
         effects
     }
 
-    /// The command in a message addressed to the bot, if it is one.
-    fn command_text(&self, body: &str) -> Option<String> {
+    /// The command in a message addressed to the bot, if it is one: after
+    /// the prefix (`!deploy`), after one of the bot's names (`airlock:
+    /// deploy`), or after a mention the transport recognised.
+    fn command_text(&self, body: &str, addressed: bool) -> Option<String> {
         let b = body.trim_start();
+        let lower = b.to_lowercase();
+        let after_name = self
+            .settings
+            .names
+            .iter()
+            .chain(self.settings.bot_user.as_ref())
+            .find(|n| lower.starts_with(&n.to_lowercase()))
+            .and_then(|n| {
+                let r = &b[n.len()..];
+                r.strip_prefix([':', ','])
+                    .or_else(|| r.starts_with(char::is_whitespace).then_some(r))
+            });
         let rest = if let Some(r) = b.strip_prefix(self.settings.prefix.as_str()) {
             r
+        } else if let Some(r) = after_name {
+            r
+        } else if addressed {
+            // A mention pill reads "Display Name: command".
+            match b.split_once(':') {
+                Some((head, r)) if head.len() <= 64 && !head.contains('\n') => r,
+                _ => b,
+            }
         } else {
-            let lower = b.to_lowercase();
-            let name = self
-                .settings
-                .names
-                .iter()
-                .chain(self.settings.bot_user.as_ref())
-                .find(|n| lower.starts_with(&n.to_lowercase()))?;
-            let r = &b[name.len()..];
-            r.strip_prefix([':', ','])
-                .or_else(|| r.starts_with(char::is_whitespace).then_some(r))?
+            return None;
         };
         let rest = rest.trim();
+        let rest = rest
+            .strip_prefix(self.settings.prefix.as_str())
+            .unwrap_or(rest)
+            .trim();
         (!rest.is_empty()).then(|| alias::normalize_command(rest))
     }
 
@@ -489,7 +495,7 @@ impl Engine {
             }
             return self.on_prompt_reply(out, &req);
         }
-        let Some(cmd) = self.command_text(&m.body) else {
+        let Some(cmd) = self.command_text(&m.body, m.addressed) else {
             return;
         };
         if self.stale(out, "command") {
@@ -524,7 +530,7 @@ impl Engine {
             .reply_to
             .as_ref()
             .is_some_and(|p| matches!(self.requests.by_prompt(&m.room, p), Ok(Some(_))));
-        if self.command_text(&m.body).is_none() && !approving {
+        if self.command_text(&m.body, m.addressed).is_none() && !approving {
             return;
         }
         if !self

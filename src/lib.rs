@@ -16,5 +16,6 @@ pub mod confirm;
 pub mod console;
 pub mod diag;
 pub mod engine;
+pub mod matrix;
 pub mod policy;
 pub mod render;

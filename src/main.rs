@@ -68,6 +68,11 @@ enum Cmd {
         #[command(subcommand)]
         command: PolicyCmd,
     },
+    /// Run the bot on a Matrix homeserver.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Run the bot in this terminal: stdin is the room (no homeserver).
     Console {
         #[command(flatten)]
@@ -144,11 +149,16 @@ enum AuditCmd {
     WhoDeployed { pack: String },
 }
 
+/// Log filter unless AIRLOCK_LOG says otherwise. matrix-sdk reports
+/// expected 404s (absent account data) and missing key backups loudly.
+const DEFAULT_LOG: &str =
+    "warn,airlock=info,matrix_sdk::http_client=off,matrix_sdk_crypto::backups=error";
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -167,6 +177,7 @@ fn main() -> ExitCode {
                     command,
                 },
         } => cmd_explain(config, &user, &room, power, &command),
+        Cmd::Run { config } => cmd_run(config),
         Cmd::Console { config, user, room } => cmd_console(config, &user, &room),
         Cmd::Pending { config } => cmd_pending(config),
         Cmd::Audit {
@@ -459,13 +470,34 @@ fn cmd_explain(
 
 fn open_engine(cfg: &Config) -> Result<Arc<Engine>, ExitCode> {
     match Engine::open(cfg.settings()) {
-        Ok(e) => {
-            print_diagnostics(&e.take_diagnostics());
-            Ok(Arc::new(e))
-        }
+        Ok(e) => Ok(Arc::new(e)),
         Err(e) => {
             eprintln!("airlock: {e}");
             Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn cmd_run(arg: ConfigArg) -> ExitCode {
+    let cfg = match config(&arg) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("airlock: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(airlock::matrix::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("airlock: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -1,0 +1,308 @@
+//! Matrix test helpers: users registered on the test Synapse by shared
+//! secret, matrix-sdk clients that record what they see, and the `airlock
+//! run` binary as a child process. Shared with benches/matrix.rs, which
+//! uses parts the tests do not.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use matrix_sdk::Client;
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::room::Room;
+use matrix_sdk::ruma::events::reaction::OriginalSyncReactionEvent;
+use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent};
+use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use tokio::sync::Notify;
+
+/// The test homeserver: started by scripts/test (scripts/synapse).
+pub struct Homeserver {
+    pub url: String,
+    secret: String,
+}
+
+impl Homeserver {
+    /// None (and a loud note) when no test Synapse is running.
+    pub fn from_env() -> Option<Self> {
+        let (Ok(url), Ok(dir)) = (
+            std::env::var("AIRLOCK_TEST_HOMESERVER"),
+            std::env::var("AIRLOCK_TEST_SYNAPSE_DIR"),
+        ) else {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIPPED: no test homeserver (AIRLOCK_TEST_HOMESERVER); scripts/test starts one ***\n"
+            );
+            return None;
+        };
+        let secret =
+            std::fs::read_to_string(Path::new(&dir).join("shared_secret")).expect("shared_secret");
+        Some(Homeserver { url, secret })
+    }
+
+    /// Register `name` with the admin API (shared-secret HMAC), which,
+    /// unlike register_new_matrix_user, tolerates re-runs via unique names.
+    pub async fn register(&self, name: &str, password: &str) -> OwnedUserId {
+        let http = reqwest::Client::new();
+        let endpoint = format!("{}/_synapse/admin/v1/register", self.url);
+        let nonce: serde_json::Value = http
+            .get(&endpoint)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let nonce = nonce["nonce"].as_str().unwrap().to_string();
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(self.secret.as_bytes()).unwrap();
+        mac.update(format!("{nonce}\0{name}\0{password}\0notadmin").as_bytes());
+        let digest: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let r = http
+            .post(&endpoint)
+            .json(&serde_json::json!({"nonce": nonce, "username": name, "password": password, "admin": false, "mac": digest}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "register {name}: {}",
+            r.text().await.unwrap()
+        );
+        OwnedUserId::try_from(format!("@{name}:example.org")).unwrap()
+    }
+}
+
+/// A unique suffix for names in this run.
+pub fn unique() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}x{}x{}",
+        airlock::clock::now_ms() % 100_000_000,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Something a test user saw in a room.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub room: OwnedRoomId,
+    pub event_id: OwnedEventId,
+    pub sender: OwnedUserId,
+    pub body: String,
+    pub html: Option<String>,
+    /// For reactions: the key and the event reacted to.
+    pub reaction: Option<(String, OwnedEventId)>,
+    pub reply_to: Option<OwnedEventId>,
+}
+
+/// A logged-in user whose own sync loop records every message and reaction.
+pub struct User {
+    pub client: Client,
+    pub id: OwnedUserId,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    notify: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl User {
+    pub async fn login(hs: &Homeserver, id: &OwnedUserId, password: &str, store: &Path) -> Self {
+        let client = Client::builder()
+            .homeserver_url(&hs.url)
+            .sqlite_store(store, None)
+            .build()
+            .await
+            .unwrap();
+        client
+            .matrix_auth()
+            .login_username(id, password)
+            .send()
+            .await
+            .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let notify = Arc::new(Notify::new());
+        client.sync_once(SyncSettings::default()).await.unwrap();
+        let (s, n) = (seen.clone(), notify.clone());
+        client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
+            let (s, n) = (s.clone(), n.clone());
+            async move {
+                let (body, html) = match &ev.content.msgtype {
+                    MessageType::Text(t) => {
+                        (t.body.clone(), t.formatted.as_ref().map(|f| f.body.clone()))
+                    }
+                    MessageType::Notice(t) => {
+                        (t.body.clone(), t.formatted.as_ref().map(|f| f.body.clone()))
+                    }
+                    _ => return,
+                };
+                let reply_to = match &ev.content.relates_to {
+                    Some(matrix_sdk::ruma::events::room::message::Relation::Reply(r)) => {
+                        Some(r.in_reply_to.event_id.clone())
+                    }
+                    Some(matrix_sdk::ruma::events::room::message::Relation::Thread(t)) => {
+                        t.in_reply_to.as_ref().map(|r| r.event_id.clone())
+                    }
+                    _ => None,
+                };
+                s.lock().unwrap().push(Seen {
+                    room: room.room_id().to_owned(),
+                    event_id: ev.event_id.clone(),
+                    sender: ev.sender.clone(),
+                    body,
+                    html,
+                    reaction: None,
+                    reply_to,
+                });
+                n.notify_waiters();
+            }
+        });
+        let (s, n) = (seen.clone(), notify.clone());
+        client.add_event_handler(move |ev: OriginalSyncReactionEvent, room: Room| {
+            let (s, n) = (s.clone(), n.clone());
+            async move {
+                s.lock().unwrap().push(Seen {
+                    room: room.room_id().to_owned(),
+                    event_id: ev.event_id.clone(),
+                    sender: ev.sender.clone(),
+                    body: String::new(),
+                    html: None,
+                    reaction: Some((
+                        ev.content.relates_to.key.clone(),
+                        ev.content.relates_to.event_id.clone(),
+                    )),
+                    reply_to: None,
+                });
+                n.notify_waiters();
+            }
+        });
+        let c = client.clone();
+        let task = tokio::spawn(async move {
+            let settings = SyncSettings::default().timeout(Duration::from_secs(10));
+            loop {
+                if c.sync_once(settings.clone()).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+        User {
+            client,
+            id: id.clone(),
+            seen,
+            notify,
+            task,
+        }
+    }
+
+    /// Wait until something seen satisfies `f`; return it.
+    pub async fn wait_for(&self, what: &str, timeout: Duration, f: impl Fn(&Seen) -> bool) -> Seen {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            if let Some(s) = self.seen.lock().unwrap().iter().find(|s| f(s)).cloned() {
+                return s;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let seen = self.seen.lock().unwrap().clone();
+                let bodies: Vec<String> = seen
+                    .iter()
+                    .map(|s| format!("{}: {}", s.sender, s.body))
+                    .collect();
+                panic!("{} never saw {what}; saw:\n{}", self.id, bodies.join("\n"));
+            }
+        }
+    }
+
+    pub async fn room(&self, id: &OwnedRoomId) -> Room {
+        for _ in 0..100 {
+            if let Some(r) = self.client.get_room(id) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{} is not in {id}", self.id);
+    }
+
+    pub async fn join(&self, id: &OwnedRoomId) -> Room {
+        self.client.join_room_by_id(id).await.unwrap()
+    }
+}
+
+/// `airlock run` as a child process, with its own data directory.
+pub struct Airlock {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Airlock {
+    pub fn start(config: &Path, password: &str) -> Self {
+        let log = config.with_extension("log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("AIRLOCK_PASSWORD", password)
+            .env(
+                "AIRLOCK_LOG",
+                "warn,airlock=debug,matrix_sdk::http_client=off,matrix_sdk_crypto::backups=error",
+            )
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Airlock { child, log }
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc_kill(self.child.id() as i32, 15);
+        }
+        self.child.wait().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Airlock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- airlock's log ({}) ---\n{}",
+                self.log.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}

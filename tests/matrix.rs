@@ -1,0 +1,422 @@
+//! airlock as a real bot on a real homeserver: Synapse on loopback (started
+//! by scripts/test), the `airlock run` binary, and matrix-sdk clients for
+//! alice, bob and mallory.
+
+mod common;
+#[path = "common/matrix.rs"]
+mod mx;
+
+use std::time::Duration;
+
+use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoom;
+use matrix_sdk::ruma::events::relation::{InReplyTo, Reply};
+use matrix_sdk::ruma::events::room::message::{ReplacementMetadata, RoomMessageEventContent};
+use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
+use mx::{Airlock, Homeserver, Seen, User, unique};
+
+const PW: &str = "correct horse battery staple";
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Scene {
+    dir: tempfile::TempDir,
+    bot: OwnedUserId,
+    alice: User,
+    bob: User,
+    mallory: User,
+    repo: common::PackRepo,
+    alias: String,
+}
+
+async fn scene(hs: Homeserver) -> Scene {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique();
+    let bot = hs.register(&format!("airlock-{tag}"), PW).await;
+    let mut users = Vec::new();
+    for who in ["alice", "bob", "mallory"] {
+        let id = hs.register(&format!("{who}-{tag}"), PW).await;
+        users.push(User::login(&hs, &id, PW, &dir.path().join(format!("{who}-store"))).await);
+    }
+    let mallory = users.pop().unwrap();
+    let bob = users.pop().unwrap();
+    let alice = users.pop().unwrap();
+    let repo = common::PackRepo::new(&dir.path().join("st2-flow"), "st2-flow");
+    let alias = format!("#ops-{tag}:example.org");
+    // The shipped policy, for these users and this room.
+    let shipped = std::fs::read_to_string(common::repo_root().join("policies/ops.yaml")).unwrap();
+    let policy = shipped
+        .replace("@alice:example.org", alice.id.as_str())
+        .replace("@bob:example.org", bob.id.as_str())
+        .replace("!ops:example.org", &alias);
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/ops.yaml"), policy).unwrap();
+    std::fs::write(
+        dir.path().join("airlock.yaml"),
+        format!(
+            "homeserver: {}\nuser_id: \"{bot}\"\ndevice_name: airlock e2e\ndata_dir: data\npacks: packs\naliases: [{}]\npolicies: [policies]\nreaction_approvals: true\ngit:\n  instead_of:\n    - from: \"{}\"\n      to: \"{}\"\n",
+            hs.url,
+            common::repo_root().join("aliases").display(),
+            common::SEED_URL,
+            repo.url()
+        ),
+    )
+    .unwrap();
+    Scene {
+        dir,
+        bot,
+        alice,
+        bob,
+        mallory,
+        repo,
+        alias,
+    }
+}
+
+impl Scene {
+    fn start(&self) -> Airlock {
+        Airlock::start(&self.dir.path().join("airlock.yaml"), PW)
+    }
+
+    /// Alice makes a room (with the policy's alias when `aliased`), invites
+    /// the bot, bob and mallory; everyone joins.
+    async fn room(&self, aliased: bool, encrypted: bool) -> OwnedRoomId {
+        let mut req = CreateRoom::new();
+        if aliased {
+            req.room_alias_name = Some(
+                self.alias
+                    .trim_start_matches('#')
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        if encrypted {
+            req.initial_state = vec![
+                matrix_sdk::ruma::events::InitialStateEvent::with_empty_state_key(
+                    matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent::with_recommended_defaults(),
+                )
+                .to_raw_any(),
+            ];
+        }
+        req.invite = vec![
+            self.bot.clone(),
+            self.bob.id.clone(),
+            self.mallory.id.clone(),
+        ];
+        let room = self.alice.client.create_room(req).await.unwrap();
+        let id = room.room_id().to_owned();
+        self.bob.join(&id).await;
+        self.mallory.join(&id).await;
+        id
+    }
+
+    /// Wait until the bot has joined `room` (as alice sees it).
+    async fn bot_joined(&self, room: &OwnedRoomId) {
+        let r = self.alice.room(room).await;
+        for _ in 0..300 {
+            if let Ok(Some(m)) = r.get_member(&self.bot).await
+                && *m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Join
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the bot never joined {room}");
+    }
+}
+
+async fn say(u: &User, room: &OwnedRoomId, body: &str) -> matrix_sdk::ruma::OwnedEventId {
+    u.room(room)
+        .await
+        .send(RoomMessageEventContent::text_plain(body))
+        .await
+        .unwrap()
+        .response
+        .event_id
+}
+
+async fn reply(
+    u: &User,
+    room: &OwnedRoomId,
+    to: &matrix_sdk::ruma::OwnedEventId,
+    body: &str,
+) -> matrix_sdk::ruma::OwnedEventId {
+    let mut c = RoomMessageEventContent::text_plain(body);
+    c.relates_to = Some(matrix_sdk::ruma::events::room::message::Relation::Reply(
+        Reply::new(InReplyTo::new(to.clone())),
+    ));
+    u.room(room).await.send(c).await.unwrap().response.event_id
+}
+
+fn from_bot<'a>(
+    bot: &'a OwnedUserId,
+    room: &'a OwnedRoomId,
+    needle: &'a str,
+) -> impl Fn(&Seen) -> bool + 'a {
+    move |s| s.sender == *bot && s.room == *room && s.body.contains(needle)
+}
+
+/// The seed's deploy, end to end: prompt, refusals, a confirmation by a
+/// colleague, and the result, in `room`.
+async fn deploy_flow(s: &Scene, room: &OwnedRoomId, branch: &str) {
+    let cmd = say(&s.alice, room, &format!("!flow deploy {branch}")).await;
+    let prompt = s
+        .alice
+        .wait_for("the prompt", WAIT, |x| {
+            x.sender == s.bot
+                && x.room == *room
+                && x.body.contains("Confirmation needed")
+                && x.reply_to.as_ref() == Some(&cmd)
+        })
+        .await;
+    assert!(prompt.body.contains(&s.repo.head()), "{}", prompt.body);
+    // Alice may not approve her own request.
+    reply(&s.alice, room, &prompt.event_id, "yes").await;
+    s.alice
+        .wait_for(
+            "self-approval refused",
+            WAIT,
+            from_bot(&s.bot, room, "someone else must approve"),
+        )
+        .await;
+    // Bob approves; the pack is installed; a result message follows.
+    reply(&s.bob, room, &prompt.event_id, "yes").await;
+    s.alice
+        .wait_for(
+            "the ack",
+            WAIT,
+            from_bot(&s.bot, room, "Deploying flow ... standby ..."),
+        )
+        .await;
+    s.alice
+        .wait_for(
+            "the result",
+            WAIT,
+            from_bot(&s.bot, room, "Successfully deployed flow"),
+        )
+        .await;
+    s.alice
+        .wait_for("the ✅ reaction on the command", WAIT, |x| {
+            x.sender == s.bot
+                && x.reaction
+                    .as_ref()
+                    .is_some_and(|(k, e)| k == "✅" && *e == cmd)
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploy_with_confirmation_on_synapse() {
+    let Some(hs) = Homeserver::from_env() else {
+        return;
+    };
+    let s = scene(hs).await;
+    let mut bot = s.start();
+    let room = s.room(true, false).await;
+    s.bot_joined(&room).await;
+
+    // Mallory is refused; help lists nothing for her.
+    say(&s.mallory, &room, "!flow deploy main").await;
+    s.mallory
+        .wait_for("mallory refused", WAIT, from_bot(&s.bot, &room, "Refused"))
+        .await;
+
+    deploy_flow(&s, &room, "main").await;
+    say(&s.alice, &room, "!st2-flow status").await;
+    s.alice
+        .wait_for(
+            "the pack's own alias",
+            WAIT,
+            from_bot(&s.bot, &room, "st2-flow v1 is live"),
+        )
+        .await;
+
+    // A reply quoting "yes" whose relation points elsewhere approves nothing.
+    let cmd = say(&s.alice, &room, "!flow deploy main").await;
+    let prompt = s
+        .alice
+        .wait_for("second prompt", WAIT, |x| {
+            x.sender == s.bot
+                && x.reply_to.as_ref() == Some(&cmd)
+                && x.body.contains("Confirmation needed")
+        })
+        .await;
+    let id = prompt
+        .body
+        .split("request ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    reply(
+        &s.bob,
+        &room,
+        &cmd,
+        &format!(
+            "> <{}> {}\n\nyes",
+            s.bot,
+            prompt.body.lines().next().unwrap()
+        ),
+    )
+    .await;
+    // An edit of an old message into a command runs nothing.
+    let old = say(&s.alice, &room, "just chatting").await;
+    let edit = RoomMessageEventContent::text_plain("!flow deploy main")
+        .make_replacement(ReplacementMetadata::new(old.clone(), None));
+    s.alice.room(&room).await.send(edit).await.unwrap();
+    s.alice
+        .wait_for(
+            "the edit notice",
+            WAIT,
+            from_bot(&s.bot, &room, "Edited messages never run"),
+        )
+        .await;
+    say(&s.alice, &room, "!pending").await;
+    let pending = s
+        .alice
+        .wait_for(
+            "pending list",
+            WAIT,
+            from_bot(&s.bot, &room, "Open requests"),
+        )
+        .await;
+    assert!(
+        pending.body.contains(&id) && pending.body.contains("0/1 approvals"),
+        "{}",
+        pending.body
+    );
+    assert_eq!(
+        pending.body.matches("pending").count(),
+        1,
+        "{}",
+        pending.body
+    );
+
+    // Restart with that request pending: it survives, and runs once.
+    let status = bot.stop();
+    assert!(
+        status.success(),
+        "airlock exited with {status}: {}",
+        bot.log()
+    );
+    let mut bot = s.start();
+    reply(&s.bob, &room, &prompt.event_id, "yes").await;
+    s.alice
+        .wait_for("the deploy after restart", WAIT, |x| {
+            x.sender == s.bot
+                && x.body.contains("Successfully deployed flow")
+                && x.reply_to.as_ref() == Some(&cmd)
+        })
+        .await;
+    reply(&s.bob, &room, &prompt.event_id, "yes").await;
+    s.alice
+        .wait_for(
+            "no second run",
+            WAIT,
+            from_bot(&s.bot, &room, "it is already succeeded"),
+        )
+        .await;
+    let deploys = s
+        .alice
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|x| x.sender == s.bot && x.body.contains("Successfully deployed flow"))
+        .count();
+    assert_eq!(deploys, 2, "one deploy before the restart, one after");
+
+    // The audit log answers who deployed.
+    say(&s.alice, &room, "!audit who deployed st2-flow").await;
+    let who = s
+        .alice
+        .wait_for(
+            "who deployed",
+            WAIT,
+            from_bot(&s.bot, &room, "Deployments of st2-flow"),
+        )
+        .await;
+    assert!(
+        who.body
+            .contains(&format!("by {} (approved by {})", s.alice.id, s.bob.id)),
+        "{}",
+        who.body
+    );
+    assert!(bot.stop().success());
+    // One device across restarts.
+    let devices = std::fs::read_to_string(s.dir.path().join("data/matrix/session.json")).unwrap();
+    assert!(devices.contains("device_id"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn encrypted_room_deploy_and_invites_by_policy() {
+    let Some(hs) = Homeserver::from_env() else {
+        return;
+    };
+    let s = scene(hs).await;
+    let mut bot = s.start();
+    let room = s.room(true, true).await;
+    s.bot_joined(&room).await;
+    // Let both sides see each other's devices before the first message.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    deploy_flow(&s, &room, "main").await;
+    // The bot's answers were encrypted and decrypted by alice's client.
+    let r = s.alice.room(&room).await;
+    assert!(r.latest_encryption_state().await.unwrap().is_encrypted());
+    // Formatted answers: a summary, then the block, all of it escaped.
+    say(&s.alice, &room, "!pack list").await;
+    let list = s
+        .alice
+        .wait_for(
+            "pack list",
+            WAIT,
+            from_bot(&s.bot, &room, "pack(s) installed"),
+        )
+        .await;
+    let html = list.html.expect("formatted_body");
+    assert!(
+        html.starts_with("1 pack(s) installed<pre><code>st2-flow 0.1.0"),
+        "{html}"
+    );
+    // A message the bot cannot decrypt gets a visible warning.
+    let bogus = serde_json::json!({
+        "algorithm": "m.megolm.v1.aes-sha2",
+        "ciphertext": "AwgAEnB5d2Z0ZXN0aW5nLXVuZGVjcnlwdGFibGU",
+        "device_id": "NOSUCHDEVICE",
+        "sender_key": "aGVsbG8gd29ybGQgdGhpcyBpcyBub3QgYSBrZXk",
+        "session_id": "bm8gc3VjaCBzZXNzaW9uIGV4aXN0cyBhdCBhbGw",
+    });
+    s.bob
+        .room(&room)
+        .await
+        .send_raw("m.room.encrypted", bogus)
+        .await
+        .unwrap();
+    s.alice
+        .wait_for(
+            "the decryption warning",
+            WAIT,
+            from_bot(&s.bot, &room, "could not decrypt your message"),
+        )
+        .await;
+
+    // Mallory's room: the policy gives her nothing there, so the bot declines.
+    let mut req = CreateRoom::new();
+    req.invite = vec![s.bot.clone()];
+    let hers = s.mallory.client.create_room(req).await.unwrap();
+    let declined = async {
+        for _ in 0..100 {
+            if let Ok(Some(m)) = hers.get_member(&s.bot).await
+                && *m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Leave
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    };
+    assert!(declined.await, "the bot should decline mallory's invite");
+    assert!(bot.stop().success());
+}

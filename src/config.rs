@@ -79,16 +79,8 @@ impl Config {
     /// Read `path` (relative paths inside it are relative to its
     /// directory), then apply the environment overrides.
     pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![Diagnostic {
-                severity: Severity::Error,
-                file: path.to_path_buf(),
-                line: 1,
-                column: 1,
-                field: String::new(),
-                message: format!("cannot read: {e}"),
-            }]
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![Diagnostic::file(path, format!("cannot read: {e}"))])?;
         let mut c: Config = serde_yaml::from_str::<Option<Config>>(&text)
             .map_err(|e| vec![diag::from_serde_yaml(path, &e)])?
             .unwrap_or_default();

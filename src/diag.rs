@@ -26,6 +26,18 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// An error about a whole file (unreadable, missing).
+    pub fn file(file: &Path, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Error,
+            file: file.to_path_buf(),
+            line: 1,
+            column: 1,
+            field: String::new(),
+            message: message.into(),
+        }
+    }
+
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }

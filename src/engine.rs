@@ -356,13 +356,32 @@ impl Engine {
     /// Requests the previous process left running (or approved but not
     /// started) are marked interrupted, never silently re-run.
     fn recover(&self) {
+        for (req, was) in self.interrupt(
+            &[State::Running, State::Approved],
+            "airlock stopped before it finished; not re-run",
+        ) {
+            let mut startup = self.startup.lock().unwrap_or_else(|e| e.into_inner());
+            startup.push(Effect::Send(reply_to_request(
+                &req,
+                Message::plain(format!(
+                    "⚠️ Request {} ({}) was {} when airlock stopped. It was not re-run; ask again if it is still needed.",
+                    req.id,
+                    req.alias.as_deref().unwrap_or(&req.action),
+                    was.name()
+                )),
+            )));
+            startup.push(react_request(&req, FAILED));
+        }
+    }
+
+    /// Move every open request in one of `states` to `interrupted`, with an
+    /// audit entry giving `reason`. Returns them with their former state.
+    fn interrupt(&self, states: &[State], reason: &str) -> Vec<(Request, State)> {
         let Ok(open) = self.requests.open_requests() else {
-            return;
+            return Vec::new();
         };
-        for r in open
-            .into_iter()
-            .filter(|r| matches!(r.state, State::Running | State::Approved))
-        {
+        let mut done = Vec::new();
+        for r in open.into_iter().filter(|r| states.contains(&r.state)) {
             let was = r.state;
             if let Ok(Update::Done(req, ())) = self.requests.update(&r.id, |r| {
                 if r.state != was {
@@ -375,21 +394,12 @@ impl Engine {
                 self.record(vec![
                     request_entry("interrupted", &req)
                         .status("interrupted")
-                        .detail(json!({"was": was.name(), "reason": "airlock stopped before it finished; not re-run"})),
+                        .detail(json!({"was": was.name(), "reason": reason})),
                 ]);
-                let mut startup = self.startup.lock().unwrap_or_else(|e| e.into_inner());
-                startup.push(Effect::Send(reply_to_request(
-                    &req,
-                    Message::plain(format!(
-                        "⚠️ Request {} ({}) was {} when airlock stopped. It was not re-run; ask again if it is still needed.",
-                        req.id,
-                        req.alias.as_deref().unwrap_or(&req.action),
-                        was.name()
-                    )),
-                )));
-                startup.push(react_request(&req, FAILED));
+                done.push((req, was));
             }
         }
+        done
     }
 
     // ------------------------------------------------------------ input
@@ -1230,27 +1240,7 @@ impl Engine {
     /// Requests still running when the process must exit: marked
     /// interrupted in the audit log (they are not re-run on restart).
     pub fn interrupt_running(&self) {
-        let Ok(open) = self.requests.open_requests() else {
-            return;
-        };
-        for r in open.into_iter().filter(|r| r.state == State::Running) {
-            if let Ok(Update::Done(req, ())) = self.requests.update(&r.id, |r| {
-                if r.state != State::Running {
-                    return Err("changed".into());
-                }
-                r.state = State::Interrupted;
-                r.finished_ms = Some(now_ms());
-                Ok(())
-            }) {
-                self.record(vec![
-                    request_entry("interrupted", &req)
-                        .status("interrupted")
-                        .detail(json!({
-                            "reason": "airlock was shut down while it ran",
-                        })),
-                ]);
-            }
-        }
+        self.interrupt(&[State::Running], "airlock was shut down while it ran");
     }
 
     // ------------------------------------------------------------ built-ins

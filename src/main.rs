@@ -163,10 +163,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
-        Cmd::Match { dirs, command } => cmd_match(&dirs.aliases, &command),
-        Cmd::Help { dirs, filter } => cmd_help(&dirs.aliases, filter.as_deref()),
-        Cmd::Check { dirs, policies } => cmd_check(&dirs.aliases, &policies),
+    let outcome = match cli.command {
+        Cmd::Match { dirs, command } => Ok(cmd_match(&dirs.aliases, &command)),
+        Cmd::Help { dirs, filter } => Ok(cmd_help(&dirs.aliases, filter.as_deref())),
+        Cmd::Check { dirs, policies } => Ok(cmd_check(&dirs.aliases, &policies)),
         Cmd::Policy {
             command:
                 PolicyCmd::Explain {
@@ -196,35 +196,41 @@ fn main() -> ExitCode {
         } => match command {
             Some(AuditCmd::Verify) => cmd_verify(config),
             Some(AuditCmd::WhoDeployed { pack }) => cmd_who_deployed(config, &pack),
-            None => {
-                let since = match since
-                    .as_deref()
-                    .map(|s| clock::parse_since(s, clock::now_ms()))
-                {
-                    None => None,
-                    Some(Some(t)) => Some(t),
-                    Some(None) => {
-                        eprintln!(
-                            "--since: expected RFC 3339 (2026-11-24T18:00:00Z) or a span such as 2h"
-                        );
-                        return ExitCode::from(2);
-                    }
-                };
-                let q = Query {
-                    user,
-                    room,
-                    alias,
-                    action,
-                    request,
-                    status,
-                    since,
-                    limit,
-                    event: None,
-                };
-                cmd_audit(config, &q, json, jsonl)
-            }
+            None => since
+                .as_deref()
+                .map(|s| {
+                    clock::parse_since(s, clock::now_ms()).ok_or_else(|| {
+                        fail("--since: expected RFC 3339 (2026-11-24T18:00:00Z) or a span such as 2h")
+                    })
+                })
+                .transpose()
+                .and_then(|since| {
+                    let q = Query {
+                        user,
+                        room,
+                        alias,
+                        action,
+                        request,
+                        status,
+                        since,
+                        limit,
+                        event: None,
+                    };
+                    cmd_audit(config, &q, json, jsonl)
+                }),
         },
-    }
+    };
+    outcome.unwrap_or_else(|code| code)
+}
+
+/// What a command returns: its exit code, or (as Err) the code of a
+/// failure it has already reported.
+type Outcome = Result<ExitCode, ExitCode>;
+
+/// Report a failure and give its exit code.
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("airlock: {msg}");
+    ExitCode::from(2)
 }
 
 fn print_diagnostics(diags: &[Diagnostic]) {
@@ -363,15 +369,12 @@ fn cmd_explain(
     room: &str,
     power: Option<i64>,
     command: &str,
-) -> ExitCode {
-    let cfg = match config(&arg) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+) -> Outcome {
+    let cfg = config(&arg)?;
     let loaded = policy::load(&cfg.policies);
     if loaded.has_errors() {
         print_diagnostics(&loaded.diagnostics);
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     }
     let set = load_aliases(&cfg.aliases);
     let who = Subject {
@@ -391,7 +394,7 @@ fn cmd_explain(
         Err(e) => {
             println!("{e}");
             println!("decision: nothing to decide (no alias matched)");
-            return ExitCode::from(1);
+            return Ok(ExitCode::from(1));
         }
     };
     println!(
@@ -461,195 +464,111 @@ fn cmd_explain(
             }
         }
     }
-    if allowed_all {
+    Ok(if allowed_all {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    }
+    })
 }
 
 fn open_engine(cfg: &Config) -> Result<Arc<Engine>, ExitCode> {
-    match Engine::open(cfg.settings()) {
-        Ok(e) => Ok(Arc::new(e)),
-        Err(e) => {
-            eprintln!("airlock: {e}");
-            Err(ExitCode::from(2))
-        }
-    }
+    Engine::open(cfg.settings()).map(Arc::new).map_err(fail)
 }
 
-fn cmd_run(arg: ConfigArg) -> ExitCode {
-    let cfg = match config(&arg) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+fn cmd_run(arg: ConfigArg) -> Outcome {
+    let cfg = config(&arg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("airlock: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match rt.block_on(airlock::matrix::run(cfg)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("airlock: {e}");
-            ExitCode::from(2)
-        }
-    }
+        .map_err(fail)?;
+    rt.block_on(airlock::matrix::run(cfg)).map_err(fail)?;
+    Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_console(arg: ConfigArg, user: &str, room: &str) -> ExitCode {
-    let cfg = match config(&arg) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let engine = match open_engine(&cfg) {
-        Ok(e) => e,
-        Err(code) => return code,
-    };
+fn cmd_console(arg: ConfigArg, user: &str, room: &str) -> Outcome {
+    let engine = open_engine(&config(&arg)?)?;
     airlock::console::Console::new(engine, user, room).run(std::io::stdin().lock());
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The database alone, for the read-only commands.
-fn open_db(cfg: &Config) -> Result<sled::Db, ExitCode> {
+fn open_db(arg: &ConfigArg) -> Result<sled::Db, ExitCode> {
+    let cfg = config(arg)?;
     let path = cfg.data_dir.join("airlock.sled");
     if !path.exists() {
-        eprintln!(
-            "airlock: no database at {} (nothing has run yet?)",
+        return Err(fail(format!(
+            "no database at {} (nothing has run yet?)",
             path.display()
-        );
-        return Err(ExitCode::from(2));
+        )));
     }
     sled::Config::new().path(&path).open().map_err(|e| {
-        eprintln!(
-            "airlock: cannot open {}: {e}\n(the database is locked while the bot runs; stop it, or ask in chat with !audit / !pending)",
+        fail(format!(
+            "cannot open {}: {e}\n(the database is locked while the bot runs; stop it, or ask in chat with !audit / !pending)",
             path.display()
-        );
-        ExitCode::from(2)
+        ))
     })
 }
 
-fn cmd_pending(arg: ConfigArg) -> ExitCode {
-    let cfg = match config(&arg) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let db = match open_db(&cfg) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
-    let open = Requests::open(&db).and_then(|r| r.open_requests());
-    match open {
-        Ok(v) if v.is_empty() => println!("No open requests."),
-        Ok(v) => {
-            let now = clock::now_ms();
-            for r in v {
-                println!("{}", engine::pending_line(&r, now));
-            }
-        }
-        Err(e) => {
-            eprintln!("airlock: {e}");
-            return ExitCode::from(2);
-        }
+fn cmd_pending(arg: ConfigArg) -> Outcome {
+    let open = Requests::open(&open_db(&arg)?)
+        .and_then(|r| r.open_requests())
+        .map_err(fail)?;
+    if open.is_empty() {
+        println!("No open requests.");
     }
-    ExitCode::SUCCESS
+    let now = clock::now_ms();
+    for r in open {
+        println!("{}", engine::pending_line(&r, now));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn audit_log(arg: &ConfigArg) -> Result<AuditLog, ExitCode> {
-    let cfg = config(arg)?;
-    let db = open_db(&cfg)?;
-    AuditLog::open(&db).map_err(|e| {
-        eprintln!("airlock: {e}");
-        ExitCode::from(2)
-    })
+    AuditLog::open(&open_db(arg)?).map_err(fail)
 }
 
-fn cmd_audit(arg: ConfigArg, q: &Query, json: bool, jsonl: bool) -> ExitCode {
-    let log = match audit_log(&arg) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    let entries = match log.query(q) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("airlock: {e}");
-            return ExitCode::from(2);
-        }
-    };
+fn cmd_audit(arg: ConfigArg, q: &Query, json: bool, jsonl: bool) -> Outcome {
+    let entries = audit_log(&arg)?.query(q).map_err(fail)?;
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&entries).unwrap_or_default()
         );
-    } else if jsonl {
-        for e in &entries {
+    }
+    for e in entries.iter().filter(|_| !json) {
+        if jsonl {
             println!("{}", serde_json::to_string(e).unwrap_or_default());
-        }
-    } else {
-        for e in &entries {
+        } else {
             println!("{}", e.summary_line());
         }
     }
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_verify(arg: ConfigArg) -> ExitCode {
-    let log = match audit_log(&arg) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    match log.verify() {
-        Ok(v) if v.ok() => {
-            println!(
-                "audit log intact: {} entries, head {}",
-                v.entries, v.head_hash
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(v) => {
-            for p in &v.problems {
-                println!("PROBLEM: {p}");
-            }
-            println!(
-                "audit log NOT intact: {} problem(s) in {} entries",
-                v.problems.len(),
-                v.entries
-            );
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("airlock: {e}");
-            ExitCode::from(2)
-        }
+fn cmd_verify(arg: ConfigArg) -> Outcome {
+    let v = audit_log(&arg)?.verify().map_err(fail)?;
+    if v.ok() {
+        println!(
+            "audit log intact: {} entries, head {}",
+            v.entries, v.head_hash
+        );
+        return Ok(ExitCode::SUCCESS);
     }
+    for p in &v.problems {
+        println!("PROBLEM: {p}");
+    }
+    println!(
+        "audit log NOT intact: {} problem(s) in {} entries",
+        v.problems.len(),
+        v.entries
+    );
+    Ok(ExitCode::from(1))
 }
 
-fn cmd_who_deployed(arg: ConfigArg, pack: &str) -> ExitCode {
-    let cfg = match config(&arg) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let db = match open_db(&cfg) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
-    match (AuditLog::open(&db), Requests::open(&db)) {
-        (Ok(log), Ok(reqs)) => {
-            println!("{}", engine::who_deployed(&log, &reqs, pack, None));
-            ExitCode::SUCCESS
-        }
-        (Err(e), _) => {
-            eprintln!("airlock: {e}");
-            ExitCode::from(2)
-        }
-        (_, Err(e)) => {
-            eprintln!("airlock: {e}");
-            ExitCode::from(2)
-        }
-    }
+fn cmd_who_deployed(arg: ConfigArg, pack: &str) -> Outcome {
+    let db = open_db(&arg)?;
+    let log = AuditLog::open(&db).map_err(fail)?;
+    let requests = Requests::open(&db).map_err(fail)?;
+    println!("{}", engine::who_deployed(&log, &requests, pack, None));
+    Ok(ExitCode::SUCCESS)
 }

@@ -372,14 +372,8 @@ pub fn load(paths: &[PathBuf]) -> LoadedPolicy {
         } else if p.is_file() {
             files.push(p.clone());
         } else {
-            out.diagnostics.push(Diagnostic {
-                severity: Severity::Error,
-                file: p.clone(),
-                line: 1,
-                column: 1,
-                field: String::new(),
-                message: "no such file or directory".into(),
-            });
+            out.diagnostics
+                .push(Diagnostic::file(p, "no such file or directory"));
         }
     }
     let mut parsed = Vec::new();
@@ -387,14 +381,8 @@ pub fn load(paths: &[PathBuf]) -> LoadedPolicy {
         let text = match std::fs::read_to_string(f) {
             Ok(t) => t,
             Err(e) => {
-                out.diagnostics.push(Diagnostic {
-                    severity: Severity::Error,
-                    file: f.clone(),
-                    line: 1,
-                    column: 1,
-                    field: String::new(),
-                    message: format!("cannot read: {e}"),
-                });
+                out.diagnostics
+                    .push(Diagnostic::file(f, format!("cannot read: {e}")));
                 continue;
             }
         };

@@ -43,16 +43,27 @@ async fn scene(hs: Homeserver) -> Scene {
     let alias = format!("#ops-{tag}:example.org");
     // The shipped policy, for these users and this room.
     let shipped = std::fs::read_to_string(common::repo_root().join("policies/ops.yaml")).unwrap();
-    let policy = shipped
+    let mut policy = shipped
         .replace("@alice:example.org", alice.id.as_str())
         .replace("@bob:example.org", bob.id.as_str())
         .replace("!ops:example.org", &alias);
+    // A slow command, to see the bot answer while an action runs.
+    policy.push_str(&format!(
+        "\n  - id: slow\n    effect: allow\n    groups: [ops]\n    rooms: [\"{alias}\"]\n    packs: [tests]\n"
+    ));
+    let extra = dir.path().join("extra-aliases");
+    std::fs::create_dir_all(&extra).unwrap();
+    std::fs::write(
+        extra.join("pause.yaml"),
+        "name: pause\npack: tests\naction_ref: core.pause\nformats: ['pause {{ max_pause }}']\nack:\n  format: pausing\n",
+    )
+    .unwrap();
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/ops.yaml"), policy).unwrap();
     std::fs::write(
         dir.path().join("airlock.yaml"),
         format!(
-            "homeserver: {}\nuser_id: \"{bot}\"\ndevice_name: airlock e2e\ndata_dir: data\npacks: packs\naliases: [{}]\npolicies: [policies]\nreaction_approvals: true\ngit:\n  instead_of:\n    - from: \"{}\"\n      to: \"{}\"\n",
+            "homeserver: {}\nuser_id: \"{bot}\"\ndevice_name: airlock e2e\ndata_dir: data\npacks: packs\naliases: [{}, extra-aliases]\npolicies: [policies]\nreaction_approvals: true\ngit:\n  instead_of:\n    - from: \"{}\"\n      to: \"{}\"\n",
             hs.url,
             common::repo_root().join("aliases").display(),
             common::SEED_URL,
@@ -294,12 +305,46 @@ async fn deploy_with_confirmation_on_synapse() {
         pending.body
     );
 
-    // Restart with that request pending: it survives, and runs once.
+    // A long action never holds up the sync loop: other commands are
+    // answered while it runs.
+    let slow = say(&s.alice, &room, "!pause 120").await;
+    s.alice
+        .wait_for("the slow ack", WAIT, |x| {
+            x.sender == s.bot && x.reply_to.as_ref() == Some(&slow) && x.body == "pausing"
+        })
+        .await;
+    let status_cmd = say(&s.alice, &room, "!st2-flow status").await;
+    s.alice
+        .wait_for("an answer while the action runs", WAIT, |x| {
+            x.sender == s.bot
+                && x.reply_to.as_ref() == Some(&status_cmd)
+                && x.body.contains("v1 is live")
+        })
+        .await;
+    assert!(
+        !s.alice
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|x| x.sender == s.bot && x.body.contains("core.pause")),
+        "the slow action should still be running"
+    );
+
+    // Restart with a request pending and the slow action running: the
+    // action is interrupted cleanly, the pending request survives and later
+    // runs once.
+    let stopping = std::time::Instant::now();
     let status = bot.stop();
     assert!(
         status.success(),
         "airlock exited with {status}: {}",
         bot.log()
+    );
+    assert!(
+        stopping.elapsed() < Duration::from_secs(20),
+        "shutdown took {:?}",
+        stopping.elapsed()
     );
     let mut bot = s.start();
     reply(&s.bob, &room, &prompt.event_id, "yes").await;
@@ -327,6 +372,21 @@ async fn deploy_with_confirmation_on_synapse() {
         .filter(|x| x.sender == s.bot && x.body.contains("Successfully deployed flow"))
         .count();
     assert_eq!(deploys, 2, "one deploy before the restart, one after");
+
+    say(&s.alice, &room, "!audit 40").await;
+    let log = s
+        .alice
+        .wait_for(
+            "the audit",
+            WAIT,
+            from_bot(&s.bot, &room, "audit entries for this room"),
+        )
+        .await;
+    assert!(
+        log.body.contains("interrupted") && log.body.contains("alias=tests.pause"),
+        "{}",
+        log.body
+    );
 
     // The audit log answers who deployed.
     say(&s.alice, &room, "!audit who deployed st2-flow").await;

@@ -65,16 +65,8 @@ pub fn load_file(
     pack_dir: Option<&str>,
     default_pack: &str,
 ) -> Result<Alias, Vec<Diagnostic>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![Diagnostic {
-            severity: Severity::Error,
-            file: path.to_path_buf(),
-            line: 1,
-            column: 1,
-            field: String::new(),
-            message: format!("cannot read: {e}"),
-        }]
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![Diagnostic::file(path, format!("cannot read: {e}"))])?;
     parse_alias(path, &text, pack_dir, default_pack)
 }
 
@@ -279,35 +271,31 @@ struct AliasFile {
     default_pack: String,
 }
 
+/// The alias files of the pack in `dir` (`dir/aliases/*.yaml`), as `pack`.
+fn pack_files(dir: &Path, pack: &str) -> impl Iterator<Item = AliasFile> {
+    let pack = pack.to_string();
+    sorted_entries(&dir.join("aliases"))
+        .into_iter()
+        .filter(|p| is_yaml(p))
+        .map(move |path| AliasFile {
+            path,
+            pack_dir: Some(pack.clone()),
+            default_pack: pack.clone(),
+        })
+}
+
 /// Every alias file under `dirs`.
 fn alias_files(dirs: &[PathBuf]) -> (Vec<AliasFile>, Vec<Diagnostic>) {
     let mut files = Vec::new();
     let mut diags = Vec::new();
     for dir in dirs {
         if !dir.is_dir() {
-            diags.push(Diagnostic {
-                severity: Severity::Error,
-                file: dir.clone(),
-                line: 1,
-                column: 1,
-                field: String::new(),
-                message: "not a directory".into(),
-            });
+            diags.push(Diagnostic::file(dir, "not a directory"));
             continue;
         }
         // A pack directory itself.
         if dir.join("aliases").is_dir() {
-            let pack = base_name(dir);
-            for f in sorted_entries(&dir.join("aliases"))
-                .into_iter()
-                .filter(|p| is_yaml(p))
-            {
-                files.push(AliasFile {
-                    path: f,
-                    pack_dir: Some(pack.clone()),
-                    default_pack: pack.clone(),
-                });
-            }
+            files.extend(pack_files(dir, &base_name(dir)));
             continue;
         }
         // An `aliases/` folder inside a pack: its pack is the parent.
@@ -325,43 +313,27 @@ fn alias_files(dirs: &[PathBuf]) -> (Vec<AliasFile>, Vec<Diagnostic>) {
                     default_pack: default_pack.clone(),
                 });
             } else if entry.join("aliases").is_dir() && !base_name(&entry).starts_with('.') {
-                let pack = base_name(&entry);
-                for f in sorted_entries(&entry.join("aliases"))
-                    .into_iter()
-                    .filter(|p| is_yaml(p))
-                {
-                    files.push(AliasFile {
-                        path: f,
-                        pack_dir: Some(pack.clone()),
-                        default_pack: pack.clone(),
-                    });
-                }
+                files.extend(pack_files(&entry, &base_name(&entry)));
             }
         }
     }
     (files, diags)
 }
 
-/// Load the aliases of the pack in `dir` (its `aliases/*.yaml`), as pack
-/// `name` whatever the directory is called (a staging checkout, say).
+/// Load the aliases of the pack in `dir`, as pack `name` whatever the
+/// directory is called (a staging checkout, say).
 pub fn load_pack(dir: &Path, name: &str) -> Loaded {
-    let mut out = Loaded::default();
-    for f in sorted_entries(&dir.join("aliases"))
-        .into_iter()
-        .filter(|p| is_yaml(p))
-    {
-        match load_file(&f, Some(name), name) {
-            Ok(a) => out.aliases.push(a),
-            Err(mut d) => out.diagnostics.append(&mut d),
-        }
-    }
-    out
+    load_files(pack_files(dir, name).collect(), Vec::new())
 }
 
 /// Load every alias under `dirs`. A ref defined twice keeps the later file
 /// (as st2's registration does) and both files are named in a warning.
 pub fn load_dirs(dirs: &[PathBuf]) -> Loaded {
-    let (files, mut diagnostics) = alias_files(dirs);
+    let (files, diagnostics) = alias_files(dirs);
+    load_files(files, diagnostics)
+}
+
+fn load_files(files: Vec<AliasFile>, mut diagnostics: Vec<Diagnostic>) -> Loaded {
     let mut aliases: Vec<Alias> = Vec::new();
     let mut by_ref: HashMap<String, usize> = HashMap::new();
     for AliasFile {

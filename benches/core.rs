@@ -1,0 +1,167 @@
+//! The safe core's costs: audit appends with durable flushes, audit queries
+//! over a million entries, policy decisions. Prints figures; asserts none.
+//!
+//! `cargo bench --bench core` (AIRLOCK_BENCH_ENTRIES to change the million).
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use airlock::audit::{AuditLog, Entry, Query};
+use airlock::policy::{self, Subject, Target};
+use serde_json::json;
+
+fn entry(i: u64, users: u64) -> Entry {
+    Entry::new(if i.is_multiple_of(7) { "finished" } else { "received" })
+        .room(&format!("!room{}:example.org", i % 20))
+        .sender(&format!("@user{}:example.org", i % users))
+        .request(&format!("r{:06}", i / 4))
+        .alias(Some(&format!("pack{}.alias{}", i % 30, i % 300)))
+        .action("packs.install")
+        .status(if i.is_multiple_of(7) { "succeeded" } else { "pending" })
+        .detail(json!({"command": format!("flow deploy branch-{i}")}))
+}
+
+fn percentile(mut v: Vec<Duration>, q: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * q).round() as usize]
+}
+
+fn audit(dir: &std::path::Path) {
+    let db = sled::Config::new()
+        .path(dir.join("audit.sled"))
+        .open()
+        .unwrap();
+    let log = AuditLog::open(&db).unwrap();
+
+    // One entry per append, flushed each time: a command's worst case.
+    let n = 2_000;
+    let t = Instant::now();
+    for i in 0..n {
+        log.record(entry(i, 100)).unwrap();
+    }
+    let single = n as f64 / t.elapsed().as_secs_f64();
+    println!("audit append, 1 entry per durable flush: {single:.0} entries/s");
+
+    // Batches of 1,000 per transaction and flush.
+    let total: u64 = std::env::var("AIRLOCK_BENCH_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let t = Instant::now();
+    let mut i = n;
+    while i < total {
+        let batch: Vec<Entry> = (i..(i + 1000).min(total)).map(|k| entry(k, 100)).collect();
+        i += batch.len() as u64;
+        log.append(batch).unwrap();
+    }
+    let batched = (total - n) as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "audit append, batches of 1,000 per durable flush: {batched:.0} entries/s ({total} entries)"
+    );
+
+    // Queries over the whole log.
+    let time = |q: &Query| {
+        let runs: Vec<Duration> = (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(log.query(q).unwrap());
+                t.elapsed()
+            })
+            .collect();
+        (percentile(runs.clone(), 0.5), percentile(runs, 1.0))
+    };
+    let user = Query {
+        user: Some("@user42:example.org".into()),
+        ..Default::default()
+    };
+    let hits = log.query(&user).unwrap().len();
+    let (p50, max) = time(&user);
+    println!(
+        "audit query by user, all {hits} of their entries in {total}: median {p50:?}, max {max:?}"
+    );
+    let recent = Query {
+        user: Some("@user42:example.org".into()),
+        limit: Some(50),
+        ..Default::default()
+    };
+    let (p50, max) = time(&recent);
+    println!("audit query by user, newest 50: median {p50:?}, max {max:?}");
+    let alias = Query {
+        alias: Some("pack7.alias7".into()),
+        status: Some("succeeded".into()),
+        ..Default::default()
+    };
+    let hits = log.query(&alias).unwrap().len();
+    let (p50, max) = time(&alias);
+    println!("audit query by alias and status ({hits} hits): median {p50:?}, max {max:?}");
+    let t = Instant::now();
+    let v = log.verify().unwrap();
+    println!(
+        "audit verify of {} entries: {:?} ({} problems)",
+        v.entries,
+        t.elapsed(),
+        v.problems.len()
+    );
+    println!(
+        "audit database size: {:.1} MiB",
+        db.size_on_disk().unwrap() as f64 / 1048576.0
+    );
+}
+
+fn policy_decisions() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shipped = policy::load(&[root.join("policies")]).policy;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut big =
+        String::from("groups:\n  ops: ['@alice:example.org', '@bob:example.org']\nrules:\n");
+    for i in 0..500 {
+        big.push_str(&format!(
+            "  - id: r{i}\n    effect: allow\n    users: ['@team{i}-*:example.org']\n    rooms: ['!room{i}:example.org']\n    aliases: ['pack{i}.*']\n    params:\n      branch: {{regex: '[a-z0-9-]{{1,40}}'}}\n"
+        ));
+    }
+    big.push_str(
+        "  - id: last\n    effect: allow\n    groups: [ops]\n    aliases: ['st2-flow.*']\n",
+    );
+    std::fs::write(tmp.path().join("big.yaml"), big).unwrap();
+    let big = policy::load(&[tmp.path().join("big.yaml")]).policy;
+    let params = json!({"packs": ["st2-flow"], "repo_url": "git@github.com:websages/st2-flow", "branch": "main"});
+    let params = params.as_object().unwrap();
+    let target = Target::Alias {
+        reference: "st2-flow.flow_deploy",
+        pack: "st2-flow",
+        action_ref: "packs.install",
+    };
+    for (name, p, user) in [
+        ("shipped policy, allowed", &shipped, "@alice:example.org"),
+        (
+            "shipped policy, denied by default",
+            &shipped,
+            "@mallory:example.org",
+        ),
+        ("501 rules, allowed by the last", &big, "@alice:example.org"),
+        ("501 rules, denied by default", &big, "@mallory:example.org"),
+    ] {
+        let who = Subject {
+            user,
+            room: "!ops:example.org",
+            power_level: None,
+        };
+        let n = 20_000;
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(p.decide(black_box(&who), &target, params));
+        }
+        println!(
+            "policy decision, {name}: {:?} per decision",
+            t.elapsed() / n
+        );
+    }
+}
+
+fn main() {
+    // cargo bench passes --bench; this harness has no options of its own.
+    let dir = tempfile::tempdir().unwrap();
+    policy_decisions();
+    audit(dir.path());
+}

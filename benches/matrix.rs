@@ -1,0 +1,142 @@
+//! Latency and memory of `airlock run` on a real Synapse: the time from
+//! alice sending a command to her client seeing airlock's first reply (200
+//! commands, median and p99), the same while a long action runs, and
+//! airlock's RSS idle and after 1,000 commands. Prints figures.
+//!
+//! Needs a homeserver: `scripts/synapse start DIR`, then
+//! `AIRLOCK_TEST_HOMESERVER=$(cat DIR/url) AIRLOCK_TEST_SYNAPSE_DIR=DIR cargo bench --bench matrix`.
+
+#[path = "../tests/common/matrix.rs"]
+mod mx;
+
+use std::time::{Duration, Instant};
+
+use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoom;
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use mx::{Airlock, Homeserver, User, unique};
+
+const PW: &str = "bench password";
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn pct(mut v: Vec<Duration>, q: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * q).round() as usize]
+}
+
+/// Send `body` as alice and wait for airlock's first reply to it.
+async fn round_trip(
+    alice: &User,
+    room: &matrix_sdk::room::Room,
+    bot: &matrix_sdk::ruma::OwnedUserId,
+    body: &str,
+) -> Duration {
+    let t = Instant::now();
+    let id = room
+        .send(RoomMessageEventContent::text_plain(body))
+        .await
+        .unwrap()
+        .response
+        .event_id;
+    alice
+        .wait_for("a reply", Duration::from_secs(30), |s| {
+            s.sender == *bot && s.reply_to.as_ref() == Some(&id)
+        })
+        .await;
+    t.elapsed()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let Some(hs) = Homeserver::from_env() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tag = unique();
+    let bot = hs.register(&format!("airlock-bench-{tag}"), PW).await;
+    let alice_id = hs.register(&format!("alice-bench-{tag}"), PW).await;
+    std::fs::create_dir_all(dir.path().join("aliases")).unwrap();
+    std::fs::write(
+        dir.path().join("aliases/bench.yaml"),
+        "name: ping\npack: bench\naction_ref: core.noop\nformats: ['ping']\nack:\n  format: pong\nresult:\n  enabled: false\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("aliases/pause.yaml"),
+        "name: pause\npack: bench\naction_ref: core.pause\nformats: ['pause {{ max_pause }}']\nack:\n  format: pausing\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        format!("rules:\n  - id: bench\n    effect: allow\n    users: ['{alice_id}']\n    packs: [bench]\n"),
+    )
+    .unwrap();
+    let cfg = dir.path().join("airlock.yaml");
+    std::fs::write(
+        &cfg,
+        format!("homeserver: {}\nuser_id: \"{bot}\"\ndata_dir: data\npacks: packs\naliases: [aliases]\npolicies: [policy.yaml]\n", hs.url),
+    )
+    .unwrap();
+    let alice = User::login(&hs, &alice_id, PW, &dir.path().join("alice")).await;
+    let airlock = Airlock::start(&cfg, PW);
+    let mut req = CreateRoom::new();
+    req.invite = vec![bot.clone()];
+    let room = alice.client.create_room(req).await.unwrap();
+    for _ in 0..300 {
+        if matches!(room.get_member(&bot).await, Ok(Some(m)) if *m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Join)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for _ in 0..10 {
+        round_trip(&alice, &room, &bot, "!ping").await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = rss_kib(airlock.pid());
+
+    let mut lat = Vec::new();
+    for _ in 0..200 {
+        lat.push(round_trip(&alice, &room, &bot, "!ping").await);
+    }
+    println!(
+        "first reply, 200 commands: median {:?}, p99 {:?}, max {:?}",
+        pct(lat.clone(), 0.5),
+        pct(lat.clone(), 0.99),
+        pct(lat, 1.0)
+    );
+
+    // A long action runs on its own thread; commands are still answered.
+    round_trip(&alice, &room, &bot, "!pause 30").await;
+    let mut during = Vec::new();
+    for _ in 0..50 {
+        during.push(round_trip(&alice, &room, &bot, "!ping").await);
+    }
+    println!(
+        "first reply while a 30 s action runs, 50 commands: median {:?}, p99 {:?}",
+        pct(during.clone(), 0.5),
+        pct(during, 0.99)
+    );
+
+    for _ in 0..1000 {
+        round_trip(&alice, &room, &bot, "!ping").await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(airlock.pid());
+    println!(
+        "airlock RSS: idle {:.1} MiB, after 1,000 more commands {:.1} MiB",
+        idle as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+}

@@ -1,0 +1,231 @@
+//! packs.install against `git clone`, on a pack repository with 10,000
+//! commits served by `git daemon` on loopback: a first install, and a
+//! re-install after one new commit. Prints figures; asserts none.
+//!
+//! `cargo bench --bench packs` (AIRLOCK_BENCH_COMMITS to change 10,000).
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use airlock::engine::{Effect, Engine, Incoming, Settings};
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "git {args:?}");
+}
+
+/// A pack repository with `n` commits, made with git fast-import.
+fn make_repo(path: &Path, n: usize) {
+    std::fs::create_dir_all(path).unwrap();
+    git(path, &["init", "-q", "-b", "main"]);
+    let mut fi = Command::new("git")
+        .args(["fast-import", "--quiet"])
+        .current_dir(path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut w = std::io::BufWriter::new(fi.stdin.take().unwrap());
+    let blob = |w: &mut dyn Write, text: &str| {
+        writeln!(w, "data {}\n{text}", text.len()).unwrap();
+    };
+    for i in 0..n {
+        writeln!(
+            w,
+            "commit refs/heads/main\ncommitter bench <b@example.org> {} +0000",
+            1_700_000_000 + i
+        )
+        .unwrap();
+        blob(&mut w, &format!("change {i}"));
+        if i > 0 {
+            writeln!(w, "from refs/heads/main^0").unwrap();
+        } else {
+            writeln!(w, "M 100644 inline pack.yaml").unwrap();
+            blob(&mut w, "---\nname: bigpack\nversion: 1.0.0\n");
+            writeln!(w, "M 100644 inline aliases/status.yaml").unwrap();
+            blob(
+                &mut w,
+                "name: status\npack: bigpack\naction_ref: core.noop\nformats: ['bigpack status']\n",
+            );
+        }
+        writeln!(w, "M 100644 inline actions/a{}.yaml", i % 200).unwrap();
+        blob(
+            &mut w,
+            &format!(
+                "name: a{}\nrunner_type: local-shell-cmd\nrevision: {i}\n",
+                i % 200
+            ),
+        );
+    }
+    drop(w);
+    assert!(fi.wait().unwrap().success());
+    git(path, &["checkout", "-q", "main"]);
+}
+
+fn add_commit(path: &Path, i: usize) {
+    std::fs::write(
+        path.join("actions/a0.yaml"),
+        format!("name: a0\nrevision: extra-{i}\n"),
+    )
+    .unwrap();
+    git(
+        path,
+        &[
+            "-c",
+            "user.name=b",
+            "-c",
+            "user.email=b@example.org",
+            "commit",
+            "-qam",
+            "one more",
+        ],
+    );
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn clone(url: &str, dest: &Path) -> Duration {
+    let t = Instant::now();
+    let ok = Command::new("git")
+        .args(["clone", "-q", url])
+        .arg(dest)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    t.elapsed()
+}
+
+struct Bot {
+    engine: Engine,
+    n: u64,
+}
+
+impl Bot {
+    fn open(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir.join("aliases")).unwrap();
+        std::fs::write(
+            dir.join("aliases/deploy.yaml"),
+            "name: deploy\npack: bench\naction_ref: packs.install\nformats: ['deploy {{ packs }} now']\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("policy.yaml"),
+            "rules:\n  - id: all\n    effect: allow\n    users: ['@bench:example.org']\n    packs: ['*']\n    confirm: false\n",
+        )
+        .unwrap();
+        let settings = Settings {
+            alias_dirs: vec![dir.join("aliases")],
+            policy_paths: vec![dir.join("policy.yaml")],
+            packs_dir: dir.join("packs"),
+            data_dir: dir.join("data"),
+            ..Settings::default()
+        };
+        Bot {
+            engine: Engine::open(settings).unwrap(),
+            n: 0,
+        }
+    }
+
+    /// The whole command: resolve, install, register. Returns its time.
+    fn install(&mut self, url: &str) -> Duration {
+        self.n += 1;
+        let m = Incoming::message(
+            "@bench:example.org",
+            "!b:example.org",
+            &format!("$b{}", self.n),
+            &format!("!deploy {url} now"),
+        );
+        let t = Instant::now();
+        let fx = self.engine.handle(&m);
+        for e in fx {
+            if let Effect::Execute(id) = e {
+                let out = self.engine.execute(&id);
+                assert!(
+                    out.iter()
+                        .any(|e| matches!(e, Effect::React { key, .. } if *key == "✅")),
+                    "install failed: {out:?}"
+                );
+            }
+        }
+        t.elapsed()
+    }
+}
+
+fn main() {
+    let commits: usize = std::env::var("AIRLOCK_BENCH_COMMITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("repos");
+    let repo = base.join("bigpack");
+    let t = Instant::now();
+    make_repo(&repo, commits);
+    println!(
+        "made a pack repository with {commits} commits in {:?}",
+        t.elapsed()
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut daemon = Command::new("git")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", base.display()))
+        .arg(&base)
+        .spawn()
+        .unwrap();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("git://127.0.0.1:{port}/bigpack");
+
+    let rounds = 5;
+    let clones: Vec<Duration> = (0..rounds)
+        .map(|i| clone(&url, &tmp.path().join(format!("clone{i}"))))
+        .collect();
+    let installs: Vec<Duration> = (0..rounds)
+        .map(|i| Bot::open(&tmp.path().join(format!("fresh{i}"))).install(&url))
+        .collect();
+    let (c, a) = (median(clones), median(installs));
+    println!(
+        "first install: git clone median {c:?}, airlock install median {a:?} ({:.2}x)",
+        a.as_secs_f64() / c.as_secs_f64()
+    );
+
+    let mut bot = Bot::open(&tmp.path().join("again"));
+    bot.install(&url);
+    let mut reinstalls = Vec::new();
+    for i in 0..rounds {
+        add_commit(&repo, i);
+        reinstalls.push(bot.install(&url));
+    }
+    let clones_after: Vec<Duration> = (0..rounds)
+        .map(|i| clone(&url, &tmp.path().join(format!("later{i}"))))
+        .collect();
+    let (r, c2) = (median(reinstalls), median(clones_after));
+    println!(
+        "re-install after one new commit: median {r:?}; a fresh git clone then takes {c2:?} ({:.1}x faster)",
+        c2.as_secs_f64() / r.as_secs_f64()
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}

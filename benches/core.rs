@@ -12,14 +12,22 @@ use airlock::policy::{self, Subject, Target};
 use serde_json::json;
 
 fn entry(i: u64, users: u64) -> Entry {
-    Entry::new(if i.is_multiple_of(7) { "finished" } else { "received" })
-        .room(&format!("!room{}:example.org", i % 20))
-        .sender(&format!("@user{}:example.org", i % users))
-        .request(&format!("r{:06}", i / 4))
-        .alias(Some(&format!("pack{}.alias{}", i % 30, i % 300)))
-        .action("packs.install")
-        .status(if i.is_multiple_of(7) { "succeeded" } else { "pending" })
-        .detail(json!({"command": format!("flow deploy branch-{i}")}))
+    Entry::new(if i.is_multiple_of(7) {
+        "finished"
+    } else {
+        "received"
+    })
+    .room(&format!("!room{}:example.org", i % 20))
+    .sender(&format!("@user{}:example.org", i % users))
+    .request(&format!("r{:06}", i / 4))
+    .alias(Some(&format!("pack{}.alias{}", i % 30, i % 300)))
+    .action("packs.install")
+    .status(if i.is_multiple_of(7) {
+        "succeeded"
+    } else {
+        "pending"
+    })
+    .detail(json!({"command": format!("flow deploy branch-{i}")}))
 }
 
 fn percentile(mut v: Vec<Duration>, q: f64) -> Duration {

@@ -500,10 +500,9 @@ impl Engine {
         if let Some(parent) = &m.reply_to
             && let Ok(Some(req)) = self.requests.by_prompt(&m.room, parent)
         {
-            if self.stale(out, "reply") {
+            if self.stale(out, "reply") || self.on_prompt_reply(out, &req) {
                 return;
             }
-            return self.on_prompt_reply(out, &req);
         }
         let Some(cmd) = self.command_text(&m.body, m.addressed) else {
             return;
@@ -593,7 +592,9 @@ impl Engine {
         }
     }
 
-    fn on_prompt_reply(&self, out: &mut Out, req: &Request) {
+    /// Answer a reply to a prompt. Returns false when the reply is not an
+    /// answer but a command, to be handled as one; anything else gets a hint.
+    fn on_prompt_reply(&self, out: &mut Out, req: &Request) -> bool {
         let body = out.m.body.trim();
         let body = body
             .strip_prefix(self.settings.prefix.as_str())
@@ -608,12 +609,13 @@ impl Engine {
             "yes" | "y" | "approve" | "approved" | "ok" | "lgtm" | "👍" => Verdict::Approve,
             "no" | "n" | "deny" | "denied" | "reject" | "👎" => Verdict::Deny,
             "cancel" => Verdict::Cancel,
+            _ if self.command_text(&out.m.body, out.m.addressed).is_some() => return false,
             _ => {
                 out.say(format!(
                     "Reply \"yes\" to approve request {}, \"no\" to deny it, or \"cancel\" if it is yours.",
                     req.id
                 ));
-                return;
+                return true;
             }
         };
         out.log(
@@ -622,6 +624,7 @@ impl Engine {
                 .detail(json!({"reply": body, "event": out.m.event_id})),
         );
         self.decide(out, req, verdict);
+        true
     }
 
     fn by_id(&self, out: &mut Out, args: &str, verdict: Verdict) {

@@ -188,11 +188,83 @@ fn policy_explain_shows_decision_rules_and_confirmation() {
     );
 }
 
-/// The README's first command: the console, piped, from a fresh checkout.
+/// The console as a person uses it: lines in, lines out.
+struct Console {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Console {
+    fn start(cfg: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args(["console", "--config"])
+            .arg(cfg)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Console {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+    }
+
+    /// The first new line containing `needle`.
+    fn expect(&mut self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(std::time::Duration::from_secs(20)) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no line with {needle:?}; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// The reference of the bot message on `line` (`[m3] airlock ...` → m3).
+    fn reference(line: &str) -> String {
+        line.trim_start_matches('[')
+            .split(']')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// The README's first command: the console, from a fresh checkout: deploy
+/// with a colleague's confirmation, use the new commands, deploy again,
+/// roll back, read the audit log.
 #[test]
-fn console_session_deploy_confirm_audit() {
+fn console_session_deploy_confirm_rollback_audit() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
+    let v1 = repo.head();
     let root = repo_root();
     let cfg = tmp.path().join("airlock.yaml");
     std::fs::write(
@@ -205,35 +277,46 @@ fn console_session_deploy_confirm_audit() {
         ),
     )
     .unwrap();
-    let script = "!flow deploy main\n/user @bob:example.org\n/reply m1 yes\n/wait\n/user @alice:example.org\n!st2-flow status\n/wait\n!audit 40\n";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
-        .args(["console", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "{err}");
+    let mut c = Console::start(&cfg);
+    let deploy = |c: &mut Console| {
+        c.send("/user @alice:example.org");
+        c.send("!flow deploy main");
+        let prompt = c.expect("Confirmation needed");
+        c.send("/user @bob:example.org");
+        c.send(&format!("/reply {} yes", Console::reference(&prompt)));
+        c.expect("Successfully deployed flow");
+    };
+    deploy(&mut c);
+    c.send("!st2-flow status");
+    c.expect("st2-flow v1 is live");
+    repo.write(
+        "aliases/st2-flow_status.yaml",
+        "name: st2_flow_status\npack: st2-flow\naction_ref: core.echo\nformats: ['st2-flow status']\nimmutable_parameters:\n  message: st2-flow v2 is live\nresult:\n  format: '{{ execution.result.stdout }}'\n",
+    );
+    let v2 = repo.commit("v2");
+    deploy(&mut c);
+    c.send("!st2-flow status");
+    c.expect("st2-flow v2 is live");
+    c.send("/user @alice:example.org");
+    c.send("!pack rollback st2-flow");
+    let prompt = c.expect("Confirmation needed");
+    c.send("/user @bob:example.org");
+    c.send(&format!("/reply {} yes", Console::reference(&prompt)));
+    c.expect(&format!("Rolled st2-flow back to {}", &v1[..12]));
+    c.send("!st2-flow status");
+    c.expect("st2-flow v1 is live");
+    c.send("!audit 50");
+    c.expect("audit entries for this room");
+    c.send("/quit");
+    assert!(c.child.wait().unwrap().success());
+    c.seen.extend(c.lines.iter());
+    let out = c.seen.join("\n");
     for needle in [
-        "[m1] airlock ↪ [u1]: 🔐 Confirmation needed",
-        &format!("st2-flow at commit {}", repo.head()),
-        "[u2] @bob:example.org ↪ [m1]: yes",
-        "Deploying flow ... standby ...",
-        "Successfully deployed flow",
-        "st2-flow v1 is live",
         "confirmation_requested",
         "approval by=@bob:example.org",
-        "finished by=@alice:example.org",
-        &format!("commit={}", repo.head()),
+        &format!("commit={v1}"),
+        &format!("commit={v2}"),
+        "action=packs.rollback status=succeeded",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }
@@ -274,7 +357,7 @@ fn console_session_deploy_confirm_audit() {
         tmp.path(),
     );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v.as_array().unwrap().len(), 2, "two deploys finished");
     let o = airlock(
         &[
             "audit",
@@ -285,14 +368,14 @@ fn console_session_deploy_confirm_audit() {
         ],
         tmp.path(),
     );
-    assert!(
-        text(&o).0.contains(&format!(
-            "deployed st2-flow by {ALICE} (approved by {BOB}) at {}",
-            repo.head()
-        )),
-        "{:?}",
-        text(&o)
-    );
+    let (who, _) = text(&o);
+    for line in [
+        format!("rolled back st2-flow by {ALICE} (approved by {BOB}) at {v1}"),
+        format!("deployed st2-flow by {ALICE} (approved by {BOB}) at {v2}"),
+        format!("deployed st2-flow by {ALICE} (approved by {BOB}) at {v1}"),
+    ] {
+        assert!(who.contains(&line), "missing {line:?} in\n{who}");
+    }
     let o = airlock(&["pending", "--config", cfg.to_str().unwrap()], tmp.path());
     assert!(text(&o).0.contains("No open requests"));
 }

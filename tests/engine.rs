@@ -440,6 +440,11 @@ fn cancel_by_requester_only_and_pending_lists_open_requests() {
         r.contains(&id) && r.contains("0/1 approvals") && r.contains("branch=main"),
         "{r}"
     );
+    // A command sent as a reply to the prompt is still a command.
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "!pending"));
+    assert!(r.contains("Open requests"), "{r}");
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "hmm, which branch?"));
+    assert!(r.contains("Reply \"yes\" to approve"), "{r}");
     let r = bodies(&bot.say(BOB, OPS, &format!("!cancel {id}")));
     assert!(r.contains("only the requester"), "{r}");
     let r = bodies(&bot.reply(ALICE, OPS, &p.event_id, "cancel"));

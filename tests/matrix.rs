@@ -346,8 +346,10 @@ async fn deploy_with_confirmation_on_synapse() {
         "shutdown took {:?}",
         stopping.elapsed()
     );
-    let mut bot = s.start();
+    // Bob approves while the bot is down: the stored sync token means the
+    // reply is neither replayed nor lost when it comes back.
     reply(&s.bob, &room, &prompt.event_id, "yes").await;
+    let mut bot = s.start();
     s.alice
         .wait_for("the deploy after restart", WAIT, |x| {
             x.sender == s.bot
@@ -422,6 +424,35 @@ async fn encrypted_room_deploy_and_invites_by_policy() {
     // Let both sides see each other's devices before the first message.
     tokio::time::sleep(Duration::from_secs(2)).await;
     deploy_flow(&s, &room, "main").await;
+    // With reaction_approvals on, 👍 on the prompt approves like "yes".
+    s.repo.branch("other");
+    let cmd = say(&s.alice, &room, "!flow deploy other").await;
+    let prompt = s
+        .alice
+        .wait_for("the prompt", WAIT, |x| {
+            x.sender == s.bot && x.reply_to.as_ref() == Some(&cmd)
+        })
+        .await;
+    s.bob
+        .room(&room)
+        .await
+        .send(
+            matrix_sdk::ruma::events::reaction::ReactionEventContent::new(
+                matrix_sdk::ruma::events::relation::Annotation::new(
+                    prompt.event_id.clone(),
+                    "👍".into(),
+                ),
+            ),
+        )
+        .await
+        .unwrap();
+    s.alice
+        .wait_for("the deploy approved by 👍", WAIT, |x| {
+            x.sender == s.bot
+                && x.reply_to.as_ref() == Some(&cmd)
+                && x.body.contains("Successfully deployed flow")
+        })
+        .await;
     // The bot's answers were encrypted and decrypted by alice's client.
     let r = s.alice.room(&room).await;
     assert!(r.latest_encryption_state().await.unwrap().is_encrypted());

@@ -499,10 +499,9 @@ impl Engine {
         // A reply to a prompt: the relation decides, never quoted text.
         if let Some(parent) = &m.reply_to
             && let Ok(Some(req)) = self.requests.by_prompt(&m.room, parent)
+            && (self.stale(out, "reply") || self.on_prompt_reply(out, &req))
         {
-            if self.stale(out, "reply") || self.on_prompt_reply(out, &req) {
-                return;
-            }
+            return;
         }
         let Some(cmd) = self.command_text(&m.body, m.addressed) else {
             return;

@@ -1,7 +1,7 @@
 //! The Matrix transport: matrix-sdk events in, engine effects out.
 //!
 //! This layer only translates. A room message becomes an
-//! [`Incoming`](crate::engine::Incoming) (sender ID, room ID, event ID, plain
+//! [`Incoming`] (sender ID, room ID, event ID, plain
 //! body with the reply fallback removed, the event it replies to, thread,
 //! server timestamp, power level); each [`Effect`] becomes a notice, a
 //! reaction, or an execution on a blocking thread. Policy, confirmation

@@ -1,7 +1,7 @@
 //! StackStorm action aliases: loading them unchanged and matching chat
 //! commands against them with st2's semantics.
 //!
-//! * [`format`]: one format string against one command (st2's parser);
+//! * [`mod@format`]: one format string against one command (st2's parser);
 //! * [`pyre`]: Python regex syntax, translated for `fancy_regex`;
 //! * [`load`]: alias YAML files and pack directories, with diagnostics;
 //! * [`cast`]: turning parsed strings into typed action parameters;

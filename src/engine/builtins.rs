@@ -1,0 +1,252 @@
+//! The bot's own commands: help, pending, audit.
+
+use super::*;
+
+impl Engine {
+    /// Whether the sender may use a built-in here; says why not if not.
+    pub(super) fn gate(&self, out: &mut Out, builtin: &str) -> bool {
+        let m = out.m;
+        let d = self
+            .policy()
+            .decide(&self.subject(m), &Target::Builtin(builtin), &Params::new());
+        if let Decision::Deny { rule, reason } = d {
+            out.log(
+                Entry::new("denied")
+                    .rule(rule.as_deref())
+                    .status("denied")
+                    .detail(json!({"builtin": builtin, "reason": reason})),
+            );
+            out.say(format!("🚫 Refused: {reason}."));
+            return false;
+        }
+        true
+    }
+
+    pub(super) fn builtin_help(&self, out: &mut Out, filter: &str) {
+        if !self.gate(out, "help") {
+            return;
+        }
+        let m = out.m;
+        let who = self.subject(m);
+        let policy = self.policy();
+        let p = &self.settings.prefix;
+        let mut lines = Vec::new();
+        for e in self.aliases().help(Some(filter)) {
+            let target = Target::Alias {
+                reference: &e.reference,
+                pack: &e.pack,
+                action_ref: &e.action_ref,
+            };
+            if policy.may_use(&who, &target) {
+                lines.push(
+                    match e
+                        .description
+                        .as_deref()
+                        .map(str::trim)
+                        .filter(|d| !d.is_empty())
+                    {
+                        Some(d) => format!("{p}{} — {d}", e.display),
+                        None => format!("{p}{}", e.display),
+                    },
+                );
+            }
+        }
+        let builtins: Vec<String> = [
+            ("help", "help [filter]"),
+            ("pending", "pending"),
+            ("audit", "audit [n] | audit who deployed <pack>"),
+            ("cancel", "cancel <id>"),
+        ]
+        .iter()
+        .filter(|(b, _)| policy.may_use(&who, &Target::Builtin(b)))
+        .map(|(_, usage)| format!("{p}{usage}"))
+        .collect();
+        let mut text = if lines.is_empty() {
+            "There are no commands you may run in this room.".to_string()
+        } else {
+            format!("Commands you may run here:\n{}", lines.join("\n"))
+        };
+        text.push_str(&format!(
+            "\nBuilt-in: {}\nTo answer a confirmation, reply \"yes\" or \"no\" to its message (or {p}approve <id> / {p}deny <id>).",
+            builtins.join(", ")
+        ));
+        out.log(
+            Entry::new("help")
+                .status("ok")
+                .detail(json!({"commands": lines.len()})),
+        );
+        out.say(text);
+    }
+
+    pub(super) fn builtin_pending(&self, out: &mut Out) {
+        if !self.gate(out, "pending") {
+            return;
+        }
+        let now = now_ms();
+        let open: Vec<Request> = self
+            .requests
+            .open_requests()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.room == out.m.room)
+            .collect();
+        out.log(
+            Entry::new("pending")
+                .status("ok")
+                .detail(json!({"open": open.len()})),
+        );
+        if open.is_empty() {
+            return out.say("No open requests in this room.");
+        }
+        let lines: Vec<String> = open.iter().map(|r| pending_line(r, now)).collect();
+        out.say(format!("Open requests:\n{}", lines.join("\n")));
+    }
+
+    pub(super) fn builtin_audit(&self, out: &mut Out, args: &str) {
+        if !self.gate(out, "audit") {
+            return;
+        }
+        let room = out.m.room.clone();
+        if let Some(pack) = args.strip_prefix("who deployed").map(str::trim) {
+            let text = who_deployed(&self.audit, &self.requests, pack, Some(&room));
+            out.log(
+                Entry::new("audit")
+                    .status("ok")
+                    .detail(json!({"query": args})),
+            );
+            return out.say(text);
+        }
+        let n = if args.is_empty() {
+            Ok(10)
+        } else {
+            args.parse::<usize>()
+        };
+        let Ok(n) = n else {
+            return out.say("Usage: audit [n] or audit who deployed <pack>");
+        };
+        let q = Query {
+            room: Some(room),
+            limit: Some(n.clamp(1, 50)),
+            ..Default::default()
+        };
+        out.log(
+            Entry::new("audit")
+                .status("ok")
+                .detail(json!({"query": args})),
+        );
+        match self.audit.query(&q) {
+            Ok(entries) if entries.is_empty() => {
+                out.say("The audit log has nothing for this room yet.")
+            }
+            Ok(entries) => {
+                let lines: Vec<String> = entries.iter().map(Entry::summary_line).collect();
+                out.reply(Message::from_template_output(&format!(
+                    "Last {} audit entries for this room:{{~}}{}",
+                    entries.len(),
+                    lines.join("\n")
+                )));
+            }
+            Err(e) => out.say(format!("⚠️ Cannot read the audit log: {e}")),
+        }
+    }
+}
+
+/// Who deployed `pack`, when, at which commit, approved by whom
+/// (newest first). `room` limits it to one room.
+pub fn who_deployed(
+    audit: &AuditLog,
+    requests: &Requests,
+    pack: &str,
+    room: Option<&str>,
+) -> String {
+    let mut entries = Vec::new();
+    for action in ["packs.install", "packs.rollback"] {
+        let q = Query {
+            action: Some(action.into()),
+            room: room.map(str::to_string),
+            event: Some("finished".into()),
+            ..Default::default()
+        };
+        match audit.query(&q) {
+            Ok(mut e) => entries.append(&mut e),
+            Err(e) => return format!("⚠️ Cannot read the audit log: {e}"),
+        }
+    }
+    entries.sort_by_key(|e| e.seq);
+    let mut lines = Vec::new();
+    for e in entries.iter().rev() {
+        let Some(id) = &e.request else { continue };
+        let Ok(Some(req)) = requests.get(id) else {
+            continue;
+        };
+        let names_pack = match req.action.as_str() {
+            "packs.rollback" => req.params.get("pack").and_then(Value::as_str) == Some(pack),
+            _ => req
+                .params
+                .get("resolved")
+                .and_then(Value::as_array)
+                .is_some_and(|srcs| srcs.iter().any(|s| s["pack"] == pack)),
+        };
+        if !names_pack {
+            continue;
+        }
+        let approvers: Vec<&str> = req.approvals.iter().map(|a| a.user.as_str()).collect();
+        lines.push(format!(
+            "{} {} {} by {}{} at {} — {} [request {}]",
+            clock::format_ms(e.ts),
+            if req.action == "packs.rollback" {
+                "rolled back"
+            } else {
+                "deployed"
+            },
+            pack,
+            req.requester,
+            if approvers.is_empty() {
+                String::new()
+            } else {
+                format!(" (approved by {})", approvers.join(", "))
+            },
+            e.detail
+                .get("commit")
+                .and_then(Value::as_str)
+                .unwrap_or("?"),
+            e.status.as_deref().unwrap_or("?"),
+            req.id,
+        ));
+    }
+    if lines.is_empty() {
+        format!("No deployments of {pack} in the audit log.")
+    } else {
+        format!("Deployments of {pack}, newest first:\n{}", lines.join("\n"))
+    }
+}
+
+pub fn pending_line(r: &Request, now: u64) -> String {
+    let params: Vec<String> = r
+        .params
+        .iter()
+        .filter(|(k, _)| *k != "resolved")
+        .map(|(k, v)| match v {
+            Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect();
+    let mut s = format!(
+        "{} {} {} by {} in {} ({})",
+        r.id,
+        r.state.name(),
+        r.alias.as_deref().unwrap_or(&r.action),
+        r.requester,
+        r.room,
+        params.join(" ")
+    );
+    if r.state == State::Pending {
+        s.push_str(&format!(
+            " — {}/{} approvals, expires in {}",
+            r.approvals.len(),
+            r.approvals_needed(),
+            clock::human(r.expires_in(now).unwrap_or_default())
+        ));
+    }
+    s
+}

@@ -94,7 +94,7 @@ fn audit(dir: &std::path::Path) {
         ..Default::default()
     };
     let (p50, max) = time(&recent);
-    println!("audit query by user, newest 50: median {p50:?}, max {max:?}");
+    println!("audit query by user, newest 100 (the CLI default): median {p50:?}, max {max:?}");
     let alias = Query {
         alias: Some("pack7.alias7".into()),
         status: Some("succeeded".into()),

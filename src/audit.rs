@@ -7,15 +7,28 @@
 //! longer matches the head record. Secondary indexes (by user, alias,
 //! action, room, request, status) keep queries from scanning the log.
 
+use std::sync::{Arc, Mutex};
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
 
 use crate::clock;
 
-const HEAD: &[u8] = b"audit_head";
+// Tree `audit`: `e` + seq → entry and `h` → head, written in one atomic
+// batch. Tree `audit_index`: posting lists, one chunk per (field, value)
+// per append: tag + value + 0 + first seq → the seqs, 8 bytes each; and
+// the watermark, the last seq indexed. The index is derived: if the process
+// dies between the two writes, `open` indexes what the watermark lacks.
+const HEAD: &[u8] = b"h";
+const WATERMARK: &[u8] = b"#watermark";
+
+/// The storage key of entry `seq` in the `audit` tree.
+pub fn entry_key(seq: u64) -> [u8; 9] {
+    let mut k = [b'e'; 9];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
@@ -96,6 +109,19 @@ impl Entry {
         copy.hash.clear();
         let bytes = serde_json::to_vec(&copy).expect("entry serializes");
         hex(&Sha256::digest(&bytes))
+    }
+
+    /// Set the hash and return the stored bytes, serializing once: `hash`
+    /// is the last field, so the digest of the bytes with `"hash":""` is
+    /// spliced in between those quotes.
+    fn seal(&mut self) -> Vec<u8> {
+        self.hash.clear();
+        let mut bytes = serde_json::to_vec(self).expect("entry serializes");
+        self.hash = hex(&Sha256::digest(&bytes));
+        debug_assert!(bytes.ends_with(b"\"hash\":\"\"}"));
+        let at = bytes.len() - 2;
+        bytes.splice(at..at, self.hash.bytes());
+        bytes
     }
 
     /// One line for chat and the CLI.
@@ -194,16 +220,8 @@ impl Query {
     }
 }
 
-fn index_key(tag: u8, value: &str, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(value.len() + 10);
-    k.push(tag);
-    k.extend_from_slice(value.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn index_keys(e: &Entry) -> Vec<Vec<u8>> {
+/// The indexed fields of an entry: (tag, value).
+fn indexed(e: &Entry) -> impl Iterator<Item = (u8, &str)> {
     [
         (b'q', &e.request),
         (b'a', &e.alias),
@@ -213,8 +231,37 @@ fn index_keys(e: &Entry) -> Vec<Vec<u8>> {
         (b's', &e.status),
     ]
     .into_iter()
-    .filter_map(|(t, v)| v.as_deref().map(|v| index_key(t, v, e.seq)))
-    .collect()
+    .filter_map(|(t, v)| v.as_deref().map(|v| (t, v)))
+}
+
+fn index_prefix(tag: u8, value: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(value.len() + 10);
+    k.push(tag);
+    k.extend_from_slice(value.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Index writes for `entries` (in seq order): one chunk per field value.
+fn index_batch(entries: &[Entry]) -> sled::Batch {
+    let mut chunks: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
+    for e in entries {
+        for (tag, value) in indexed(e) {
+            chunks
+                .entry(index_prefix(tag, value))
+                .or_default()
+                .extend_from_slice(&e.seq.to_be_bytes());
+        }
+    }
+    let mut batch = sled::Batch::default();
+    for (mut key, seqs) in chunks {
+        key.extend_from_slice(&seqs[..8]);
+        batch.insert(key, seqs);
+    }
+    if let Some(last) = entries.last() {
+        batch.insert(WATERMARK, &last.seq.to_be_bytes());
+    }
+    batch
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,9 +282,10 @@ struct Head {
 #[derive(Clone)]
 pub struct AuditLog {
     db: sled::Db,
-    entries: sled::Tree,
+    tree: sled::Tree,
     index: sled::Tree,
-    meta: sled::Tree,
+    /// Appends take turns: each reads the head it extends.
+    append_lock: Arc<Mutex<()>>,
 }
 
 /// What `verify` found.
@@ -256,56 +304,62 @@ impl Verification {
 
 impl AuditLog {
     pub fn open(db: &sled::Db) -> Result<Self, AuditError> {
-        Ok(AuditLog {
+        let log = AuditLog {
             db: db.clone(),
-            entries: db.open_tree("audit")?,
+            tree: db.open_tree("audit")?,
             index: db.open_tree("audit_index")?,
-            meta: db.open_tree("meta")?,
-        })
+            append_lock: Arc::new(Mutex::new(())),
+        };
+        log.catch_up_index()?;
+        Ok(log)
+    }
+
+    /// Index the entries an interrupted append left unindexed.
+    fn catch_up_index(&self) -> Result<(), AuditError> {
+        let indexed = self
+            .index
+            .get(WATERMARK)?
+            .map(|b| u64::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 8])))
+            .unwrap_or(0);
+        let head = self.head().seq;
+        if indexed >= head {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        for item in self.tree.range(entry_key(indexed + 1)..=entry_key(head)) {
+            let (k, b) = item?;
+            let seq = u64::from_be_bytes(k[1..].try_into().unwrap_or([0; 8]));
+            missing.push(
+                serde_json::from_slice(&b).map_err(|e| AuditError::Corrupt(seq, e.to_string()))?,
+            );
+        }
+        self.index.apply_batch(index_batch(&missing))?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Append entries atomically (all or none), chained, then flush to disk.
-    pub fn append(&self, batch: Vec<Entry>) -> Result<Vec<Entry>, AuditError> {
+    pub fn append(&self, mut batch: Vec<Entry>) -> Result<Vec<Entry>, AuditError> {
         if batch.is_empty() {
             return Ok(batch);
         }
-        let written = (&self.entries, &self.index, &self.meta)
-            .transaction(|(entries, index, meta)| {
-                let mut head: Head = meta
-                    .get(HEAD)?
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or_default();
-                let mut out = Vec::with_capacity(batch.len());
-                for e in &batch {
-                    let mut e = e.clone();
-                    e.seq = head.seq + 1;
-                    e.prev = head.hash.clone();
-                    e.hash = e.compute_hash();
-                    let bytes = serde_json::to_vec(&e).map_err(|err| {
-                        ConflictableTransactionError::Abort(AuditError::Corrupt(
-                            e.seq,
-                            err.to_string(),
-                        ))
-                    })?;
-                    entries.insert(&e.seq.to_be_bytes(), bytes)?;
-                    for k in index_keys(&e) {
-                        index.insert(k, &[])?;
-                    }
-                    head = Head {
-                        seq: e.seq,
-                        hash: e.hash.clone(),
-                    };
-                    out.push(e);
-                }
-                meta.insert(HEAD, serde_json::to_vec(&head).expect("head serializes"))?;
-                Ok(out)
-            })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Abort(a) => a,
-                sled::transaction::TransactionError::Storage(s) => AuditError::Storage(s),
-            })?;
+        let _turn = self.append_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut head = self.head();
+        let mut writes = sled::Batch::default();
+        for e in batch.iter_mut() {
+            e.seq = head.seq + 1;
+            e.prev = std::mem::take(&mut head.hash);
+            writes.insert(&entry_key(e.seq), e.seal());
+            head = Head {
+                seq: e.seq,
+                hash: e.hash.clone(),
+            };
+        }
+        writes.insert(HEAD, serde_json::to_vec(&head).expect("head serializes"));
+        self.tree.apply_batch(writes)?;
+        self.index.apply_batch(index_batch(&batch))?;
         self.db.flush()?;
-        Ok(written)
+        Ok(batch)
     }
 
     pub fn record(&self, e: Entry) -> Result<Entry, AuditError> {
@@ -313,7 +367,7 @@ impl AuditLog {
     }
 
     fn read(&self, seq: u64) -> Result<Option<Entry>, AuditError> {
-        match self.entries.get(seq.to_be_bytes())? {
+        match self.tree.get(entry_key(seq))? {
             None => Ok(None),
             Some(b) => serde_json::from_slice(&b)
                 .map(Some)
@@ -330,7 +384,7 @@ impl AuditLog {
     }
 
     fn head(&self) -> Head {
-        self.meta
+        self.tree
             .get(HEAD)
             .ok()
             .flatten()
@@ -354,21 +408,25 @@ impl AuditLog {
         };
         match q.index() {
             Some((tag, value)) => {
-                let mut prefix = vec![tag];
-                prefix.extend_from_slice(value.as_bytes());
-                prefix.push(0);
-                for k in self.index.scan_prefix(&prefix).keys().rev() {
-                    let k = k?;
-                    let seq = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8-byte seq"));
-                    if let Some(e) = self.read(seq)?
-                        && !take(e)
-                    {
-                        break;
+                'chunks: for chunk in self
+                    .index
+                    .scan_prefix(index_prefix(tag, value))
+                    .values()
+                    .rev()
+                {
+                    let chunk = chunk?;
+                    for seq in chunk.chunks_exact(8).rev() {
+                        let seq = u64::from_be_bytes(seq.try_into().expect("8-byte seq"));
+                        if let Some(e) = self.read(seq)?
+                            && !take(e)
+                        {
+                            break 'chunks;
+                        }
                     }
                 }
             }
             None => {
-                for item in self.entries.iter().values().rev() {
+                for item in self.tree.scan_prefix(b"e").values().rev() {
                     let b = item?;
                     let e: Entry = serde_json::from_slice(&b)
                         .map_err(|err| AuditError::Corrupt(0, err.to_string()))?;
@@ -387,9 +445,9 @@ impl AuditLog {
         let mut v = Verification::default();
         let mut expected_seq = 1u64;
         let mut prev_hash = String::new();
-        for item in self.entries.iter() {
+        for item in self.tree.scan_prefix(b"e") {
             let (k, b) = item?;
-            let seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            let seq = u64::from_be_bytes(k[1..].try_into().unwrap_or([0; 8]));
             let e: Entry = match serde_json::from_slice(&b) {
                 Ok(e) => e,
                 Err(err) => {
@@ -433,5 +491,54 @@ impl AuditLog {
         }
         v.head_hash = head.hash;
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u64) -> Entry {
+        Entry::new("received")
+            .sender(&format!("@u{}:example.org", i % 3))
+            .room("!r:example.org")
+    }
+
+    #[test]
+    fn index_is_rebuilt_when_an_append_was_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let log = AuditLog::open(&db).unwrap();
+        log.append((0..10).map(entry).collect()).unwrap();
+        // As if the process died after the log write, before the index's.
+        let index = db.open_tree("audit_index").unwrap();
+        index.clear().unwrap();
+        let log = AuditLog::open(&db).unwrap();
+        let q = Query {
+            user: Some("@u1:example.org".into()),
+            ..Default::default()
+        };
+        let seqs: Vec<u64> = log.query(&q).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![2, 5, 8]);
+        assert!(log.verify().unwrap().ok());
+    }
+
+    #[test]
+    fn queries_return_the_newest_matches_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let log = AuditLog::open(&db).unwrap();
+        for i in 0..30 {
+            log.record(entry(i)).unwrap();
+        }
+        log.append((30..60).map(entry).collect()).unwrap();
+        let q = Query {
+            user: Some("@u0:example.org".into()),
+            limit: Some(4),
+            ..Default::default()
+        };
+        let seqs: Vec<u64> = log.query(&q).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![49, 52, 55, 58]);
+        assert_eq!(log.len(), 60);
     }
 }

@@ -111,9 +111,12 @@ enum Cmd {
         /// An entry status (succeeded, failed, denied...) or event name.
         #[arg(long)]
         status: Option<String>,
-        /// The newest N matching entries.
-        #[arg(long, short = 'n')]
+        /// The newest N matching entries (default 100).
+        #[arg(long, short = 'n', conflicts_with = "all")]
         limit: Option<usize>,
+        /// Every matching entry.
+        #[arg(long)]
+        all: bool,
         /// One JSON array.
         #[arg(long, conflicts_with = "jsonl")]
         json: bool,
@@ -191,6 +194,7 @@ fn main() -> ExitCode {
             since,
             status,
             limit,
+            all,
             json,
             jsonl,
         } => match command {
@@ -213,7 +217,7 @@ fn main() -> ExitCode {
                         request,
                         status,
                         since,
-                        limit,
+                        limit: if all { None } else { Some(limit.unwrap_or(100)) },
                         event: None,
                     };
                     cmd_audit(config, &q, json, jsonl)

@@ -592,11 +592,16 @@ impl Bot {
                         else {
                             continue;
                         };
-                        let content =
-                            ReactionEventContent::new(Annotation::new(event_id, key.to_string()));
-                        if let Err(e) = room.send(content).await {
-                            tracing::warn!("reaction in {}: {e}", room.room_id());
-                        }
+                        // Status reactions never hold up the messages after them.
+                        tokio::spawn(async move {
+                            let content = ReactionEventContent::new(Annotation::new(
+                                event_id,
+                                key.to_string(),
+                            ));
+                            if let Err(e) = room.send(content).await {
+                                tracing::warn!("reaction in {}: {e}", room.room_id());
+                            }
+                        });
                     }
                     Effect::Execute(id) => {
                         self.running.fetch_add(1, Ordering::SeqCst);

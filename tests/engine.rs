@@ -576,7 +576,7 @@ fn audit_chain_detects_altered_and_removed_entries() {
     let log = airlock::audit::AuditLog::open(&db).unwrap();
     let tree = db.open_tree("audit").unwrap();
     // Alter: mallory becomes alice in entry 4.
-    let key = 4u64.to_be_bytes();
+    let key = airlock::audit::entry_key(4);
     let old = tree.get(key).unwrap().unwrap();
     let text = String::from_utf8(old.to_vec())
         .unwrap()
@@ -593,7 +593,7 @@ fn audit_chain_detects_altered_and_removed_entries() {
     tree.insert(key, old).unwrap();
     assert!(log.verify().unwrap().ok());
     // Remove: a gap in the middle, then the last entry.
-    tree.remove(2u64.to_be_bytes()).unwrap();
+    tree.remove(airlock::audit::entry_key(2)).unwrap();
     let v = log.verify().unwrap();
     assert!(
         v.problems.iter().any(|p| p.contains("missing")),
@@ -601,7 +601,7 @@ fn audit_chain_detects_altered_and_removed_entries() {
         v.problems
     );
     let last = v.entries + 1;
-    tree.remove(last.to_be_bytes()).unwrap();
+    tree.remove(airlock::audit::entry_key(last)).unwrap();
     let v = log.verify().unwrap();
     assert!(
         v.problems.iter().any(|p| p.contains("head record")),

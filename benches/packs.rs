@@ -44,9 +44,8 @@ fn make_repo(path: &Path, n: usize) {
         )
         .unwrap();
         blob(&mut w, &format!("change {i}"));
-        if i > 0 {
-            writeln!(w, "from refs/heads/main^0").unwrap();
-        } else {
+        // Later commits continue the branch (fast-import keeps its tip).
+        if i == 0 {
             writeln!(w, "M 100644 inline pack.yaml").unwrap();
             blob(&mut w, "---\nname: bigpack\nversion: 1.0.0\n");
             writeln!(w, "M 100644 inline aliases/status.yaml").unwrap();
@@ -181,13 +180,8 @@ fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let mut daemon = Command::new("git")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-        ])
+    let mut daemon = Command::new(git_daemon())
+        .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
         .arg(format!("--port={port}"))
         .arg(format!("--base-path={}", base.display()))
         .arg(&base)
@@ -198,7 +192,7 @@ fn main() {
     }
     let url = format!("git://127.0.0.1:{port}/bigpack");
 
-    let rounds = 5;
+    let rounds = 9;
     let clones: Vec<Duration> = (0..rounds)
         .map(|i| clone(&url, &tmp.path().join(format!("clone{i}"))))
         .collect();
@@ -228,4 +222,14 @@ fn main() {
     );
     let _ = daemon.kill();
     let _ = daemon.wait();
+}
+
+/// The daemon itself, not the `git` wrapper: killing the wrapper would
+/// leave the daemon running.
+fn git_daemon() -> std::path::PathBuf {
+    let out = Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("git");
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("git-daemon")
 }

@@ -23,9 +23,8 @@ struct GitDaemon {
 impl GitDaemon {
     fn start(base: &Path) -> Self {
         let port = free_port();
-        let child = Command::new("git")
+        let child = Command::new(git_daemon())
             .args([
-                "daemon",
                 "--reuseaddr",
                 "--export-all",
                 "--informative-errors",
@@ -533,4 +532,14 @@ fn uninstall_and_register_control_which_commands_exist() {
     assert!(!tmp.path().join("packs/st2-flow").exists());
     let r = bodies(&bot.say(ALICE, OPS, "!pack uninstall st2-flow"));
     assert!(r.contains("is not installed"), "{r}");
+}
+
+/// The daemon itself, not the `git` wrapper: killing the wrapper would
+/// leave the daemon running.
+fn git_daemon() -> std::path::PathBuf {
+    let out = Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("git");
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("git-daemon")
 }

@@ -267,7 +267,7 @@ impl PackManager {
                 serde_json::to_vec(rec).expect("record"),
             )
             .map_err(|e| e.to_string())?;
-        self.records.flush().map_err(|e| e.to_string())?;
+        // Durable with the run's `finished` audit entry, flushed right after.
         Ok(())
     }
 

@@ -25,16 +25,21 @@ use matrix_sdk::ruma::api::error::{ErrorKind, RetryAfter};
 use matrix_sdk::ruma::events::reaction::{OriginalSyncReactionEvent, ReactionEventContent};
 use matrix_sdk::ruma::events::relation::{Annotation, InReplyTo, Reply, Thread};
 use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
-use matrix_sdk::ruma::events::room::member::{MembershipState, StrippedRoomMemberEvent};
+use matrix_sdk::ruma::events::room::member::{
+    MembershipChange, MembershipState, StrippedRoomMemberEvent,
+};
 use matrix_sdk::ruma::events::room::message::{
     MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
 };
 use matrix_sdk::ruma::events::room::power_levels::UserPowerLevel;
 use matrix_sdk::ruma::events::{
-    AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
+    AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent, SyncStateEvent,
 };
 use matrix_sdk::ruma::serde::Raw;
-use matrix_sdk::ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, UserId};
+use matrix_sdk::ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId,
+    UserId,
+};
 use matrix_sdk::{Client, RoomState};
 use tokio::sync::Notify;
 
@@ -95,6 +100,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let passphrase = std::env::var("AIRLOCK_STORE_PASSPHRASE").ok();
     let client = Client::builder()
         .homeserver_url(&homeserver)
+        // The configured URL stays authoritative: a login response's
+        // well-known would switch to the public URL on the first start only.
+        .respect_login_well_known(false)
         .sqlite_store(&store, passphrase.as_deref())
         .build()
         .await?;
@@ -356,7 +364,7 @@ impl Bot {
                     if ev.sender == bot.me {
                         return;
                     }
-                    let mut m = bot
+                    let Some(mut m) = bot
                         .incoming(
                             &room,
                             &ev.sender,
@@ -364,7 +372,10 @@ impl Bot {
                             "",
                             ev.origin_server_ts,
                         )
-                        .await;
+                        .await
+                    else {
+                        return;
+                    };
                     m.kind = Kind::Reaction(ev.content.relates_to.key.clone());
                     m.relates_to = Some(ev.content.relates_to.event_id.to_string());
                     tokio::spawn(bot.handle(m));
@@ -382,14 +393,21 @@ impl Bot {
             });
     }
 
+    /// The engine's view of an event, or None for history: events from
+    /// before the bot joined the room, which the first sync after a join
+    /// carries and which must never run.
     async fn incoming(
         &self,
         room: &Room,
         sender: &UserId,
         event_id: &str,
         body: &str,
-        ts: matrix_sdk::ruma::MilliSecondsSinceUnixEpoch,
-    ) -> Incoming {
+        ts: MilliSecondsSinceUnixEpoch,
+    ) -> Option<Incoming> {
+        if self.before_join(room, ts).await {
+            tracing::debug!("{event_id} predates our joining {}", room.room_id());
+            return None;
+        }
         let power_level = match room.get_member_no_sync(sender).await {
             Ok(Some(m)) => Some(match m.power_level() {
                 UserPowerLevel::Infinite => i64::MAX,
@@ -401,7 +419,24 @@ impl Bot {
         let mut m = Incoming::message(sender.as_str(), room.room_id().as_str(), event_id, body);
         m.ts_ms = u64::from(ts.get());
         m.power_level = power_level;
-        m
+        Some(m)
+    }
+
+    /// Whether `ts` is before the bot's own join event in `room` (the
+    /// state store holds it before any handler runs).
+    async fn before_join(&self, room: &Room, ts: MilliSecondsSinceUnixEpoch) -> bool {
+        let Ok(Some(me)) = room.get_member_no_sync(&self.me).await else {
+            return false;
+        };
+        let Some(SyncStateEvent::Original(join)) = me.event().as_sync() else {
+            return false;
+        };
+        matches!(
+            join.membership_change(),
+            MembershipChange::Joined
+                | MembershipChange::InvitationAccepted
+                | MembershipChange::KnockAccepted
+        ) && ts < join.origin_server_ts
     }
 
     async fn on_message(self: Arc<Self>, ev: OriginalSyncRoomMessageEvent, room: Room) {
@@ -413,7 +448,7 @@ impl Bot {
             return;
         };
         let body = strip_reply_fallback(&text.body).to_string();
-        let mut m = self
+        let Some(mut m) = self
             .incoming(
                 &room,
                 &ev.sender,
@@ -421,7 +456,10 @@ impl Bot {
                 &body,
                 ev.origin_server_ts,
             )
-            .await;
+            .await
+        else {
+            return;
+        };
         m.addressed = ev
             .content
             .mentions
@@ -480,7 +518,7 @@ impl Bot {
             }
         }
         tracing::warn!("could not decrypt {} from {}", ev.event_id, ev.sender);
-        let mut m = self
+        let Some(mut m) = self
             .incoming(
                 &room,
                 &ev.sender,
@@ -488,7 +526,10 @@ impl Bot {
                 "",
                 ev.origin_server_ts,
             )
-            .await;
+            .await
+        else {
+            return;
+        };
         m.kind = Kind::Undecryptable;
         self.handle(m).await;
     }
@@ -512,8 +553,21 @@ impl Bot {
 
     async fn handle(self: Arc<Self>, m: Incoming) {
         let engine = self.engine.clone();
+        // Latency breakdown for the log: homeserver to us, engine, sending.
+        let (event, seen_ms) = (
+            m.event_id.clone(),
+            crate::clock::now_ms().saturating_sub(m.ts_ms),
+        );
+        let t = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || engine.handle(&m)).await {
-            Ok(fx) => self.apply(fx).await,
+            Ok(fx) => {
+                let handled = t.elapsed();
+                self.apply(fx).await;
+                tracing::debug!(
+                    "{event}: seen {seen_ms} ms after it was sent, engine {handled:?}, answered after {:?}",
+                    t.elapsed()
+                );
+            }
             Err(e) => tracing::error!("engine task failed: {e}"),
         }
     }
@@ -579,6 +633,10 @@ impl Bot {
     /// blocking threads (they never hold up the sync loop).
     fn apply(self: Arc<Self>, effects: Vec<Effect>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
+            // Status reactions go out after this batch's messages: sent first,
+            // they would queue ahead of the reply in the homeserver's per-room
+            // event order and wake every client's sync once more before it.
+            let mut reactions = Vec::new();
             for fx in effects {
                 match fx {
                     Effect::Send(o) => self.send(o).await,
@@ -587,21 +645,17 @@ impl Bot {
                         event_id,
                         key,
                     } => {
-                        let (Some(room), Ok(event_id)) =
+                        if let (Some(room), Ok(event_id)) =
                             (self.room(&room), OwnedEventId::try_from(event_id))
-                        else {
-                            continue;
-                        };
-                        // Status reactions never hold up the messages after them.
-                        tokio::spawn(async move {
-                            let content = ReactionEventContent::new(Annotation::new(
-                                event_id,
-                                key.to_string(),
+                        {
+                            reactions.push((
+                                room,
+                                ReactionEventContent::new(Annotation::new(
+                                    event_id,
+                                    key.to_string(),
+                                )),
                             ));
-                            if let Err(e) = room.send(content).await {
-                                tracing::warn!("reaction in {}: {e}", room.room_id());
-                            }
-                        });
+                        }
                     }
                     Effect::Execute(id) => {
                         self.running.fetch_add(1, Ordering::SeqCst);
@@ -616,6 +670,11 @@ impl Bot {
                             bot.idle.notify_waiters();
                         });
                     }
+                }
+            }
+            for (room, content) in reactions {
+                if let Err(e) = room.send(content).await {
+                    tracing::warn!("reaction in {}: {e}", room.room_id());
                 }
             }
         })

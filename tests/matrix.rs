@@ -9,8 +9,10 @@ mod mx;
 use std::time::Duration;
 
 use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoom;
-use matrix_sdk::ruma::events::relation::{InReplyTo, Reply};
-use matrix_sdk::ruma::events::room::message::{ReplacementMetadata, RoomMessageEventContent};
+use matrix_sdk::ruma::events::relation::{InReplyTo, Reply, Thread};
+use matrix_sdk::ruma::events::room::message::{
+    Relation, ReplacementMetadata, RoomMessageEventContent,
+};
 use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
 use mx::{Airlock, Homeserver, Seen, User, unique};
 
@@ -407,9 +409,162 @@ async fn deploy_with_confirmation_on_synapse() {
         who.body
     );
     assert!(bot.stop().success());
-    // One device across restarts.
-    let devices = std::fs::read_to_string(s.dir.path().join("data/matrix/session.json")).unwrap();
-    assert!(devices.contains("device_id"));
+    // One device across restarts, under the configured name.
+    assert_eq!(
+        devices(&s.alice, &s.bot).await,
+        vec![Some("airlock e2e".to_string())]
+    );
+}
+
+/// The display names of `who`'s devices with keys, as the homeserver lists
+/// them to `u`.
+async fn devices(u: &User, who: &OwnedUserId) -> Vec<Option<String>> {
+    let url = u
+        .client
+        .homeserver()
+        .join("_matrix/client/v3/keys/query")
+        .unwrap();
+    let r: serde_json::Value = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(u.client.access_token().unwrap())
+        .json(&serde_json::json!({"device_keys": {who.as_str(): []}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["device_keys"][who.as_str()]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|d| {
+            d["unsigned"]["device_display_name"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect()
+}
+
+/// What reaches the bot around its commands: history from before it
+/// joined (never run), a conversation in a thread (answered and approved
+/// there), and a homeserver that goes away for a while (the bot comes back,
+/// and says so of the command it could not act on in time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_threads_and_outages() {
+    let Some(hs) = Homeserver::from_env() else {
+        return;
+    };
+    // The bot reaches the homeserver through a proxy the test can cut.
+    let upstream: u16 = hs.url.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = common::Proxy::start(upstream);
+    let direct = format!("homeserver: {}\n", hs.url);
+    let s = scene(hs).await;
+    let cfg = s.dir.path().join("airlock.yaml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        &direct,
+        &format!(
+            "homeserver: http://127.0.0.1:{}\nmax_command_age: 10s\n",
+            proxy.port
+        ),
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+
+    // Before the bot's first start: it is invited to a room with a command
+    // in it. Joining shows it that history; it must not run it.
+    let room = s.room(true, false).await;
+    let old = say(&s.alice, &room, "!pending").await;
+    let mut bot = s.start();
+    s.bot_joined(&room).await;
+    let fresh = say(&s.alice, &room, "!pending").await;
+    s.alice
+        .wait_for("an answer to the new command", WAIT, |x| {
+            x.sender == s.bot && x.reply_to.as_ref() == Some(&fresh)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !s.alice
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|x| x.sender == s.bot && x.reply_to.as_ref() == Some(&old)),
+        "a command from before the bot joined was answered"
+    );
+
+    // A deploy asked for in a thread: prompt, approval and result stay there.
+    let root = say(&s.alice, &room, "deploying from a thread").await;
+    let mut c = RoomMessageEventContent::text_plain("!flow deploy main");
+    c.relates_to = Some(Relation::Thread(Thread::plain(root.clone(), root.clone())));
+    let cmd = s
+        .alice
+        .room(&room)
+        .await
+        .send(c)
+        .await
+        .unwrap()
+        .response
+        .event_id;
+    let prompt = s
+        .alice
+        .wait_for("the prompt in the thread", WAIT, |x| {
+            x.sender == s.bot && x.reply_to.as_ref() == Some(&cmd)
+        })
+        .await;
+    assert!(
+        prompt.body.contains("Confirmation needed"),
+        "{}",
+        prompt.body
+    );
+    assert_eq!(prompt.thread.as_ref(), Some(&root));
+    let mut yes = RoomMessageEventContent::text_plain("yes");
+    yes.relates_to = Some(Relation::Thread(Thread::reply(
+        root.clone(),
+        prompt.event_id.clone(),
+    )));
+    s.bob.room(&room).await.send(yes).await.unwrap();
+    let done = s
+        .alice
+        .wait_for(
+            "the result in the thread",
+            WAIT,
+            from_bot(&s.bot, &room, "Successfully deployed flow"),
+        )
+        .await;
+    assert_eq!(done.thread.as_ref(), Some(&root));
+    assert_eq!(done.reply_to.as_ref(), Some(&cmd));
+
+    // The homeserver goes away. A command sent meanwhile reaches the bot
+    // when it is back, too late to run: the bot says so.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = say(&s.alice, &room, "!pending").await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    proxy.restore();
+    let late = s
+        .alice
+        .wait_for(
+            "the answer after the outage",
+            Duration::from_secs(90),
+            |x| x.sender == s.bot && x.reply_to.as_ref() == Some(&during),
+        )
+        .await;
+    assert!(
+        late.body.contains("Not acting on your command"),
+        "{}",
+        late.body
+    );
+    let after = say(&s.alice, &room, "!pending").await;
+    let answer = s
+        .alice
+        .wait_for("an answer after the outage", WAIT, |x| {
+            x.sender == s.bot && x.reply_to.as_ref() == Some(&after)
+        })
+        .await;
+    assert!(answer.body.contains("No open requests"), "{}", answer.body);
+    assert!(bot.stop().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,12 +3,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use airlock::engine::Effect;
@@ -55,59 +53,6 @@ impl Drop for GitDaemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A TCP proxy in front of a server that can be told to stall: it then
-/// accepts connections and never answers, like a hung git server.
-struct StallProxy {
-    port: u16,
-    stalled: Arc<AtomicBool>,
-}
-
-impl StallProxy {
-    fn start(upstream: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stalled = Arc::new(AtomicBool::new(false));
-        let flag = stalled.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(client) = conn else { continue };
-                if flag.load(Ordering::Relaxed) {
-                    // Hold the connection open, say nothing.
-                    std::thread::spawn(move || {
-                        let _keep = client;
-                        std::thread::sleep(Duration::from_secs(120));
-                    });
-                    continue;
-                }
-                let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
-            }
-        });
-        StallProxy { port, stalled }
-    }
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 16384];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-        let _ = to.shutdown(std::net::Shutdown::Write);
-    });
 }
 
 const OPEN_POLICY: &str = r#"
@@ -333,7 +278,7 @@ fn a_stalled_fetch_times_out_and_changes_nothing() {
     let repos = tmp.path().join("repos");
     let repo = PackRepo::new(&repos.join("st2-flow"), "st2-flow");
     let daemon = GitDaemon::start(&repos);
-    let proxy = StallProxy::start(daemon.port);
+    let proxy = Proxy::start(daemon.port);
     let url = format!("git://127.0.0.1:{}/st2-flow", proxy.port);
     let policy = OPEN_POLICY.replace("confirm: false", "confirm: {approvers: {groups: [ops]}}");
     let bot = open_bot(tmp.path(), None, &policy);
@@ -341,7 +286,7 @@ fn a_stalled_fetch_times_out_and_changes_nothing() {
     let p = prompt(&bot.say(ALICE, OPS, &format!("!deploy {url} within 2"))).clone();
     assert!(p.body.contains(&repo.head()));
     // ...fetched when it has hung.
-    proxy.stalled.store(true, Ordering::Relaxed);
+    proxy.stall();
     let started = Instant::now();
     let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
     let took = started.elapsed();

@@ -103,6 +103,8 @@ pub struct Seen {
     /// For reactions: the key and the event reacted to.
     pub reaction: Option<(String, OwnedEventId)>,
     pub reply_to: Option<OwnedEventId>,
+    /// The thread root, for messages in a thread.
+    pub thread: Option<OwnedEventId>,
 }
 
 /// A logged-in user whose own sync loop records every message and reaction.
@@ -150,14 +152,15 @@ impl User {
                     }
                     _ => return,
                 };
-                let reply_to = match &ev.content.relates_to {
+                let (reply_to, thread) = match &ev.content.relates_to {
                     Some(matrix_sdk::ruma::events::room::message::Relation::Reply(r)) => {
-                        Some(r.in_reply_to.event_id.clone())
+                        (Some(r.in_reply_to.event_id.clone()), None)
                     }
-                    Some(matrix_sdk::ruma::events::room::message::Relation::Thread(t)) => {
-                        t.in_reply_to.as_ref().map(|r| r.event_id.clone())
-                    }
-                    _ => None,
+                    Some(matrix_sdk::ruma::events::room::message::Relation::Thread(t)) => (
+                        t.in_reply_to.as_ref().map(|r| r.event_id.clone()),
+                        Some(t.event_id.clone()),
+                    ),
+                    _ => (None, None),
                 };
                 s.lock().unwrap().push(Seen {
                     room: room.room_id().to_owned(),
@@ -167,6 +170,7 @@ impl User {
                     html,
                     reaction: None,
                     reply_to,
+                    thread,
                 });
                 n.notify_waiters();
             }
@@ -186,6 +190,7 @@ impl User {
                         ev.content.relates_to.event_id.clone(),
                     )),
                     reply_to: None,
+                    thread: None,
                 });
                 n.notify_waiters();
             }

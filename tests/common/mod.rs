@@ -2,9 +2,12 @@
 //! transport that drives the engine the way the console and Matrix do.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use airlock::action::packs::{GitConfig, InsteadOf};
 use airlock::engine::{Effect, Engine, Incoming, Settings};
@@ -234,4 +237,88 @@ pub fn bodies(sent: &[Sent]) -> String {
         .map(|s| s.body.as_str())
         .collect::<Vec<_>>()
         .join("\n---\n")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TCP proxy on loopback in front of a server that can be made to fail:
+/// `stall` holds new connections open and silent (a hung git server),
+/// `cut` drops every connection and every new one until `restore` (a
+/// homeserver that went away).
+pub struct Proxy {
+    pub port: u16,
+    mode: Arc<AtomicU8>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+const PASS: u8 = 0;
+const STALL: u8 = 1;
+const CUT: u8 = 2;
+
+impl Proxy {
+    pub fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = Arc::new(AtomicU8::new(PASS));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (m, o) = (mode.clone(), open.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                match m.load(Ordering::SeqCst) {
+                    STALL => {
+                        std::thread::spawn(move || {
+                            let _keep = client;
+                            std::thread::sleep(Duration::from_secs(120));
+                        });
+                    }
+                    CUT => drop(client),
+                    _ => {
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                            continue;
+                        };
+                        let mut open = o.lock().unwrap();
+                        open.push(client.try_clone().unwrap());
+                        open.push(server.try_clone().unwrap());
+                        pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                        pipe(server, client);
+                    }
+                }
+            }
+        });
+        Proxy { port, mode, open }
+    }
+
+    pub fn stall(&self) {
+        self.mode.store(STALL, Ordering::SeqCst);
+    }
+
+    pub fn cut(&self) {
+        self.mode.store(CUT, Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.mode.store(PASS, Ordering::SeqCst);
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
 }

@@ -1,7 +1,8 @@
 //! Latency and memory of `airlock run` on a real Synapse: the time from
 //! alice sending a command to her client seeing airlock's first reply (200
-//! commands, median and p99), the same while a long action runs, and
-//! airlock's RSS idle and after 1,000 commands. Prints figures.
+//! commands, median and p99; one at a time and back to back), the same
+//! while a long action runs, and airlock's RSS idle and after 1,000
+//! commands, beside a bare matrix-sdk echo bot as the floor. Prints figures.
 //!
 //! Needs a homeserver: `scripts/synapse start DIR`, then
 //! `AIRLOCK_TEST_HOMESERVER=$(cat DIR/url) AIRLOCK_TEST_SYNAPSE_DIR=DIR cargo bench --bench matrix`.
@@ -12,7 +13,9 @@ mod mx;
 use std::time::{Duration, Instant};
 
 use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoom;
-use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use matrix_sdk::ruma::events::room::message::{
+    AddMentions, ForwardThread, OriginalSyncRoomMessageEvent, RoomMessageEventContent,
+};
 use mx::{Airlock, Homeserver, User, unique};
 
 const PW: &str = "bench password";
@@ -34,12 +37,15 @@ fn pct(mut v: Vec<Duration>, q: f64) -> Duration {
     v[((v.len() as f64 - 1.0) * q).round() as usize]
 }
 
-/// Send `body` as alice and wait for airlock's first reply to it.
+/// Send `body` as alice and time the bot's first reply to it. With
+/// `settle`, also wait until the bot has finished with the command (its ✅
+/// reaction), so the next command meets a quiet bot, as a person's would.
 async fn round_trip(
     alice: &User,
     room: &matrix_sdk::room::Room,
     bot: &matrix_sdk::ruma::OwnedUserId,
     body: &str,
+    settle: bool,
 ) -> Duration {
     let t = Instant::now();
     let id = room
@@ -53,7 +59,28 @@ async fn round_trip(
             s.sender == *bot && s.reply_to.as_ref() == Some(&id)
         })
         .await;
-    t.elapsed()
+    let took = t.elapsed();
+    if settle {
+        alice
+            .wait_for("the ✅", Duration::from_secs(30), |s| {
+                s.sender == *bot
+                    && s.reaction
+                        .as_ref()
+                        .is_some_and(|(k, e)| k == "✅" && *e == id)
+            })
+            .await;
+    }
+    took
+}
+
+fn report(what: &str, lat: Vec<Duration>) {
+    println!(
+        "{what}, {} commands: median {:?}, p99 {:?}, max {:?}",
+        lat.len(),
+        pct(lat.clone(), 0.5),
+        pct(lat.clone(), 0.99),
+        pct(lat, 1.0)
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -88,6 +115,42 @@ async fn main() {
     )
     .unwrap();
     let alice = User::login(&hs, &alice_id, PW, &dir.path().join("alice")).await;
+
+    // The floor on this machine: a bare matrix-sdk echo bot, E2EE and SQLite
+    // store like airlock, replying from its own sync_once loop.
+    {
+        let echo_id = hs.register(&format!("echo-bench-{tag}"), PW).await;
+        let echo = User::login(&hs, &echo_id, PW, &dir.path().join("echo")).await;
+        let me = echo_id.clone();
+        echo.client.add_event_handler(
+            move |ev: OriginalSyncRoomMessageEvent, room: matrix_sdk::room::Room| {
+                let me = me.clone();
+                async move {
+                    if ev.sender == me || ev.content.body() != "!ping" {
+                        return;
+                    }
+                    let reply = RoomMessageEventContent::notice_plain("pong").make_reply_to(
+                        &ev,
+                        ForwardThread::No,
+                        AddMentions::No,
+                    );
+                    let _ = room.send(reply).await;
+                }
+            },
+        );
+        let mut req = CreateRoom::new();
+        req.invite = vec![echo_id.clone()];
+        let room = alice.client.create_room(req).await.unwrap();
+        echo.join(&room.room_id().to_owned()).await;
+        for _ in 0..10 {
+            round_trip(&alice, &room, &echo_id, "!ping", false).await;
+        }
+        let mut lat = Vec::new();
+        for _ in 0..200 {
+            lat.push(round_trip(&alice, &room, &echo_id, "!ping", false).await);
+        }
+        report("bare echo bot (the floor)", lat);
+    }
     let airlock = Airlock::start(&cfg, PW);
     let mut req = CreateRoom::new();
     req.invite = vec![bot.clone()];
@@ -101,36 +164,35 @@ async fn main() {
     }
 
     for _ in 0..10 {
-        round_trip(&alice, &room, &bot, "!ping").await;
+        round_trip(&alice, &room, &bot, "!ping", true).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = rss_kib(airlock.pid());
 
+    // Each command meets a bot done with the previous one (a person's pace).
     let mut lat = Vec::new();
     for _ in 0..200 {
-        lat.push(round_trip(&alice, &room, &bot, "!ping").await);
+        lat.push(round_trip(&alice, &room, &bot, "!ping", true).await);
     }
-    println!(
-        "first reply, 200 commands: median {:?}, p99 {:?}, max {:?}",
-        pct(lat.clone(), 0.5),
-        pct(lat.clone(), 0.99),
-        pct(lat, 1.0)
-    );
+    report("airlock first reply, one command at a time", lat);
+    // Back to back: each command follows the previous reply at once, while
+    // the bot is still sending that command's status reactions.
+    let mut lat = Vec::new();
+    for _ in 0..200 {
+        lat.push(round_trip(&alice, &room, &bot, "!ping", false).await);
+    }
+    report("airlock first reply, back to back", lat);
 
     // A long action runs on its own thread; commands are still answered.
-    round_trip(&alice, &room, &bot, "!pause 30").await;
+    round_trip(&alice, &room, &bot, "!pause 30", false).await;
     let mut during = Vec::new();
     for _ in 0..50 {
-        during.push(round_trip(&alice, &room, &bot, "!ping").await);
+        during.push(round_trip(&alice, &room, &bot, "!ping", true).await);
     }
-    println!(
-        "first reply while a 30 s action runs, 50 commands: median {:?}, p99 {:?}",
-        pct(during.clone(), 0.5),
-        pct(during, 0.99)
-    );
+    report("airlock first reply while a 30 s action runs", during);
 
     for _ in 0..1000 {
-        round_trip(&alice, &room, &bot, "!ping").await;
+        round_trip(&alice, &room, &bot, "!ping", false).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(airlock.pid());
@@ -139,4 +201,8 @@ async fn main() {
         idle as f64 / 1024.0,
         after as f64 / 1024.0
     );
+    if std::env::var_os("AIRLOCK_BENCH_KEEP").is_some() {
+        println!("airlock's log: {}", airlock.log.display());
+        std::mem::forget(dir);
+    }
 }

@@ -185,6 +185,8 @@ fn main() {
         .arg(format!("--port={port}"))
         .arg(format!("--base-path={}", base.display()))
         .arg(&base)
+        // The readiness probe below hangs up on it; that is not news.
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -171,8 +171,9 @@ pub fn render_value(
 }
 
 /// st2's `default.j2`, in spirit: what ran, how it ended, what it returned.
+/// Real emoji: Matrix clients do not expand Slack's `:x:` codes.
 const DEFAULT_RESULT: &str = "\
-{% if execution.status == 'succeeded' %}:white_check_mark:{% else %}:x:{% endif %} \
+{% if execution.status == 'succeeded' %}✅{% else %}❌{% endif %} \
 Action {{ execution.action.ref }} {{ execution.status }}\
 {% if execution.elapsed_seconds is number %} in {{ execution.elapsed_seconds | round(1) }}s{% endif %} \
 (request {{ execution.id }}).\

@@ -169,6 +169,14 @@ fn from_bot<'a>(
     move |s| s.sender == *bot && s.room == *room && s.body.contains(needle)
 }
 
+/// The bot's answers to `event`.
+fn answer_to<'a>(
+    bot: &'a OwnedUserId,
+    event: &'a matrix_sdk::ruma::OwnedEventId,
+) -> impl Fn(&Seen) -> bool + 'a {
+    move |s| s.sender == *bot && s.reply_to.as_ref() == Some(event)
+}
+
 /// The seed's deploy, end to end: prompt, refusals, a confirmation by a
 /// colleague, and the result, in `room`.
 async fn deploy_flow(s: &Scene, room: &OwnedRoomId, branch: &str) {
@@ -479,9 +487,11 @@ async fn history_threads_and_outages() {
     s.bot_joined(&room).await;
     let fresh = say(&s.alice, &room, "!pending").await;
     s.alice
-        .wait_for("an answer to the new command", WAIT, |x| {
-            x.sender == s.bot && x.reply_to.as_ref() == Some(&fresh)
-        })
+        .wait_for(
+            "an answer to the new command",
+            WAIT,
+            answer_to(&s.bot, &fresh),
+        )
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
@@ -490,7 +500,7 @@ async fn history_threads_and_outages() {
             .lock()
             .unwrap()
             .iter()
-            .any(|x| x.sender == s.bot && x.reply_to.as_ref() == Some(&old)),
+            .any(answer_to(&s.bot, &old)),
         "a command from before the bot joined was answered"
     );
 
@@ -509,9 +519,7 @@ async fn history_threads_and_outages() {
         .event_id;
     let prompt = s
         .alice
-        .wait_for("the prompt in the thread", WAIT, |x| {
-            x.sender == s.bot && x.reply_to.as_ref() == Some(&cmd)
-        })
+        .wait_for("the prompt in the thread", WAIT, answer_to(&s.bot, &cmd))
         .await;
     assert!(
         prompt.body.contains("Confirmation needed"),
@@ -548,7 +556,7 @@ async fn history_threads_and_outages() {
         .wait_for(
             "the answer after the outage",
             Duration::from_secs(90),
-            |x| x.sender == s.bot && x.reply_to.as_ref() == Some(&during),
+            answer_to(&s.bot, &during),
         )
         .await;
     assert!(
@@ -559,9 +567,11 @@ async fn history_threads_and_outages() {
     let after = say(&s.alice, &room, "!pending").await;
     let answer = s
         .alice
-        .wait_for("an answer after the outage", WAIT, |x| {
-            x.sender == s.bot && x.reply_to.as_ref() == Some(&after)
-        })
+        .wait_for(
+            "an answer after the outage",
+            WAIT,
+            answer_to(&s.bot, &after),
+        )
         .await;
     assert!(answer.body.contains("No open requests"), "{}", answer.body);
     assert!(bot.stop().success());
@@ -584,9 +594,7 @@ async fn encrypted_room_deploy_and_invites_by_policy() {
     let cmd = say(&s.alice, &room, "!flow deploy other").await;
     let prompt = s
         .alice
-        .wait_for("the prompt", WAIT, |x| {
-            x.sender == s.bot && x.reply_to.as_ref() == Some(&cmd)
-        })
+        .wait_for("the prompt", WAIT, answer_to(&s.bot, &cmd))
         .await;
     s.bob
         .room(&room)

@@ -143,7 +143,7 @@ fn disabled_blocks_send_nothing_and_defaults_exist() {
     assert!(render::ack(&plain, &ex).unwrap().contains("abc"));
     let text = render::result(Some(&plain), &ex).unwrap();
     assert!(
-        text.contains("Action core.echo succeeded") && text.contains("stdout: hi"),
+        text.starts_with("✅ Action core.echo succeeded") && text.contains("stdout: hi"),
         "{text}"
     );
 }

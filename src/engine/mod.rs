@@ -54,6 +54,10 @@ pub const FAILED: &str = "❌";
 /// Longest command the bot will try to match.
 const MAX_COMMAND_CHARS: usize = 4000;
 
+/// sled's page cache (its default is 1 GiB): the bot reads little beyond
+/// recent entries, and a long-running process should not grow toward that.
+const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Command prefix, `!` by default.
@@ -254,6 +258,7 @@ impl Engine {
         let db_path = settings.data_dir.join("airlock.sled");
         let db = sled::Config::new()
             .path(&db_path)
+            .cache_capacity(SLED_CACHE_BYTES)
             .open()
             .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
         let audit = AuditLog::open(&db)

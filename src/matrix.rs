@@ -5,7 +5,9 @@
 //! body with the reply fallback removed, the event it replies to, thread,
 //! server timestamp, power level); each [`Effect`] becomes a notice, a
 //! reaction, or an execution on a blocking thread. Policy, confirmation
-//! and audit all live in the engine.
+//! and audit all live in the engine; the one judgement made here is
+//! Matrix's own: events from before the bot joined a room (the history the
+//! first sync after a join carries) never reach the engine.
 //!
 //! The sync loop is our own `sync_once` loop: `Client::sync` waits a second
 //! between syncs, which would be the bot's reaction time.

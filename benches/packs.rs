@@ -1,6 +1,7 @@
 //! packs.install against `git clone`, on a pack repository with 10,000
-//! commits served by `git daemon` on loopback: a first install, and a
-//! re-install after one new commit. Prints figures; asserts none.
+//! commits served by `git daemon` on loopback and as `file://`: a first
+//! install, and a re-install after one new commit. Prints figures; asserts
+//! none.
 //!
 //! `cargo bench --bench packs` (AIRLOCK_BENCH_COMMITS to change 10,000).
 
@@ -68,7 +69,10 @@ fn make_repo(path: &Path, n: usize) {
     git(path, &["checkout", "-q", "main"]);
 }
 
-fn add_commit(path: &Path, i: usize) {
+fn add_commit(path: &Path) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let i = N.fetch_add(1, Ordering::Relaxed);
     std::fs::write(
         path.join("actions/a0.yaml"),
         format!("name: a0\nrevision: extra-{i}\n"),
@@ -192,38 +196,56 @@ fn main() {
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let url = format!("git://127.0.0.1:{port}/bigpack");
-
-    let rounds = 9;
-    let clones: Vec<Duration> = (0..rounds)
-        .map(|i| clone(&url, &tmp.path().join(format!("clone{i}"))))
-        .collect();
-    let installs: Vec<Duration> = (0..rounds)
-        .map(|i| Bot::open(&tmp.path().join(format!("fresh{i}"))).install(&url))
-        .collect();
-    let (c, a) = (median(clones), median(installs));
-    println!(
-        "first install: git clone median {c:?}, airlock install median {a:?} ({:.2}x)",
-        a.as_secs_f64() / c.as_secs_f64()
+    // git daemon writes pkt-line headers and payloads separately, so on
+    // loopback each negotiation round trip waits ~40 ms for a delayed ACK;
+    // file:// shows the same work without the network.
+    compare(
+        "git daemon",
+        &format!("git://127.0.0.1:{port}/bigpack"),
+        &repo,
+        &tmp.path().join("daemon"),
     );
-
-    let mut bot = Bot::open(&tmp.path().join("again"));
-    bot.install(&url);
-    let mut reinstalls = Vec::new();
-    for i in 0..rounds {
-        add_commit(&repo, i);
-        reinstalls.push(bot.install(&url));
-    }
-    let clones_after: Vec<Duration> = (0..rounds)
-        .map(|i| clone(&url, &tmp.path().join(format!("later{i}"))))
-        .collect();
-    let (r, c2) = (median(reinstalls), median(clones_after));
-    println!(
-        "re-install after one new commit: median {r:?}; a fresh git clone then takes {c2:?} ({:.1}x faster)",
-        c2.as_secs_f64() / r.as_secs_f64()
+    compare(
+        "file://",
+        &format!("file://{}", repo.display()),
+        &repo,
+        &tmp.path().join("file"),
     );
     let _ = daemon.kill();
     let _ = daemon.wait();
+}
+
+/// First install vs `git clone`, then re-installs after one new commit vs a
+/// fresh clone, all from `url` (which serves `repo`).
+fn compare(label: &str, url: &str, repo: &Path, work: &Path) {
+    let rounds = 9;
+    let clones: Vec<Duration> = (0..rounds)
+        .map(|i| clone(url, &work.join(format!("clone{i}"))))
+        .collect();
+    let installs: Vec<Duration> = (0..rounds)
+        .map(|i| Bot::open(&work.join(format!("fresh{i}"))).install(url))
+        .collect();
+    let (c, a) = (median(clones), median(installs));
+    println!(
+        "{label}: first install: git clone median {c:?}, airlock install median {a:?} ({:.2}x)",
+        a.as_secs_f64() / c.as_secs_f64()
+    );
+
+    let mut bot = Bot::open(&work.join("again"));
+    bot.install(url);
+    let mut reinstalls = Vec::new();
+    for _ in 0..rounds {
+        add_commit(repo);
+        reinstalls.push(bot.install(url));
+    }
+    let clones_after: Vec<Duration> = (0..rounds)
+        .map(|i| clone(url, &work.join(format!("later{i}"))))
+        .collect();
+    let (r, c2) = (median(reinstalls), median(clones_after));
+    println!(
+        "{label}: re-install after one new commit: median {r:?}; a fresh git clone then takes {c2:?} ({:.1}x faster)",
+        c2.as_secs_f64() / r.as_secs_f64()
+    );
 }
 
 /// The daemon itself, not the `git` wrapper: killing the wrapper would

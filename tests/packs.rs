@@ -456,6 +456,25 @@ fn concurrent_installs_of_one_pack_are_serialized() {
 }
 
 #[test]
+fn a_repository_on_this_machine_is_read_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PackRepo::new(&tmp.path().join("work/st2-flow"), "st2-flow");
+    // A bare repository named by its plain path, the third URL form.
+    let bare = tmp.path().join("mirror/st2-flow.git");
+    git2::build::RepoBuilder::new()
+        .bare(true)
+        .clone(&repo.url(), &bare)
+        .unwrap();
+    let bot = open_bot(tmp.path(), None, OPEN_POLICY);
+    let r = bodies(&bot.say(ALICE, OPS, &format!("!deploy {} now", bare.display())));
+    assert!(r.contains("succeeded"), "{r}");
+    assert_eq!(record(&bot, "st2-flow").current.commit, repo.head());
+    assert!(bodies(&bot.say(ALICE, OPS, "!st2-flow status")).contains("v1 is live"));
+    // Nothing was copied into a cache of fetched objects.
+    assert!(!tmp.path().join("packs/.airlock/git/st2-flow.git").exists());
+}
+
+#[test]
 fn uninstall_and_register_control_which_commands_exist() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");

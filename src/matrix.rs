@@ -35,14 +35,15 @@ use matrix_sdk::ruma::events::room::message::{
 };
 use matrix_sdk::ruma::events::room::power_levels::UserPowerLevel;
 use matrix_sdk::ruma::events::{
-    AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent, SyncStateEvent,
+    AnySyncMessageLikeEvent, AnySyncTimelineEvent, MessageLikeEventContent, SyncMessageLikeEvent,
+    SyncStateEvent,
 };
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{
     MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId,
-    UserId,
+    TransactionId, UserId,
 };
-use matrix_sdk::{Client, RoomState};
+use matrix_sdk::{Client, HttpError, RoomState};
 use tokio::sync::Notify;
 
 use crate::config::Config;
@@ -316,6 +317,43 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(tmp, path)
+}
+
+/// How long a message is retried while the homeserver cannot be reached
+/// (matrix-sdk itself retries only rate limits and server errors).
+const SEND_RETRY_FOR: Duration = Duration::from_secs(600);
+
+/// Send `content` to `room`. While the homeserver cannot be reached, retry
+/// with backoff under one transaction ID, so the room gets it once: a
+/// result finished during an outage is delivered when the server is back.
+async fn send_retrying<C>(room: &Room, content: C) -> Result<OwnedEventId, matrix_sdk::Error>
+where
+    C: MessageLikeEventContent + Clone,
+{
+    let txn = TransactionId::new();
+    let deadline = tokio::time::Instant::now() + SEND_RETRY_FOR;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match room
+            .send(content.clone())
+            .with_transaction_id(txn.clone())
+            .await
+        {
+            Ok(r) => return Ok(r.response.event_id),
+            Err(matrix_sdk::Error::Http(e))
+                if matches!(*e, HttpError::Reqwest(_))
+                    && tokio::time::Instant::now() + backoff < deadline =>
+            {
+                tracing::warn!(
+                    "sending to {} failed ({e}); retrying in {backoff:?}",
+                    room.room_id()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The plain body without a reply fallback (`> <@user> ...` lines and the
@@ -675,7 +713,7 @@ impl Bot {
                 }
             }
             for (room, content) in reactions {
-                if let Err(e) = room.send(content).await {
+                if let Err(e) = send_retrying(&room, content).await {
                     tracing::warn!("reaction in {}: {e}", room.room_id());
                 }
             }
@@ -720,14 +758,14 @@ impl Bot {
                 .entry(room_id.clone())
                 .or_insert(0) += 1;
         }
-        let sent = room.send(content).await;
+        let sent = send_retrying(&room, content).await;
         if let Some(req) = &o.prompt_for {
-            if let Ok(r) = &sent {
+            if let Ok(event) = &sent {
                 let (engine, req, room, event) = (
                     self.engine.clone(),
                     req.clone(),
                     room_id.to_string(),
-                    r.response.event_id.to_string(),
+                    event.to_string(),
                 );
                 let _ =
                     tokio::task::spawn_blocking(move || engine.bind_prompt(&req, &room, &event))

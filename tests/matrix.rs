@@ -544,8 +544,15 @@ async fn history_threads_and_outages() {
     assert_eq!(done.thread.as_ref(), Some(&root));
     assert_eq!(done.reply_to.as_ref(), Some(&cmd));
 
-    // The homeserver goes away. A command sent meanwhile reaches the bot
-    // when it is back, too late to run: the bot says so.
+    // The homeserver goes away while an action runs. Its result is
+    // delivered when the server is back; a command sent meanwhile reaches
+    // the bot then, too late to run, and the bot says so.
+    let slow = say(&s.alice, &room, "!pause 3").await;
+    s.alice
+        .wait_for("the pause ack", WAIT, |x| {
+            answer_to(&s.bot, &slow)(x) && x.body == "pausing"
+        })
+        .await;
     proxy.cut();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let during = say(&s.alice, &room, "!pending").await;
@@ -564,6 +571,11 @@ async fn history_threads_and_outages() {
         "{}",
         late.body
     );
+    s.alice
+        .wait_for("the result of the action that ran offline", WAIT, |x| {
+            answer_to(&s.bot, &slow)(x) && x.body.contains("core.pause succeeded")
+        })
+        .await;
     let after = say(&s.alice, &room, "!pending").await;
     let answer = s
         .alice

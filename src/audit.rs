@@ -358,7 +358,9 @@ impl AuditLog {
         writes.insert(HEAD, serde_json::to_vec(&head).expect("head serializes"));
         self.tree.apply_batch(writes)?;
         self.index.apply_batch(index_batch(&batch))?;
+        crate::crash::point("audit_before_flush");
         self.db.flush()?;
+        crate::crash::point("audit_after_flush");
         Ok(batch)
     }
 

@@ -86,6 +86,9 @@ pub struct Request {
     pub alias: Option<String>,
     pub action: String,
     pub params: Params,
+    /// Parameters the chat command set as trailing `key=value` pairs.
+    #[serde(default)]
+    pub set_in_chat: Vec<String>,
     /// The rule that allowed it.
     pub rule: String,
     pub created_ms: u64,

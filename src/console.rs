@@ -162,8 +162,14 @@ impl Console {
         };
         let target = |r: &str| format!("${}", r.trim_start_matches('[').trim_end_matches(']'));
         match cmd {
-            "/user" if !rest.is_empty() => self.user = rest.to_string(),
-            "/room" if !rest.is_empty() => self.room = rest.to_string(),
+            "/user" if crate::ids::is_user_id(rest) => self.user = rest.to_string(),
+            "/room" if crate::ids::is_room(rest) => self.room = rest.to_string(),
+            "/user" => println!("\"{rest}\" is not {}", crate::ids::Kind::User.describe()),
+            "/room" => println!(
+                "\"{rest}\" is not {} or {}",
+                crate::ids::Kind::Room.describe(),
+                crate::ids::Kind::RoomAlias.describe()
+            ),
             "/power" => self.power = rest.parse().ok(),
             "/wait" => self.wait(),
             "/quit" | "/exit" => return false,
@@ -186,7 +192,7 @@ impl Console {
                 }
             }
             "/help" => println!(
-                "/user <@id:server>  /room <!id:server>  /reply <ref> <text>  /edit <ref> <text>\n/react <ref> <emoji>  /power <n>  /wait  /quit"
+                "/user <@id:server>  /room <!id>  /reply <ref> <text>  /edit <ref> <text>\n/react <ref> <emoji>  /power <n>  /wait  /quit"
             ),
             c if c.starts_with('/') && !c.starts_with("//") => {
                 println!("unknown console command {c}; /help lists them")

@@ -13,7 +13,7 @@ use airlock::confirm::Requests;
 use airlock::diag::Diagnostic;
 use airlock::engine::{self, Engine};
 use airlock::policy::{self, Decision, Subject};
-use airlock::{action, clock};
+use airlock::{action, clock, ids};
 
 #[derive(Parser)]
 #[command(name = "airlock", version, disable_help_subcommand = true)]
@@ -23,6 +23,10 @@ use airlock::{action, clock};
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// Configuration file (default: ./airlock.yaml if present). Accepted
+    /// before or after the subcommand.
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -32,10 +36,9 @@ struct AliasDirs {
     aliases: Vec<PathBuf>,
 }
 
-#[derive(clap::Args, Clone)]
+/// The global `--config`, handed to the commands that read it.
+#[derive(Clone)]
 struct ConfigArg {
-    /// Configuration file (default: ./airlock.yaml if present).
-    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
 
@@ -69,14 +72,9 @@ enum Cmd {
         command: PolicyCmd,
     },
     /// Run the bot on a Matrix homeserver.
-    Run {
-        #[command(flatten)]
-        config: ConfigArg,
-    },
+    Run,
     /// Run the bot in this terminal: stdin is the room (no homeserver).
     Console {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Who you are at first.
         #[arg(long, default_value = "@alice:example.org")]
         user: String,
@@ -85,14 +83,9 @@ enum Cmd {
         room: String,
     },
     /// List open requests (pending, approved, running).
-    Pending {
-        #[command(flatten)]
-        config: ConfigArg,
-    },
+    Pending,
     /// Query the audit log, or verify its hash chain.
     Audit {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         command: Option<AuditCmd>,
         #[arg(long)]
@@ -130,8 +123,6 @@ enum Cmd {
 enum PolicyCmd {
     /// The decision for a command, the rules behind it, and the confirmation it would need.
     Explain {
-        #[command(flatten)]
-        config: ConfigArg,
         #[arg(long)]
         user: String,
         #[arg(long)]
@@ -158,6 +149,8 @@ const DEFAULT_LOG: &str =
     "warn,airlock=info,matrix_sdk::http_client=off,matrix_sdk_crypto::backups=error";
 
 fn main() -> ExitCode {
+    // SAFETY: the first thing the process does; no thread exists yet.
+    unsafe { action::packs::set_git_timeouts() };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
@@ -166,6 +159,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let config = ConfigArg { config: cli.config };
     let outcome = match cli.command {
         Cmd::Match { dirs, command } => Ok(cmd_match(&dirs.aliases, &command)),
         Cmd::Help { dirs, filter } => Ok(cmd_help(&dirs.aliases, filter.as_deref())),
@@ -173,18 +167,16 @@ fn main() -> ExitCode {
         Cmd::Policy {
             command:
                 PolicyCmd::Explain {
-                    config,
                     user,
                     room,
                     power,
                     command,
                 },
         } => cmd_explain(config, &user, &room, power, &command),
-        Cmd::Run { config } => cmd_run(config),
-        Cmd::Console { config, user, room } => cmd_console(config, &user, &room),
-        Cmd::Pending { config } => cmd_pending(config),
+        Cmd::Run => cmd_run(config),
+        Cmd::Console { user, room } => cmd_console(config, &user, &room),
+        Cmd::Pending => cmd_pending(config),
         Cmd::Audit {
-            config,
             command,
             user,
             room,
@@ -336,6 +328,20 @@ fn cmd_check(dirs: &[PathBuf], policies: &[PathBuf]) -> ExitCode {
                 }
             }
         }
+        let refs: Vec<String> = set.aliases().iter().map(|a| a.reference()).collect();
+        let targets: Vec<policy::Target> = set
+            .aliases()
+            .iter()
+            .zip(&refs)
+            .map(|(a, reference)| policy::Target::Alias {
+                reference,
+                pack: &a.pack,
+                action_ref: &a.action_ref,
+            })
+            .collect();
+        for (r, why) in p.unconstrained_paths(&targets) {
+            diags.push(warn_rule(r, why));
+        }
     }
     for d in &diags {
         println!("{d}");
@@ -374,6 +380,7 @@ fn cmd_explain(
     power: Option<i64>,
     command: &str,
 ) -> Outcome {
+    check_ids(user, room)?;
     let cfg = config(&arg)?;
     let loaded = policy::load(&cfg.policies);
     if loaded.has_errors() {
@@ -475,6 +482,24 @@ fn cmd_explain(
     })
 }
 
+/// `--user` and `--room` by the Matrix grammar (any room version).
+fn check_ids(user: &str, room: &str) -> Result<(), ExitCode> {
+    if !ids::is_user_id(user) {
+        return Err(fail(format!(
+            "--user: \"{user}\" is not {}",
+            ids::Kind::User.describe()
+        )));
+    }
+    if !ids::is_room(room) {
+        return Err(fail(format!(
+            "--room: \"{room}\" is not {} or {}",
+            ids::Kind::Room.describe(),
+            ids::Kind::RoomAlias.describe()
+        )));
+    }
+    Ok(())
+}
+
 fn open_engine(cfg: &Config) -> Result<Arc<Engine>, ExitCode> {
     Engine::open(cfg.settings()).map(Arc::new).map_err(fail)
 }
@@ -490,6 +515,7 @@ fn cmd_run(arg: ConfigArg) -> Outcome {
 }
 
 fn cmd_console(arg: ConfigArg, user: &str, room: &str) -> Outcome {
+    check_ids(user, room)?;
     let engine = open_engine(&config(&arg)?)?;
     airlock::console::Console::new(engine, user, room).run(std::io::stdin().lock());
     Ok(ExitCode::SUCCESS)

@@ -15,7 +15,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -23,6 +22,7 @@ use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::event_handler::RawEvent;
 use matrix_sdk::room::Room;
+use matrix_sdk::ruma::api::client::membership::leave_room;
 use matrix_sdk::ruma::api::error::{ErrorKind, RetryAfter};
 use matrix_sdk::ruma::events::reaction::{OriginalSyncReactionEvent, ReactionEventContent};
 use matrix_sdk::ruma::events::relation::{Annotation, InReplyTo, Reply, Thread};
@@ -44,7 +44,7 @@ use matrix_sdk::ruma::{
     TransactionId, UserId,
 };
 use matrix_sdk::{Client, HttpError, RoomState};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use crate::config::Config;
 use crate::engine::{Effect, Engine, Incoming, Kind};
@@ -75,8 +75,11 @@ struct Bot {
     /// before the prompt's own send has returned its event ID.
     prompts_in_flight: std::sync::Mutex<HashMap<OwnedRoomId, usize>>,
     prompt_sent: Notify,
-    running: AtomicUsize,
-    idle: Notify,
+    /// Each running execution holds a clone of this sender; shutdown drops
+    /// the original and waits until `finished` reports every clone gone
+    /// (no counter to read and no wake-up to miss).
+    running: std::sync::Mutex<Option<mpsc::Sender<()>>>,
+    finished: tokio::sync::Mutex<mpsc::Receiver<()>>,
 }
 
 /// Log in (or restore the saved session), sync, and serve until SIGTERM or
@@ -118,14 +121,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
     )
     .await?;
 
+    let (running, finished) = mpsc::channel(1);
     let bot = Arc::new(Bot {
         client: client.clone(),
         engine,
         me: user_id,
         prompts_in_flight: std::sync::Mutex::new(HashMap::new()),
         prompt_sent: Notify::new(),
-        running: AtomicUsize::new(0),
-        idle: Notify::new(),
+        running: std::sync::Mutex::new(Some(running)),
+        finished: tokio::sync::Mutex::new(finished),
     });
     bot.resolve_room_aliases().await;
 
@@ -621,7 +625,15 @@ impl Bot {
         let result = if ok {
             room.join().await
         } else {
-            room.leave().await
+            // The plain API call, not `Room::leave`: that also forgets an
+            // invited room at once, and the next sync's "left" entry for
+            // it then makes matrix-sdk log an error for a normal decline.
+            let request = leave_room::v3::Request::new(room.room_id().to_owned());
+            self.client
+                .send(request)
+                .await
+                .map(|_| ())
+                .map_err(Into::into)
         };
         match result {
             Ok(()) => tracing::info!(
@@ -698,7 +710,16 @@ impl Bot {
                         }
                     }
                     Effect::Execute(id) => {
-                        self.running.fetch_add(1, Ordering::SeqCst);
+                        let Some(running) = self
+                            .running
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone()
+                        else {
+                            // Shutting down: the request stays approved, and
+                            // the next start reports it as not run.
+                            continue;
+                        };
                         let bot = self.clone();
                         tokio::spawn(async move {
                             let engine = bot.engine.clone();
@@ -706,8 +727,7 @@ impl Bot {
                             if let Ok(fx) = fx {
                                 bot.clone().apply(fx).await;
                             }
-                            bot.running.fetch_sub(1, Ordering::SeqCst);
-                            bot.idle.notify_waiters();
+                            drop(running);
                         });
                     }
                 }
@@ -791,13 +811,15 @@ impl Bot {
     async fn shutdown(&self) {
         tracing::info!("shutting down");
         self.engine.begin_shutdown();
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while self.running.load(Ordering::SeqCst) > 0 {
-            let idle = self.idle.notified();
-            if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                break;
-            }
-        }
+        drop(
+            self.running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+        let mut finished = self.finished.lock().await;
+        // `recv` gives None once every execution has dropped its sender.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, finished.recv()).await;
         let engine = self.engine.clone();
         let _ = tokio::task::spawn_blocking(move || engine.interrupt_running()).await;
     }

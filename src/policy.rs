@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::diag::{self, Diagnostic, Severity, YamlIndex};
+use crate::ids;
 
 /// Commands the bot answers itself, which rules can grant.
 pub const BUILTINS: [&str; 4] = ["help", "audit", "pending", "cancel"];
@@ -73,6 +74,8 @@ struct RawRule {
     builtins: Vec<String>,
     #[serde(default)]
     params: BTreeMap<String, RawConstraint>,
+    #[serde(default)]
+    extra_params: bool,
     #[serde(default)]
     confirm: Option<RawConfirm>,
 }
@@ -237,6 +240,9 @@ pub struct Rule {
     pub packs: Vec<Glob>,
     pub builtins: Vec<Glob>,
     pub params: BTreeMap<String, Constraint>,
+    /// Whether chat `key=value` pairs may set parameters `params` does not
+    /// constrain (only matters when `params` is not empty).
+    pub extra_params: bool,
     /// `Some(None)`: `confirm: false` (explicitly none).
     pub confirm: Option<Option<ConfirmPolicy>>,
     pub file: PathBuf,
@@ -348,11 +354,11 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 fn user_glob_ok(g: &str) -> bool {
-    g == "*" || (g.starts_with('@') && g.contains(':'))
+    ids::is_user_glob(g)
 }
 
 fn room_glob_ok(g: &str) -> bool {
-    g == "*" || ((g.starts_with('!') || g.starts_with('#')) && g.contains(':'))
+    ids::is_room_glob(g)
 }
 
 /// Load every `*.yaml`/`*.yml` in `dirs` (or the files given), reporting
@@ -465,7 +471,7 @@ pub fn load(paths: &[PathBuf]) -> LoadedPolicy {
                         &format!("{base}.rooms[{j}]"),
                         Severity::Error,
                         format!(
-                            "\"{room}\" is not a room ID (!id:server), room alias (#alias:server) or glob"
+                            "\"{room}\" is not a room ID (!id, or !id:server before room version 12), room alias (#alias:server) or glob"
                         ),
                     );
                 }
@@ -629,6 +635,7 @@ pub fn load(paths: &[PathBuf]) -> LoadedPolicy {
                 packs: globs(&r.packs),
                 builtins: globs(&r.builtins),
                 params,
+                extra_params: r.extra_params,
                 confirm,
                 file: f.clone(),
                 line,
@@ -690,6 +697,48 @@ fn subjects(
 
 // ---------------------------------------------------------------- decisions
 
+impl Rule {
+    /// Whether the rule names `target` (who and where aside).
+    fn targets(&self, target: &Target) -> bool {
+        match target {
+            Target::Builtin(b) => self.builtins.iter().any(|g| g.matches(b)),
+            Target::Alias {
+                reference,
+                pack,
+                action_ref,
+            } => {
+                self.aliases.iter().any(|g| g.matches(reference))
+                    || self.actions.iter().any(|g| g.matches(action_ref))
+                    || self.packs.iter().any(|g| g.matches(pack))
+            }
+        }
+    }
+}
+
+/// Whether `inner` plainly applies only where `outer` does: its rooms and
+/// users are among `outer`'s (by their text, or `outer` takes any), and it
+/// asks at least `outer`'s power level.
+fn within(inner: &Rule, outer: &Rule) -> bool {
+    let any = |v: &[Glob]| v.is_empty() || v.iter().any(|g| g.text == "*");
+    let rooms = any(&outer.rooms)
+        || (!inner.rooms.is_empty()
+            && inner
+                .rooms
+                .iter()
+                .all(|g| outer.rooms.iter().any(|o| o.text == g.text)));
+    let outer_users = outer.subjects.user_globs();
+    let users = outer_users.iter().any(|u| u == "*")
+        || inner
+            .subjects
+            .user_globs()
+            .iter()
+            .all(|u| outer_users.contains(u));
+    let power = outer
+        .min_power_level
+        .is_none_or(|o| inner.min_power_level.is_some_and(|i| i >= o));
+    rooms && users && power
+}
+
 impl Policy {
     pub fn load(paths: &[PathBuf]) -> LoadedPolicy {
         load(paths)
@@ -739,22 +788,85 @@ impl Policy {
         {
             return false;
         }
-        match target {
-            Target::Builtin(b) => rule.builtins.iter().any(|g| g.matches(b)),
-            Target::Alias {
-                reference,
-                pack,
-                action_ref,
-            } => {
-                rule.aliases.iter().any(|g| g.matches(reference))
-                    || rule.actions.iter().any(|g| g.matches(action_ref))
-                    || rule.packs.iter().any(|g| g.matches(pack))
-            }
-        }
+        rule.targets(target)
     }
 
-    /// The first parameter that breaks `rule`'s constraints.
-    fn violation(rule: &Rule, params: &serde_json::Map<String, Value>) -> Option<String> {
+    /// Allow rules that reach an alias some other rule constrains, without
+    /// those constraints, somewhere the constraining rule does not govern
+    /// first: `(looser rule, why)`, for `airlock check`. A rule is taken as
+    /// covered only when it comes after the constraining rule and its
+    /// rooms, users and power level are plainly within that rule's.
+    pub fn unconstrained_paths<'r>(&'r self, aliases: &[Target]) -> Vec<(&'r Rule, String)> {
+        let allows: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| r.effect == Effect::Allow)
+            .collect();
+        let mut out: Vec<(&Rule, String)> = Vec::new();
+        for target in aliases {
+            let reaching: Vec<(usize, &Rule)> = allows
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.targets(target))
+                .map(|(i, r)| (i, *r))
+                .collect();
+            for &(ci, c) in reaching.iter().filter(|(_, r)| !r.params.is_empty()) {
+                for &(li, l) in &reaching {
+                    let loose = c.params.keys().any(|k| !l.params.contains_key(k));
+                    let covered = li > ci && within(l, c);
+                    if !loose || covered || out.iter().any(|(r, _)| r.id == l.id) {
+                        continue;
+                    }
+                    let rooms = |r: &Rule| {
+                        if r.rooms.is_empty() {
+                            "any room".to_string()
+                        } else {
+                            r.rooms
+                                .iter()
+                                .map(|g| g.text.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    };
+                    out.push((
+                        l,
+                        format!(
+                            "reaches {} without the parameter constraints of rule {} ({}) in {}; \
+                             rule {} constrains it only in {}",
+                            target.describe(),
+                            c.id,
+                            c.params.keys().cloned().collect::<Vec<_>>().join(", "),
+                            rooms(l),
+                            c.id,
+                            rooms(c),
+                        ),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The first parameter that breaks `rule`'s constraints. A rule that
+    /// constrains parameters also refuses chat `key=value` pairs (`set_in_chat`)
+    /// for parameters it does not name: st2 lets such a pair override any
+    /// default, so an unnamed one would slip past the constraints.
+    fn violation(
+        rule: &Rule,
+        params: &serde_json::Map<String, Value>,
+        set_in_chat: &[String],
+    ) -> Option<String> {
+        if !rule.params.is_empty()
+            && !rule.extra_params
+            && let Some(k) = set_in_chat.iter().find(|k| !rule.params.contains_key(*k))
+        {
+            return Some(format!(
+                "parameter {k} cannot be set from chat under rule {} (it constrains only {}; \
+                 add {k} to its params, or set extra_params: true)",
+                rule.id,
+                rule.params.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
         for (name, c) in &rule.params {
             let values: Vec<String> = match params.get(name) {
                 None | Some(Value::Null) => continue,
@@ -778,6 +890,7 @@ impl Policy {
         who: &Subject,
         target: &Target,
         params: &serde_json::Map<String, Value>,
+        set_in_chat: &[String],
     ) -> Explanation {
         let applicable: Vec<&Rule> = self
             .rules
@@ -798,7 +911,7 @@ impl Policy {
         // its confirmation. A later, looser rule never rescues a command
         // that broke the constraints of a more specific one.
         let decision = match applicable.iter().find(|r| r.effect == Effect::Allow) {
-            Some(r) => match Self::violation(r, params) {
+            Some(r) => match Self::violation(r, params, set_in_chat) {
                 Some(reason) => Decision::Deny {
                     rule: Some(r.id.clone()),
                     reason,
@@ -839,8 +952,9 @@ impl Policy {
         who: &Subject,
         target: &Target,
         params: &serde_json::Map<String, Value>,
+        set_in_chat: &[String],
     ) -> Decision {
-        self.explain(who, target, params).decision
+        self.explain(who, target, params, set_in_chat).decision
     }
 
     /// Whether some allow rule could let `who` run `target` (parameters

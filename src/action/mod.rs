@@ -197,6 +197,13 @@ pub trait Action: Send + Sync {
     }
 
     fn run(&self, ctx: &RunContext, params: &Params) -> Outcome;
+
+    /// After a crash: how a run of this request ended, if durable state
+    /// shows it got far enough to have an outcome (a pack switch that
+    /// happened). None: it did not, and the request is reported interrupted.
+    fn recover(&self, _ctx: &RunContext, _params: &Params) -> Option<Outcome> {
+        None
+    }
 }
 
 /// The schemas of every action airlock has, without anything to run them

@@ -104,9 +104,39 @@ pub struct Source {
     pub subtree: bool,
 }
 
+/// A change of `packs/<name>` about to happen. It is written and flushed
+/// before the link moves, so that after a crash the link and the record
+/// can be made to agree: a link already at `target` means the switch
+/// happened and `record` is written; otherwise the intent is dropped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Intent {
+    request: String,
+    pack: String,
+    /// The version the link will point at; None: the link goes (uninstall).
+    target: Option<String>,
+    /// The pack's record once switched; None: no record (uninstall).
+    record: Option<PackRecord>,
+    /// The record has been written to match the link.
+    applied: bool,
+}
+
+fn intent_key(request: &str, pack: &str) -> Vec<u8> {
+    format!("{request}\0{pack}").into_bytes()
+}
+
+/// A switch that a request completed: which pack, and the commit it now
+/// runs (None: uninstalled). What a restart reads to finish the request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Switched {
+    pub pack: String,
+    pub commit: Option<String>,
+}
+
 pub struct PackManager {
     dir: PathBuf,
     records: sled::Tree,
+    /// Switches of `packs/<name>` in progress, by `request \0 pack`.
+    intents: sled::Tree,
     git: GitConfig,
     busy: Mutex<HashSet<String>>,
     freed: Condvar,
@@ -200,6 +230,20 @@ fn local_repository(url: &str) -> Option<PathBuf> {
     path.starts_with('/').then(|| PathBuf::from(path))
 }
 
+/// Bound how long libgit2 waits for a stalled server (connect 15 s, each
+/// read or write 60 s), so a fetch cannot hang for ever.
+///
+/// # Safety
+/// libgit2's global options may be set only while no other thread exists:
+/// `main` calls this first, before the runtime or any other thread starts.
+pub unsafe fn set_git_timeouts() {
+    // SAFETY: the caller guarantees this process has one thread.
+    unsafe {
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(15_000);
+        let _ = git2::opts::set_server_timeout_in_milliseconds(60_000);
+    }
+}
+
 impl PackManager {
     pub fn new(dir: &Path, db: &sled::Db, git: GitConfig) -> Result<Arc<Self>, String> {
         for sub in ["git", "versions", "staging"] {
@@ -210,20 +254,16 @@ impl PackManager {
                 )
             })?;
         }
-        // A stalled server must not hold a fetch forever.
-        // SAFETY: libgit2 global options, set before any fetch runs.
-        unsafe {
-            let _ = git2::opts::set_server_connect_timeout_in_milliseconds(15_000);
-            let _ = git2::opts::set_server_timeout_in_milliseconds(60_000);
-        }
         let mgr = PackManager {
             dir: dir.to_path_buf(),
             records: db.open_tree("packs").map_err(|e| e.to_string())?,
+            intents: db.open_tree("pack_intents").map_err(|e| e.to_string())?,
             git,
             busy: Mutex::new(HashSet::new()),
             freed: Condvar::new(),
         };
         mgr.clean_staging();
+        mgr.reconcile()?;
         Ok(Arc::new(mgr))
     }
 
@@ -268,15 +308,152 @@ impl PackManager {
             .collect()
     }
 
-    fn save(&self, rec: &PackRecord) -> Result<(), String> {
-        self.records
-            .insert(
-                rec.name.as_bytes(),
-                serde_json::to_vec(rec).expect("record"),
-            )
-            .map_err(|e| e.to_string())?;
-        // Durable with the run's `finished` audit entry, flushed right after.
+    /// The commit `packs/<name>` points at now, if it is a link.
+    fn live_commit(&self, name: &str) -> Option<String> {
+        let target = std::fs::read_link(self.dir.join(name)).ok()?;
+        Some(target.file_name()?.to_string_lossy().into_owned())
+    }
+
+    fn version_dir(&self, name: &str, commit: &str) -> PathBuf {
+        self.dir.join(".airlock/versions").join(name).join(commit)
+    }
+
+    /// Point `packs/<name>` at `target` (None: remove it) and make `record`
+    /// the pack's record, as one recoverable step: the intent is durable
+    /// before the link moves, and record and intent change in one
+    /// transaction after. `previous` is where the link pointed, to put it
+    /// back if the record cannot be written.
+    fn switch(
+        &self,
+        request: &str,
+        name: &str,
+        target: Option<&str>,
+        record: Option<PackRecord>,
+        previous: Option<&str>,
+    ) -> Result<(), String> {
+        let key = intent_key(request, name);
+        let mut intent = Intent {
+            request: request.to_string(),
+            pack: name.to_string(),
+            target: target.map(str::to_string),
+            record,
+            applied: false,
+        };
+        let store = |i: &Intent| serde_json::to_vec(i).expect("intent serializes");
+        self.intents
+            .insert(&key, store(&intent))
+            .and_then(|_| self.intents.flush())
+            .map_err(|e| format!("cannot record the switch of {name}: {e}"))?;
+        crate::crash::point("pack_intent_written");
+        if let Err(e) = self.move_link(name, target) {
+            let _ = self.intents.remove(&key);
+            return Err(e);
+        }
+        crate::crash::point("pack_switched");
+        intent.applied = true;
+        if let Err(e) = self.apply(&key, &intent) {
+            // Put the link back so it agrees with the record again.
+            let _ = self.move_link(name, previous);
+            let _ = self.intents.remove(&key);
+            return Err(format!("cannot record {name}: {e}"));
+        }
+        crate::crash::point("pack_recorded");
         Ok(())
+    }
+
+    fn move_link(&self, name: &str, target: Option<&str>) -> Result<(), String> {
+        match target {
+            Some(commit) => swap_symlink(&self.dir, name, &self.version_dir(name, commit)),
+            None => {
+                let link = self.dir.join(name);
+                if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+                    std::fs::remove_file(&link)
+                        .map_err(|e| format!("cannot remove {}: {e}", link.display()))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Write an intent's record (or remove it) and mark the intent applied,
+    /// in one transaction. Not flushed: the intent was, so a crash before
+    /// the next flush redoes this at start.
+    fn apply(&self, key: &[u8], intent: &Intent) -> Result<(), String> {
+        use sled::Transactional;
+        let name = intent.pack.as_bytes();
+        let rec = intent
+            .record
+            .as_ref()
+            .map(|r| serde_json::to_vec(r).expect("record serializes"));
+        let value = serde_json::to_vec(intent).expect("intent serializes");
+        (&self.records, &self.intents)
+            .transaction(|(records, intents)| {
+                match &rec {
+                    Some(r) => records.insert(name, r.as_slice())?,
+                    None => records.remove(name)?,
+                };
+                intents.insert(key, value.as_slice())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    fn intents(&self, prefix: &[u8]) -> Vec<(sled::IVec, Intent)> {
+        self.intents
+            .scan_prefix(prefix)
+            .filter_map(|kv| kv.ok())
+            .filter_map(|(k, v)| serde_json::from_slice(&v).ok().map(|i| (k, i)))
+            .collect()
+    }
+
+    /// After a crash: every switch the link shows happened gets its record;
+    /// every other unapplied intent is dropped. Live version and record
+    /// agree afterwards.
+    fn reconcile(&self) -> Result<(), String> {
+        for (key, mut intent) in self.intents(b"") {
+            if intent.applied {
+                continue;
+            }
+            if self.live_commit(&intent.pack) == intent.target {
+                intent.applied = true;
+                self.apply(&key, &intent)?;
+                tracing::warn!(
+                    "pack {}: the switch to {} by request {} had happened before airlock stopped; its record now says so",
+                    intent.pack,
+                    intent.target.as_deref().unwrap_or("nothing (uninstalled)"),
+                    intent.request
+                );
+            } else {
+                self.intents.remove(&key).map_err(|e| e.to_string())?;
+            }
+        }
+        self.intents.flush().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The switches `request` completed (this run or, after a crash, the
+    /// last one): what the engine reads to finish a request the process
+    /// died running.
+    pub fn switched_by(&self, request: &str) -> Vec<Switched> {
+        let mut prefix = request.as_bytes().to_vec();
+        prefix.push(0);
+        self.intents(&prefix)
+            .into_iter()
+            .filter(|(_, i)| i.applied)
+            .map(|(_, i)| Switched {
+                pack: i.pack,
+                commit: i.target,
+            })
+            .collect()
+    }
+
+    /// Drop the switch records of a finished request (None: of every
+    /// request, at start, once the last run's requests are settled).
+    pub fn forget_switches(&self, request: Option<&str>) {
+        let prefix = request.map(|r| intent_key(r, "")).unwrap_or_default();
+        for (key, _) in self.intents(&prefix) {
+            let _ = self.intents.remove(&key);
+        }
     }
 
     /// Directories of installed packs whose aliases are registered.
@@ -440,7 +617,6 @@ impl PackManager {
             ));
         }
         let previous = self.record(&src.pack);
-        swap_symlink(&self.dir, &src.pack, &version_dir)?;
         let now = Installed {
             commit: src.commit.clone(),
             reference: src.reference.clone(),
@@ -470,7 +646,15 @@ impl PackManager {
             },
         };
         rec.previous.truncate(KEEP_VERSIONS - 1);
-        self.save(&rec)?;
+        debug_assert!(version_dir.ends_with(&src.commit));
+        let live = self.live_commit(&src.pack);
+        self.switch(
+            ctx.request_id,
+            &src.pack,
+            Some(&src.commit),
+            Some(rec.clone()),
+            live.as_deref(),
+        )?;
         self.prune_versions(&rec);
         Ok((rec, changed, stats))
     }
@@ -483,6 +667,7 @@ impl PackManager {
         cancel: &AtomicBool,
         deadline: Instant,
     ) -> Result<(PathBuf, Option<String>, Fetched), String> {
+        crate::crash::point("pack_fetching");
         let oid = Oid::from_str(&src.commit).map_err(|e| e.to_string())?;
         let mut stats = Fetched::default();
         let repo = match local_repository(&src.fetch_url) {
@@ -531,6 +716,7 @@ impl PackManager {
             let version = validate_pack(&staging, &src.pack)?;
             std::fs::create_dir_all(version_dir.parent().expect("versions dir"))
                 .map_err(|e| e.to_string())?;
+            crate::crash::point("pack_staged");
             std::fs::rename(&staging, &version_dir)
                 .map_err(|e| format!("cannot move staging into place: {e}"))?;
             Ok(version)
@@ -663,7 +849,6 @@ impl PackManager {
             .join(&target.commit);
         validate_pack(&dir, name)
             .map_err(|e| format!("version {} cannot be restored: {e}", target.commit))?;
-        swap_symlink(&self.dir, name, &dir)?;
         let from = rec.current.clone();
         rec.previous.remove(0);
         rec.current = Installed {
@@ -672,25 +857,24 @@ impl PackManager {
             request: ctx.request_id.to_string(),
             ..target
         };
-        self.save(&rec)?;
+        self.switch(
+            ctx.request_id,
+            name,
+            Some(&rec.current.commit),
+            Some(rec.clone()),
+            Some(&from.commit),
+        )?;
         self.prune_versions(&rec);
         Ok((from, rec.current))
     }
 
-    fn uninstall(self: &Arc<Self>, name: &str) -> Result<PackRecord, String> {
+    fn uninstall(self: &Arc<Self>, name: &str, ctx: &RunContext) -> Result<PackRecord, String> {
         let _lock = self.lock(name);
         let rec = self
             .record(name)
             .ok_or_else(|| format!("pack {name} is not installed"))?;
-        let link = self.dir.join(name);
-        if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
-            std::fs::remove_file(&link)
-                .map_err(|e| format!("cannot remove {}: {e}", link.display()))?;
-        }
-        self.records
-            .remove(name.as_bytes())
-            .map_err(|e| e.to_string())?;
-        self.records.flush().map_err(|e| e.to_string())?;
+        let live = self.live_commit(name);
+        self.switch(ctx.request_id, name, None, None, live.as_deref())?;
         let _ = std::fs::remove_dir_all(self.dir.join(".airlock/versions").join(name));
         let _ = std::fs::remove_dir_all(self.dir.join(".airlock/git").join(format!("{name}.git")));
         Ok(rec)
@@ -1115,37 +1299,70 @@ impl Action for Install {
                 }
             }
         }
-        let summary = installed
-            .iter()
-            .map(|(r, _)| {
-                format!(
-                    "{}{} at {}",
-                    r.name,
-                    r.current
-                        .version
-                        .as_ref()
-                        .map(|v| format!(" {v}"))
-                        .unwrap_or_default(),
-                    &r.current.commit[..12]
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        Outcome {
-            status: Status::Succeeded,
-            result: json!({
-                "packs": installed.iter().map(|(r, fetched)| json!({
-                    "name": r.name, "version": r.current.version, "commit": r.current.commit,
-                    "url": r.current.url, "ref": r.current.reference,
-                    "previous": r.previous.first().map(|p| &p.commit),
-                    "fetched": fetched,
-                })).collect::<Vec<_>>(),
-                "message": format!("Successfully installed {summary}"),
-            }),
-            summary: format!("installed {summary}"),
-            commit: installed.first().map(|(r, _)| r.current.commit.clone()),
-            packs_changed: aliases || changed,
+        installed_outcome(&installed, aliases || changed)
+    }
+
+    fn recover(&self, ctx: &RunContext, params: &Params) -> Option<Outcome> {
+        let switched = self.mgr.switched_by(ctx.request_id);
+        if switched.is_empty() {
+            return None;
         }
+        let sources: Vec<Source> = params
+            .get("resolved")
+            .cloned()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        let (done, missing): (Vec<&Source>, Vec<&Source>) = sources
+            .iter()
+            .partition(|s| switched.iter().any(|w| w.pack == s.pack));
+        let installed: Vec<(PackRecord, Fetched)> = done
+            .iter()
+            .filter_map(|s| self.mgr.record(&s.pack))
+            .map(|r| (r, Fetched::default()))
+            .collect();
+        let mut out = installed_outcome(&installed, true);
+        if !missing.is_empty() {
+            let names: Vec<&str> = missing.iter().map(|s| s.pack.as_str()).collect();
+            out.status = Status::Failed;
+            out.summary = format!("{}; not installed: {}", out.summary, names.join(", "));
+            out.result["error"] = json!(out.summary);
+        }
+        Some(out)
+    }
+}
+
+/// The outcome of installing `installed` (records as now written).
+fn installed_outcome(installed: &[(PackRecord, Fetched)], packs_changed: bool) -> Outcome {
+    let summary = installed
+        .iter()
+        .map(|(r, _)| {
+            format!(
+                "{}{} at {}",
+                r.name,
+                r.current
+                    .version
+                    .as_ref()
+                    .map(|v| format!(" {v}"))
+                    .unwrap_or_default(),
+                &r.current.commit[..12]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Outcome {
+        status: Status::Succeeded,
+        result: json!({
+            "packs": installed.iter().map(|(r, fetched)| json!({
+                "name": r.name, "version": r.current.version, "commit": r.current.commit,
+                "url": r.current.url, "ref": r.current.reference,
+                "previous": r.previous.first().map(|p| &p.commit),
+                "fetched": fetched,
+            })).collect::<Vec<_>>(),
+            "message": format!("Successfully installed {summary}"),
+        }),
+        summary: format!("installed {summary}"),
+        commit: installed.first().map(|(r, _)| r.current.commit.clone()),
+        packs_changed,
     }
 }
 
@@ -1177,7 +1394,7 @@ impl Action for Uninstall {
         Ok(params)
     }
 
-    fn run(&self, _: &RunContext, params: &Params) -> Outcome {
+    fn run(&self, ctx: &RunContext, params: &Params) -> Outcome {
         let mut removed = Vec::new();
         for p in params
             .get("packs")
@@ -1186,7 +1403,7 @@ impl Action for Uninstall {
             .flatten()
         {
             let name = p.as_str().unwrap_or_default();
-            match self.mgr.uninstall(name) {
+            match self.mgr.uninstall(name, ctx) {
                 Ok(rec) => removed.push(json!({"name": rec.name, "commit": rec.current.commit})),
                 Err(e) => {
                     let mut out = Outcome::failed(e);
@@ -1202,6 +1419,30 @@ impl Action for Uninstall {
         );
         out.packs_changed = true;
         out
+    }
+
+    fn recover(&self, ctx: &RunContext, params: &Params) -> Option<Outcome> {
+        let switched = self.mgr.switched_by(ctx.request_id);
+        if switched.is_empty() {
+            return None;
+        }
+        let names: Vec<&str> = switched.iter().map(|w| w.pack.as_str()).collect();
+        let wanted = params
+            .get("packs")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        let mut out = Outcome::ok(
+            format!("uninstalled {}", names.join(", ")),
+            json!({"removed": names}),
+        );
+        if names.len() < wanted {
+            out = Outcome::failed(format!(
+                "uninstalled only {} before airlock stopped",
+                names.join(", ")
+            ));
+        }
+        out.packs_changed = true;
+        Some(out)
     }
 }
 
@@ -1274,6 +1515,27 @@ impl Action for Rollback {
             },
             Err(e) => Outcome::failed(e),
         }
+    }
+
+    fn recover(&self, ctx: &RunContext, params: &Params) -> Option<Outcome> {
+        let switched = self.mgr.switched_by(ctx.request_id).into_iter().next()?;
+        let from = params
+            .get("from_commit")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        let to = switched.commit.unwrap_or_default();
+        Some(Outcome {
+            status: Status::Succeeded,
+            result: json!({"pack": switched.pack, "from": from, "to": to}),
+            summary: format!(
+                "rolled {} back from {} to {}",
+                switched.pack,
+                &from[..from.len().min(12)],
+                &to[..to.len().min(12)]
+            ),
+            commit: Some(to),
+            packs_changed: true,
+        })
     }
 }
 

@@ -145,6 +145,9 @@ pub struct Matched {
     pub match_multiple: bool,
     /// One parameter set per execution: several only for `match_multiple`.
     pub parameters: Vec<Params>,
+    /// Keys set by trailing `key=value` pairs in the chat command: st2 lets
+    /// them set any parameter, so the policy looks at them separately.
+    pub overrides: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -309,6 +312,7 @@ impl AliasSet {
             display: fmt.display.clone(),
             match_multiple: fmt.match_multiple,
             parameters,
+            overrides: cmd.pairs.iter().map(|(k, _)| k.clone()).collect(),
         })
     }
 

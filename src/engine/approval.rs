@@ -46,7 +46,7 @@ impl Engine {
         };
         if self
             .policy()
-            .decide(&who, &target, &req.params)
+            .decide(&who, &target, &req.params, &req.set_in_chat)
             .is_allowed()
         {
             Ok(())
@@ -55,14 +55,32 @@ impl Engine {
         }
     }
 
+    /// Whether `user` could know of `req`: its requester, someone who may
+    /// answer it, or someone the policy lets list requests in its room.
+    pub(super) fn may_see(&self, req: &Request, user: &str, power_level: Option<i64>) -> bool {
+        let who = Subject {
+            user,
+            room: &req.room,
+            power_level,
+        };
+        user == req.requester
+            || self.may_decide(req, user, power_level).is_ok()
+            || self.policy().may_use(&who, &Target::Builtin("pending"))
+    }
+
     pub(super) fn decide(&self, out: &mut Out, req: &Request, verdict: Verdict) {
         let m = out.m;
         let user = m.sender.as_str();
         if req.room != m.room {
-            out.say(format!(
-                "Request {} belongs to another room; answer it there.",
-                req.id
-            ));
+            // Only someone who could see the request learns it exists.
+            if self.may_see(req, user, m.power_level) {
+                out.say(format!(
+                    "Request {} belongs to another room; answer it there.",
+                    req.id
+                ));
+            } else {
+                out.say(unknown_request(&req.id));
+            }
             return;
         }
         let verdict = if verdict == Verdict::Deny && user == req.requester {
@@ -134,7 +152,10 @@ impl Engine {
             }
         });
         let (req, what) = match result {
-            Ok(Update::Done(r, what)) => (r, what),
+            Ok(Update::Done(r, what)) => {
+                crate::crash::point("approval_recorded");
+                (r, what)
+            }
             Ok(Update::Refused(_, why)) => return refuse(out, why),
             Err(e) => return refuse(out, e.to_string()),
         };
@@ -162,23 +183,21 @@ impl Engine {
                         .sender(user)
                         .status(req.state.name()),
                 );
-                out.effects.push(Effect::Send(reply_to_request(
-                    &req,
-                    Message::plain(format!(
-                        "{} Request {} was {} by {user}; it will not run.",
-                        if verdict == Verdict::Cancel {
-                            "🛑"
-                        } else {
-                            "🚫"
-                        },
-                        req.id,
-                        if verdict == Verdict::Cancel {
-                            "cancelled"
-                        } else {
-                            "denied"
-                        }
-                    )),
-                )));
+                // The answer goes to whoever asked; the command gets ❌.
+                out.say(format!(
+                    "{} Request {} was {} by {user}; it will not run.",
+                    if verdict == Verdict::Cancel {
+                        "🛑"
+                    } else {
+                        "🚫"
+                    },
+                    req.id,
+                    if verdict == Verdict::Cancel {
+                        "cancelled"
+                    } else {
+                        "denied"
+                    }
+                ));
                 out.effects.push(react_request(&req, FAILED));
             }
             Step::Counted => {
@@ -204,6 +223,14 @@ impl Engine {
                             "approvers": req.approvals.iter().map(|a| &a.user).collect::<Vec<_>>(),
                         })),
                 );
+                // `!approve <id>` is not a reply to the prompt: answer it
+                // directly (the ack goes to the command, as in st2).
+                if m.reply_to.is_none() && !matches!(m.kind, Kind::Reaction(_)) {
+                    out.say(format!(
+                        "👍 Request {} approved by {user}; it runs now.",
+                        req.id
+                    ));
+                }
                 let alias = req
                     .alias
                     .as_deref()
@@ -242,4 +269,9 @@ enum Step {
     Approved,
     Closed,
     Expired,
+}
+
+/// The answer to an id nobody here may know of.
+pub(super) fn unknown_request(id: &str) -> String {
+    format!("There is no request \"{id}\".")
 }

@@ -6,9 +6,12 @@ impl Engine {
     /// Whether the sender may use a built-in here; says why not if not.
     pub(super) fn gate(&self, out: &mut Out, builtin: &str) -> bool {
         let m = out.m;
-        let d = self
-            .policy()
-            .decide(&self.subject(m), &Target::Builtin(builtin), &Params::new());
+        let d = self.policy().decide(
+            &self.subject(m),
+            &Target::Builtin(builtin),
+            &Params::new(),
+            &[],
+        );
         if let Decision::Deny { rule, reason } = d {
             out.log(
                 Entry::new("denied")

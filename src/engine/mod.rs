@@ -242,13 +242,6 @@ pub struct Engine {
     startup: Mutex<Vec<Effect>>,
 }
 
-fn valid_user_id(u: &str) -> bool {
-    // @localpart:server — the localpart has no colon.
-    u.strip_prefix('@')
-        .and_then(|r| r.split_once(':'))
-        .is_some_and(|(l, s)| !l.is_empty() && !s.is_empty() && !u.contains(char::is_whitespace))
-}
-
 impl Engine {
     /// Open the store under `data_dir`, load policy and aliases, and settle
     /// requests left open by the previous run.
@@ -288,8 +281,10 @@ impl Engine {
         for d in &loaded.diagnostics {
             tracing::warn!("{d}");
         }
-        engine.reload_aliases();
+        // Settle the last run first: a pack switch it finished changes
+        // which aliases are live.
         engine.recover();
+        engine.reload_aliases();
         Ok(engine)
     }
 
@@ -372,9 +367,39 @@ impl Engine {
         }
     }
 
-    /// Requests the previous process left running (or approved but not
-    /// started) are marked interrupted, never silently re-run.
+    /// Settle what the previous process left open. A request it died
+    /// running is finished from what its action made durable (a pack
+    /// switch that happened is a deploy that happened); otherwise it, and
+    /// any approved but not started, is marked interrupted, never silently
+    /// re-run. A pending request whose prompt may never have been sent gets
+    /// it sent again. The room is told each time.
     fn recover(&self) {
+        let open = self.requests.open_requests().unwrap_or_default();
+        for req in open.iter().filter(|r| r.state == State::Running) {
+            if let Some(fx) = self.recover_run(req) {
+                self.startup
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(fx);
+            }
+        }
+        self.packs.forget_switches(None);
+        let now = now_ms();
+        for req in open
+            .iter()
+            .filter(|r| r.state == State::Pending && r.prompt_event.is_none())
+        {
+            self.startup
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Effect::Send(Outgoing {
+                    room: req.room.clone(),
+                    reply_to: Some(req.event_id.clone()),
+                    thread: req.thread.clone(),
+                    message: self.prompt(req, now),
+                    prompt_for: Some(req.id.clone()),
+                }));
+        }
         for (req, was) in self.interrupt(
             &[State::Running, State::Approved],
             "airlock stopped before it finished; not re-run",
@@ -424,7 +449,8 @@ impl Engine {
     // ------------------------------------------------------------ input
 
     pub fn handle(&self, m: &Incoming) -> Vec<Effect> {
-        if self.settings.bot_user.as_deref() == Some(m.sender.as_str()) || !valid_user_id(&m.sender)
+        if self.settings.bot_user.as_deref() == Some(m.sender.as_str())
+            || !crate::ids::is_user_id(&m.sender)
         {
             return Vec::new();
         }
@@ -466,15 +492,13 @@ impl Engine {
     /// deploy`), or after a mention the transport recognised.
     fn command_text(&self, body: &str, addressed: bool) -> Option<String> {
         let b = body.trim_start();
-        let lower = b.to_lowercase();
         let after_name = self
             .settings
             .names
             .iter()
             .chain(self.settings.bot_user.as_ref())
-            .find(|n| lower.starts_with(&n.to_lowercase()))
-            .and_then(|n| {
-                let r = &b[n.len()..];
+            .find_map(|n| strip_prefix_caseless(b, n))
+            .and_then(|r| {
                 r.strip_prefix([':', ','])
                     .or_else(|| r.starts_with(char::is_whitespace).then_some(r))
             });
@@ -652,9 +676,24 @@ impl Engine {
         }
         match self.requests.get(id) {
             Ok(Some(req)) => self.decide(out, &req, verdict),
-            _ => out.say(format!("There is no request \"{id}\".")),
+            _ => out.say(approval::unknown_request(id)),
         }
     }
+}
+
+/// `text` after `prefix`, compared without case. The rest is sliced where
+/// the original text's own characters end: a length taken from a lowercased
+/// copy would be wrong (and can split a character) when lowercasing changes
+/// a character's byte length, as for the Kelvin sign.
+pub fn strip_prefix_caseless<'t>(text: &'t str, prefix: &str) -> Option<&'t str> {
+    let mut rest = text.char_indices();
+    for p in prefix.chars() {
+        let (_, t) = rest.next()?;
+        if !t.to_lowercase().eq(p.to_lowercase()) {
+            return None;
+        }
+    }
+    Some(rest.as_str())
 }
 
 /// An audit entry about a request (its room, requester, alias, action).

@@ -30,12 +30,19 @@ impl Engine {
                 .detail(json!({"representation": matched.representation, "parameters": matched.parameters})),
         );
         for params in matched.parameters {
-            self.request(out, &alias, cmd, params);
+            self.request(out, &alias, cmd, params, &matched.overrides);
         }
     }
 
     /// One execution of an alias: parameters, policy, then confirmation or run.
-    pub(super) fn request(&self, out: &mut Out, alias: &Arc<Alias>, cmd: &str, parsed: Params) {
+    pub(super) fn request(
+        &self,
+        out: &mut Out,
+        alias: &Arc<Alias>,
+        cmd: &str,
+        parsed: Params,
+        set_in_chat: &[String],
+    ) {
         let m = out.m;
         let reference = alias.reference();
         let action = self.actions.get(&alias.action_ref).cloned();
@@ -64,7 +71,9 @@ impl Engine {
             pack: &alias.pack,
             action_ref: &alias.action_ref,
         };
-        let decision = self.policy().decide(&self.subject(m), &target, &params);
+        let decision = self
+            .policy()
+            .decide(&self.subject(m), &target, &params, set_in_chat);
         let (rule, confirm) = match decision {
             Decision::Deny { rule, reason } => {
                 out.log(
@@ -121,6 +130,7 @@ impl Engine {
             alias: Some(reference.clone()),
             action: alias.action_ref.clone(),
             params,
+            set_in_chat: set_in_chat.to_vec(),
             rule: rule.clone(),
             created_ms: now,
             confirmation,
@@ -136,6 +146,7 @@ impl Engine {
             Ok(r) => r,
             Err(e) => return fail(out, format!("cannot store the request: {e}")),
         };
+        crate::crash::point("request_stored");
         out.log(
             request_entry("allowed", &req)
                 .rule(Some(&rule))
@@ -259,10 +270,11 @@ pub fn evaluate(
     };
     let executions = matched
         .parameters
+        .clone()
         .into_iter()
         .map(|parsed| {
             let params = execution_params(&alias, spec, who, parsed)?;
-            let explanation = policy.explain(who, &target, &params);
+            let explanation = policy.explain(who, &target, &params, &matched.overrides);
             Ok((params, explanation))
         })
         .collect();

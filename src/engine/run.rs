@@ -8,6 +8,9 @@ impl Engine {
     /// `approved` (already running, or run) is left alone: exactly once.
     pub fn execute(&self, id: &str) -> Vec<Effect> {
         let started = now_ms();
+        // Durations come from the monotonic clock: the wall clock can step
+        // back while an action runs.
+        let timer = std::time::Instant::now();
         let req = match self.requests.update(id, |r| {
             if r.state != State::Approved {
                 return Err(format!("it is {}", r.state.name()));
@@ -41,11 +44,7 @@ impl Engine {
                 Message::plain("⚠️ The audit log cannot be written, so the request did not run."),
             ))];
         }
-        // Resolve the alias before running: an uninstall may remove it.
-        let alias = req
-            .alias
-            .as_deref()
-            .and_then(|a| self.aliases().get(a).cloned());
+        crate::crash::point("action_started");
         let outcome = match self.actions.get(&req.action) {
             Some(action) => {
                 let ctx = RunContext {
@@ -62,13 +61,36 @@ impl Engine {
             None => Outcome::failed(format!("action {} is not available in airlock", req.action)),
         };
         let interrupted = self.cancel.load(Ordering::Relaxed) && outcome.status == Status::Failed;
-        let finished = now_ms();
+        let elapsed_ms = timer.elapsed().as_millis() as u64;
+        self.complete(req, outcome, interrupted, started, elapsed_ms, None)
+    }
+
+    /// Record how a run ended (request state, `finished` or `interrupted`
+    /// entry), reload aliases if packs changed, and render the result.
+    /// `recovered` says, for a run the last process died in, what to tell
+    /// the room first.
+    fn complete(
+        &self,
+        req: Request,
+        outcome: Outcome,
+        interrupted: bool,
+        started: u64,
+        elapsed_ms: u64,
+        recovered: Option<String>,
+    ) -> Vec<Effect> {
+        // Resolve the alias before reloading: an uninstall may remove it.
+        let alias = req
+            .alias
+            .as_deref()
+            .and_then(|a| self.aliases().get(a).cloned());
+        let finished = now_ms().max(started);
         let state = match (outcome.status, interrupted) {
             (_, true) => State::Interrupted,
             (Status::Succeeded, _) => State::Succeeded,
             (Status::Failed, _) => State::Failed,
         };
-        let req = match self.requests.update(id, |r| {
+        let id = req.id.clone();
+        let req = match self.requests.update(&id, |r| {
             r.state = state;
             r.result = Some(outcome.result.clone());
             r.summary = Some(outcome.summary.clone());
@@ -78,9 +100,12 @@ impl Engine {
             Ok(Update::Done(r, ())) => r,
             _ => req,
         };
-        let mut detail = json!({"summary": outcome.summary, "elapsed_ms": finished - started});
+        let mut detail = json!({"summary": outcome.summary, "elapsed_ms": elapsed_ms});
         if let Some(c) = &outcome.commit {
             detail["commit"] = json!(c);
+        }
+        if recovered.is_some() {
+            detail["recovered"] = json!(true);
         }
         self.record(vec![
             request_entry(
@@ -94,11 +119,16 @@ impl Engine {
             .status(state.name())
             .detail(detail),
         ]);
+        // The audit now holds the outcome; the switch records may go.
+        self.packs.forget_switches(Some(&req.id));
         if outcome.packs_changed {
             self.reload_aliases();
         }
-        let execution = execution_view(&req, &outcome, started, finished);
+        let execution = execution_view(&req, &outcome, started, finished, elapsed_ms);
         let mut fx = Vec::new();
+        if let Some(text) = recovered {
+            fx.push(Effect::Send(reply_to_request(&req, Message::plain(text))));
+        }
         if let Some(text) = render::result(alias.as_deref(), &execution) {
             fx.push(Effect::Send(reply_to_request(
                 &req,
@@ -114,6 +144,27 @@ impl Engine {
             },
         ));
         fx
+    }
+
+    /// A request the last process died running: finished from what its
+    /// action made durable (a pack switch that happened), else None.
+    pub(super) fn recover_run(&self, req: &Request) -> Option<Vec<Effect>> {
+        let action = self.actions.get(&req.action)?;
+        let ctx = RunContext {
+            request_id: &req.id,
+            requester: &req.requester,
+            cancel: &self.cancel,
+        };
+        let outcome = action.recover(&ctx, &req.params)?;
+        let started = req.started_ms.unwrap_or(req.created_ms);
+        let text = format!(
+            "♻️ airlock stopped while request {} ({}) was running, after its change had taken effect; recorded as {}: {}.",
+            req.id,
+            req.alias.as_deref().unwrap_or(&req.action),
+            outcome.status.name(),
+            outcome.summary
+        );
+        Some(self.complete(req.clone(), outcome, false, started, 0, Some(text)))
     }
 
     /// Expire pending requests whose time is up; announce each in its room.
@@ -187,7 +238,13 @@ impl Engine {
 }
 
 /// st2's `execution` as result templates see it.
-fn execution_view(req: &Request, outcome: &Outcome, started: u64, finished: u64) -> Value {
+fn execution_view(
+    req: &Request,
+    outcome: &Outcome,
+    started: u64,
+    finished: u64,
+    elapsed_ms: u64,
+) -> Value {
     json!({
         "id": req.id,
         "status": match outcome.status { Status::Succeeded => "succeeded", Status::Failed => "failed" },
@@ -200,7 +257,7 @@ fn execution_view(req: &Request, outcome: &Outcome, started: u64, finished: u64)
         },
         "start_timestamp": clock::format_ms(started),
         "end_timestamp": clock::format_ms(finished),
-        "elapsed_seconds": (finished - started) as f64 / 1000.0,
+        "elapsed_seconds": elapsed_ms as f64 / 1000.0,
         "web_url": Value::Null,
     })
 }

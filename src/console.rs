@@ -31,6 +31,9 @@ struct Shared {
 }
 
 struct Printer {
+    /// Event IDs are `$<run>.<ref>`: unique across runs, so a reply in this
+    /// run never lands on a prompt a previous run stored under `$m1`.
+    run: u64,
     next_bot: u64,
     /// Event ID → display reference.
     refs: HashMap<String, String>,
@@ -60,6 +63,7 @@ impl Console {
             engine,
             shared: Arc::new(Shared {
                 out: Mutex::new(Printer {
+                    run: now_ms(),
                     next_bot: 1,
                     refs: HashMap::new(),
                 }),
@@ -137,7 +141,8 @@ impl Console {
                      body: &str,
                      reply: Option<String>,
                      rel: Option<String>| {
-            let id = format!("$u{}", c.next_user);
+            let run = c.shared.out.lock().unwrap_or_else(|e| e.into_inner()).run;
+            let id = format!("${run}.u{}", c.next_user);
             let reference = format!("u{}", c.next_user);
             c.next_user += 1;
             let mut m = Incoming::message(&c.user, &c.room, &id, body);
@@ -160,7 +165,14 @@ impl Console {
             let fx = c.engine.handle(&m);
             apply(&c.engine, &c.shared, fx);
         };
-        let target = |r: &str| format!("${}", r.trim_start_matches('[').trim_end_matches(']'));
+        let run = self
+            .shared
+            .out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .run;
+        let target =
+            |r: &str| format!("${run}.{}", r.trim_start_matches('[').trim_end_matches(']'));
         match cmd {
             "/user" if crate::ids::is_user_id(rest) => self.user = rest.to_string(),
             "/room" if crate::ids::is_room(rest) => self.room = rest.to_string(),
@@ -209,7 +221,7 @@ fn apply(engine: &Arc<Engine>, shared: &Arc<Shared>, effects: Vec<Effect>) {
         match fx {
             Effect::Send(o) => {
                 let mut p = shared.out.lock().unwrap_or_else(|e| e.into_inner());
-                let id = format!("$m{}", p.next_bot);
+                let id = format!("${}.m{}", p.run, p.next_bot);
                 let reference = format!("m{}", p.next_bot);
                 p.next_bot += 1;
                 p.refs.insert(id.clone(), reference.clone());

@@ -382,18 +382,33 @@ pub fn load(paths: &[PathBuf]) -> LoadedPolicy {
                 .push(Diagnostic::file(p, "no such file or directory"));
         }
     }
+    let mut texts = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(&f) {
+            Ok(t) => texts.push((f, t)),
+            Err(e) => out
+                .diagnostics
+                .push(Diagnostic::file(&f, format!("cannot read: {e}"))),
+        }
+    }
+    let parsed = parse_texts(&texts);
+    out.diagnostics.extend(parsed.diagnostics);
+    out.policy = parsed.policy;
+    if out.has_errors() {
+        // Never run with part of a policy.
+        out.policy.rules.clear();
+    }
+    out
+}
+
+/// The policy in `files` (path, text), in order: [`load`] without the
+/// file system.
+pub fn parse_texts(files: &[(PathBuf, String)]) -> LoadedPolicy {
+    let mut out = LoadedPolicy::default();
     let mut parsed = Vec::new();
-    for f in &files {
-        let text = match std::fs::read_to_string(f) {
-            Ok(t) => t,
-            Err(e) => {
-                out.diagnostics
-                    .push(Diagnostic::file(f, format!("cannot read: {e}")));
-                continue;
-            }
-        };
-        match serde_yaml::from_str::<Option<RawFile>>(&text) {
-            Ok(raw) => parsed.push((f.clone(), YamlIndex::parse(&text), raw.unwrap_or_default())),
+    for (f, text) in files {
+        match serde_yaml::from_str::<Option<RawFile>>(text) {
+            Ok(raw) => parsed.push((f.clone(), YamlIndex::parse(text), raw.unwrap_or_default())),
             Err(e) => out.diagnostics.push(diag::from_serde_yaml(f, &e)),
         }
     }

@@ -487,42 +487,6 @@ impl Engine {
         effects
     }
 
-    /// The command in a message addressed to the bot, if it is one: after
-    /// the prefix (`!deploy`), after one of the bot's names (`airlock:
-    /// deploy`), or after a mention the transport recognised.
-    fn command_text(&self, body: &str, addressed: bool) -> Option<String> {
-        let b = body.trim_start();
-        let after_name = self
-            .settings
-            .names
-            .iter()
-            .chain(self.settings.bot_user.as_ref())
-            .find_map(|n| strip_prefix_caseless(b, n))
-            .and_then(|r| {
-                r.strip_prefix([':', ','])
-                    .or_else(|| r.starts_with(char::is_whitespace).then_some(r))
-            });
-        let rest = if let Some(r) = b.strip_prefix(self.settings.prefix.as_str()) {
-            r
-        } else if let Some(r) = after_name {
-            r
-        } else if addressed {
-            // A mention pill reads "Display Name: command".
-            match b.split_once(':') {
-                Some((head, r)) if head.len() <= 64 && !head.contains('\n') => r,
-                _ => b,
-            }
-        } else {
-            return None;
-        };
-        let rest = rest.trim();
-        let rest = rest
-            .strip_prefix(self.settings.prefix.as_str())
-            .unwrap_or(rest)
-            .trim();
-        (!rest.is_empty()).then(|| alias::normalize_command(rest))
-    }
-
     fn stale(&self, out: &mut Out, what: &str) -> bool {
         let age = now_ms().saturating_sub(out.m.ts_ms);
         if age <= self.settings.max_age.as_millis() as u64 {
@@ -546,7 +510,7 @@ impl Engine {
         {
             return;
         }
-        let Some(cmd) = self.command_text(&m.body, m.addressed) else {
+        let Some(cmd) = command_text(&self.settings, &m.body, m.addressed) else {
             return;
         };
         if self.stale(out, "command") {
@@ -581,7 +545,7 @@ impl Engine {
             .reply_to
             .as_ref()
             .is_some_and(|p| matches!(self.requests.by_prompt(&m.room, p), Ok(Some(_))));
-        if self.command_text(&m.body, m.addressed).is_none() && !approving {
+        if command_text(&self.settings, &m.body, m.addressed).is_none() && !approving {
             return;
         }
         if !self
@@ -651,7 +615,9 @@ impl Engine {
             "yes" | "y" | "approve" | "approved" | "ok" | "lgtm" | "👍" => Verdict::Approve,
             "no" | "n" | "deny" | "denied" | "reject" | "👎" => Verdict::Deny,
             "cancel" => Verdict::Cancel,
-            _ if self.command_text(&out.m.body, out.m.addressed).is_some() => return false,
+            _ if command_text(&self.settings, &out.m.body, out.m.addressed).is_some() => {
+                return false;
+            }
             _ => {
                 out.say(format!(
                     "Reply \"yes\" to approve request {}, \"no\" to deny it, or \"cancel\" if it is yours.",
@@ -679,6 +645,41 @@ impl Engine {
             _ => out.say(approval::unknown_request(id)),
         }
     }
+}
+
+/// The command in a message addressed to the bot, if it is one: after
+/// the prefix (`!deploy`), after one of the bot's names (`airlock:
+/// deploy`), or after a mention the transport recognised.
+pub fn command_text(settings: &Settings, body: &str, addressed: bool) -> Option<String> {
+    let b = body.trim_start();
+    let after_name = settings
+        .names
+        .iter()
+        .chain(settings.bot_user.as_ref())
+        .find_map(|n| strip_prefix_caseless(b, n))
+        .and_then(|r| {
+            r.strip_prefix([':', ','])
+                .or_else(|| r.starts_with(char::is_whitespace).then_some(r))
+        });
+    let rest = if let Some(r) = b.strip_prefix(settings.prefix.as_str()) {
+        r
+    } else if let Some(r) = after_name {
+        r
+    } else if addressed {
+        // A mention pill reads "Display Name: command".
+        match b.split_once(':') {
+            Some((head, r)) if head.len() <= 64 && !head.contains('\n') => r,
+            _ => b,
+        }
+    } else {
+        return None;
+    };
+    let rest = rest.trim();
+    let rest = rest
+        .strip_prefix(settings.prefix.as_str())
+        .unwrap_or(rest)
+        .trim();
+    (!rest.is_empty()).then(|| alias::normalize_command(rest))
 }
 
 /// `text` after `prefix`, compared without case. The rest is sliced where

@@ -1,0 +1,420 @@
+//! Property targets for every text path a chat message or a file takes:
+//! each runs `cases` generated inputs through one function and checks what
+//! must hold for any input (first of all: no panic). `tests/properties.rs`
+//! runs them briefly in the test suite; `benches/fuzz.rs` runs them for
+//! over a million cases and prints the counts.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::{Value, json};
+
+use airlock::alias::cast::{self, ParamType};
+use airlock::alias::{self, AliasSet, Command, Format};
+use airlock::engine::{self, Settings};
+use airlock::render::{self, Message};
+use airlock::{matrix, policy};
+
+/// A target: its name and how to run it for a number of cases.
+pub struct Target {
+    pub name: &'static str,
+    pub run: fn(u32),
+    /// Relative cost, so a run of N cases spends them where they are cheap.
+    pub heavy: bool,
+}
+
+pub const TARGETS: &[Target] = &[
+    Target {
+        name: "normalize_command",
+        run: normalize_command,
+        heavy: false,
+    },
+    Target {
+        name: "command_text (prefix and names)",
+        run: command_text,
+        heavy: false,
+    },
+    Target {
+        name: "reply fallback stripping",
+        run: reply_fallback,
+        heavy: false,
+    },
+    Target {
+        name: "parameter casting",
+        run: casting,
+        heavy: false,
+    },
+    Target {
+        name: "html escaping and {~} messages",
+        run: html,
+        heavy: false,
+    },
+    Target {
+        name: "identifier grammar",
+        run: identifiers,
+        heavy: false,
+    },
+    Target {
+        name: "alias format parse + extract",
+        run: format_parser,
+        heavy: true,
+    },
+    Target {
+        name: "alias matching over the shipped aliases",
+        run: matcher,
+        heavy: true,
+    },
+    Target {
+        name: "template rendering",
+        run: templates,
+        heavy: true,
+    },
+    Target {
+        name: "alias YAML (random and truncated)",
+        run: alias_yaml,
+        heavy: true,
+    },
+    Target {
+        name: "policy YAML (random and truncated)",
+        run: policy_yaml,
+        heavy: true,
+    },
+];
+
+fn run<S: Strategy>(cases: u32, strategy: S, check: impl Fn(S::Value)) {
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    if let Err(e) = runner.run(&strategy, |v| {
+        check(v);
+        Ok(())
+    }) {
+        panic!("{e}");
+    }
+}
+
+/// Characters that have broken text handling somewhere: case changes that
+/// change byte length (Kelvin sign, dotted I), quotes, braces, separators.
+fn tricky_char() -> impl Strategy<Value = char> {
+    prop_oneof![
+        3 => any::<char>(),
+        2 => prop::sample::select(vec![
+            'k', 'K', '\u{212a}', '\u{130}', 'ß', 'ﬃ', 'a', 'i', 'r', 'l', 'o', 'c',
+            ':', ',', '!', '@', '#', '=', ' ', '\t', '\n', '\u{a0}', '\u{201c}', '\u{2019}',
+            '"', '\'', '{', '}', '%', '~', '>', '<', '&', '\\', '(', ')', '[', ']', '*', '?',
+            '|', '.', '$', '^', '\0',
+        ]),
+    ]
+}
+
+/// Arbitrary Unicode, biased toward the tricky characters.
+pub fn text() -> impl Strategy<Value = String> {
+    prop::collection::vec(tricky_char(), 0..80).prop_map(String::from_iter)
+}
+
+/// Text built from pieces that mean something to a format or template.
+fn pieces(vocab: Vec<&'static str>) -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![3 => prop::sample::select(vocab).prop_map(str::to_string), 1 => text()],
+        0..12,
+    )
+    .prop_map(|v| v.concat())
+}
+
+pub fn normalize_command(cases: u32) {
+    run(cases, text(), |s| {
+        let n = alias::normalize_command(&s);
+        assert_eq!(n.chars().count(), s.chars().count());
+        assert_eq!(alias::normalize_command(&n), n);
+    });
+}
+
+pub fn command_text(cases: u32) {
+    let names = prop::collection::vec(
+        prop::collection::vec(tricky_char(), 1..8).prop_map(String::from_iter),
+        0..3,
+    );
+    run(
+        cases,
+        (text(), names, any::<bool>()),
+        |(body, names, addressed)| {
+            let settings = Settings {
+                names: names.into_iter().chain(["airlock".to_string()]).collect(),
+                bot_user: Some("@airlock:example.org".into()),
+                ..Settings::default()
+            };
+            if let Some(cmd) = engine::command_text(&settings, &body, addressed) {
+                assert!(!cmd.is_empty());
+                assert_eq!(cmd.trim(), cmd);
+            }
+            // Any name the text starts with, in any case, strips on a boundary.
+            for prefix in ["airlock", "AIRLOCK", "airlocK", "\u{130}"] {
+                if let Some(rest) = engine::strip_prefix_caseless(&body, prefix) {
+                    assert!(body.ends_with(rest));
+                }
+            }
+        },
+    );
+}
+
+pub fn reply_fallback(cases: u32) {
+    let quoted = prop::collection::vec(
+        prop_oneof![
+            text(),
+            text().prop_map(|t| format!("> {t}")),
+            Just(">".to_string())
+        ],
+        0..6,
+    )
+    .prop_map(|v| v.join("\n"));
+    run(cases, quoted, |s| {
+        let rest = matrix::strip_reply_fallback(&s);
+        assert!(s.ends_with(rest), "not a suffix");
+    });
+}
+
+pub fn casting(cases: u32) {
+    let ty = prop::sample::select(vec![
+        ParamType::String,
+        ParamType::Integer,
+        ParamType::Number,
+        ParamType::Boolean,
+        ParamType::Array,
+        ParamType::Object,
+    ]);
+    let value = prop_oneof![
+        text(),
+        pieces(vec![
+            "1", "-", ".", "e", "0x", "true", "False", "[", "]", "{", "}", ",", "\"", "None",
+            "1e999"
+        ]),
+    ];
+    run(cases, (value, ty), |(s, ty)| {
+        let _ = cast::python_literal(&s);
+        if let Ok(v) = cast::cast("p", Value::String(s), ty) {
+            let ok = match ty {
+                ParamType::String => v.is_string(),
+                ParamType::Integer => v.is_i64() || v.is_u64() || v.is_string(),
+                ParamType::Number => v.is_number() || v.is_string(),
+                ParamType::Boolean => v.is_boolean() || v.is_string(),
+                ParamType::Array => v.is_array() || v.is_string(),
+                ParamType::Object => v.is_object() || v.is_string(),
+            };
+            assert!(ok, "{ty:?} gave {v}");
+        }
+    });
+}
+
+pub fn html(cases: u32) {
+    run(
+        cases,
+        pieces(vec!["{~}", "<script>", "</pre>", "```", "&amp;", "\n"]),
+        |s| {
+            let escaped = render::escape_html(&s);
+            assert!(!escaped.contains(['<', '>', '"', '\'']));
+            let m = Message::from_template_output(&s);
+            if let Some(html) = &m.html {
+                let bare = html
+                    .replace("<br/>", "")
+                    .replace("<pre><code>", "")
+                    .replace("</code></pre>", "");
+                assert!(!bare.contains('<'), "markup leaked: {html}");
+            }
+            assert!(m.body.chars().count() <= 16_001);
+        },
+    );
+}
+
+pub fn identifiers(cases: u32) {
+    let id = pieces(vec![
+        "@",
+        "!",
+        "#",
+        ":",
+        "example.org",
+        "[::1]",
+        ":8448",
+        "*",
+        "?",
+    ]);
+    run(cases, id, |s| {
+        let k = airlock::ids::kind(&s);
+        if k.is_some() {
+            assert!(s.len() <= 255 && !s.contains(char::is_whitespace));
+        }
+        let _ = airlock::ids::is_user_glob(&s) || airlock::ids::is_room_glob(&s);
+    });
+}
+
+pub fn format_parser(cases: u32) {
+    let format = pieces(vec![
+        "{{ branch }}",
+        "{{x=1}}",
+        "{{ y = \"a b\" }}",
+        "{{",
+        "}}",
+        "deploy ",
+        "(?P<n>a)",
+        "(",
+        ")",
+        "|",
+        "[!.]",
+        "\\",
+        "*",
+        "+?",
+        "^",
+        "$",
+        "{1,3}",
+        "(?i)",
+        "(?=",
+        "\\b",
+    ]);
+    let command = pieces(vec![
+        "deploy ",
+        "main",
+        "x=1",
+        " k=\"v w\"",
+        "'q'",
+        "{a}",
+        "=",
+        " ",
+    ]);
+    run(cases, (format, command), |(f, c)| {
+        if let Ok(fmt) = Format::compile(&f) {
+            let cmd = Command::new(&c);
+            if let Ok(params) = fmt.extract(&cmd) {
+                for v in params.values() {
+                    assert!(v.is_string() || v.is_null(), "{v}");
+                }
+            }
+            let _ = fmt.could_match(&cmd);
+        }
+    });
+}
+
+static SHIPPED: LazyLock<AliasSet> = LazyLock::new(|| {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    AliasSet::new(alias::load_dirs(&[root.join("aliases")]).aliases)
+});
+
+pub fn matcher(cases: u32) {
+    let command = pieces(vec![
+        "flow deploy ",
+        "main",
+        "pack ",
+        "list",
+        "rollback ",
+        "uninstall ",
+        "st2-flow",
+        " x=1",
+        " branch=\"a b\"",
+        "'",
+        "\"",
+    ]);
+    run(cases, command, |c| {
+        if let Ok(m) = SHIPPED.match_command(&alias::normalize_command(&c)) {
+            assert!(!m.parameters.is_empty());
+        }
+    });
+}
+
+pub fn templates(cases: u32) {
+    let template = pieces(vec![
+        "{{ ",
+        " }}",
+        "{% ",
+        " %}",
+        "for x in range(5)",
+        "endfor",
+        "if ",
+        "endif",
+        "x",
+        "user",
+        "execution.result",
+        "| to_json_string",
+        "| regex_replace('a','b')",
+        ".items()",
+        "{#",
+        "#}",
+        "{{ user }}",
+    ]);
+    let ctx = json!({"user": "@alice:example.org", "execution": {"result": {"a": [1, 2]}}});
+    run(cases, template, |t| {
+        let _ = render::check_template(&t);
+        let _ = render::render_value(&Value::String(t), &ctx);
+    });
+}
+
+const ALIAS_DOC: &str = include_str!("../../aliases/flow_deploy.yaml");
+const POLICY_DOC: &str = include_str!("../../policies/ops.yaml");
+
+/// A valid document cut at any character, or with one character changed.
+fn damaged(doc: &'static str) -> impl Strategy<Value = String> {
+    let n = doc.chars().count();
+    prop_oneof![
+        (0..=n).prop_map(move |i| doc.chars().take(i).collect()),
+        (0..n, tricky_char()).prop_map(move |(i, c)| {
+            doc.chars()
+                .enumerate()
+                .map(|(j, d)| if i == j { c } else { d })
+                .collect()
+        }),
+        pieces(vec![
+            "---\n",
+            "name: x\n",
+            "formats:\n",
+            "  - ",
+            "{{ a }}",
+            ": ",
+            "\n  ",
+            "[",
+            "]",
+            "&a ",
+            "*a",
+            "!!binary "
+        ]),
+    ]
+}
+
+fn assert_located(d: &airlock::diag::Diagnostic, path: &Path, text: &str) {
+    assert_eq!(d.file, path, "{d}");
+    assert!(d.to_string().starts_with(&path.display().to_string()));
+    assert!(
+        d.line >= 1 && d.line <= text.lines().count().max(1) + 1,
+        "{d} in {} lines",
+        text.lines().count()
+    );
+}
+
+pub fn alias_yaml(cases: u32) {
+    let path = Path::new("aliases/fuzzed.yaml");
+    run(cases, damaged(ALIAS_DOC), |text| {
+        if let Err(diags) = alias::load::parse_alias(path, &text, None, "default") {
+            assert!(!diags.is_empty());
+            for d in &diags {
+                assert_located(d, path, &text);
+            }
+        }
+    });
+}
+
+pub fn policy_yaml(cases: u32) {
+    let path = PathBuf::from("policies/fuzzed.yaml");
+    run(cases, damaged(POLICY_DOC), |text| {
+        let loaded = policy::parse_texts(&[(path.clone(), text.clone())]);
+        for d in &loaded.diagnostics {
+            assert_located(d, &path, &text);
+        }
+        if loaded.has_errors() {
+            assert!(
+                loaded.policy.rules.is_empty(),
+                "part of a broken policy kept"
+            );
+        }
+    });
+}

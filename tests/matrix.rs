@@ -684,5 +684,62 @@ async fn encrypted_room_deploy_and_invites_by_policy() {
         false
     };
     assert!(declined.await, "the bot should decline mallory's invite");
+    // A sync after the decline has been handled (the bot answers again),
+    // and declining logged no error.
+    say(&s.alice, &room, "!help").await;
+    s.alice
+        .wait_for(
+            "help after the decline",
+            WAIT,
+            from_bot(&s.bot, &room, "flow deploy"),
+        )
+        .await;
+    let log = bot.log();
+    assert!(
+        !log.contains("ERROR"),
+        "a normal decline logged an error:\n{log}"
+    );
+    assert!(bot.stop().success());
+}
+
+/// Rooms of room version 12 have IDs with no server part; the policy names
+/// this one by its ID, not an alias, and the bot serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_named_by_its_v12_id() {
+    let Some(hs) = Homeserver::from_env() else {
+        return;
+    };
+    let s = scene(hs).await;
+    // The room exists (and the bot is invited) before the bot first starts.
+    let room = s.room(false, false).await;
+    assert!(
+        !room.as_str().contains(':'),
+        "Synapse made a room of an older version: {room}"
+    );
+    let policy = s.dir.path().join("policies/ops.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&policy, text.replace(&s.alias, room.as_str())).unwrap();
+    let mut bot = s.start();
+    s.bot_joined(&room).await;
+    deploy_flow(&s, &room, "main").await;
+    // `!approve <id>` from a room where mallory has no rights leaks nothing.
+    let cmd = say(&s.alice, &room, "!flow deploy main").await;
+    let prompt = s
+        .alice
+        .wait_for("the prompt", WAIT, answer_to(&s.bot, &cmd))
+        .await;
+    let id = prompt
+        .body
+        .split("request ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let ask = reply(&s.bob, &room, &prompt.event_id, "no").await;
+    s.alice
+        .wait_for("the denial, answering bob", WAIT, |x| {
+            x.sender == s.bot && x.reply_to.as_ref() == Some(&ask) && x.body.contains(&id)
+        })
+        .await;
     assert!(bot.stop().success());
 }

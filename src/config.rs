@@ -107,6 +107,16 @@ impl Config {
                 ),
             ));
         }
+        if let Some(u) = c.user_id.as_deref()
+            && !crate::ids::is_user_id(u)
+        {
+            errors.push(idx.diag(
+                Severity::Error,
+                path,
+                "user_id",
+                format!("\"{u}\" is not {}", crate::ids::Kind::User.describe()),
+            ));
+        }
         if c.prefix.is_empty() || c.prefix.chars().any(char::is_whitespace) {
             errors.push(idx.diag(
                 Severity::Error,

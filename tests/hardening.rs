@@ -347,3 +347,19 @@ fn global_flags_work_before_and_after_the_subcommand() {
         );
     }
 }
+
+#[test]
+fn the_configuration_checks_the_bot_user_id_by_the_same_grammar() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("airlock.yaml");
+    std::fs::write(&cfg, "data_dir: data\nuser_id: \"airlock\"\n").unwrap();
+    let o = airlock(&["pending", "--config", cfg.to_str().unwrap()], tmp.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("airlock.yaml:2:")
+            && stderr(&o).contains("user_id")
+            && stderr(&o).contains("\"airlock\" is not a Matrix user ID"),
+        "{}",
+        stderr(&o)
+    );
+}

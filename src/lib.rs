@@ -1,23 +1,37 @@
 //! airlock: a Matrix ChatOps bot that runs StackStorm action aliases behind
 //! a policy, a confirmation gate and an audit log.
 //!
-//! The crate is layered so the core never touches the network:
+//! The tree follows the pipeline a chat message takes, in dependency
+//! order (each layer uses only the ones above it):
 //!
-//! * [`alias`]: StackStorm alias files and st2's matching semantics;
-//! * [`render`]: ack/result templates and the messages sent to rooms;
-//! * [`diag`]: file/line/field diagnostics for configuration files.
+//! 1. `core`, pure logic with no sled, git2 or tokio: [`alias`] (StackStorm
+//!    alias files, and matching a command to one), [`policy`] (who may run
+//!    what, where, with whose confirmation), [`render`] (ack/result
+//!    templates and the messages sent), [`ids`] (Matrix identifiers),
+//!    [`diag`] (file:line:field diagnostics), [`clock`] (timestamps,
+//!    durations), [`pyre`] (Python regex syntax);
+//! 2. `store`, the durable records on sled: [`requests`] (each request and
+//!    its confirmation state machine) and [`audit`] (the hash-chained log);
+//! 3. [`action`]: what an approved request runs (`core.*`, `packs.*`);
+//! 4. [`engine`]: messages in, effects out: match → policy → confirm →
+//!    run → render, every step recorded in the audit log. It takes time as
+//!    an argument and its stores and actions from its builder;
+//! 5. `transport`: [`console`] (stdin) and [`matrix`] (matrix-sdk), which
+//!    own the clock, the threads and the sockets;
+//! 6. [`config`] (`airlock.yaml`) and the `airlock` binary, which compose
+//!    the rest.
+
+// #![warn(missing_docs)] (enabled once every public item is documented)
+
+mod core;
+mod store;
+mod transport;
 
 pub mod action;
-pub mod alias;
-pub mod audit;
-pub mod clock;
 pub mod config;
-pub mod confirm;
-pub mod console;
 pub mod crash;
-pub mod diag;
 pub mod engine;
-pub mod ids;
-pub mod matrix;
-pub mod policy;
-pub mod render;
+
+pub use crate::core::{alias, clock, diag, ids, policy, pyre, render};
+pub use store::{audit, requests};
+pub use transport::{console, matrix};

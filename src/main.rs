@@ -9,10 +9,10 @@ use clap::{Parser, Subcommand};
 use airlock::alias::{self, AliasSet};
 use airlock::audit::{AuditLog, Query};
 use airlock::config::Config;
-use airlock::confirm::Requests;
 use airlock::diag::Diagnostic;
 use airlock::engine::{self, Engine};
 use airlock::policy::{self, Decision, Subject};
+use airlock::requests::Requests;
 use airlock::{action, clock, ids};
 
 #[derive(Parser)]

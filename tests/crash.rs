@@ -21,7 +21,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use airlock::audit::{AuditLog, Query};
-use airlock::confirm::State;
+use airlock::requests::State;
 use common::*;
 
 /// A deploy asked by alice and approved by bob, in one console run.
@@ -208,7 +208,7 @@ fn check_invariants(
         .unwrap()
         .iter()
         .values()
-        .filter_map(|v| serde_json::from_slice::<airlock::confirm::Request>(&v.ok()?).ok())
+        .filter_map(|v| serde_json::from_slice::<airlock::requests::Request>(&v.ok()?).ok())
         .collect();
     assert!(!all.is_empty() || point == "request_stored");
     for r in &all {

@@ -69,7 +69,7 @@ fn seed_deploy_needs_another_ops_member_then_installs_the_shown_commit() {
     let req = bot.engine.requests().get(&id).unwrap().unwrap();
     assert_eq!(
         req.state,
-        airlock::confirm::State::Succeeded,
+        airlock::requests::State::Succeeded,
         "{:?}",
         req.summary
     );
@@ -382,7 +382,7 @@ fn quoted_yes_in_a_reply_elsewhere_approves_nothing() {
     assert!(r.contains("another room"), "{r}");
     assert_eq!(
         bot.engine.requests().open_requests().unwrap()[0].state,
-        airlock::confirm::State::Pending
+        airlock::requests::State::Pending
     );
 }
 
@@ -414,7 +414,7 @@ fn edits_never_run_and_say_so_once() {
     bot.deliver(m);
     assert_eq!(
         bot.engine.requests().open_requests().unwrap()[0].state,
-        airlock::confirm::State::Pending
+        airlock::requests::State::Pending
     );
 }
 
@@ -518,7 +518,7 @@ fn restart_keeps_pending_requests_and_interrupts_running_ones() {
         bot.engine
             .requests()
             .update(&run_id, |r| {
-                r.state = airlock::confirm::State::Running;
+                r.state = airlock::requests::State::Running;
                 Ok(())
             })
             .unwrap();
@@ -526,7 +526,7 @@ fn restart_keeps_pending_requests_and_interrupts_running_ones() {
     };
     let bot = Bot::open(s);
     let running = bot.engine.requests().get(&running_id).unwrap().unwrap();
-    assert_eq!(running.state, airlock::confirm::State::Interrupted);
+    assert_eq!(running.state, airlock::requests::State::Interrupted);
     let notices = bot.play(bot.engine.take_startup_effects());
     assert!(
         bodies(&notices).contains("was not re-run"),
@@ -541,7 +541,7 @@ fn restart_keeps_pending_requests_and_interrupts_running_ones() {
         .get(pending_prompt.prompt_for.as_ref().unwrap())
         .unwrap()
         .unwrap();
-    assert_eq!(pending.state, airlock::confirm::State::Pending);
+    assert_eq!(pending.state, airlock::requests::State::Pending);
     assert_eq!(
         pending.confirmation.unwrap().expires_ms,
         expires,

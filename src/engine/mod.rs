@@ -31,10 +31,10 @@ use crate::action::{ActionSpec, Actions, Outcome, RunContext, Status};
 use crate::alias::{self, Alias, AliasSet, Params};
 use crate::audit::{AuditLog, Entry, Query};
 use crate::clock::{self, now_ms};
-use crate::confirm::{Approval, Confirmation, Request, Requests, State, Update};
 use crate::diag::Diagnostic;
 use crate::policy::{self, Decision, Policy, Subject, Target};
 use crate::render::{self, Message};
+use crate::requests::{Approval, Confirmation, Request, Requests, State, Update};
 
 mod approval;
 mod builtins;

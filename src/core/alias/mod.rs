@@ -10,7 +10,6 @@
 pub mod cast;
 pub mod format;
 pub mod load;
-pub mod pyre;
 
 use std::path::PathBuf;
 use std::sync::Arc;

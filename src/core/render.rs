@@ -358,7 +358,7 @@ mod filters {
 
     fn re(pattern: &str) -> Result<regex::Regex, Error> {
         // Python patterns: reuse the alias translator for `(?P<..>)`, `\Z`...
-        let translated = crate::alias::pyre::parse(pattern)
+        let translated = crate::pyre::parse(pattern)
             .map(|p| p.rust)
             .map_err(|e| bad(format!("invalid regex {pattern:?}: {e}")))?;
         regex::Regex::new(&translated)

@@ -8,7 +8,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::Params;
-use super::pyre::{self, At};
+use crate::pyre::{self, At};
 
 /// Most backtracking steps one format may take on one command. Formats with
 /// several optional groups are cubic in the command's length; past this the

@@ -158,7 +158,7 @@ impl Config {
     }
 
     pub fn max_age(&self) -> Option<Duration> {
-        crate::policy::parse_duration(&self.max_command_age)
+        crate::clock::parse_duration(&self.max_command_age)
     }
 
     /// The engine's settings from this configuration.

@@ -225,7 +225,7 @@ fn match_vectors() {
                 );
                 let execution = json!({"id": "5f1", "status": "requested",
                     "action": {"ref": m.alias.action_ref}, "parameters": m.parameters[0]});
-                let ack = airlock::render::ack(&m.alias, &execution).unwrap();
+                let ack = airlock::render::ack(&*m.alias, &execution).unwrap();
                 assert_eq!(ack, v["expected"]["message"].as_str().unwrap());
             }
             "inject_immutable" => {

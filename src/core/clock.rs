@@ -21,7 +21,7 @@ pub fn format_ms(ms: u64) -> String {
 /// A point in time from the command line: RFC 3339, or a span back from
 /// `now_ms` such as `30m`, `2h`, `7d`.
 pub fn parse_since(s: &str, now_ms: u64) -> Option<u64> {
-    if let Some(d) = crate::policy::parse_duration(s) {
+    if let Some(d) = parse_duration(s) {
         return Some(now_ms.saturating_sub(d.as_millis() as u64));
     }
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
@@ -38,4 +38,19 @@ pub fn human(d: Duration) -> String {
         (h, 0, _) => format!("{h}h"),
         (h, m, _) => format!("{h}h {m}m"),
     }
+}
+
+/// Parse "10m", "30s", "2h", "1d" or plain seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n.checked_mul(mult)?))
 }

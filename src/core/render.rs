@@ -11,7 +11,33 @@ use std::sync::LazyLock;
 use minijinja::value::{Kwargs, Value};
 use minijinja::{Environment, Error, ErrorKind, State, UndefinedBehavior};
 
-use crate::alias::Alias;
+/// An alias's `ack` or `result` block.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+pub struct MessageSpec {
+    /// `false` silences the message.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// The Jinja template.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// st2 appends a web console link; airlock has none to append.
+    #[serde(default)]
+    pub append_url: Option<bool>,
+    /// Free-form data for chat adapters.
+    #[serde(default)]
+    pub extra: Option<serde_json::Value>,
+}
+
+/// What rendering needs of an alias, so this module does not depend on
+/// the alias model (the alias module implements it).
+pub trait Templated {
+    /// The `ack` block, if any.
+    fn ack_spec(&self) -> Option<&MessageSpec>;
+    /// The `result` block, if any.
+    fn result_spec(&self) -> Option<&MessageSpec>;
+    /// The alias as templates see it (`actionalias`, `alias`).
+    fn view(&self) -> serde_json::Value;
+}
 
 /// Upper bound on template work, so a pack's template cannot stall the bot.
 const FUEL: u64 = 2_000_000;
@@ -93,8 +119,8 @@ fn describe(err: &Error, source: &str) -> String {
 
 /// The ack text for an accepted command, or None when the alias disables
 /// it. A render failure becomes st2's error text, as in st2.
-pub fn ack(alias: &Alias, execution: &serde_json::Value) -> Option<String> {
-    let spec = alias.ack.as_ref();
+pub fn ack(alias: &impl Templated, execution: &serde_json::Value) -> Option<String> {
+    let spec = alias.ack_spec();
     if spec.and_then(|s| s.enabled) == Some(false) {
         return None;
     }
@@ -106,7 +132,7 @@ pub fn ack(alias: &Alias, execution: &serde_json::Value) -> Option<String> {
     };
     let ctx = minijinja::context! {
         execution => Value::from(minijinja::value::Serde(execution)),
-        actionalias => Value::from(minijinja::value::Serde(alias_view(alias))),
+        actionalias => Value::from(minijinja::value::Serde(alias.view())),
     };
     Some(match STRICT.render_str(format, ctx) {
         Ok(s) => s,
@@ -119,8 +145,8 @@ pub fn ack(alias: &Alias, execution: &serde_json::Value) -> Option<String> {
 
 /// The result text for a finished execution, or None when disabled.
 /// `alias` is None for executions that did not come from an alias.
-pub fn result(alias: Option<&Alias>, execution: &serde_json::Value) -> Option<String> {
-    let spec = alias.and_then(|a| a.result.as_ref());
+pub fn result<A: Templated>(alias: Option<&A>, execution: &serde_json::Value) -> Option<String> {
+    let spec = alias.and_then(|a| a.result_spec());
     if spec.and_then(|s| s.enabled) == Some(false) {
         return None;
     }
@@ -129,7 +155,7 @@ pub fn result(alias: Option<&Alias>, execution: &serde_json::Value) -> Option<St
         .unwrap_or(DEFAULT_RESULT);
     let ctx = minijinja::context! {
         execution => Value::from(minijinja::value::Serde(execution)),
-        alias => Value::from(minijinja::value::Serde(alias.map(alias_view))),
+        alias => Value::from(minijinja::value::Serde(alias.map(|a| a.view()))),
     };
     Some(match LENIENT.render_str(format, ctx) {
         Ok(s) => s,
@@ -178,23 +204,6 @@ Action {{ execution.action.ref }} {{ execution.status }}\
 {% if execution.elapsed_seconds is number %} in {{ execution.elapsed_seconds | round(1) }}s{% endif %} \
 (request {{ execution.id }}).\
 {% if execution.result %}{~}{{ execution.result | to_yaml_string }}{% endif %}";
-
-/// What templates see as `actionalias` / `alias`.
-fn alias_view(alias: &Alias) -> serde_json::Value {
-    serde_json::json!({
-        "name": alias.name,
-        "pack": alias.pack,
-        "ref": alias.reference(),
-        "action_ref": alias.action_ref,
-        "description": alias.description,
-        "enabled": alias.enabled,
-        "formats": alias.formats.iter().map(|f| serde_json::json!({
-            "display": f.display,
-            "representation": f.representations.iter().map(|r| r.source.clone()).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "extra": alias.extra,
-    })
-}
 
 /// A message ready for a room: a plain body and an HTML rendition in which
 /// every character of the text is escaped (no markup from templates,

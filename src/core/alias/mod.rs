@@ -122,17 +122,32 @@ pub struct AliasFormat {
     pub match_multiple: bool,
 }
 
-/// An alias's `ack` or `result` block.
-#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
-pub struct MessageSpec {
-    #[serde(default)]
-    pub enabled: Option<bool>,
-    #[serde(default)]
-    pub format: Option<String>,
-    #[serde(default)]
-    pub append_url: Option<bool>,
-    #[serde(default)]
-    pub extra: Option<serde_json::Value>,
+pub use crate::render::MessageSpec;
+
+impl crate::render::Templated for Alias {
+    fn ack_spec(&self) -> Option<&MessageSpec> {
+        self.ack.as_ref()
+    }
+
+    fn result_spec(&self) -> Option<&MessageSpec> {
+        self.result.as_ref()
+    }
+
+    fn view(&self) -> Value {
+        serde_json::json!({
+            "name": self.name,
+            "pack": self.pack,
+            "ref": self.reference(),
+            "action_ref": self.action_ref,
+            "description": self.description,
+            "enabled": self.enabled,
+            "formats": self.formats.iter().map(|f| serde_json::json!({
+                "display": f.display,
+                "representation": f.representations.iter().map(|r| r.source.clone()).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "extra": self.extra,
+        })
+    }
 }
 
 /// What a command resolved to.

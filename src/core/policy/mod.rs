@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::diag::{self, Diagnostic, Severity, YamlIndex};
-use crate::ids;
+use crate::{clock, ids};
 
 /// Commands the bot answers itself, which rules can grant.
 pub const BUILTINS: [&str; 4] = ["help", "audit", "pending", "cancel"];
@@ -338,21 +338,6 @@ impl LoadedPolicy {
 
 // ---------------------------------------------------------------- loading
 
-/// Parse "10m", "30s", "2h", "1d" or plain seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().ok()?;
-    let mult = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return None,
-    };
-    Some(Duration::from_secs(n.checked_mul(mult)?))
-}
-
 fn user_glob_ok(g: &str) -> bool {
     ids::is_user_glob(g)
 }
@@ -611,7 +596,7 @@ pub fn parse_texts(files: &[(PathBuf, String)]) -> LoadedPolicy {
                             "must be at least 1 (use `confirm: false` for none)".into(),
                         );
                     }
-                    let expires = match c.expires.as_deref().map(parse_duration) {
+                    let expires = match c.expires.as_deref().map(clock::parse_duration) {
                         None => DEFAULT_EXPIRY,
                         Some(Some(d)) if !d.is_zero() => d,
                         Some(_) => {

@@ -7,25 +7,28 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use airlock::audit::{AuditLog, Entry, Query};
+use airlock::audit::{AuditLog, Entry, Event, Query, Status};
 use airlock::policy::{self, Subject, Target};
 use serde_json::json;
 
 fn entry(i: u64, users: u64) -> Entry {
-    Entry::new(if i.is_multiple_of(7) {
-        "finished"
-    } else {
-        "received"
-    })
+    Entry::new(
+        if i.is_multiple_of(7) {
+            Event::Finished
+        } else {
+            Event::Received
+        },
+        1_700_000_000_000 + i,
+    )
     .room(&format!("!room{}:example.org", i % 20))
     .sender(&format!("@user{}:example.org", i % users))
     .request(&format!("r{:06}", i / 4))
     .alias(Some(&format!("pack{}.alias{}", i % 30, i % 300)))
     .action("packs.install")
     .status(if i.is_multiple_of(7) {
-        "succeeded"
+        Status::Succeeded
     } else {
-        "pending"
+        Status::Pending
     })
     .detail(json!({"command": format!("flow deploy branch-{i}")}))
 }

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use airlock::engine::{Effect, Engine, Incoming, Settings};
+use airlock::clock;
+use airlock::config::Config;
+use airlock::engine::{Effect, Engine, Incoming};
 
 fn git(dir: &Path, args: &[&str]) {
     let ok = Command::new("git")
@@ -126,15 +128,15 @@ impl Bot {
             "rules:\n  - id: all\n    effect: allow\n    users: ['@bench:example.org']\n    packs: ['*']\n    confirm: false\n",
         )
         .unwrap();
-        let settings = Settings {
-            alias_dirs: vec![dir.join("aliases")],
-            policy_paths: vec![dir.join("policy.yaml")],
-            packs_dir: dir.join("packs"),
+        let config = Config {
+            aliases: vec![dir.join("aliases")],
+            policies: vec![dir.join("policy.yaml")],
+            packs: dir.join("packs"),
             data_dir: dir.join("data"),
-            ..Settings::default()
+            ..Config::default()
         };
         Bot {
-            engine: Engine::open(settings).unwrap(),
+            engine: config.open(clock::now_ms()).unwrap().engine,
             n: 0,
         }
     }
@@ -147,19 +149,20 @@ impl Bot {
             "!b:example.org",
             &format!("$b{}", self.n),
             &format!("!deploy {url} now"),
+            clock::now_ms(),
         );
         let t = Instant::now();
-        let fx = self.engine.handle(&m);
-        for e in fx {
-            if let Effect::Execute(id) = e {
-                let out = self.engine.execute(&id);
-                assert!(
-                    out.iter()
-                        .any(|e| matches!(e, Effect::React { key, .. } if *key == "✅")),
-                    "install failed: {out:?}"
-                );
+        let mut fx = self.engine.handle(&m, clock::now_ms());
+        let mut succeeded = false;
+        while let Some(e) = fx.pop() {
+            match e {
+                Effect::Prepare(id) => fx.extend(self.engine.prepare(&id, clock::now_ms)),
+                Effect::Execute(id) => fx.extend(self.engine.execute(&id, clock::now_ms)),
+                Effect::React { key: "✅", .. } => succeeded = true,
+                _ => {}
             }
         }
+        assert!(succeeded, "install failed");
         t.elapsed()
     }
 }

@@ -8,9 +8,19 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::action::packs::GitConfig;
+use std::sync::Arc;
+
+use crate::action::Actions;
+use crate::action::packs::{GitConfig, PackManager};
+use crate::audit::AuditLog;
 use crate::diag::{self, Diagnostic, Severity, YamlIndex};
-use crate::engine::Settings;
+use crate::engine::{Catalog, Engine, Settings, StartError};
+use crate::requests::Requests;
+use crate::{alias, policy};
+
+/// sled's page cache (its default is 1 GiB): the bot reads little beyond
+/// recent entries, and a long-running process should not grow toward that.
+const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,13 +190,69 @@ impl Config {
             prefix: self.prefix.clone(),
             names,
             bot_user: self.user_id.clone(),
-            alias_dirs: self.aliases.clone(),
-            policy_paths: self.policies.clone(),
-            packs_dir: self.packs.clone(),
-            data_dir: self.data_dir.clone(),
             max_age: self.max_age().unwrap_or(Duration::from_secs(120)),
             reaction_approvals: self.reaction_approvals,
-            git: self.git.clone(),
         }
+    }
+
+    /// The composition root: open the database under `data_dir`, the packs
+    /// directory, the alias and policy files, and build the engine over
+    /// them (`now` stamps what the recovery of the last run records).
+    pub fn open(&self, now: u64) -> Result<Opened, StartError> {
+        std::fs::create_dir_all(&self.data_dir)
+            .map_err(|e| StartError::Database(self.data_dir.clone(), e.to_string()))?;
+        let db_path = self.data_dir.join("airlock.sled");
+        let db = sled::Config::new()
+            .path(&db_path)
+            .cache_capacity(SLED_CACHE_BYTES)
+            .open()
+            .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
+        let audit = AuditLog::open(&db)
+            .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
+        let requests = Requests::open(&db)
+            .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
+        let packs =
+            PackManager::new(&self.packs, &db, self.git.clone()).map_err(StartError::Packs)?;
+        let catalog = Arc::new(Files {
+            aliases: self.aliases.clone(),
+            policies: self.policies.clone(),
+            packs: packs.clone(),
+        });
+        let engine = Engine::builder(self.settings(), audit, requests)
+            .actions(Actions::standard(packs.clone()))
+            .catalog(catalog)
+            .build(now)?;
+        // Every request the last run left open is settled now; what the
+        // packs kept to recover them is no longer needed.
+        packs.forget_switches(None);
+        Ok(Opened { engine, packs })
+    }
+}
+
+/// What [`Config::open`] builds.
+pub struct Opened {
+    /// The engine, ready for events.
+    pub engine: Engine,
+    /// The packs directory it installs into.
+    pub packs: Arc<PackManager>,
+}
+
+/// Aliases and policy from files: the configured alias directories plus
+/// the installed packs whose aliases are registered, and the policy files.
+struct Files {
+    aliases: Vec<PathBuf>,
+    policies: Vec<PathBuf>,
+    packs: Arc<PackManager>,
+}
+
+impl Catalog for Files {
+    fn aliases(&self) -> alias::load::Loaded {
+        let mut dirs = self.aliases.clone();
+        dirs.extend(self.packs.alias_dirs());
+        alias::load_dirs(&dirs)
+    }
+
+    fn policy(&self) -> policy::LoadedPolicy {
+        policy::load(&self.policies)
     }
 }

@@ -501,7 +501,9 @@ fn check_ids(user: &str, room: &str) -> Result<(), ExitCode> {
 }
 
 fn open_engine(cfg: &Config) -> Result<Arc<Engine>, ExitCode> {
-    Engine::open(cfg.settings()).map(Arc::new).map_err(fail)
+    cfg.open(clock::now_ms())
+        .map(|o| Arc::new(o.engine))
+        .map_err(fail)
 }
 
 fn cmd_run(arg: ConfigArg) -> Outcome {

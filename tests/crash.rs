@@ -251,19 +251,22 @@ fn check_invariants(
 /// the switch had not happened, v2 if it had.
 #[test]
 fn sigkill_at_every_durable_step_leaves_one_truth() {
-    let points: [(&str, bool); 12] = [
+    // Audit flushes of a deploy: 1 received+matched, 2 allowed+prompt
+    // (after the ref is resolved), 3 the approval, 4 started, 5 finished.
+    let points: [(&str, bool); 13] = [
         ("request_stored", false),
         ("audit_before_flush@1", false),
         ("audit_after_flush@1", false),
-        ("approval_recorded", false),
         ("audit_after_flush@2", false),
+        ("approval_recorded", false),
+        ("audit_after_flush@3", false),
         ("action_started", false),
         ("pack_fetching", false),
         ("pack_staged", false),
         ("pack_intent_written", false),
         ("pack_switched", true),
         ("pack_recorded", true),
-        ("audit_before_flush@4", true),
+        ("audit_before_flush@5", true),
     ];
     for (point, switched) in points {
         let site = Site::new();

@@ -75,7 +75,7 @@ fn seed_deploy_needs_another_ops_member_then_installs_the_shown_commit() {
     );
     assert!(all.contains("Deploying flow ... standby ..."), "{all}");
     assert!(all.contains("Successfully deployed flow"), "{all}");
-    let rec = bot.engine.packs().record("st2-flow").expect("installed");
+    let rec = bot.packs.record("st2-flow").expect("installed");
     assert_eq!(rec.current.commit, repo.head());
     // The pack's own alias answers at once.
     let status = bot.say(ALICE, OPS, "!st2-flow status");
@@ -162,7 +162,7 @@ fn deny_by_default_and_deny_beats_allow() {
             )
             .unwrap();
             let mut s = settings(tmp.path(), &pol, None);
-            s.alias_dirs = vec![aliases.clone()];
+            s.aliases = vec![aliases.clone()];
             Bot::open(s)
         },
         (),
@@ -210,7 +210,7 @@ fn n_distinct_approvals_the_same_approver_counts_once() {
     assert!(r.contains("Approval 1 of 2"), "{r}");
     let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "approve"));
     assert!(r.contains("already approved"), "{r}");
-    assert!(bot.engine.packs().record("st2-flow").is_none());
+    assert!(bot.packs.record("st2-flow").is_none());
     let r = bodies(&bot.reply(CAROL, OPS, &p.event_id, "yes"));
     assert!(r.contains("Successfully deployed flow"), "{r}");
 }
@@ -222,8 +222,8 @@ fn expiry_is_announced_and_late_approvals_refused() {
     let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
     let id = p.prompt_for.clone().unwrap();
     // Nothing expires early.
-    assert!(bot.engine.tick(airlock::clock::now_ms()).is_empty());
-    let fx = bot.engine.tick(airlock::clock::now_ms() + 3_000);
+    assert!(bot.engine.tick(bot.now()).is_empty());
+    let fx = bot.engine.tick(bot.now() + 3_000);
     let sent = bot.play(fx);
     assert!(
         bodies(&sent).contains(&format!("Request {id}")) && bodies(&sent).contains("expired"),
@@ -245,7 +245,7 @@ fn expiry_is_checked_at_approval_time_too() {
     let tmp = tempfile::tempdir().unwrap();
     let (bot, _repo) = with_policy(tmp.path(), TWO_APPROVALS);
     let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    bot.advance(2_100);
     let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
     assert!(r.contains("expired before it was approved"), "{r}");
 }
@@ -283,10 +283,10 @@ fn concurrent_approvals_run_the_action_exactly_once() {
                 let barrier = barrier.clone();
                 let parent = p.event_id.clone();
                 std::thread::spawn(move || {
-                    let mut m = Incoming::message(who, OPS, &bot.event_id(), "yes");
+                    let mut m = bot.message(who, OPS, "yes");
                     m.reply_to = Some(parent);
                     barrier.wait();
-                    bot.engine.handle(&m)
+                    bot.engine.handle(&m, bot.now())
                 })
             })
             .collect();
@@ -303,8 +303,8 @@ fn concurrent_approvals_run_the_action_exactly_once() {
         let b1 = bot.clone();
         let b2 = bot.clone();
         let (i1, i2) = (id.clone(), id.clone());
-        let t1 = std::thread::spawn(move || b1.engine.execute(&i1));
-        let t2 = std::thread::spawn(move || b2.engine.execute(&i2));
+        let t1 = std::thread::spawn(move || b1.engine.execute(&i1, || b1.now()));
+        let t2 = std::thread::spawn(move || b2.engine.execute(&i2, || b2.now()));
         let ran = [t1.join().unwrap(), t2.join().unwrap()]
             .iter()
             .filter(|fx| !fx.is_empty())
@@ -347,12 +347,7 @@ fn without_named_approvers_the_requester_may_confirm() {
     let r = bodies(&bot.reply(ALICE, OPS, &p.event_id, "yes"));
     assert!(r.contains("Successfully deployed flow"), "{r}");
     assert_eq!(
-        bot.engine
-            .packs()
-            .record("st2-flow")
-            .unwrap()
-            .current
-            .commit,
+        bot.packs.record("st2-flow").unwrap().current.commit,
         repo.head()
     );
 }
@@ -392,7 +387,7 @@ fn edits_never_run_and_say_so_once() {
     let (bot, _repo) = shipped(tmp.path());
     let orig = bot.event_id();
     let edit = |body: &str| {
-        let mut m = Incoming::message(ALICE, OPS, &bot.event_id(), body);
+        let mut m = bot.message(ALICE, OPS, body);
         m.kind = Kind::Edit;
         m.relates_to = Some(orig.clone());
         bot.deliver(m)
@@ -407,7 +402,7 @@ fn edits_never_run_and_say_so_once() {
     assert!(bot.engine.requests().open_requests().unwrap().is_empty());
     // Editing a reply into "yes" approves nothing.
     let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
-    let mut m = Incoming::message(BOB, OPS, &bot.event_id(), "yes");
+    let mut m = bot.message(BOB, OPS, "yes");
     m.kind = Kind::Edit;
     m.reply_to = Some(p.event_id.clone());
     m.relates_to = Some("$earlier".into());
@@ -422,7 +417,7 @@ fn edits_never_run_and_say_so_once() {
 fn stale_commands_are_not_run() {
     let tmp = tempfile::tempdir().unwrap();
     let (bot, _repo) = shipped(tmp.path());
-    let mut m = Incoming::message(ALICE, OPS, &bot.event_id(), "!flow deploy main");
+    let mut m = bot.message(ALICE, OPS, "!flow deploy main");
     m.ts_ms -= 10 * 60 * 1000;
     let r = bodies(&bot.deliver(m));
     assert!(r.contains("Not acting on your command from 10m ago"), "{r}");
@@ -469,7 +464,7 @@ fn an_alias_for_an_action_airlock_lacks_is_refused_clearly() {
     )
     .unwrap();
     let mut s = settings(tmp.path(), &pol, None);
-    s.alias_dirs = vec![aliases];
+    s.aliases = vec![aliases];
     let bot = Bot::open(s);
     let r = bodies(&bot.say(ALICE, OPS, "!run date on localhost"));
     assert!(
@@ -500,11 +495,14 @@ fn restart_keeps_pending_requests_and_interrupts_running_ones() {
             .expires_ms;
         // A second request, approved and started when the process "dies".
         let p2 = prompt(&bot.say(ALICE, OPS, "!flow deploy other")).clone();
-        let fx = bot.engine.handle(&{
-            let mut m = Incoming::message(BOB, OPS, &bot.event_id(), "yes");
-            m.reply_to = Some(p2.event_id.clone());
-            m
-        });
+        let fx = bot.engine.handle(
+            &{
+                let mut m = bot.message(BOB, OPS, "yes");
+                m.reply_to = Some(p2.event_id.clone());
+                m
+            },
+            bot.now(),
+        );
         let run_id = fx
             .iter()
             .find_map(|e| {
@@ -534,7 +532,7 @@ fn restart_keeps_pending_requests_and_interrupts_running_ones() {
         bodies(&notices)
     );
     // Interrupted requests cannot be started again.
-    assert!(bot.engine.execute(&running_id).is_empty());
+    assert!(bot.engine.execute(&running_id, || bot.now()).is_empty());
     let pending = bot
         .engine
         .requests()

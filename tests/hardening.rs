@@ -179,6 +179,7 @@ fn answers_by_id_go_to_the_message_that_asked() {
         OPS,
         &cmd,
         "!flow deploy main",
+        bot.now(),
     ));
     let id = prompt(&sent).prompt_for.clone().unwrap();
     // A denial by id answers the denier's message.
@@ -188,6 +189,7 @@ fn answers_by_id_go_to_the_message_that_asked() {
         OPS,
         &ask,
         &format!("!deny {id}"),
+        bot.now(),
     ));
     let answer = sent
         .iter()
@@ -206,6 +208,7 @@ fn answers_by_id_go_to_the_message_that_asked() {
         OPS,
         &ask,
         &format!("!approve {id}"),
+        bot.now(),
     ));
     let direct = sent
         .iter()
@@ -223,6 +226,7 @@ fn answers_by_id_go_to_the_message_that_asked() {
         OPS,
         &ask,
         &format!("!cancel {id}"),
+        bot.now(),
     ));
     let answer = sent
         .iter()

@@ -82,13 +82,12 @@ fn open_bot(dir: &Path, seed: Option<&Path>, policy: &str) -> Bot {
     let pol = dir.join("policy.yaml");
     std::fs::write(&pol, policy).unwrap();
     let mut s = settings(dir, &pol, seed);
-    s.alias_dirs.push(aliases);
+    s.aliases.push(aliases);
     Bot::open(s)
 }
 
 fn record(bot: &Bot, pack: &str) -> airlock::action::packs::PackRecord {
-    bot.engine
-        .packs()
+    bot.packs
         .record(pack)
         .unwrap_or_else(|| panic!("{pack} not installed"))
 }
@@ -212,7 +211,7 @@ fn a_repository_with_the_wrong_pack_name_is_refused() {
         r.contains("pack.yaml names the pack \"other-pack\", not \"st2-flow\""),
         "{r}"
     );
-    assert!(bot.engine.packs().record("st2-flow").is_none());
+    assert!(bot.packs.record("st2-flow").is_none());
     assert!(!tmp.path().join("packs/st2-flow").exists());
     repo.remove("pack.yaml");
     repo.commit("no pack.yaml");
@@ -292,7 +291,7 @@ fn a_stalled_fetch_times_out_and_changes_nothing() {
     let took = started.elapsed();
     assert!(r.contains("timed out after 2s"), "{r}");
     assert!(took < Duration::from_secs(10), "gave up after {took:?}");
-    assert!(bot.engine.packs().record("st2-flow").is_none());
+    assert!(bot.packs.record("st2-flow").is_none());
     assert!(!tmp.path().join("packs/st2-flow").exists());
 }
 
@@ -419,11 +418,14 @@ fn concurrent_installs_of_one_pack_are_serialized() {
             format!("!deploy {} now", other.url()),
         ] {
             let p = prompt(&bot.say(ALICE, OPS, &cmd)).clone();
-            let fx = bot.engine.handle(&{
-                let mut m = airlock::engine::Incoming::message(BOB, OPS, &bot.event_id(), "yes");
-                m.reply_to = Some(p.event_id.clone());
-                m
-            });
+            let fx = bot.engine.handle(
+                &{
+                    let mut m = bot.message(BOB, OPS, "yes");
+                    m.reply_to = Some(p.event_id.clone());
+                    m
+                },
+                bot.now(),
+            );
             ids.extend(fx.into_iter().filter_map(|e| {
                 if let Effect::Execute(id) = e {
                     Some(id)
@@ -436,7 +438,7 @@ fn concurrent_installs_of_one_pack_are_serialized() {
             .into_iter()
             .map(|id| {
                 let bot = bot.clone();
-                std::thread::spawn(move || bot.engine.execute(&id))
+                std::thread::spawn(move || bot.engine.execute(&id, || bot.now()))
             })
             .collect();
         for t in threads {

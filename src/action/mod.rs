@@ -196,6 +196,12 @@ pub trait Action: Send + Sync {
         Ok(params)
     }
 
+    /// Whether `prepare` may take long (it reaches the network): the engine
+    /// then hands it to the transport as an effect, off the event path.
+    fn prepares_slowly(&self) -> bool {
+        false
+    }
+
     fn run(&self, ctx: &RunContext, params: &Params) -> Outcome;
 
     /// After a crash: how a run of this request ended, if durable state
@@ -204,6 +210,10 @@ pub trait Action: Send + Sync {
     fn recover(&self, _ctx: &RunContext, _params: &Params) -> Option<Outcome> {
         None
     }
+
+    /// The request's outcome is in the audit log: whatever the action kept
+    /// to [`recover`](Action::recover) it may go.
+    fn settled(&self, _request: &str) {}
 }
 
 /// The schemas of every action airlock has, without anything to run them

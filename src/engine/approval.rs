@@ -1,6 +1,36 @@
-//! Answers to a confirmation: approve, deny, cancel.
+//! Answers to a confirmation: approve, deny, cancel. Who may answer is
+//! decided here; what an answer does to the request is
+//! [`Request`]'s own state machine.
 
-use super::*;
+use serde_json::json;
+
+use super::{Engine, FAILED, Kind, Out, react_request, request_entry};
+use crate::audit::{Event, Status};
+use crate::policy::{Subject, Target};
+use crate::requests::{Request, Step, Update};
+
+/// An answer to a prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    Approve,
+    Deny,
+    Cancel,
+}
+
+impl Verdict {
+    fn name(self) -> &'static str {
+        match self {
+            Verdict::Approve => "approve",
+            Verdict::Deny => "deny",
+            Verdict::Cancel => "cancel",
+        }
+    }
+}
+
+/// The answer to an id nobody here may know of.
+pub(super) fn unknown_request(id: &str) -> String {
+    format!("There is no request \"{id}\".")
+}
 
 impl Engine {
     /// Whether `user` may approve or deny `req`.
@@ -24,7 +54,7 @@ impl Engine {
             return if c
                 .approvers
                 .iter()
-                .any(|g| policy::Glob::new(g).matches(user))
+                .any(|g| crate::policy::Glob::new(g).matches(user))
             {
                 Ok(())
             } else {
@@ -70,6 +100,7 @@ impl Engine {
 
     pub(super) fn decide(&self, out: &mut Out, req: &Request, verdict: Verdict) {
         let m = out.m;
+        let now = out.now;
         let user = m.sender.as_str();
         if req.room != m.room {
             // Only someone who could see the request learns it exists.
@@ -90,7 +121,7 @@ impl Engine {
         };
         let refuse = |out: &mut Out, why: String| {
             out.log(
-                request_entry("approval_refused", req)
+                request_entry(Event::ApprovalRefused, req, now)
                     .sender(user)
                     .detail(json!({"verdict": verdict.name(), "reason": why})),
             );
@@ -107,63 +138,24 @@ impl Engine {
         } else if let Err(why) = self.may_decide(req, user, m.power_level) {
             return refuse(out, why);
         }
-        let now = now_ms();
-        let result = self.requests.update(&req.id, |r| {
-            if r.state != State::Pending {
-                return Err(format!("it is already {}", r.state.name()));
-            }
-            if r.confirmation.as_ref().is_some_and(|c| now >= c.expires_ms) {
-                r.state = State::Expired;
-                r.finished_ms = Some(now);
-                return Ok(Step::Expired);
-            }
-            match verdict {
-                Verdict::Cancel => {
-                    r.state = State::Cancelled;
-                    r.decided_by = Some(user.to_string());
-                    r.finished_ms = Some(now);
-                    Ok(Step::Closed)
-                }
-                Verdict::Deny => {
-                    r.state = State::Denied;
-                    r.decided_by = Some(user.to_string());
-                    r.finished_ms = Some(now);
-                    Ok(Step::Closed)
-                }
-                Verdict::Approve => {
-                    if r.approvals.iter().any(|a| a.user == user) {
-                        return Err(format!(
-                            "you already approved it; it needs {} more from someone else",
-                            r.approvals_needed() as usize - r.approvals.len()
-                        ));
-                    }
-                    r.approvals.push(Approval {
-                        user: user.to_string(),
-                        ts: now,
-                    });
-                    if r.approvals.len() as u32 >= r.approvals_needed() {
-                        r.state = State::Approved;
-                        r.decided_by = Some(user.to_string());
-                        Ok(Step::Approved)
-                    } else {
-                        Ok(Step::Counted)
-                    }
-                }
-            }
+        let result = self.requests.update(&req.id, |r| match verdict {
+            Verdict::Approve => r.approve(user, now),
+            Verdict::Deny => r.deny(user, now),
+            Verdict::Cancel => r.cancel(user, now),
         });
-        let (req, what) = match result {
-            Ok(Update::Done(r, what)) => {
+        let (req, step) = match result {
+            Ok(Update::Done(r, step)) => {
                 crate::crash::point("approval_recorded");
-                (r, what)
+                (r, step)
             }
-            Ok(Update::Refused(_, why)) => return refuse(out, why),
+            Ok(Update::Refused(_, why)) => return refuse(out, why.to_string()),
             Err(e) => return refuse(out, e.to_string()),
         };
-        match what {
+        match step {
             Step::Expired => {
                 out.log(
-                    request_entry("expired", &req)
-                        .status("expired")
+                    request_entry(Event::Expired, &req, now)
+                        .status(Status::Expired)
                         .sender(user),
                 );
                 out.say(format!(
@@ -173,39 +165,29 @@ impl Engine {
                 out.effects.push(react_request(&req, FAILED));
             }
             Step::Closed => {
-                let event = if verdict == Verdict::Cancel {
-                    "cancelled"
+                let (event, icon, done) = if verdict == Verdict::Cancel {
+                    (Event::Cancelled, "🛑", "cancelled")
                 } else {
-                    "rejected"
+                    (Event::Rejected, "🚫", "denied")
                 };
                 out.log(
-                    request_entry(event, &req)
+                    request_entry(event, &req, now)
                         .sender(user)
-                        .status(req.state.name()),
+                        .status(req.state),
                 );
                 // The answer goes to whoever asked; the command gets ❌.
                 out.say(format!(
-                    "{} Request {} was {} by {user}; it will not run.",
-                    if verdict == Verdict::Cancel {
-                        "🛑"
-                    } else {
-                        "🚫"
-                    },
-                    req.id,
-                    if verdict == Verdict::Cancel {
-                        "cancelled"
-                    } else {
-                        "denied"
-                    }
+                    "{icon} Request {} was {done} by {user}; it will not run.",
+                    req.id
                 ));
                 out.effects.push(react_request(&req, FAILED));
             }
             Step::Counted => {
                 let (have, need) = (req.approvals.len(), req.approvals_needed());
                 out.log(
-                    request_entry("approval", &req)
+                    request_entry(Event::Approval, &req, now)
                         .sender(user)
-                        .status("pending")
+                        .status(Status::Pending)
                         .detail(json!({"approvals": have, "needed": need})),
                 );
                 out.say(format!(
@@ -215,9 +197,9 @@ impl Engine {
             }
             Step::Approved => {
                 out.log(
-                    request_entry("approval", &req)
+                    request_entry(Event::Approval, &req, now)
                         .sender(user)
-                        .status("approved")
+                        .status(Status::Approved)
                         .detail(json!({
                             "approvals": req.approvals.len(), "needed": req.approvals_needed(),
                             "approvers": req.approvals.iter().map(|a| &a.user).collect::<Vec<_>>(),
@@ -231,47 +213,8 @@ impl Engine {
                         req.id
                     ));
                 }
-                let alias = req
-                    .alias
-                    .as_deref()
-                    .and_then(|a| self.aliases().get(a).cloned());
-                match alias {
-                    Some(alias) => self.accept(out, &req, &alias),
-                    None => {
-                        out.effects.push(Effect::Execute(req.id.clone()));
-                    }
-                }
+                self.accept(out, &req);
             }
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Verdict {
-    Approve,
-    Deny,
-    Cancel,
-}
-
-impl Verdict {
-    fn name(self) -> &'static str {
-        match self {
-            Verdict::Approve => "approve",
-            Verdict::Deny => "deny",
-            Verdict::Cancel => "cancel",
-        }
-    }
-}
-
-/// What an approval, denial or cancellation did to a request.
-enum Step {
-    Counted,
-    Approved,
-    Closed,
-    Expired,
-}
-
-/// The answer to an id nobody here may know of.
-pub(super) fn unknown_request(id: &str) -> String {
-    format!("There is no request \"{id}\".")
 }

@@ -1,6 +1,14 @@
 //! The bot's own commands: help, pending, audit.
 
-use super::*;
+use serde_json::{Value, json};
+
+use super::{Engine, Out};
+use crate::alias::Params;
+use crate::audit::{AuditLog, Entry, Event, Query, Status};
+use crate::clock;
+use crate::policy::{Decision, Target};
+use crate::render::Message;
+use crate::requests::{Request, Requests, State};
 
 impl Engine {
     /// Whether the sender may use a built-in here; says why not if not.
@@ -13,12 +21,12 @@ impl Engine {
             &[],
         );
         if let Decision::Deny { rule, reason } = d {
-            out.log(
-                Entry::new("denied")
-                    .rule(rule.as_deref())
-                    .status("denied")
-                    .detail(json!({"builtin": builtin, "reason": reason})),
-            );
+            let e = out
+                .entry(Event::Denied)
+                .rule(rule.as_deref())
+                .status(Status::Denied)
+                .detail(json!({"builtin": builtin, "reason": reason}));
+            out.log(e);
             out.say(format!("🚫 Refused: {reason}."));
             return false;
         }
@@ -73,11 +81,11 @@ impl Engine {
             "\nBuilt-in: {}\nTo answer a confirmation, reply \"yes\" or \"no\" to its message (or {p}approve <id> / {p}deny <id>).",
             builtins.join(", ")
         ));
-        out.log(
-            Entry::new("help")
-                .status("ok")
-                .detail(json!({"commands": lines.len()})),
-        );
+        let e = out
+            .entry(Event::Help)
+            .status(Status::Ok)
+            .detail(json!({"commands": lines.len()}));
+        out.log(e);
         out.say(text);
     }
 
@@ -85,7 +93,7 @@ impl Engine {
         if !self.gate(out, "pending") {
             return;
         }
-        let now = now_ms();
+        let now = out.now;
         let open: Vec<Request> = self
             .requests
             .open_requests()
@@ -93,11 +101,11 @@ impl Engine {
             .into_iter()
             .filter(|r| r.room == out.m.room)
             .collect();
-        out.log(
-            Entry::new("pending")
-                .status("ok")
-                .detail(json!({"open": open.len()})),
-        );
+        let e = out
+            .entry(Event::Pending)
+            .status(Status::Ok)
+            .detail(json!({"open": open.len()}));
+        out.log(e);
         if open.is_empty() {
             return out.say("No open requests in this room.");
         }
@@ -112,11 +120,11 @@ impl Engine {
         let room = out.m.room.clone();
         if let Some(pack) = args.strip_prefix("who deployed").map(str::trim) {
             let text = who_deployed(&self.audit, &self.requests, pack, Some(&room));
-            out.log(
-                Entry::new("audit")
-                    .status("ok")
-                    .detail(json!({"query": args})),
-            );
+            let e = out
+                .entry(Event::Audit)
+                .status(Status::Ok)
+                .detail(json!({"query": args}));
+            out.log(e);
             return out.say(text);
         }
         let n = if args.is_empty() {
@@ -132,11 +140,11 @@ impl Engine {
             limit: Some(n.clamp(1, 50)),
             ..Default::default()
         };
-        out.log(
-            Entry::new("audit")
-                .status("ok")
-                .detail(json!({"query": args})),
-        );
+        let e = out
+            .entry(Event::Audit)
+            .status(Status::Ok)
+            .detail(json!({"query": args}));
+        out.log(e);
         match self.audit.query(&q) {
             Ok(entries) if entries.is_empty() => {
                 out.say("The audit log has nothing for this room yet.")
@@ -213,7 +221,7 @@ pub fn who_deployed(
                 .get("commit")
                 .and_then(Value::as_str)
                 .unwrap_or("?"),
-            e.status.as_deref().unwrap_or("?"),
+            e.status.map_or("?", |s| s.name()),
             req.id,
         ));
     }

@@ -1,63 +1,60 @@
-//! The transport-independent core ("sans I/O"): a chat message goes in,
-//! effects come out (messages, reactions, executions to start).
+//! The engine: chat events in, effects out. It is sans-I/O in the sense
+//! that matters for testing and for transports:
 //!
-//! The console, the Matrix adapter and the tests all drive this same code:
+//! * **time is an input**: every entry point takes `now` (ms since the
+//!   epoch), or a clock function where an action runs for a while
+//!   ([`Engine::execute`], [`Engine::prepare`]); nothing in `engine/`
+//!   reads a clock;
+//! * **stores, actions and the alias/policy catalog are injected** through
+//!   [`Engine::builder`]; `engine/` opens no file, database or socket
+//!   (the composition root is [`crate::config::Config::open`]);
+//! * **slow work is handed back as effects**: [`Effect::Prepare`] (an
+//!   action resolving what will run, such as `git ls-remote` for an
+//!   install) and [`Effect::Execute`] are run by the transport off its
+//!   event loop, and answered with [`Engine::prepare`] and
+//!   [`Engine::execute`], which call the injected action.
 //!
-//! * [`Engine::handle`] for each incoming message, edit or reaction;
-//! * [`Engine::bind_prompt`] once a confirmation prompt has been sent and
-//!   has an event ID (replies to that event approve the request);
-//! * [`Engine::execute`] for each [`Effect::Execute`], off the transport's
-//!   event loop (it blocks for as long as the action runs);
-//! * [`Engine::tick`] now and then, to expire confirmations.
+//! What it does do: it reads and writes its injected stores (the audit log
+//! flushes before effects are released, so nothing runs unrecorded).
 //!
-//! Everything that happens is recorded in the audit log before the effects
-//! are handed back.
-//!
-//! This file holds the types and the dispatch of incoming events;
-//! `request` turns a matched alias into a request, `approval` answers
-//! confirmations, `run` executes and expires requests, `builtins` are
-//! help, pending and audit.
+//! The pipeline, file by file: `events` (an event in: which kind, is it a
+//! command, is it stale), `request` (match → policy → prepare → prompt or
+//! accept), `approval` (answers to prompts), `run` (execute, expire,
+//! recover), `builtins` (help, pending, audit).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use serde_json::{Value, json};
-
-use crate::action::packs::{GitConfig, PackManager};
-use crate::action::{ActionSpec, Actions, Outcome, RunContext, Status};
-use crate::alias::{self, Alias, AliasSet, Params};
-use crate::audit::{AuditLog, Entry, Query};
-use crate::clock::{self, now_ms};
+use crate::action::Actions;
+use crate::alias::{self, AliasSet};
+use crate::audit::{AuditLog, Entry, Event};
 use crate::diag::Diagnostic;
-use crate::policy::{self, Decision, Policy, Subject, Target};
-use crate::render::{self, Message};
-use crate::requests::{Approval, Confirmation, Request, Requests, State, Update};
+use crate::policy::{self, Policy};
+use crate::render::Message;
+use crate::requests::{Request, Requests};
 
 mod approval;
 mod builtins;
+mod events;
 mod request;
 mod run;
 
-use approval::Verdict;
 pub use builtins::{pending_line, who_deployed};
+pub use events::{command_text, strip_prefix_caseless};
 pub use request::{Evaluation, evaluate, execution_params, params_text};
 
-/// Status reactions on a command.
+/// Status reaction: accepted, running.
 pub const SEEN: &str = "👀";
+/// Status reaction: waiting for approval.
 pub const WAITING: &str = "⏳";
+/// Status reaction: succeeded.
 pub const SUCCEEDED: &str = "✅";
+/// Status reaction: failed or refused.
 pub const FAILED: &str = "❌";
 
-/// Longest command the bot will try to match.
-const MAX_COMMAND_CHARS: usize = 4000;
-
-/// sled's page cache (its default is 1 GiB): the bot reads little beyond
-/// recent entries, and a long-running process should not grow toward that.
-const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
-
+/// How the bot answers, as configured.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Command prefix, `!` by default.
@@ -66,15 +63,10 @@ pub struct Settings {
     pub names: Vec<String>,
     /// The bot's own user ID: its messages are never commands.
     pub bot_user: Option<String>,
-    pub alias_dirs: Vec<PathBuf>,
-    pub policy_paths: Vec<PathBuf>,
-    pub packs_dir: PathBuf,
-    pub data_dir: PathBuf,
     /// Commands older than this (by their timestamp) are not run.
     pub max_age: Duration,
     /// Whether 👍/👎 reactions on a prompt approve or deny.
     pub reaction_approvals: bool,
-    pub git: GitConfig,
 }
 
 impl Default for Settings {
@@ -83,19 +75,16 @@ impl Default for Settings {
             prefix: "!".into(),
             names: vec!["airlock".into()],
             bot_user: None,
-            alias_dirs: vec![PathBuf::from("aliases")],
-            policy_paths: vec![PathBuf::from("policies")],
-            packs_dir: PathBuf::from("packs"),
-            data_dir: PathBuf::from("data"),
             max_age: Duration::from_secs(120),
             reaction_approvals: false,
-            git: GitConfig::default(),
         }
     }
 }
 
+/// What kind of room event came in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
+    /// A text message.
     Message,
     /// An `m.replace` edit: never runs or approves anything.
     Edit,
@@ -108,10 +97,13 @@ pub enum Kind {
 /// One event from a room, as any transport sees it.
 #[derive(Debug, Clone)]
 pub struct Incoming {
+    /// What kind of event.
     pub kind: Kind,
     /// A Matrix user ID; display names never identify anyone.
     pub sender: String,
+    /// The room ID.
     pub room: String,
+    /// The event ID.
     pub event_id: String,
     /// Plain text, reply fallback already removed.
     pub body: String,
@@ -130,7 +122,8 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    pub fn message(sender: &str, room: &str, event_id: &str, body: &str) -> Self {
+    /// A plain message sent at `ts_ms`.
+    pub fn message(sender: &str, room: &str, event_id: &str, body: &str, ts_ms: u64) -> Self {
         Incoming {
             kind: Kind::Message,
             sender: sender.into(),
@@ -140,7 +133,7 @@ impl Incoming {
             reply_to: None,
             relates_to: None,
             thread: None,
-            ts_ms: now_ms(),
+            ts_ms,
             power_level: None,
             addressed: false,
         }
@@ -150,48 +143,93 @@ impl Incoming {
 /// A message to send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
+    /// The room to send it to.
     pub room: String,
+    /// The event it answers.
     pub reply_to: Option<String>,
+    /// The thread it belongs in.
     pub thread: Option<String>,
+    /// What to say.
     pub message: Message,
     /// This is the confirmation prompt of a request: report its event ID
     /// back with [`Engine::bind_prompt`].
     pub prompt_for: Option<String>,
 }
 
+/// What the transport must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
+    /// Send a message.
     Send(Outgoing),
+    /// React to an event.
     React {
+        /// The room of the event.
         room: String,
+        /// The event to react to.
         event_id: String,
+        /// The reaction.
         key: &'static str,
     },
-    /// Run this approved request with [`Engine::execute`].
+    /// Prepare this request off the event loop with [`Engine::prepare`]
+    /// (its action resolves what exactly will run, over the network).
+    Prepare(String),
+    /// Run this approved request off the event loop with [`Engine::execute`].
     Execute(String),
 }
 
+/// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The database could not be opened.
     #[error("cannot open the database in {0}: {1}")]
-    Database(PathBuf, String),
+    Database(std::path::PathBuf, String),
+    /// The policy has errors; nothing runs with half a policy.
     #[error("the policy has errors:\n{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
     Policy(Vec<Diagnostic>),
+    /// The packs directory could not be set up.
     #[error("{0}")]
     Packs(String),
+}
+
+/// Where aliases and the policy come from (files, in the bot; anything, in
+/// a test). Asked again on every reload.
+pub trait Catalog: Send + Sync {
+    /// Every alias, with the problems found loading them.
+    fn aliases(&self) -> alias::load::Loaded;
+    /// The policy, with the problems found loading it.
+    fn policy(&self) -> policy::LoadedPolicy;
+}
+
+/// A catalog that is what it was built with.
+impl Catalog for (Vec<alias::Alias>, Policy) {
+    fn aliases(&self) -> alias::load::Loaded {
+        alias::load::Loaded {
+            aliases: self.0.clone(),
+            diagnostics: Vec::new(),
+        }
+    }
+
+    fn policy(&self) -> policy::LoadedPolicy {
+        policy::LoadedPolicy {
+            policy: self.1.clone(),
+            diagnostics: Vec::new(),
+        }
+    }
 }
 
 /// Answers and audit entries gathered while handling one event.
 struct Out<'a> {
     m: &'a Incoming,
+    now: u64,
     effects: Vec<Effect>,
     audit: Vec<Entry>,
 }
 
 impl<'a> Out<'a> {
-    fn new(m: &'a Incoming) -> Self {
+    fn new(m: &'a Incoming, now: u64) -> Self {
         Out {
             m,
+            now,
             effects: Vec::new(),
             audit: Vec::new(),
         }
@@ -219,18 +257,78 @@ impl<'a> Out<'a> {
         });
     }
 
-    /// An audit entry about this event (room and sender filled in).
+    /// A new audit entry at this event's time.
+    fn entry(&self, event: Event) -> Entry {
+        Entry::new(event, self.now)
+    }
+
+    /// Record an audit entry about this event (room and sender filled in).
     fn log(&mut self, e: Entry) {
         self.audit.push(e.room(&self.m.room).sender(&self.m.sender));
     }
 }
 
+/// Builds an [`Engine`] from its parts: the composition root chooses the
+/// stores, the actions and the catalog.
+pub struct EngineBuilder {
+    settings: Settings,
+    audit: AuditLog,
+    requests: Requests,
+    actions: Actions,
+    catalog: Arc<dyn Catalog>,
+}
+
+impl EngineBuilder {
+    /// The actions it can run (none by default).
+    pub fn actions(mut self, actions: Actions) -> Self {
+        self.actions = actions;
+        self
+    }
+
+    /// Where aliases and the policy come from (empty by default).
+    pub fn catalog(mut self, catalog: Arc<dyn Catalog>) -> Self {
+        self.catalog = catalog;
+        self
+    }
+
+    /// Load aliases and policy, settle what the last run left open, and
+    /// return the engine (`now` for the recovery's records).
+    pub fn build(self, now: u64) -> Result<Engine, StartError> {
+        let loaded = self.catalog.policy();
+        if loaded.has_errors() {
+            return Err(StartError::Policy(loaded.diagnostics));
+        }
+        for d in &loaded.diagnostics {
+            tracing::warn!("{d}");
+        }
+        let engine = Engine {
+            settings: self.settings,
+            audit: self.audit,
+            requests: self.requests,
+            actions: self.actions,
+            catalog: self.catalog,
+            aliases: RwLock::new(Arc::new(AliasSet::default())),
+            policy: RwLock::new(Arc::new(loaded.policy)),
+            noticed: Mutex::new(HashSet::new()),
+            warned: Mutex::new(HashMap::new()),
+            cancel: AtomicBool::new(false),
+            startup: Mutex::new(Vec::new()),
+        };
+        // Settle the last run first: a pack switch it finished changes
+        // which aliases are live.
+        engine.recover(now);
+        engine.reload_aliases();
+        Ok(engine)
+    }
+}
+
+/// The bot's core. Shared between threads; every method takes `&self`.
 pub struct Engine {
     settings: Settings,
     audit: AuditLog,
     requests: Requests,
-    packs: Arc<PackManager>,
     actions: Actions,
+    catalog: Arc<dyn Catalog>,
     aliases: RwLock<Arc<AliasSet>>,
     policy: RwLock<Arc<Policy>>,
     /// Edits already answered, and when undecryptable-message warnings were
@@ -243,67 +341,33 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Open the store under `data_dir`, load policy and aliases, and settle
-    /// requests left open by the previous run.
-    pub fn open(settings: Settings) -> Result<Engine, StartError> {
-        std::fs::create_dir_all(&settings.data_dir)
-            .map_err(|e| StartError::Database(settings.data_dir.clone(), e.to_string()))?;
-        let db_path = settings.data_dir.join("airlock.sled");
-        let db = sled::Config::new()
-            .path(&db_path)
-            .cache_capacity(SLED_CACHE_BYTES)
-            .open()
-            .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
-        let audit = AuditLog::open(&db)
-            .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
-        let requests = Requests::open(&db)
-            .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
-        let loaded = policy::load(&settings.policy_paths);
-        if loaded.has_errors() {
-            return Err(StartError::Policy(loaded.diagnostics));
-        }
-        let packs = PackManager::new(&settings.packs_dir, &db, settings.git.clone())
-            .map_err(StartError::Packs)?;
-        let actions = Actions::standard(packs.clone());
-        let engine = Engine {
+    /// An engine over these stores; see [`EngineBuilder`].
+    pub fn builder(settings: Settings, audit: AuditLog, requests: Requests) -> EngineBuilder {
+        EngineBuilder {
             settings,
             audit,
             requests,
-            packs,
-            actions,
-            aliases: RwLock::new(Arc::new(AliasSet::default())),
-            policy: RwLock::new(Arc::new(loaded.policy)),
-            noticed: Mutex::new(HashSet::new()),
-            warned: Mutex::new(HashMap::new()),
-            cancel: AtomicBool::new(false),
-            startup: Mutex::new(Vec::new()),
-        };
-        for d in &loaded.diagnostics {
-            tracing::warn!("{d}");
+            actions: Actions::default(),
+            catalog: Arc::new((Vec::new(), Policy::default())),
         }
-        // Settle the last run first: a pack switch it finished changes
-        // which aliases are live.
-        engine.recover();
-        engine.reload_aliases();
-        Ok(engine)
     }
 
+    /// How it answers.
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
 
+    /// The audit log it writes.
     pub fn audit_log(&self) -> &AuditLog {
         &self.audit
     }
 
+    /// The request store.
     pub fn requests(&self) -> &Requests {
         &self.requests
     }
 
-    pub fn packs(&self) -> &Arc<PackManager> {
-        &self.packs
-    }
-
+    /// The aliases now loaded.
     pub fn aliases(&self) -> Arc<AliasSet> {
         self.aliases
             .read()
@@ -311,6 +375,7 @@ impl Engine {
             .clone()
     }
 
+    /// The policy now in force.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy
             .read()
@@ -324,11 +389,9 @@ impl Engine {
         std::mem::take(&mut *self.startup.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Reload aliases from the alias directories and registered packs.
+    /// Reload the aliases from the catalog.
     pub fn reload_aliases(&self) {
-        let mut dirs = self.settings.alias_dirs.clone();
-        dirs.extend(self.packs.alias_dirs());
-        let loaded = alias::load_dirs(&dirs);
+        let loaded = self.catalog.aliases();
         for d in &loaded.diagnostics {
             tracing::warn!("{d}");
         }
@@ -336,10 +399,10 @@ impl Engine {
             Arc::new(AliasSet::new(loaded.aliases));
     }
 
-    /// Reload the policy; on errors the current one stays and the errors
-    /// are returned.
+    /// Reload the policy from the catalog; on errors the current one stays
+    /// and the errors are returned.
     pub fn reload_policy(&self) -> Result<(), Vec<Diagnostic>> {
-        let loaded = policy::load(&self.settings.policy_paths);
+        let loaded = self.catalog.policy();
         if loaded.has_errors() {
             return Err(loaded.diagnostics);
         }
@@ -367,103 +430,6 @@ impl Engine {
         }
     }
 
-    /// Settle what the previous process left open. A request it died
-    /// running is finished from what its action made durable (a pack
-    /// switch that happened is a deploy that happened); otherwise it, and
-    /// any approved but not started, is marked interrupted, never silently
-    /// re-run. A pending request whose prompt may never have been sent gets
-    /// it sent again. The room is told each time.
-    fn recover(&self) {
-        let open = self.requests.open_requests().unwrap_or_default();
-        for req in open.iter().filter(|r| r.state == State::Running) {
-            if let Some(fx) = self.recover_run(req) {
-                self.startup
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend(fx);
-            }
-        }
-        self.packs.forget_switches(None);
-        let now = now_ms();
-        for req in open
-            .iter()
-            .filter(|r| r.state == State::Pending && r.prompt_event.is_none())
-        {
-            self.startup
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Effect::Send(Outgoing {
-                    room: req.room.clone(),
-                    reply_to: Some(req.event_id.clone()),
-                    thread: req.thread.clone(),
-                    message: self.prompt(req, now),
-                    prompt_for: Some(req.id.clone()),
-                }));
-        }
-        for (req, was) in self.interrupt(
-            &[State::Running, State::Approved],
-            "airlock stopped before it finished; not re-run",
-        ) {
-            let mut startup = self.startup.lock().unwrap_or_else(|e| e.into_inner());
-            startup.push(Effect::Send(reply_to_request(
-                &req,
-                Message::plain(format!(
-                    "⚠️ Request {} ({}) was {} when airlock stopped. It was not re-run; ask again if it is still needed.",
-                    req.id,
-                    req.alias.as_deref().unwrap_or(&req.action),
-                    was.name()
-                )),
-            )));
-            startup.push(react_request(&req, FAILED));
-        }
-    }
-
-    /// Move every open request in one of `states` to `interrupted`, with an
-    /// audit entry giving `reason`. Returns them with their former state.
-    fn interrupt(&self, states: &[State], reason: &str) -> Vec<(Request, State)> {
-        let Ok(open) = self.requests.open_requests() else {
-            return Vec::new();
-        };
-        let mut done = Vec::new();
-        for r in open.into_iter().filter(|r| states.contains(&r.state)) {
-            let was = r.state;
-            if let Ok(Update::Done(req, ())) = self.requests.update(&r.id, |r| {
-                if r.state != was {
-                    return Err("changed".into());
-                }
-                r.state = State::Interrupted;
-                r.finished_ms = Some(now_ms());
-                Ok(())
-            }) {
-                self.record(vec![
-                    request_entry("interrupted", &req)
-                        .status("interrupted")
-                        .detail(json!({"was": was.name(), "reason": reason})),
-                ]);
-                done.push((req, was));
-            }
-        }
-        done
-    }
-
-    // ------------------------------------------------------------ input
-
-    pub fn handle(&self, m: &Incoming) -> Vec<Effect> {
-        if self.settings.bot_user.as_deref() == Some(m.sender.as_str())
-            || !crate::ids::is_user_id(&m.sender)
-        {
-            return Vec::new();
-        }
-        let mut out = Out::new(m);
-        match &m.kind {
-            Kind::Message => self.on_message(&mut out),
-            Kind::Edit => self.on_edit(&mut out),
-            Kind::Reaction(key) => self.on_reaction(&mut out, key),
-            Kind::Undecryptable => self.on_undecryptable(&mut out),
-        }
-        self.finish(out)
-    }
-
     /// Write the audit entries, then release the effects. If the audit
     /// cannot be written nothing runs.
     fn finish(&self, out: Out) -> Vec<Effect> {
@@ -471,9 +437,11 @@ impl Engine {
             m,
             mut effects,
             audit,
+            ..
         } = out;
-        if !self.record(audit) && effects.iter().any(|e| matches!(e, Effect::Execute(_))) {
-            effects.retain(|e| !matches!(e, Effect::Execute(_)));
+        let runs = |e: &Effect| matches!(e, Effect::Execute(_) | Effect::Prepare(_));
+        if !self.record(audit) && effects.iter().any(runs) {
+            effects.retain(|e| !runs(e));
             effects.push(Effect::Send(Outgoing {
                 room: m.room.clone(),
                 reply_to: Some(m.event_id.clone()),
@@ -486,220 +454,11 @@ impl Engine {
         }
         effects
     }
-
-    fn stale(&self, out: &mut Out, what: &str) -> bool {
-        let age = now_ms().saturating_sub(out.m.ts_ms);
-        if age <= self.settings.max_age.as_millis() as u64 {
-            return false;
-        }
-        out.say(format!(
-            "⏱️ Not acting on your {what} from {} ago: anything older than {} is ignored (sent while I was away?). Send it again if it still applies.",
-            clock::human(Duration::from_millis(age)),
-            clock::human(self.settings.max_age)
-        ));
-        out.log(Entry::new("ignored_stale").detail(json!({"body": out.m.body, "age_ms": age})));
-        true
-    }
-
-    fn on_message(&self, out: &mut Out) {
-        let m = out.m;
-        // A reply to a prompt: the relation decides, never quoted text.
-        if let Some(parent) = &m.reply_to
-            && let Ok(Some(req)) = self.requests.by_prompt(&m.room, parent)
-            && (self.stale(out, "reply") || self.on_prompt_reply(out, &req))
-        {
-            return;
-        }
-        let Some(cmd) = command_text(&self.settings, &m.body, m.addressed) else {
-            return;
-        };
-        if self.stale(out, "command") {
-            return;
-        }
-        out.log(Entry::new("received").detail(json!({"command": cmd, "event": m.event_id})));
-        if cmd.chars().count() > MAX_COMMAND_CHARS {
-            out.say(format!(
-                "That command is too long (over {MAX_COMMAND_CHARS} characters)."
-            ));
-            return;
-        }
-        let (word, args) = match cmd.split_once(char::is_whitespace) {
-            Some((w, a)) => (w, a.trim()),
-            None => (cmd.as_str(), ""),
-        };
-        match word {
-            "help" => self.builtin_help(out, args),
-            "pending" => self.builtin_pending(out),
-            "audit" => self.builtin_audit(out, args),
-            "cancel" => self.by_id(out, args, Verdict::Cancel),
-            "approve" => self.by_id(out, args, Verdict::Approve),
-            "deny" => self.by_id(out, args, Verdict::Deny),
-            _ => self.run_alias(out, &cmd),
-        }
-    }
-
-    fn on_edit(&self, out: &mut Out) {
-        let m = out.m;
-        let original = m.relates_to.clone().unwrap_or_else(|| m.event_id.clone());
-        let approving = m
-            .reply_to
-            .as_ref()
-            .is_some_and(|p| matches!(self.requests.by_prompt(&m.room, p), Ok(Some(_))));
-        if command_text(&self.settings, &m.body, m.addressed).is_none() && !approving {
-            return;
-        }
-        if !self
-            .noticed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(format!("edit:{original}"))
-        {
-            return;
-        }
-        out.log(Entry::new("ignored_edit").detail(json!({"body": m.body, "edits": original})));
-        out.say("✋ Edited messages never run or approve anything. Send the command (or your reply) again as a new message.");
-    }
-
-    fn on_undecryptable(&self, out: &mut Out) {
-        let m = out.m;
-        let key = (m.room.clone(), m.sender.clone());
-        let now = now_ms();
-        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
-        if warned
-            .get(&key)
-            .is_some_and(|t| now.saturating_sub(*t) < 300_000)
-        {
-            return;
-        }
-        warned.insert(key, now);
-        out.log(Entry::new("undecryptable").detail(json!({"event": m.event_id})));
-        out.say(format!(
-            "⚠️ {}: I could not decrypt your message, so if it was a command it did not run. Check that this device is verified or shares keys with the room, then send it again.",
-            m.sender
-        ));
-    }
-
-    fn on_reaction(&self, out: &mut Out, key: &str) {
-        let m = out.m;
-        if !self.settings.reaction_approvals {
-            return;
-        }
-        let verdict = match key.trim_end_matches(['\u{fe0f}']) {
-            "👍" => Verdict::Approve,
-            "👎" => Verdict::Deny,
-            _ => return,
-        };
-        let Some(target) = &m.relates_to else { return };
-        if let Ok(Some(req)) = self.requests.by_prompt(&m.room, target) {
-            if self.stale(out, "reaction") {
-                return;
-            }
-            self.decide(out, &req, verdict);
-        }
-    }
-
-    /// Answer a reply to a prompt. Returns false when the reply is not an
-    /// answer but a command, to be handled as one; anything else gets a hint.
-    fn on_prompt_reply(&self, out: &mut Out, req: &Request) -> bool {
-        let body = out.m.body.trim();
-        let body = body
-            .strip_prefix(self.settings.prefix.as_str())
-            .unwrap_or(body);
-        let word = body
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .trim_end_matches(['.', '!', ','])
-            .to_lowercase();
-        let verdict = match word.as_str() {
-            "yes" | "y" | "approve" | "approved" | "ok" | "lgtm" | "👍" => Verdict::Approve,
-            "no" | "n" | "deny" | "denied" | "reject" | "👎" => Verdict::Deny,
-            "cancel" => Verdict::Cancel,
-            _ if command_text(&self.settings, &out.m.body, out.m.addressed).is_some() => {
-                return false;
-            }
-            _ => {
-                out.say(format!(
-                    "Reply \"yes\" to approve request {}, \"no\" to deny it, or \"cancel\" if it is yours.",
-                    req.id
-                ));
-                return true;
-            }
-        };
-        out.log(
-            Entry::new("received")
-                .request(&req.id)
-                .detail(json!({"reply": body, "event": out.m.event_id})),
-        );
-        self.decide(out, req, verdict);
-        true
-    }
-
-    fn by_id(&self, out: &mut Out, args: &str, verdict: Verdict) {
-        let id = args.split_whitespace().next().unwrap_or_default();
-        if verdict == Verdict::Cancel && !self.gate(out, "cancel") {
-            return;
-        }
-        match self.requests.get(id) {
-            Ok(Some(req)) => self.decide(out, &req, verdict),
-            _ => out.say(approval::unknown_request(id)),
-        }
-    }
-}
-
-/// The command in a message addressed to the bot, if it is one: after
-/// the prefix (`!deploy`), after one of the bot's names (`airlock:
-/// deploy`), or after a mention the transport recognised.
-pub fn command_text(settings: &Settings, body: &str, addressed: bool) -> Option<String> {
-    let b = body.trim_start();
-    let after_name = settings
-        .names
-        .iter()
-        .chain(settings.bot_user.as_ref())
-        .find_map(|n| strip_prefix_caseless(b, n))
-        .and_then(|r| {
-            r.strip_prefix([':', ','])
-                .or_else(|| r.starts_with(char::is_whitespace).then_some(r))
-        });
-    let rest = if let Some(r) = b.strip_prefix(settings.prefix.as_str()) {
-        r
-    } else if let Some(r) = after_name {
-        r
-    } else if addressed {
-        // A mention pill reads "Display Name: command".
-        match b.split_once(':') {
-            Some((head, r)) if head.len() <= 64 && !head.contains('\n') => r,
-            _ => b,
-        }
-    } else {
-        return None;
-    };
-    let rest = rest.trim();
-    let rest = rest
-        .strip_prefix(settings.prefix.as_str())
-        .unwrap_or(rest)
-        .trim();
-    (!rest.is_empty()).then(|| alias::normalize_command(rest))
-}
-
-/// `text` after `prefix`, compared without case. The rest is sliced where
-/// the original text's own characters end: a length taken from a lowercased
-/// copy would be wrong (and can split a character) when lowercasing changes
-/// a character's byte length, as for the Kelvin sign.
-pub fn strip_prefix_caseless<'t>(text: &'t str, prefix: &str) -> Option<&'t str> {
-    let mut rest = text.char_indices();
-    for p in prefix.chars() {
-        let (_, t) = rest.next()?;
-        if !t.to_lowercase().eq(p.to_lowercase()) {
-            return None;
-        }
-    }
-    Some(rest.as_str())
 }
 
 /// An audit entry about a request (its room, requester, alias, action).
-fn request_entry(event: &str, req: &Request) -> Entry {
-    Entry::new(event)
+fn request_entry(event: Event, req: &Request, now: u64) -> Entry {
+    Entry::new(event, now)
         .room(&req.room)
         .sender(&req.requester)
         .request(&req.id)
@@ -722,5 +481,14 @@ fn react_request(req: &Request, key: &'static str) -> Effect {
         room: req.room.clone(),
         event_id: req.event_id.clone(),
         key,
+    }
+}
+
+/// The command as it stood when the request was made, as an event to
+/// answer: replies after a prepare or a restart go to it.
+fn request_event(req: &Request, now: u64) -> Incoming {
+    Incoming {
+        thread: req.thread.clone(),
+        ..Incoming::message(&req.requester, &req.room, &req.event_id, &req.command, now)
     }
 }

@@ -1,6 +1,22 @@
-//! From a matched alias to a request: parameters, policy, confirmation prompt or acceptance.
+//! From a matched alias to a request: parameters, policy, preparation
+//! (possibly off the event path), then a confirmation prompt or acceptance.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{
+    Effect, Engine, FAILED, Incoming, Out, Outgoing, SEEN, WAITING, reply_to_request,
+    request_entry, request_event,
+};
+use crate::action::ActionSpec;
+use crate::alias::{self, Alias, AliasSet, Params};
+use crate::audit::{Event, Status};
+use crate::clock;
+use crate::policy::{self, Decision, Policy, Subject, Target};
+use crate::render::{self, Message};
+use crate::requests::{Confirmation, Request, State, Update};
 
 impl Engine {
     pub(super) fn subject<'a>(&self, m: &'a Incoming) -> Subject<'a> {
@@ -15,26 +31,44 @@ impl Engine {
         let matched = match self.aliases().match_command(cmd) {
             Ok(x) => x,
             Err(e) => {
-                out.log(
-                    Entry::new("no_match").detail(json!({"command": cmd, "error": e.to_string()})),
-                );
+                let entry = out
+                    .entry(Event::NoMatch)
+                    .detail(json!({"command": cmd, "error": e.to_string()}));
+                out.log(entry);
                 out.say(format!("{e}. Try {}help.", self.settings.prefix));
                 return;
             }
         };
         let alias = matched.alias.clone();
-        out.log(
-            Entry::new("matched")
-                .alias(Some(&alias.reference()))
-                .action(&alias.action_ref)
-                .detail(json!({"representation": matched.representation, "parameters": matched.parameters})),
-        );
+        let entry = out
+            .entry(Event::Matched)
+            .alias(Some(&alias.reference()))
+            .action(&alias.action_ref)
+            .detail(
+                json!({"representation": matched.representation, "parameters": matched.parameters}),
+            );
+        out.log(entry);
         for params in matched.parameters {
             self.request(out, &alias, cmd, params, &matched.overrides);
         }
     }
 
-    /// One execution of an alias: parameters, policy, then confirmation or run.
+    /// Say why a command cannot run, and record it.
+    fn refuse_to_run(&self, out: &mut Out, alias: &Alias, msg: String) {
+        let entry = out
+            .entry(Event::Error)
+            .alias(Some(&alias.reference()))
+            .action(&alias.action_ref)
+            .status(Status::Error)
+            .detail(json!({"error": msg}));
+        out.log(entry);
+        out.say(format!("⚠️ {msg}"));
+        out.react(FAILED);
+    }
+
+    /// One execution of an alias: parameters and policy, then a request,
+    /// prepared here or (when its action must reach the network) by the
+    /// transport through [`Effect::Prepare`].
     pub(super) fn request(
         &self,
         out: &mut Out,
@@ -44,19 +78,9 @@ impl Engine {
         set_in_chat: &[String],
     ) {
         let m = out.m;
+        let now = out.now;
         let reference = alias.reference();
         let action = self.actions.get(&alias.action_ref).cloned();
-        let fail = |out: &mut Out, msg: String| {
-            out.log(
-                Entry::new("error")
-                    .alias(Some(&reference))
-                    .action(&alias.action_ref)
-                    .status("error")
-                    .detail(json!({"error": msg})),
-            );
-            out.say(format!("⚠️ {msg}"));
-            out.react(FAILED);
-        };
         let params = match execution_params(
             alias,
             action.as_ref().map(|a| a.spec()),
@@ -64,7 +88,7 @@ impl Engine {
             parsed,
         ) {
             Ok(p) => p,
-            Err(e) => return fail(out, e),
+            Err(e) => return self.refuse_to_run(out, alias, e),
         };
         let target = Target::Alias {
             reference: &reference,
@@ -76,14 +100,14 @@ impl Engine {
             .decide(&self.subject(m), &target, &params, set_in_chat);
         let (rule, confirm) = match decision {
             Decision::Deny { rule, reason } => {
-                out.log(
-                    Entry::new("denied")
-                        .alias(Some(&reference))
-                        .action(&alias.action_ref)
-                        .rule(rule.as_deref())
-                        .status("denied")
-                        .detail(json!({"reason": reason, "parameters": params})),
-                );
+                let entry = out
+                    .entry(Event::Denied)
+                    .alias(Some(&reference))
+                    .action(&alias.action_ref)
+                    .rule(rule.as_deref())
+                    .status(Status::Denied)
+                    .detail(json!({"reason": reason, "parameters": params}));
+                out.log(entry);
                 out.say(format!("🚫 Refused: {reason}."));
                 out.react(FAILED);
                 return;
@@ -91,19 +115,15 @@ impl Engine {
             Decision::Allow { rule, confirm } => (rule, confirm),
         };
         let Some(action) = action else {
-            return fail(
+            return self.refuse_to_run(
                 out,
+                alias,
                 format!(
                     "action {} is not available in airlock, so {reference} cannot run",
                     alias.action_ref
                 ),
             );
         };
-        let params = match action.prepare(params) {
-            Ok(p) => p,
-            Err(e) => return fail(out, format!("{reference} cannot run: {e}")),
-        };
-        let now = now_ms();
         let confirmation = confirm.as_ref().map(|c| Confirmation {
             approvers: c.approvers.user_globs(),
             approvers_text: if c.approvers.is_empty() {
@@ -117,11 +137,7 @@ impl Engine {
         });
         let req = Request {
             id: String::new(),
-            state: if confirmation.is_some() {
-                State::Pending
-            } else {
-                State::Approved
-            },
+            state: State::Preparing,
             requester: m.sender.clone(),
             room: m.room.clone(),
             event_id: m.event_id.clone(),
@@ -131,7 +147,7 @@ impl Engine {
             action: alias.action_ref.clone(),
             params,
             set_in_chat: set_in_chat.to_vec(),
-            rule: rule.clone(),
+            rule,
             created_ms: now,
             confirmation,
             approvals: Vec::new(),
@@ -144,54 +160,114 @@ impl Engine {
         };
         let req = match self.requests.create(req) {
             Ok(r) => r,
-            Err(e) => return fail(out, format!("cannot store the request: {e}")),
+            Err(e) => {
+                return self.refuse_to_run(out, alias, format!("cannot store the request: {e}"));
+            }
         };
         crate::crash::point("request_stored");
+        if action.prepares_slowly() {
+            out.effects.push(Effect::Prepare(req.id.clone()));
+        } else {
+            let prepared = action.prepare(req.params.clone());
+            self.prepared(out, req, prepared);
+        }
+    }
+
+    /// Prepare request `id` (its action may reach the network: call this
+    /// off the event loop) and go on to its prompt or its run. `now` is
+    /// read once the preparation is done.
+    pub fn prepare(&self, id: &str, now: impl Fn() -> u64) -> Vec<Effect> {
+        let req = match self.requests.get(id) {
+            Ok(Some(r)) if r.state == State::Preparing => r,
+            _ => return Vec::new(),
+        };
+        let prepared = match self.actions.get(&req.action) {
+            Some(action) => action.prepare(req.params.clone()),
+            None => Err(format!("action {} is not available in airlock", req.action)),
+        };
+        let now = now();
+        let m = request_event(&req, now);
+        let mut out = Out::new(&m, now);
+        self.prepared(&mut out, req, prepared);
+        self.finish(out)
+    }
+
+    /// What will run is known (or cannot be): prompt, accept, or say why not.
+    fn prepared(&self, out: &mut Out, req: Request, prepared: Result<Params, String>) {
+        let now = out.now;
+        let reference = req.alias.clone().unwrap_or_else(|| req.action.clone());
+        let params = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = format!("{reference} cannot run: {e}");
+                let _ = self.requests.update(&req.id, |r| r.unprepared(&msg, now));
+                let entry = request_entry(Event::Error, &req, now)
+                    .status(Status::Error)
+                    .detail(json!({"error": msg}));
+                out.log(entry);
+                out.say(format!("⚠️ {msg}"));
+                out.react(FAILED);
+                return;
+            }
+        };
+        let req = match self
+            .requests
+            .update(&req.id, |r| r.prepared(params.clone(), now))
+        {
+            Ok(Update::Done(r, ())) => r,
+            _ => return,
+        };
         out.log(
-            request_entry("allowed", &req)
-                .rule(Some(&rule))
-                .status(req.state.name())
+            request_entry(Event::Allowed, &req, now)
+                .rule(Some(&req.rule))
+                .status(req.state)
                 .detail(json!({"parameters": req.params, "confirmation": req.confirmation})),
         );
-        if req.confirmation.is_some() {
-            out.log(request_entry("confirmation_requested", &req).detail(json!({
-                "approvers": req.confirmation.as_ref().map(|c| &c.approvers_text),
-                "approvals": req.approvals_needed(),
-                "expires": req.confirmation.as_ref().map(|c| clock::format_ms(c.expires_ms)),
-            })));
+        if let Some(c) = &req.confirmation {
+            out.log(
+                request_entry(Event::ConfirmationRequested, &req, now).detail(json!({
+                    "approvers": c.approvers_text,
+                    "approvals": req.approvals_needed(),
+                    "expires": clock::format_ms(c.expires_ms),
+                })),
+            );
             out.effects.push(Effect::Send(Outgoing {
-                room: m.room.clone(),
-                reply_to: Some(m.event_id.clone()),
-                thread: m.thread.clone(),
+                room: req.room.clone(),
+                reply_to: Some(req.event_id.clone()),
+                thread: req.thread.clone(),
                 message: self.prompt(&req, now),
                 prompt_for: Some(req.id.clone()),
             }));
             out.react(WAITING);
         } else {
             out.react(SEEN);
-            self.accept(out, &req, alias);
+            self.accept(out, &req);
         }
     }
 
     /// The request runs: ack it and hand it to the transport to execute.
-    pub(super) fn accept(&self, out: &mut Out, req: &Request, alias: &Alias) {
+    pub(super) fn accept(&self, out: &mut Out, req: &Request) {
+        let alias = req
+            .alias
+            .as_deref()
+            .and_then(|a| self.aliases().get(a).cloned());
         let execution = json!({
             "id": req.id, "status": "scheduled", "action": {"ref": req.action},
             "parameters": req.params, "context": {"user": req.requester, "api_user": req.requester,
             "source_channel": req.room},
         });
-        if let Some(text) = render::ack(alias, &execution) {
+        if let Some(text) = alias.and_then(|a| render::ack(&*a, &execution)) {
             out.effects
                 .push(Effect::Send(reply_to_request(req, Message::plain(text))));
         }
         out.effects.push(Effect::Execute(req.id.clone()));
     }
 
+    /// The confirmation prompt of a pending request.
     pub(super) fn prompt(&self, req: &Request, now: u64) -> Message {
-        let c = req
-            .confirmation
-            .as_ref()
-            .expect("prompt needs a confirmation");
+        let Some(c) = req.confirmation.as_ref() else {
+            return Message::plain(format!("Request {} needs no confirmation.", req.id));
+        };
         let mut text = format!(
             "🔐 Confirmation needed — request {}\n{} asks to run {} ({}):\n",
             req.id,

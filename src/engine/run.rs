@@ -1,24 +1,27 @@
-//! Running approved requests, expiring pending ones, shutting down.
+//! Running approved requests, expiring pending ones, settling what a
+//! previous process left open, shutting down.
 
-use super::*;
+use std::sync::atomic::Ordering;
+
+use serde_json::{Value, json};
+
+use super::{
+    Effect, Engine, FAILED, Outgoing, SUCCEEDED, react_request, reply_to_request, request_entry,
+};
+use crate::action::{Outcome, RunContext, Status as RunStatus};
+use crate::audit::{Event, Status};
+use crate::clock;
+use crate::render::{self, Message};
+use crate::requests::{Request, State, Update};
 
 impl Engine {
-    /// Run an approved request. Blocks for as long as the action runs, so
-    /// transports call it off their event loop. A request that is not
-    /// `approved` (already running, or run) is left alone: exactly once.
-    pub fn execute(&self, id: &str) -> Vec<Effect> {
-        let started = now_ms();
-        // Durations come from the monotonic clock: the wall clock can step
-        // back while an action runs.
-        let timer = std::time::Instant::now();
-        let req = match self.requests.update(id, |r| {
-            if r.state != State::Approved {
-                return Err(format!("it is {}", r.state.name()));
-            }
-            r.state = State::Running;
-            r.started_ms = Some(started);
-            Ok(())
-        }) {
+    /// Run an approved request; blocks for as long as the action runs, so
+    /// transports call it off their event loop. `now` is the transport's
+    /// clock, read when the run starts and when it ends. A request that is
+    /// not `approved` (already running, or run) is left alone: exactly once.
+    pub fn execute(&self, id: &str, now: impl Fn() -> u64) -> Vec<Effect> {
+        let started = now();
+        let req = match self.requests.update(id, |r| r.start(started)) {
             Ok(Update::Done(r, ())) => r,
             Ok(Update::Refused(_, why)) => {
                 tracing::debug!("not executing {id}: {why}");
@@ -30,14 +33,12 @@ impl Engine {
             }
         };
         if !self.record(vec![
-            request_entry("started", &req)
-                .status("running")
+            request_entry(Event::Started, &req, started)
+                .status(Status::Running)
                 .detail(json!({"parameters": req.params})),
         ]) {
             let _ = self.requests.update(id, |r| {
-                r.state = State::Failed;
-                r.summary = Some("audit log unavailable".into());
-                Ok(())
+                r.finish(State::Failed, Value::Null, "audit log unavailable", started)
             });
             return vec![Effect::Send(reply_to_request(
                 &req,
@@ -60,9 +61,9 @@ impl Engine {
             }
             None => Outcome::failed(format!("action {} is not available in airlock", req.action)),
         };
-        let interrupted = self.cancel.load(Ordering::Relaxed) && outcome.status == Status::Failed;
-        let elapsed_ms = timer.elapsed().as_millis() as u64;
-        self.complete(req, outcome, interrupted, started, elapsed_ms, None)
+        let interrupted =
+            self.cancel.load(Ordering::Relaxed) && outcome.status == RunStatus::Failed;
+        self.complete(req, outcome, interrupted, started, now(), None)
     }
 
     /// Record how a run ended (request state, `finished` or `interrupted`
@@ -75,7 +76,7 @@ impl Engine {
         outcome: Outcome,
         interrupted: bool,
         started: u64,
-        elapsed_ms: u64,
+        finished: u64,
         recovered: Option<String>,
     ) -> Vec<Effect> {
         // Resolve the alias before reloading: an uninstall may remove it.
@@ -83,19 +84,15 @@ impl Engine {
             .alias
             .as_deref()
             .and_then(|a| self.aliases().get(a).cloned());
-        let finished = now_ms().max(started);
+        // A wall clock that stepped back gives 0, not a panic.
+        let elapsed_ms = finished.saturating_sub(started);
         let state = match (outcome.status, interrupted) {
             (_, true) => State::Interrupted,
-            (Status::Succeeded, _) => State::Succeeded,
-            (Status::Failed, _) => State::Failed,
+            (RunStatus::Succeeded, _) => State::Succeeded,
+            (RunStatus::Failed, _) => State::Failed,
         };
-        let id = req.id.clone();
-        let req = match self.requests.update(&id, |r| {
-            r.state = state;
-            r.result = Some(outcome.result.clone());
-            r.summary = Some(outcome.summary.clone());
-            r.finished_ms = Some(finished);
-            Ok(())
+        let req = match self.requests.update(&req.id, |r| {
+            r.finish(state, outcome.result.clone(), &outcome.summary, finished)
         }) {
             Ok(Update::Done(r, ())) => r,
             _ => req,
@@ -107,24 +104,24 @@ impl Engine {
         if recovered.is_some() {
             detail["recovered"] = json!(true);
         }
+        let event = if interrupted {
+            Event::Interrupted
+        } else {
+            Event::Finished
+        };
         self.record(vec![
-            request_entry(
-                if interrupted {
-                    "interrupted"
-                } else {
-                    "finished"
-                },
-                &req,
-            )
-            .status(state.name())
-            .detail(detail),
+            request_entry(event, &req, finished)
+                .status(state)
+                .detail(detail),
         ]);
-        // The audit now holds the outcome; the switch records may go.
-        self.packs.forget_switches(Some(&req.id));
+        // The audit now holds the outcome; the action's recovery notes may go.
+        if let Some(action) = self.actions.get(&req.action) {
+            action.settled(&req.id);
+        }
         if outcome.packs_changed {
             self.reload_aliases();
         }
-        let execution = execution_view(&req, &outcome, started, finished, elapsed_ms);
+        let execution = execution_view(&req, &outcome, started, finished);
         let mut fx = Vec::new();
         if let Some(text) = recovered {
             fx.push(Effect::Send(reply_to_request(&req, Message::plain(text))));
@@ -148,7 +145,7 @@ impl Engine {
 
     /// A request the last process died running: finished from what its
     /// action made durable (a pack switch that happened), else None.
-    pub(super) fn recover_run(&self, req: &Request) -> Option<Vec<Effect>> {
+    fn recover_run(&self, req: &Request, now: u64) -> Option<Vec<Effect>> {
         let action = self.actions.get(&req.action)?;
         let ctx = RunContext {
             request_id: &req.id,
@@ -164,7 +161,7 @@ impl Engine {
             outcome.status.name(),
             outcome.summary
         );
-        Some(self.complete(req.clone(), outcome, false, started, 0, Some(text)))
+        Some(self.complete(req.clone(), outcome, false, started, now, Some(text)))
     }
 
     /// Expire pending requests whose time is up; announce each in its room.
@@ -174,45 +171,34 @@ impl Engine {
         };
         let mut fx = Vec::new();
         let mut entries = Vec::new();
-        for r in open {
-            let due = r.state == State::Pending
-                && r.confirmation.as_ref().is_some_and(|c| now >= c.expires_ms);
-            if !due {
+        for r in open.iter().filter(|r| r.state == State::Pending) {
+            let Ok(Update::Done(req, ())) = self.requests.update(&r.id, |r| r.expire(now)) else {
                 continue;
-            }
-            if let Ok(Update::Done(req, ())) = self.requests.update(&r.id, |r| {
-                if r.state != State::Pending {
-                    return Err("changed".into());
-                }
-                r.state = State::Expired;
-                r.finished_ms = Some(now);
-                Ok(())
-            }) {
-                entries.push(
-                    request_entry("expired", &req)
-                        .status("expired")
-                        .detail(json!({
-                            "approvals": req.approvals.len(), "needed": req.approvals_needed(),
-                        })),
-                );
-                fx.push(Effect::Send(Outgoing {
-                    room: req.room.clone(),
-                    reply_to: req
-                        .prompt_event
-                        .clone()
-                        .or_else(|| Some(req.event_id.clone())),
-                    thread: req.thread.clone(),
-                    message: Message::plain(format!(
-                        "⌛ Request {} ({}) expired with {} of {} approvals; it will not run.",
-                        req.id,
-                        req.alias.as_deref().unwrap_or(&req.action),
-                        req.approvals.len(),
-                        req.approvals_needed()
-                    )),
-                    prompt_for: None,
-                }));
-                fx.push(react_request(&req, FAILED));
-            }
+            };
+            entries.push(
+                request_entry(Event::Expired, &req, now)
+                    .status(Status::Expired)
+                    .detail(json!({
+                        "approvals": req.approvals.len(), "needed": req.approvals_needed(),
+                    })),
+            );
+            fx.push(Effect::Send(Outgoing {
+                room: req.room.clone(),
+                reply_to: req
+                    .prompt_event
+                    .clone()
+                    .or_else(|| Some(req.event_id.clone())),
+                thread: req.thread.clone(),
+                message: Message::plain(format!(
+                    "⌛ Request {} ({}) expired with {} of {} approvals; it will not run.",
+                    req.id,
+                    req.alias.as_deref().unwrap_or(&req.action),
+                    req.approvals.len(),
+                    req.approvals_needed()
+                )),
+                prompt_for: None,
+            }));
+            fx.push(react_request(&req, FAILED));
         }
         self.record(entries);
         fx
@@ -232,22 +218,86 @@ impl Engine {
 
     /// Requests still running when the process must exit: marked
     /// interrupted in the audit log (they are not re-run on restart).
-    pub fn interrupt_running(&self) {
-        self.interrupt(&[State::Running], "airlock was shut down while it ran");
+    pub fn interrupt_running(&self, now: u64) {
+        self.interrupt(&[State::Running], "airlock was shut down while it ran", now);
+    }
+
+    /// Settle what the previous process left open. A request it died
+    /// running is finished from what its action made durable (a pack
+    /// switch that happened is a deploy that happened); otherwise it, and
+    /// any approved or still preparing, is marked interrupted, never
+    /// silently re-run. A pending request whose prompt may never have been
+    /// sent gets it sent again. The room is told each time.
+    pub(super) fn recover(&self, now: u64) {
+        let open = self.requests.open_requests().unwrap_or_default();
+        let mut startup = Vec::new();
+        for req in open.iter().filter(|r| r.state == State::Running) {
+            if let Some(fx) = self.recover_run(req, now) {
+                startup.extend(fx);
+            }
+        }
+        for req in open
+            .iter()
+            .filter(|r| r.state == State::Pending && r.prompt_event.is_none())
+        {
+            startup.push(Effect::Send(Outgoing {
+                room: req.room.clone(),
+                reply_to: Some(req.event_id.clone()),
+                thread: req.thread.clone(),
+                message: self.prompt(req, now),
+                prompt_for: Some(req.id.clone()),
+            }));
+        }
+        for (req, was) in self.interrupt(
+            &[State::Running, State::Approved, State::Preparing],
+            "airlock stopped before it finished; not re-run",
+            now,
+        ) {
+            startup.push(Effect::Send(reply_to_request(
+                &req,
+                Message::plain(format!(
+                    "⚠️ Request {} ({}) was {} when airlock stopped. It was not re-run; ask again if it is still needed.",
+                    req.id,
+                    req.alias.as_deref().unwrap_or(&req.action),
+                    was.name()
+                )),
+            )));
+            startup.push(react_request(&req, FAILED));
+        }
+        self.startup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(startup);
+    }
+
+    /// Move every open request in one of `states` to `interrupted`, with an
+    /// audit entry giving `reason`. Returns them with their former state.
+    fn interrupt(&self, states: &[State], reason: &str, now: u64) -> Vec<(Request, State)> {
+        let Ok(open) = self.requests.open_requests() else {
+            return Vec::new();
+        };
+        let mut done = Vec::new();
+        for r in open.into_iter().filter(|r| states.contains(&r.state)) {
+            if let Ok(Update::Done(req, was)) =
+                self.requests.update(&r.id, |r| r.interrupt(states, now))
+            {
+                self.record(vec![
+                    request_entry(Event::Interrupted, &req, now)
+                        .status(Status::Interrupted)
+                        .detail(json!({"was": was.name(), "reason": reason})),
+                ]);
+                done.push((req, was));
+            }
+        }
+        done
     }
 }
 
 /// st2's `execution` as result templates see it.
-fn execution_view(
-    req: &Request,
-    outcome: &Outcome,
-    started: u64,
-    finished: u64,
-    elapsed_ms: u64,
-) -> Value {
+fn execution_view(req: &Request, outcome: &Outcome, started: u64, finished: u64) -> Value {
     json!({
         "id": req.id,
-        "status": match outcome.status { Status::Succeeded => "succeeded", Status::Failed => "failed" },
+        "status": outcome.status.name(),
         "action": {"ref": req.action},
         "parameters": req.params,
         "result": outcome.result,
@@ -257,7 +307,7 @@ fn execution_view(
         },
         "start_timestamp": clock::format_ms(started),
         "end_timestamp": clock::format_ms(finished),
-        "elapsed_seconds": elapsed_ms as f64 / 1000.0,
+        "elapsed_seconds": finished.saturating_sub(started) as f64 / 1000.0,
         "web_url": Value::Null,
     })
 }

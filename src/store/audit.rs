@@ -14,6 +14,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::clock;
+use crate::requests::State;
 
 // Tree `audit`: `e` + seq → entry and `h` → head, written in one atomic
 // batch. Tree `audit_index`: posting lists, one chunk per (field, value)
@@ -30,43 +31,191 @@ pub fn entry_key(seq: u64) -> [u8; 9] {
     k
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Declares a snake_case enum whose serde names and `name()` agree.
+macro_rules! names {
+    ($(#[$m:meta])* $ty:ident { $($(#[$vm:meta])* $v:ident = $n:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum $ty {
+            $($(#[$vm])* #[serde(rename = $n)] $v,)*
+        }
+
+        impl $ty {
+            /// The name stored in the log and used in queries.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$v => $n,)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl PartialEq<&str> for $ty {
+            fn eq(&self, other: &&str) -> bool {
+                self.name() == *other
+            }
+        }
+    };
+}
+
+names!(
+    /// What an audit entry records.
+    Event {
+        /// A command, or an answer to a prompt, came in.
+        Received = "received",
+        /// A command older than `max_command_age` was not acted on.
+        IgnoredStale = "ignored_stale",
+        /// An edit, which never runs or approves anything.
+        IgnoredEdit = "ignored_edit",
+        /// A message the bot could not decrypt.
+        Undecryptable = "undecryptable",
+        /// No alias matched the command.
+        NoMatch = "no_match",
+        /// An alias matched.
+        Matched = "matched",
+        /// The policy allowed it; a request was made.
+        Allowed = "allowed",
+        /// The policy refused it.
+        Denied = "denied",
+        /// It could not be run (bad parameters, unknown action…).
+        Error = "error",
+        /// A confirmation prompt was sent.
+        ConfirmationRequested = "confirmation_requested",
+        /// An approval was counted.
+        Approval = "approval",
+        /// An answer to a prompt was refused (not an approver…).
+        ApprovalRefused = "approval_refused",
+        /// An approver said no.
+        Rejected = "rejected",
+        /// The requester withdrew it.
+        Cancelled = "cancelled",
+        /// Not approved in time.
+        Expired = "expired",
+        /// Its action started.
+        Started = "started",
+        /// Its action ended.
+        Finished = "finished",
+        /// airlock stopped while it was open.
+        Interrupted = "interrupted",
+        /// `!help` was answered.
+        Help = "help",
+        /// `!pending` was answered.
+        Pending = "pending",
+        /// `!audit` was answered.
+        Audit = "audit",
+    }
+);
+
+names!(
+    /// How the thing an entry records stands.
+    Status {
+        /// A built-in answered.
+        Ok = "ok",
+        /// It failed before running.
+        Error = "error",
+        /// Refused by the policy or an approver.
+        Denied = "denied",
+        /// Being prepared.
+        Preparing = "preparing",
+        /// Waiting for approvals.
+        Pending = "pending",
+        /// Approved.
+        Approved = "approved",
+        /// Running.
+        Running = "running",
+        /// Ran and succeeded.
+        Succeeded = "succeeded",
+        /// Ran and failed, or could not be prepared.
+        Failed = "failed",
+        /// Withdrawn.
+        Cancelled = "cancelled",
+        /// Not approved in time.
+        Expired = "expired",
+        /// airlock stopped while it was open.
+        Interrupted = "interrupted",
+    }
+);
+
+impl From<State> for Status {
+    fn from(s: State) -> Status {
+        match s {
+            State::Preparing => Status::Preparing,
+            State::Pending => Status::Pending,
+            State::Approved => Status::Approved,
+            State::Running => Status::Running,
+            State::Succeeded => Status::Succeeded,
+            State::Failed => Status::Failed,
+            State::Denied => Status::Denied,
+            State::Cancelled => Status::Cancelled,
+            State::Expired => Status::Expired,
+            State::Interrupted => Status::Interrupted,
+        }
+    }
+}
+
+/// One step, as the log keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
+    /// Position in the log, from 1.
     pub seq: u64,
     /// Milliseconds since the Unix epoch.
     pub ts: u64,
-    /// What happened: received, matched, no_match, allowed, denied,
-    /// confirmation_requested, approved, approval_refused, rejected,
-    /// expired, cancelled, started, finished, interrupted, ignored_edit...
-    pub event: String,
+    /// What happened.
+    pub event: Event,
+    /// The room it happened in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room: Option<String>,
+    /// Who did it (a Matrix user ID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
+    /// The request it concerns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<String>,
+    /// The alias (`pack.name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alias: Option<String>,
+    /// The action (`pack.action`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// The policy rule that decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// How it stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub status: Option<Status>,
+    /// Event-specific details (parameters, reasons, commits…).
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub detail: Value,
+    /// The hash of the previous entry.
     #[serde(default)]
     pub prev: String,
+    /// SHA-256 of this entry with `hash` blank.
     #[serde(default)]
     pub hash: String,
 }
 
 impl Entry {
-    pub fn new(event: &str) -> Self {
+    /// An entry for `event` at `now` (ms since the epoch).
+    pub fn new(event: Event, now: u64) -> Self {
         Entry {
-            event: event.to_string(),
-            ts: clock::now_ms(),
-            ..Default::default()
+            seq: 0,
+            ts: now,
+            event,
+            room: None,
+            sender: None,
+            request: None,
+            alias: None,
+            action: None,
+            rule: None,
+            status: None,
+            detail: Value::Null,
+            prev: String::new(),
+            hash: String::new(),
         }
     }
 
@@ -94,8 +243,8 @@ impl Entry {
         self.rule = v.map(str::to_string);
         self
     }
-    pub fn status(mut self, v: &str) -> Self {
-        self.status = Some(v.to_string());
+    pub fn status(mut self, v: impl Into<Status>) -> Self {
+        self.status = Some(v.into());
         self
     }
     pub fn detail(mut self, v: Value) -> Self {
@@ -132,7 +281,7 @@ impl Entry {
             ("req", &self.request),
             ("alias", &self.alias),
             ("action", &self.action),
-            ("status", &self.status),
+            ("status", &self.status.map(|s| s.name().to_string())),
             ("rule", &self.rule),
         ] {
             if let Some(v) = v {
@@ -198,11 +347,10 @@ impl Query {
             && eq(&self.alias, &e.alias)
             && eq(&self.action, &e.action)
             && eq(&self.request, &e.request)
-            && self.event.as_ref().is_none_or(|v| *v == e.event)
-            && self
-                .status
-                .as_ref()
-                .is_none_or(|s| e.status.as_ref() == Some(s) || e.event == *s)
+            && self.event.as_ref().is_none_or(|v| e.event.name() == v)
+            && self.status.as_ref().is_none_or(|s| {
+                e.status.map(Status::name) == Some(s.as_str()) || e.event.name() == s
+            })
             && self.since.is_none_or(|t| e.ts >= t)
     }
 
@@ -228,10 +376,10 @@ fn indexed(e: &Entry) -> impl Iterator<Item = (u8, &str)> {
         (b'u', &e.sender),
         (b'r', &e.room),
         (b'x', &e.action),
-        (b's', &e.status),
     ]
     .into_iter()
     .filter_map(|(t, v)| v.as_deref().map(|v| (t, v)))
+    .chain(e.status.map(|s| (b's', s.name())))
 }
 
 fn index_prefix(tag: u8, value: &str) -> Vec<u8> {
@@ -501,7 +649,7 @@ mod tests {
     use super::*;
 
     fn entry(i: u64) -> Entry {
-        Entry::new("received")
+        Entry::new(Event::Received, 1_700_000_000_000 + i)
             .sender(&format!("@u{}:example.org", i % 3))
             .room("!r:example.org")
     }

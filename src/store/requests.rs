@@ -1,15 +1,18 @@
-//! Requests and their confirmation state machine, persisted in sled.
+//! Requests, their state machine, and their store in sled.
 //!
 //! ```text
-//! pending ──approve×N──▶ approved ──▶ running ──▶ succeeded | failed
-//!    │ deny / cancel / expiry                        (interrupted on restart)
-//!    ▼
-//! denied | cancelled | expired
+//! preparing ──▶ pending ──approve×N──▶ approved ──▶ running ──▶ succeeded | failed
+//!     │            │ deny / cancel / expiry                       │
+//!     ▼            ▼                                               ▼
+//!   failed     denied | cancelled | expired              interrupted (restart, shutdown)
 //! ```
 //!
-//! Every transition is a compare-and-swap on the stored record, so two
-//! approvals racing each other cannot both move a request to `approved`,
-//! and only one caller ever moves `approved` to `running`.
+//! [`Request`] owns the machine: each transition is a method that takes
+//! `now` and refuses from a wrong state, so no caller can skip a step. The
+//! store applies a transition with a compare-and-swap on the stored
+//! record ([`Requests::update`]), so two approvals racing each other cannot
+//! both move a request to `approved`, and only one caller ever moves
+//! `approved` to `running`.
 
 use std::time::Duration;
 
@@ -18,23 +21,38 @@ use serde_json::Value;
 
 use crate::alias::Params;
 
+/// Where a request is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
+    /// Allowed; its action is resolving what exactly will run (a git ref
+    /// to a commit) off the event path.
+    Preparing,
+    /// Waiting for approvals.
     Pending,
+    /// Approved (or needing none); about to run.
     Approved,
+    /// Its action is running.
     Running,
+    /// Ran and succeeded.
     Succeeded,
+    /// Ran and failed, or could not be prepared.
     Failed,
+    /// An approver said no.
     Denied,
+    /// The requester withdrew it.
     Cancelled,
+    /// Not approved in time.
     Expired,
+    /// airlock stopped while it was open; never re-run.
     Interrupted,
 }
 
 impl State {
+    /// The lowercase name used in messages and the audit log.
     pub fn name(self) -> &'static str {
         match self {
+            State::Preparing => "preparing",
             State::Pending => "pending",
             State::Approved => "approved",
             State::Running => "running",
@@ -47,9 +65,41 @@ impl State {
         }
     }
 
+    /// Not yet in a final state.
     pub fn is_open(self) -> bool {
-        matches!(self, State::Pending | State::Approved | State::Running)
+        matches!(
+            self,
+            State::Preparing | State::Pending | State::Approved | State::Running
+        )
     }
+}
+
+/// Why a transition was refused. The text completes "Cannot approve
+/// request x: …".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The request is not in a state this transition starts from.
+    #[error("it is already {}", .0.name())]
+    State(State),
+    /// This approver's approval is already counted.
+    #[error("you already approved it; it needs {0} more from someone else")]
+    AlreadyApproved(u32),
+    /// A pending request whose time is not up cannot expire.
+    #[error("it has not expired yet")]
+    NotDue,
+}
+
+/// What an answer to a pending request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// An approval was counted; more are needed.
+    Counted,
+    /// The last approval needed: the request is approved.
+    Approved,
+    /// Denied or cancelled: it will not run.
+    Closed,
+    /// Its time was up before the answer came: it expired instead.
+    Expired,
 }
 
 /// Who may approve, frozen when the request is made.
@@ -110,6 +160,145 @@ pub struct Request {
 }
 
 impl Request {
+    fn expect(&self, from: &[State]) -> Result<(), Refusal> {
+        if from.contains(&self.state) {
+            Ok(())
+        } else {
+            Err(Refusal::State(self.state))
+        }
+    }
+
+    fn close(&mut self, state: State, now: u64) {
+        self.state = state;
+        self.finished_ms = Some(now);
+    }
+
+    fn due(&self, now: u64) -> bool {
+        self.confirmation
+            .as_ref()
+            .is_some_and(|c| now >= c.expires_ms)
+    }
+
+    /// Preparation done: what will run is now fixed (`params`); the request
+    /// waits for approvals, or is approved at once when it needs none. Its
+    /// expiry counts from `now`.
+    pub fn prepared(&mut self, params: Params, now: u64) -> Result<(), Refusal> {
+        self.expect(&[State::Preparing])?;
+        self.params = params;
+        if let Some(c) = &mut self.confirmation {
+            c.expires_ms = now + c.expires_ms.saturating_sub(self.created_ms);
+        }
+        self.created_ms = now;
+        self.state = if self.confirmation.is_some() {
+            State::Pending
+        } else {
+            State::Approved
+        };
+        Ok(())
+    }
+
+    /// Preparation failed: the request never runs.
+    pub fn unprepared(&mut self, why: &str, now: u64) -> Result<(), Refusal> {
+        self.expect(&[State::Preparing])?;
+        self.summary = Some(why.to_string());
+        self.close(State::Failed, now);
+        Ok(())
+    }
+
+    /// `user`'s approval (who may approve is the engine's question).
+    pub fn approve(&mut self, user: &str, now: u64) -> Result<Step, Refusal> {
+        self.expect(&[State::Pending])?;
+        if self.due(now) {
+            self.close(State::Expired, now);
+            return Ok(Step::Expired);
+        }
+        if self.approvals.iter().any(|a| a.user == user) {
+            return Err(Refusal::AlreadyApproved(
+                self.approvals_needed()
+                    .saturating_sub(self.approvals.len() as u32),
+            ));
+        }
+        self.approvals.push(Approval {
+            user: user.to_string(),
+            ts: now,
+        });
+        if self.approvals.len() as u32 >= self.approvals_needed() {
+            self.state = State::Approved;
+            self.decided_by = Some(user.to_string());
+            Ok(Step::Approved)
+        } else {
+            Ok(Step::Counted)
+        }
+    }
+
+    /// `user` says no.
+    pub fn deny(&mut self, user: &str, now: u64) -> Result<Step, Refusal> {
+        self.answer(State::Denied, user, now)
+    }
+
+    /// The requester withdraws it.
+    pub fn cancel(&mut self, user: &str, now: u64) -> Result<Step, Refusal> {
+        self.answer(State::Cancelled, user, now)
+    }
+
+    fn answer(&mut self, to: State, user: &str, now: u64) -> Result<Step, Refusal> {
+        self.expect(&[State::Pending])?;
+        if self.due(now) {
+            self.close(State::Expired, now);
+            return Ok(Step::Expired);
+        }
+        self.decided_by = Some(user.to_string());
+        self.close(to, now);
+        Ok(Step::Closed)
+    }
+
+    /// Its time is up with approvals missing.
+    pub fn expire(&mut self, now: u64) -> Result<(), Refusal> {
+        self.expect(&[State::Pending])?;
+        if !self.due(now) {
+            return Err(Refusal::NotDue);
+        }
+        self.close(State::Expired, now);
+        Ok(())
+    }
+
+    /// The action starts (exactly once: only from `approved`).
+    pub fn start(&mut self, now: u64) -> Result<(), Refusal> {
+        self.expect(&[State::Approved])?;
+        self.state = State::Running;
+        self.started_ms = Some(now);
+        Ok(())
+    }
+
+    /// The action ended: `succeeded`, `failed` or `interrupted`.
+    pub fn finish(
+        &mut self,
+        to: State,
+        result: Value,
+        summary: &str,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        self.expect(&[State::Running])?;
+        debug_assert!(matches!(
+            to,
+            State::Succeeded | State::Failed | State::Interrupted
+        ));
+        self.result = Some(result);
+        self.summary = Some(summary.to_string());
+        self.close(to, now);
+        Ok(())
+    }
+
+    /// airlock stopped while the request was open in one of `from`;
+    /// returns the state it was in.
+    pub fn interrupt(&mut self, from: &[State], now: u64) -> Result<State, Refusal> {
+        self.expect(from)?;
+        let was = self.state;
+        self.close(State::Interrupted, now);
+        Ok(was)
+    }
+
+    /// How many approvals it needs in all.
     pub fn approvals_needed(&self) -> u32 {
         self.confirmation.as_ref().map_or(0, |c| c.approvals)
     }
@@ -135,8 +324,8 @@ pub enum StoreError {
 pub enum Update<T> {
     /// The closure accepted; the record now holds the new value.
     Done(Request, T),
-    /// The closure refused with a reason; nothing was written.
-    Refused(Request, String),
+    /// The closure refused; nothing was written.
+    Refused(Request, Refusal),
 }
 
 /// Writes are not flushed here: every transition is followed by its audit
@@ -191,7 +380,7 @@ impl Requests {
     pub fn update<T>(
         &self,
         id: &str,
-        mut f: impl FnMut(&mut Request) -> Result<T, String>,
+        mut f: impl FnMut(&mut Request) -> Result<T, Refusal>,
     ) -> Result<Update<T>, StoreError> {
         loop {
             let Some(old_bytes) = self.requests.get(id.as_bytes())? else {
@@ -272,4 +461,123 @@ fn short_id() -> String {
             c
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(approvals: u32) -> Request {
+        Request {
+            id: "abc234".into(),
+            state: State::Preparing,
+            requester: "@alice:example.org".into(),
+            room: "!ops".into(),
+            event_id: "$cmd".into(),
+            thread: None,
+            command: "flow deploy main".into(),
+            alias: Some("st2-flow.flow_deploy".into()),
+            action: "packs.install".into(),
+            params: Params::new(),
+            set_in_chat: Vec::new(),
+            rule: "r".into(),
+            created_ms: 1_000,
+            confirmation: (approvals > 0).then(|| Confirmation {
+                approvers: Vec::new(),
+                approvers_text: "anyone".into(),
+                approvals,
+                self_approve: false,
+                expires_ms: 1_000 + 600_000,
+            }),
+            approvals: Vec::new(),
+            prompt_event: None,
+            decided_by: None,
+            result: None,
+            summary: None,
+            started_ms: None,
+            finished_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_deploy_goes_from_preparing_to_succeeded() {
+        let mut r = request(2);
+        assert_eq!(
+            r.approve("@bob", 2_000),
+            Err(Refusal::State(State::Preparing))
+        );
+        r.prepared(Params::new(), 5_000).unwrap();
+        assert_eq!(r.state, State::Pending);
+        // The expiry counts from when the prompt can be shown.
+        assert_eq!(r.confirmation.as_ref().unwrap().expires_ms, 605_000);
+        assert_eq!(r.start(5_000), Err(Refusal::State(State::Pending)));
+        assert_eq!(r.approve("@bob", 6_000), Ok(Step::Counted));
+        assert_eq!(r.approve("@bob", 6_001), Err(Refusal::AlreadyApproved(1)));
+        assert_eq!(r.approve("@carol", 7_000), Ok(Step::Approved));
+        assert_eq!(r.decided_by.as_deref(), Some("@carol"));
+        r.start(8_000).unwrap();
+        // Exactly once: a second start is refused.
+        assert_eq!(r.start(8_001), Err(Refusal::State(State::Running)));
+        r.finish(State::Succeeded, Value::Null, "ok", 9_000)
+            .unwrap();
+        assert_eq!((r.state, r.finished_ms), (State::Succeeded, Some(9_000)));
+        assert_eq!(
+            r.finish(State::Failed, Value::Null, "x", 9_001),
+            Err(Refusal::State(State::Succeeded))
+        );
+    }
+
+    #[test]
+    fn a_request_needing_no_approval_is_approved_when_prepared() {
+        let mut r = request(0);
+        r.prepared(Params::new(), 2_000).unwrap();
+        assert_eq!(r.state, State::Approved);
+    }
+
+    #[test]
+    fn answers_after_the_expiry_expire_it_instead() {
+        let mut r = request(1);
+        r.prepared(Params::new(), 1_000).unwrap();
+        assert_eq!(r.expire(600_999), Err(Refusal::NotDue));
+        assert_eq!(r.approve("@bob", 601_000), Ok(Step::Expired));
+        assert_eq!(r.state, State::Expired);
+        let mut r = request(1);
+        r.prepared(Params::new(), 1_000).unwrap();
+        assert_eq!(r.deny("@bob", 700_000), Ok(Step::Expired));
+        let mut r = request(1);
+        r.prepared(Params::new(), 1_000).unwrap();
+        r.expire(601_000).unwrap();
+        assert_eq!(
+            r.cancel("@alice", 601_001),
+            Err(Refusal::State(State::Expired))
+        );
+    }
+
+    #[test]
+    fn deny_cancel_and_interrupt_close_it() {
+        let mut r = request(1);
+        r.prepared(Params::new(), 1_000).unwrap();
+        assert_eq!(r.deny("@bob", 2_000), Ok(Step::Closed));
+        assert_eq!(
+            (r.state, r.decided_by.as_deref()),
+            (State::Denied, Some("@bob"))
+        );
+        let mut r = request(1);
+        r.prepared(Params::new(), 1_000).unwrap();
+        assert_eq!(r.cancel("@alice", 2_000), Ok(Step::Closed));
+        assert_eq!(r.state, State::Cancelled);
+        let mut r = request(0);
+        assert_eq!(
+            r.interrupt(&[State::Running], 1),
+            Err(Refusal::State(State::Preparing))
+        );
+        assert_eq!(r.interrupt(&[State::Preparing], 2), Ok(State::Preparing));
+        assert!(!r.state.is_open());
+        let mut r = request(1);
+        r.unprepared("no such commit", 3).unwrap();
+        assert_eq!(
+            (r.state, r.summary.as_deref()),
+            (State::Failed, Some("no such commit"))
+        );
+    }
 }

@@ -145,7 +145,7 @@ impl Console {
             let id = format!("${run}.u{}", c.next_user);
             let reference = format!("u{}", c.next_user);
             c.next_user += 1;
-            let mut m = Incoming::message(&c.user, &c.room, &id, body);
+            let mut m = Incoming::message(&c.user, &c.room, &id, body, now_ms());
             m.kind = kind;
             m.reply_to = reply;
             m.relates_to = rel;
@@ -162,7 +162,7 @@ impl Console {
                 }
                 println!("{shown}: {body}");
             }
-            let fx = c.engine.handle(&m);
+            let fx = c.engine.handle(&m, now_ms());
             apply(&c.engine, &c.shared, fx);
         };
         let run = self
@@ -247,19 +247,30 @@ fn apply(engine: &Arc<Engine>, shared: &Arc<Shared>, effects: Vec<Effect>) {
                 let p = shared.out.lock().unwrap_or_else(|e| e.into_inner());
                 println!("    airlock reacted {key} to [{}]", p.show(&event_id));
             }
-            Effect::Execute(id) => {
-                *shared.running.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                let engine = engine.clone();
-                let shared = shared.clone();
-                std::thread::spawn(move || {
-                    let fx = engine.execute(&id);
-                    apply(&engine, &shared, fx);
-                    let mut n = shared.running.lock().unwrap_or_else(|e| e.into_inner());
-                    *n -= 1;
-                    shared.idle.notify_all();
-                });
-            }
+            // Prepared before the next line is read: one person types here,
+            // and a piped script's reply must find the prompt it answers.
+            Effect::Prepare(id) => apply(engine, shared, engine.prepare(&id, now_ms)),
+            Effect::Execute(id) => background(engine, shared, move |e| e.execute(&id, now_ms)),
         }
     }
     let _ = std::io::stdout().flush();
+}
+
+/// Run `job` on its own thread, as the Matrix transport does, and print
+/// its effects; `/wait` and the end of input wait for it.
+fn background(
+    engine: &Arc<Engine>,
+    shared: &Arc<Shared>,
+    job: impl FnOnce(&Engine) -> Vec<Effect> + Send + 'static,
+) {
+    *shared.running.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    let engine = engine.clone();
+    let shared = shared.clone();
+    std::thread::spawn(move || {
+        let fx = job(&engine);
+        apply(&engine, &shared, fx);
+        let mut n = shared.running.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        shared.idle.notify_all();
+    });
 }

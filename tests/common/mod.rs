@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use airlock::action::packs::{GitConfig, InsteadOf};
-use airlock::engine::{Effect, Engine, Incoming, Settings};
+use airlock::action::packs::{GitConfig, InsteadOf, PackManager};
+use airlock::config::Config;
+use airlock::engine::{Effect, Engine, Incoming};
 
 pub const ALICE: &str = "@alice:example.org";
 pub const BOB: &str = "@bob:example.org";
@@ -122,19 +123,25 @@ pub struct Sent {
 }
 
 /// The engine, a scratch directory, and a transport that runs executions
-/// synchronously so tests read effects in order.
+/// synchronously so tests read effects in order. Time is the bot's own
+/// clock ([`Bot::now`]): real time when it starts, moved only by
+/// [`Bot::advance`].
 pub struct Bot {
     pub engine: Arc<Engine>,
+    pub packs: Arc<PackManager>,
     pub dir: PathBuf,
     next: AtomicU64,
+    clock: AtomicU64,
     pub reactions: Mutex<Vec<(String, &'static str)>>,
 }
 
-pub fn settings(dir: &Path, policies: &Path, seed_repo: Option<&Path>) -> Settings {
-    Settings {
-        alias_dirs: vec![repo_root().join("aliases")],
-        policy_paths: vec![policies.to_path_buf()],
-        packs_dir: dir.join("packs"),
+/// The configuration the tests use: the shipped aliases, `policies`, and
+/// the seed's URL fetched from `seed_repo`.
+pub fn settings(dir: &Path, policies: &Path, seed_repo: Option<&Path>) -> Config {
+    Config {
+        aliases: vec![repo_root().join("aliases")],
+        policies: vec![policies.to_path_buf()],
+        packs: dir.join("packs"),
         data_dir: dir.join("data"),
         git: GitConfig {
             ssh_key: None,
@@ -146,29 +153,47 @@ pub fn settings(dir: &Path, policies: &Path, seed_repo: Option<&Path>) -> Settin
                 .into_iter()
                 .collect(),
         },
-        ..Settings::default()
+        ..Config::default()
     }
 }
 
 impl Bot {
-    pub fn open(settings: Settings) -> Self {
-        let dir = settings.data_dir.parent().unwrap().to_path_buf();
-        let engine = Engine::open(settings).unwrap_or_else(|e| panic!("engine: {e}"));
+    pub fn open(config: Config) -> Self {
+        let dir = config.data_dir.parent().unwrap().to_path_buf();
+        let now = airlock::clock::now_ms();
+        let opened = config.open(now).unwrap_or_else(|e| panic!("engine: {e}"));
         Bot {
-            engine: Arc::new(engine),
+            engine: Arc::new(opened.engine),
+            packs: opened.packs,
             dir,
             next: AtomicU64::new(1),
+            clock: AtomicU64::new(now),
             reactions: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The bot's time (ms since the epoch).
+    pub fn now(&self) -> u64 {
+        self.clock.load(Ordering::Relaxed)
+    }
+
+    /// Let `ms` pass.
+    pub fn advance(&self, ms: u64) {
+        self.clock.fetch_add(ms, Ordering::Relaxed);
     }
 
     pub fn event_id(&self) -> String {
         format!("$t{}", self.next.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// A message from `user` in `room`, sent now.
+    pub fn message(&self, user: &str, room: &str, body: &str) -> Incoming {
+        Incoming::message(user, room, &self.event_id(), body, self.now())
+    }
+
     /// Deliver an event; play out every effect (executions included).
     pub fn deliver(&self, m: Incoming) -> Vec<Sent> {
-        let fx = self.engine.handle(&m);
+        let fx = self.engine.handle(&m, self.now());
         self.play(fx)
     }
 
@@ -193,8 +218,12 @@ impl Bot {
                 Effect::React { event_id, key, .. } => {
                     self.reactions.lock().unwrap().push((event_id, key));
                 }
+                Effect::Prepare(id) => {
+                    let more = self.engine.prepare(&id, || self.now());
+                    sent.extend(self.play(more));
+                }
                 Effect::Execute(id) => {
-                    let more = self.engine.execute(&id);
+                    let more = self.engine.execute(&id, || self.now());
                     sent.extend(self.play(more));
                 }
             }
@@ -204,12 +233,12 @@ impl Bot {
 
     /// `user` says `body` in `room`; returns the bot's answers.
     pub fn say(&self, user: &str, room: &str, body: &str) -> Vec<Sent> {
-        self.deliver(Incoming::message(user, room, &self.event_id(), body))
+        self.deliver(self.message(user, room, body))
     }
 
     /// `user` replies `body` to event `parent`.
     pub fn reply(&self, user: &str, room: &str, parent: &str, body: &str) -> Vec<Sent> {
-        let mut m = Incoming::message(user, room, &self.event_id(), body);
+        let mut m = self.message(user, room, body);
         m.reply_to = Some(parent.to_string());
         self.deliver(m)
     }
@@ -220,7 +249,7 @@ impl Bot {
             .query(&Default::default())
             .unwrap()
             .into_iter()
-            .map(|e| e.event)
+            .map(|e| e.event.to_string())
             .collect()
     }
 }

@@ -1239,6 +1239,15 @@ impl Action for Install {
         &self.spec
     }
 
+    fn settled(&self, request: &str) {
+        self.mgr.forget_switches(Some(request));
+    }
+
+    /// Resolving the ref asks the remote (`git ls-remote`).
+    fn prepares_slowly(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, mut params: Params) -> Result<Params, String> {
         let register = params
             .get("register")
@@ -1376,6 +1385,10 @@ impl Action for Uninstall {
         &self.spec
     }
 
+    fn settled(&self, request: &str) {
+        self.mgr.forget_switches(Some(request));
+    }
+
     fn prepare(&self, params: Params) -> Result<Params, String> {
         for p in params
             .get("packs")
@@ -1454,6 +1467,10 @@ struct Rollback {
 impl Action for Rollback {
     fn spec(&self) -> &ActionSpec {
         &self.spec
+    }
+
+    fn settled(&self, request: &str) {
+        self.mgr.forget_switches(Some(request));
     }
 
     /// Pin the version to restore, so the prompt shows it and approval

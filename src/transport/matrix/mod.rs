@@ -95,11 +95,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let user_id =
         UserId::parse(&user).map_err(|e| Error::Config(format!("user_id {user}: {e}")))?;
 
-    let settings = config.settings();
-    let engine = tokio::task::spawn_blocking(move || Engine::open(settings))
-        .await
-        .map_err(|e| Error::Config(e.to_string()))??;
-    let engine = Arc::new(engine);
+    let opened = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || config.open(crate::clock::now_ms()))
+            .await
+            .map_err(|e| Error::Config(e.to_string()))??
+    };
+    let engine = Arc::new(opened.engine);
 
     let store = config.data_dir.join("matrix");
     std::fs::create_dir_all(&store).map_err(|e| Error::Session(store.clone(), e.to_string()))?;
@@ -460,8 +462,13 @@ impl Bot {
             }),
             _ => None,
         };
-        let mut m = Incoming::message(sender.as_str(), room.room_id().as_str(), event_id, body);
-        m.ts_ms = u64::from(ts.get());
+        let mut m = Incoming::message(
+            sender.as_str(),
+            room.room_id().as_str(),
+            event_id,
+            body,
+            u64::from(ts.get()),
+        );
         m.power_level = power_level;
         Some(m)
     }
@@ -603,7 +610,7 @@ impl Bot {
             crate::clock::now_ms().saturating_sub(m.ts_ms),
         );
         let t = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || engine.handle(&m)).await {
+        match tokio::task::spawn_blocking(move || engine.handle(&m, crate::clock::now_ms())).await {
             Ok(fx) => {
                 let handled = t.elapsed();
                 self.apply(fx).await;
@@ -709,27 +716,12 @@ impl Bot {
                             ));
                         }
                     }
-                    Effect::Execute(id) => {
-                        let Some(running) = self
-                            .running
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .clone()
-                        else {
-                            // Shutting down: the request stays approved, and
-                            // the next start reports it as not run.
-                            continue;
-                        };
-                        let bot = self.clone();
-                        tokio::spawn(async move {
-                            let engine = bot.engine.clone();
-                            let fx = tokio::task::spawn_blocking(move || engine.execute(&id)).await;
-                            if let Ok(fx) = fx {
-                                bot.clone().apply(fx).await;
-                            }
-                            drop(running);
-                        });
-                    }
+                    Effect::Prepare(id) => self
+                        .clone()
+                        .background(move |e| e.prepare(&id, crate::clock::now_ms)),
+                    Effect::Execute(id) => self
+                        .clone()
+                        .background(move |e| e.execute(&id, crate::clock::now_ms)),
                 }
             }
             for (room, content) in reactions {
@@ -738,6 +730,28 @@ impl Bot {
                 }
             }
         })
+    }
+
+    /// Run `job` (a preparation or an execution) on a blocking thread and
+    /// carry out its effects; the sync loop never waits for it. Shutdown
+    /// waits for it (it holds a clone of `running`); once shutdown has
+    /// begun nothing new starts, and the next start reports the request.
+    fn background(self: Arc<Self>, job: impl FnOnce(&Engine) -> Vec<Effect> + Send + 'static) {
+        let Some(running) = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        tokio::spawn(async move {
+            let engine = self.engine.clone();
+            if let Ok(fx) = tokio::task::spawn_blocking(move || job(&engine)).await {
+                self.clone().apply(fx).await;
+            }
+            drop(running);
+        });
     }
 
     fn room(&self, id: &str) -> Option<Room> {
@@ -821,7 +835,9 @@ impl Bot {
         // `recv` gives None once every execution has dropped its sender.
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, finished.recv()).await;
         let engine = self.engine.clone();
-        let _ = tokio::task::spawn_blocking(move || engine.interrupt_running()).await;
+        let _ =
+            tokio::task::spawn_blocking(move || engine.interrupt_running(crate::clock::now_ms()))
+                .await;
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 
-use airlock::engine::{Effect, Incoming, Kind};
+use airlock::engine::{Effect, Kind};
 use common::*;
 
 /// The shipped policy and aliases, with the seed's repository served from

@@ -15,6 +15,18 @@ fn main() {
     // Cheap targets take four times the cases of heavy ones.
     let weight = |heavy: bool| if heavy { 1 } else { 4 };
     let units: u64 = props::TARGETS.iter().map(|t| weight(t.heavy)).sum();
+    // A fresh seed each run unless one is given, so runs explore; printed
+    // so a failure can be replayed with AIRLOCK_FUZZ_SEED.
+    let seed = std::env::var("AIRLOCK_FUZZ_SEED").unwrap_or_else(|_| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        t.to_string()
+    });
+    // SAFETY: set before any other thread exists.
+    unsafe { std::env::set_var("AIRLOCK_FUZZ_SEED", &seed) };
+    println!("seed {seed}");
     let mut done = 0u64;
     let started = Instant::now();
     for t in props::TARGETS {

@@ -211,8 +211,8 @@ impl Config {
             .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
         let requests = Requests::open(&db)
             .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
-        let packs =
-            PackManager::new(&self.packs, &db, self.git.clone()).map_err(StartError::Packs)?;
+        let packs = PackManager::new(&self.packs, &db, self.git.clone())
+            .map_err(|e| StartError::Packs(e.to_string()))?;
         let catalog = Arc::new(Files {
             aliases: self.aliases.clone(),
             policies: self.policies.clone(),

@@ -150,8 +150,9 @@ pub struct Outcome {
     pub result: Value,
     /// One line for the audit log and default messages.
     pub summary: String,
-    /// For installs: the commit now deployed.
-    pub commit: Option<String>,
+    /// Packs this run put in place (install, rollback), with their commits:
+    /// what `who-deployed` reads back from the audit log.
+    pub deployed: Vec<Deployed>,
     /// Installed or removed packs: the alias set must be reloaded.
     pub packs_changed: bool,
 }
@@ -162,7 +163,7 @@ impl Outcome {
             status: Status::Succeeded,
             result,
             summary: summary.into(),
-            commit: None,
+            deployed: Vec::new(),
             packs_changed: false,
         }
     }
@@ -173,16 +174,53 @@ impl Outcome {
             status: Status::Failed,
             result: serde_json::json!({ "error": summary }),
             summary,
-            commit: None,
+            deployed: Vec::new(),
             packs_changed: false,
+        }
+    }
+}
+
+/// A pack at a commit, as a run left it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Deployed {
+    /// The pack's name.
+    pub pack: String,
+    /// The commit now live.
+    pub commit: String,
+}
+
+/// What `prepare` fixed when the request was made: exactly what will run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// The parameters, as the prompt lists them and the run receives them.
+    pub params: Params,
+    /// What they resolved to, one line each, shown under the parameters
+    /// ("→ st2-flow at commit 5d1f0c… (main) from …").
+    pub shown: Vec<String>,
+    /// What the action itself needs at run time beyond the parameters (an
+    /// install's pinned commits); opaque to the engine.
+    pub plan: Value,
+}
+
+impl Prepared {
+    /// Parameters that need no resolving.
+    pub fn plain(params: Params) -> Self {
+        Prepared {
+            params,
+            shown: Vec::new(),
+            plan: Value::Null,
         }
     }
 }
 
 /// What a running action may know about its request.
 pub struct RunContext<'a> {
+    /// The request's id.
     pub request_id: &'a str,
+    /// Who asked for it.
     pub requester: &'a str,
+    /// What `prepare` planned ([`Prepared::plan`]).
+    pub plan: &'a Value,
     /// Set on shutdown: long actions should stop at the next safe point.
     pub cancel: &'a AtomicBool,
 }
@@ -192,8 +230,8 @@ pub trait Action: Send + Sync {
 
     /// Complete validated parameters when the request is made. What this
     /// returns is shown in the confirmation prompt and is exactly what runs.
-    fn prepare(&self, params: Params) -> Result<Params, String> {
-        Ok(params)
+    fn prepare(&self, params: Params) -> Result<Prepared, String> {
+        Ok(Prepared::plain(params))
     }
 
     /// Whether `prepare` may take long (it reaches the network): the engine

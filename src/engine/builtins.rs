@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::{Engine, Out};
+use crate::action::Deployed;
 use crate::alias::Params;
 use crate::audit::{AuditLog, Entry, Event, Query, Status};
 use crate::clock;
@@ -190,17 +191,16 @@ pub fn who_deployed(
         let Ok(Some(req)) = requests.get(id) else {
             continue;
         };
-        let names_pack = match req.action.as_str() {
-            "packs.rollback" => req.params.get("pack").and_then(Value::as_str) == Some(pack),
-            _ => req
-                .params
-                .get("resolved")
-                .and_then(Value::as_array)
-                .is_some_and(|srcs| srcs.iter().any(|s| s["pack"] == pack)),
-        };
-        if !names_pack {
+        // What the run reported it put in place (`Outcome::deployed`).
+        let deployed: Vec<Deployed> = e
+            .detail
+            .get("deployed")
+            .cloned()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        let Some(this) = deployed.iter().find(|d| d.pack == pack) else {
             continue;
-        }
+        };
         let approvers: Vec<&str> = req.approvals.iter().map(|a| a.user.as_str()).collect();
         lines.push(format!(
             "{} {} {} by {}{} at {} — {} [request {}]",
@@ -217,10 +217,7 @@ pub fn who_deployed(
             } else {
                 format!(" (approved by {})", approvers.join(", "))
             },
-            e.detail
-                .get("commit")
-                .and_then(Value::as_str)
-                .unwrap_or("?"),
+            this.commit,
             e.status.map_or("?", |s| s.name()),
             req.id,
         ));
@@ -236,7 +233,6 @@ pub fn pending_line(r: &Request, now: u64) -> String {
     let params: Vec<String> = r
         .params
         .iter()
-        .filter(|(k, _)| *k != "resolved")
         .map(|(k, v)| match v {
             Value::String(s) => format!("{k}={s}"),
             other => format!("{k}={other}"),

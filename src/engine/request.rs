@@ -10,7 +10,7 @@ use super::{
     Effect, Engine, FAILED, Incoming, Out, Outgoing, SEEN, WAITING, reply_to_request,
     request_entry, request_event,
 };
-use crate::action::ActionSpec;
+use crate::action::{ActionSpec, Prepared};
 use crate::alias::{self, Alias, AliasSet, Params};
 use crate::audit::{Event, Status};
 use crate::clock;
@@ -146,6 +146,8 @@ impl Engine {
             alias: Some(reference.clone()),
             action: alias.action_ref.clone(),
             params,
+            shown: Vec::new(),
+            plan: Value::Null,
             set_in_chat: set_in_chat.to_vec(),
             rule,
             created_ms: now,
@@ -193,10 +195,10 @@ impl Engine {
     }
 
     /// What will run is known (or cannot be): prompt, accept, or say why not.
-    fn prepared(&self, out: &mut Out, req: Request, prepared: Result<Params, String>) {
+    fn prepared(&self, out: &mut Out, req: Request, prepared: Result<Prepared, String>) {
         let now = out.now;
         let reference = req.alias.clone().unwrap_or_else(|| req.action.clone());
-        let params = match prepared {
+        let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
                 let msg = format!("{reference} cannot run: {e}");
@@ -212,7 +214,7 @@ impl Engine {
         };
         let req = match self
             .requests
-            .update(&req.id, |r| r.prepared(params.clone(), now))
+            .update(&req.id, |r| r.prepared(prepared.clone(), now))
         {
             Ok(Update::Done(r, ())) => r,
             _ => return,
@@ -276,6 +278,9 @@ impl Engine {
             req.action
         );
         text.push_str(&params_text(&req.params));
+        for line in &req.shown {
+            text.push_str(&format!("  → {line}\n"));
+        }
         let who = if c.self_approve && !c.approvers.is_empty() {
             format!("{} (the requester may approve)", c.approvers_text)
         } else if c.self_approve {
@@ -362,27 +367,10 @@ pub fn evaluate(
     })
 }
 
-/// Parameters as a prompt lists them, resolved commits spelled out.
+/// Parameters as a prompt lists them.
 pub fn params_text(params: &Params) -> String {
     let mut s = String::new();
     for (k, v) in params {
-        if k == "resolved" {
-            for src in v.as_array().into_iter().flatten() {
-                let fetched = match (src["url"].as_str(), src["fetch_url"].as_str()) {
-                    (Some(u), Some(f)) if u != f => format!(" (fetched from {f})"),
-                    _ => String::new(),
-                };
-                s.push_str(&format!(
-                    "  → {} at commit {} ({}) from {}{}\n",
-                    src["pack"].as_str().unwrap_or("?"),
-                    src["commit"].as_str().unwrap_or("?"),
-                    src["reference"].as_str().unwrap_or("default branch"),
-                    src["url"].as_str().unwrap_or("?"),
-                    fetched
-                ));
-            }
-            continue;
-        }
         let v = match v {
             Value::String(s) => s.clone(),
             other => other.to_string(),

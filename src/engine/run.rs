@@ -51,6 +51,7 @@ impl Engine {
                 let ctx = RunContext {
                     request_id: &req.id,
                     requester: &req.requester,
+                    plan: &req.plan,
                     cancel: &self.cancel,
                 };
                 // An action that panics is a failed run, not a dead bot.
@@ -98,8 +99,9 @@ impl Engine {
             _ => req,
         };
         let mut detail = json!({"summary": outcome.summary, "elapsed_ms": elapsed_ms});
-        if let Some(c) = &outcome.commit {
-            detail["commit"] = json!(c);
+        if let Some(first) = outcome.deployed.first() {
+            detail["commit"] = json!(first.commit);
+            detail["deployed"] = json!(outcome.deployed);
         }
         if recovered.is_some() {
             detail["recovered"] = json!(true);
@@ -150,6 +152,7 @@ impl Engine {
         let ctx = RunContext {
             request_id: &req.id,
             requester: &req.requester,
+            plan: &req.plan,
             cancel: &self.cancel,
         };
         let outcome = action.recover(&ctx, &req.params)?;

@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::action::Prepared;
 use crate::alias::Params;
 
 /// Where a request is in its life.
@@ -136,6 +137,12 @@ pub struct Request {
     pub alias: Option<String>,
     pub action: String,
     pub params: Params,
+    /// What the parameters resolved to, as the prompt shows it.
+    #[serde(default)]
+    pub shown: Vec<String>,
+    /// What the action planned when the request was prepared (opaque).
+    #[serde(default)]
+    pub plan: Value,
     /// Parameters the chat command set as trailing `key=value` pairs.
     #[serde(default)]
     pub set_in_chat: Vec<String>,
@@ -182,9 +189,11 @@ impl Request {
     /// Preparation done: what will run is now fixed (`params`); the request
     /// waits for approvals, or is approved at once when it needs none. Its
     /// expiry counts from `now`.
-    pub fn prepared(&mut self, params: Params, now: u64) -> Result<(), Refusal> {
+    pub fn prepared(&mut self, prepared: Prepared, now: u64) -> Result<(), Refusal> {
         self.expect(&[State::Preparing])?;
-        self.params = params;
+        self.params = prepared.params;
+        self.shown = prepared.shown;
+        self.plan = prepared.plan;
         if let Some(c) = &mut self.confirmation {
             c.expires_ms = now + c.expires_ms.saturating_sub(self.created_ms);
         }
@@ -479,6 +488,8 @@ mod tests {
             alias: Some("st2-flow.flow_deploy".into()),
             action: "packs.install".into(),
             params: Params::new(),
+            shown: Vec::new(),
+            plan: Value::Null,
             set_in_chat: Vec::new(),
             rule: "r".into(),
             created_ms: 1_000,
@@ -506,7 +517,7 @@ mod tests {
             r.approve("@bob", 2_000),
             Err(Refusal::State(State::Preparing))
         );
-        r.prepared(Params::new(), 5_000).unwrap();
+        r.prepared(Prepared::plain(Params::new()), 5_000).unwrap();
         assert_eq!(r.state, State::Pending);
         // The expiry counts from when the prompt can be shown.
         assert_eq!(r.confirmation.as_ref().unwrap().expires_ms, 605_000);
@@ -530,22 +541,22 @@ mod tests {
     #[test]
     fn a_request_needing_no_approval_is_approved_when_prepared() {
         let mut r = request(0);
-        r.prepared(Params::new(), 2_000).unwrap();
+        r.prepared(Prepared::plain(Params::new()), 2_000).unwrap();
         assert_eq!(r.state, State::Approved);
     }
 
     #[test]
     fn answers_after_the_expiry_expire_it_instead() {
         let mut r = request(1);
-        r.prepared(Params::new(), 1_000).unwrap();
+        r.prepared(Prepared::plain(Params::new()), 1_000).unwrap();
         assert_eq!(r.expire(600_999), Err(Refusal::NotDue));
         assert_eq!(r.approve("@bob", 601_000), Ok(Step::Expired));
         assert_eq!(r.state, State::Expired);
         let mut r = request(1);
-        r.prepared(Params::new(), 1_000).unwrap();
+        r.prepared(Prepared::plain(Params::new()), 1_000).unwrap();
         assert_eq!(r.deny("@bob", 700_000), Ok(Step::Expired));
         let mut r = request(1);
-        r.prepared(Params::new(), 1_000).unwrap();
+        r.prepared(Prepared::plain(Params::new()), 1_000).unwrap();
         r.expire(601_000).unwrap();
         assert_eq!(
             r.cancel("@alice", 601_001),
@@ -556,14 +567,14 @@ mod tests {
     #[test]
     fn deny_cancel_and_interrupt_close_it() {
         let mut r = request(1);
-        r.prepared(Params::new(), 1_000).unwrap();
+        r.prepared(Prepared::plain(Params::new()), 1_000).unwrap();
         assert_eq!(r.deny("@bob", 2_000), Ok(Step::Closed));
         assert_eq!(
             (r.state, r.decided_by.as_deref()),
             (State::Denied, Some("@bob"))
         );
         let mut r = request(1);
-        r.prepared(Params::new(), 1_000).unwrap();
+        r.prepared(Prepared::plain(Params::new()), 1_000).unwrap();
         assert_eq!(r.cancel("@alice", 2_000), Ok(Step::Closed));
         assert_eq!(r.state, State::Cancelled);
         let mut r = request(0);

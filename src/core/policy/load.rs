@@ -1,0 +1,482 @@
+//! Reading policy files: every problem reported with file, line and
+//! field, and nothing kept from a policy with errors.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use regex::Regex;
+use serde::Deserialize;
+
+use super::{
+    BUILTINS, ConfirmPolicy, Constraint, DEFAULT_EXPIRY, Effect, Glob, LoadedPolicy, Rule, Subjects,
+};
+use crate::diag::{self, Diagnostic, Severity, YamlIndex};
+use crate::{clock, ids};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    groups: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: String,
+    effect: Effect,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    rooms: Vec<String>,
+    #[serde(default)]
+    min_power_level: Option<i64>,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    actions: Vec<String>,
+    #[serde(default)]
+    packs: Vec<String>,
+    #[serde(default)]
+    builtins: Vec<String>,
+    #[serde(default)]
+    params: BTreeMap<String, RawConstraint>,
+    #[serde(default)]
+    extra_params: bool,
+    #[serde(default)]
+    confirm: Option<RawConfirm>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConstraint {
+    #[serde(default)]
+    values: Option<Vec<serde_yaml::Value>>,
+    #[serde(default)]
+    regex: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawConfirm {
+    Flag(bool),
+    Spec(RawConfirmSpec),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfirmSpec {
+    #[serde(default)]
+    approvers: Option<RawSubjects>,
+    #[serde(default)]
+    approvals: Option<u32>,
+    #[serde(default)]
+    self_approve: Option<bool>,
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubjects {
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+/// Reports one problem at a field of the file being read.
+type Report<'a> = dyn FnMut(&str, Severity, String) + 'a;
+
+fn user_glob_ok(g: &str) -> bool {
+    ids::is_user_glob(g)
+}
+
+fn room_glob_ok(g: &str) -> bool {
+    ids::is_room_glob(g)
+}
+
+/// Load every `*.yaml`/`*.yml` in `dirs` (or the files given), reporting
+/// every problem. Nothing from a file with errors is kept: a half-read
+/// policy could allow what the whole one forbids.
+pub fn load(paths: &[PathBuf]) -> LoadedPolicy {
+    let mut files = Vec::new();
+    let mut out = LoadedPolicy::default();
+    for p in paths {
+        if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            v.retain(|f| matches!(f.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")));
+            v.sort();
+            files.extend(v);
+        } else if p.is_file() {
+            files.push(p.clone());
+        } else {
+            out.diagnostics
+                .push(Diagnostic::file(p, "no such file or directory"));
+        }
+    }
+    let mut texts = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(&f) {
+            Ok(t) => texts.push((f, t)),
+            Err(e) => out
+                .diagnostics
+                .push(Diagnostic::file(&f, format!("cannot read: {e}"))),
+        }
+    }
+    let parsed = parse_texts(&texts);
+    out.diagnostics.extend(parsed.diagnostics);
+    out.policy = parsed.policy;
+    if out.has_errors() {
+        // Never run with part of a policy.
+        out.policy.rules.clear();
+    }
+    out
+}
+
+/// The policy in `files` (path, text), in order: [`load`] without the
+/// file system.
+pub fn parse_texts(files: &[(PathBuf, String)]) -> LoadedPolicy {
+    let mut out = LoadedPolicy::default();
+    let mut parsed = Vec::new();
+    for (f, text) in files {
+        match serde_yaml::from_str::<Option<RawFile>>(text) {
+            Ok(raw) => parsed.push((f.clone(), YamlIndex::parse(text), raw.unwrap_or_default())),
+            Err(e) => out.diagnostics.push(diag::from_serde_yaml(f, &e)),
+        }
+    }
+    load_groups(&parsed, &mut out);
+    let mut ids: HashMap<String, (PathBuf, usize)> = HashMap::new();
+    for (f, idx, raw) in parsed {
+        for (i, r) in raw.rules.into_iter().enumerate() {
+            let base = format!("rules[{i}]");
+            let mut errs = Vec::new();
+            let mut e =
+                |path: &str, sev: Severity, msg: String| errs.push(idx.diag(sev, &f, path, msg));
+            if let Some((pf, line)) = ids.get(&r.id) {
+                e(
+                    &format!("{base}.id"),
+                    Severity::Error,
+                    format!(
+                        "rule id \"{}\" is already used at {}:{line}",
+                        r.id,
+                        pf.display()
+                    ),
+                );
+            }
+            let line = idx.locate(&base).0;
+            ids.insert(r.id.clone(), (f.clone(), line));
+            let rule = load_rule(r, &out.policy.groups, &base, &mut e);
+            let failed = errs.iter().any(Diagnostic::is_error);
+            out.diagnostics.extend(errs);
+            if let Some(rule) = rule.filter(|_| !failed) {
+                out.policy.rules.push(Rule {
+                    file: f.clone(),
+                    line,
+                    ..rule
+                });
+            }
+        }
+    }
+    if out.has_errors() {
+        // Never run with part of a policy.
+        out.policy.rules.clear();
+    }
+    out
+}
+
+/// Groups first: rules in any file may name groups from any file.
+fn load_groups(parsed: &[(PathBuf, YamlIndex, RawFile)], out: &mut LoadedPolicy) {
+    let mut group_src: HashMap<String, PathBuf> = HashMap::new();
+    for (f, idx, raw) in parsed {
+        for (name, members) in &raw.groups {
+            let field = format!("groups.{name}");
+            if let Some(prev) = group_src.get(name) {
+                out.diagnostics.push(idx.diag(
+                    Severity::Error,
+                    f,
+                    &field,
+                    format!("group {name} is already defined in {}", prev.display()),
+                ));
+                continue;
+            }
+            group_src.insert(name.clone(), f.clone());
+            for (i, m) in members.iter().enumerate() {
+                if !user_glob_ok(m) {
+                    out.diagnostics.push(idx.diag(
+                        Severity::Error,
+                        f,
+                        &format!("{field}[{i}]"),
+                        format!("\"{m}\" is not a Matrix user ID or glob (@user:server)"),
+                    ));
+                }
+            }
+            if members.is_empty() {
+                out.diagnostics.push(idx.diag(
+                    Severity::Warning,
+                    f,
+                    &field,
+                    "group has no members",
+                ));
+            }
+            out.policy
+                .groups
+                .insert(name.clone(), members.iter().map(|m| Glob::new(m)).collect());
+        }
+    }
+}
+
+/// One rule, every problem reported through `e`. The file and line are
+/// filled in by the caller.
+fn load_rule(
+    r: RawRule,
+    groups: &BTreeMap<String, Vec<Glob>>,
+    base: &str,
+    e: &mut Report,
+) -> Option<Rule> {
+    let who = subjects(groups, &r.users, &r.groups, base, e);
+    if r.users.is_empty() && r.groups.is_empty() {
+        e(
+            base,
+            Severity::Error,
+            "rule names no users or groups, so it can never match".into(),
+        );
+    }
+    for (j, room) in r.rooms.iter().enumerate() {
+        if !room_glob_ok(room) {
+            e(
+                &format!("{base}.rooms[{j}]"),
+                Severity::Error,
+                format!(
+                    "\"{room}\" is not a room ID (!id, or !id:server before room version 12), room alias (#alias:server) or glob"
+                ),
+            );
+        }
+    }
+    if r.aliases.is_empty() && r.actions.is_empty() && r.packs.is_empty() && r.builtins.is_empty() {
+        e(
+            base,
+            Severity::Error,
+            "rule names no aliases, actions, packs or builtins, so it can never match".into(),
+        );
+    }
+    for (j, b) in r.builtins.iter().enumerate() {
+        if b != "*" && !BUILTINS.contains(&b.as_str()) {
+            e(
+                &format!("{base}.builtins[{j}]"),
+                Severity::Error,
+                format!(
+                    "unknown built-in command \"{b}\" (known: {})",
+                    BUILTINS.join(", ")
+                ),
+            );
+        }
+    }
+    if let Some(pl) = r.min_power_level
+        && !(-1_000_000..=1_000_000).contains(&pl)
+    {
+        e(
+            &format!("{base}.min_power_level"),
+            Severity::Warning,
+            format!("power level {pl} is unusual"),
+        );
+    }
+    let params = load_params(&r, base, e);
+    let confirm = load_confirm(r.confirm, r.effect, groups, base, e);
+    let globs = |v: &[String]| v.iter().map(|s| Glob::new(s)).collect::<Vec<_>>();
+    Some(Rule {
+        id: r.id,
+        effect: r.effect,
+        description: r.description,
+        subjects: who,
+        rooms: globs(&r.rooms),
+        min_power_level: r.min_power_level,
+        aliases: globs(&r.aliases),
+        actions: globs(&r.actions),
+        packs: globs(&r.packs),
+        builtins: globs(&r.builtins),
+        params,
+        extra_params: r.extra_params,
+        confirm,
+        file: PathBuf::new(),
+        line: 0,
+    })
+}
+
+/// A rule's parameter constraints: `values` or an anchored `regex` each.
+fn load_params(r: &RawRule, base: &str, e: &mut Report) -> BTreeMap<String, Constraint> {
+    let mut params = BTreeMap::new();
+    for (name, c) in &r.params {
+        let field = format!("{base}.params.{name}");
+        if r.effect == Effect::Deny {
+            e(
+                &field,
+                Severity::Error,
+                "deny rules cannot constrain parameters".into(),
+            );
+        }
+        match (&c.values, &c.regex) {
+            (Some(vs), None) => {
+                if vs.is_empty() {
+                    e(
+                        &field,
+                        Severity::Warning,
+                        "no values are allowed: the rule allows nothing that sets this parameter"
+                            .into(),
+                    );
+                }
+                let vs = vs.iter().map(yaml_scalar_text).collect();
+                params.insert(name.clone(), Constraint::Values(vs));
+            }
+            (None, Some(re)) => match Regex::new(&format!("^(?:{re})$")) {
+                Ok(re) => {
+                    params.insert(name.clone(), Constraint::Regex(re));
+                }
+                Err(err) => e(
+                    &format!("{field}.regex"),
+                    Severity::Error,
+                    format!(
+                        "invalid regex: {}",
+                        err.to_string()
+                            .lines()
+                            .last()
+                            .unwrap_or_default()
+                            .trim_start_matches("error: ")
+                    ),
+                ),
+            },
+            _ => e(
+                &field,
+                Severity::Error,
+                "give exactly one of `values` or `regex`".into(),
+            ),
+        }
+    }
+    if !r.params.is_empty() && r.aliases.is_empty() && r.actions.is_empty() && r.packs.is_empty() {
+        e(
+            &format!("{base}.params"),
+            Severity::Error,
+            "parameter constraints on a rule for built-ins can never apply".into(),
+        );
+    }
+    params
+}
+
+/// A rule's `confirm`: `Some(None)` for an explicit `confirm: false`.
+fn load_confirm(
+    confirm: Option<RawConfirm>,
+    effect: Effect,
+    groups: &BTreeMap<String, Vec<Glob>>,
+    base: &str,
+    e: &mut Report,
+) -> Option<Option<ConfirmPolicy>> {
+    match confirm {
+        None => None,
+        Some(_) if effect == Effect::Deny => {
+            e(
+                &format!("{base}.confirm"),
+                Severity::Error,
+                "deny rules cannot ask for confirmation".into(),
+            );
+            None
+        }
+        Some(RawConfirm::Flag(false)) => Some(None),
+        Some(RawConfirm::Flag(true)) => Some(Some(ConfirmPolicy {
+            approvers: Subjects::default(),
+            approvals: 1,
+            self_approve: true,
+            expires: DEFAULT_EXPIRY,
+        })),
+        Some(RawConfirm::Spec(c)) => {
+            let approvers = c.approvers.unwrap_or_default();
+            let approvers = subjects(
+                groups,
+                &approvers.users,
+                &approvers.groups,
+                &format!("{base}.confirm.approvers"),
+                e,
+            );
+            let approvals = c.approvals.unwrap_or(1);
+            if approvals == 0 {
+                e(
+                    &format!("{base}.confirm.approvals"),
+                    Severity::Error,
+                    "must be at least 1 (use `confirm: false` for none)".into(),
+                );
+            }
+            let expires = match c.expires.as_deref().map(clock::parse_duration) {
+                None => DEFAULT_EXPIRY,
+                Some(Some(d)) if !d.is_zero() => d,
+                Some(_) => {
+                    e(
+                        &format!("{base}.confirm.expires"),
+                        Severity::Error,
+                        "expected a duration such as 90s, 10m, 2h".into(),
+                    );
+                    DEFAULT_EXPIRY
+                }
+            };
+            let self_approve = c.self_approve.unwrap_or(approvers.is_empty());
+            Some(Some(ConfirmPolicy {
+                approvers,
+                approvals,
+                self_approve,
+                expires,
+            }))
+        }
+    }
+}
+
+fn yaml_scalar_text(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    }
+}
+
+fn subjects(
+    groups: &BTreeMap<String, Vec<Glob>>,
+    users: &[String],
+    group_names: &[String],
+    base: &str,
+    e: &mut Report,
+) -> Subjects {
+    let mut expanded = Vec::new();
+    for (j, u) in users.iter().enumerate() {
+        if !user_glob_ok(u) {
+            e(
+                &format!("{base}.users[{j}]"),
+                Severity::Error,
+                format!(
+                    "\"{u}\" is not a Matrix user ID or glob (@user:server); display names are never used"
+                ),
+            );
+        }
+    }
+    for (j, g) in group_names.iter().enumerate() {
+        match groups.get(g) {
+            Some(members) => expanded.extend(members.iter().cloned()),
+            None => e(
+                &format!("{base}.groups[{j}]"),
+                Severity::Error,
+                format!("unknown group \"{g}\""),
+            ),
+        }
+    }
+    Subjects {
+        users: users.iter().map(|u| Glob::new(u)).collect(),
+        groups: group_names.to_vec(),
+        expanded,
+    }
+}

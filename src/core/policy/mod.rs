@@ -14,7 +14,7 @@
 //! `*` is any run of characters, `?` one character, nothing else is special.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use regex::Regex;

@@ -22,6 +22,7 @@ use crate::{alias, policy};
 /// recent entries, and a long-running process should not grow toward that.
 const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
 
+/// `airlock.yaml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -34,14 +35,19 @@ pub struct Config {
     /// Display name of the bot's device.
     #[serde(default = "default_device")]
     pub device_name: String,
+    /// The sled database and the Matrix store.
     #[serde(default = "default_data")]
     pub data_dir: PathBuf,
+    /// Alias directories (alias files, or packs).
     #[serde(default = "default_aliases")]
     pub aliases: Vec<PathBuf>,
+    /// Policy files or directories.
     #[serde(default = "default_policies")]
     pub policies: Vec<PathBuf>,
+    /// Where packs are installed.
     #[serde(default = "default_packs")]
     pub packs: PathBuf,
+    /// The command prefix.
     #[serde(default = "default_prefix")]
     pub prefix: String,
     /// Names the bot answers to as `name: command`.
@@ -53,6 +59,7 @@ pub struct Config {
     /// 👍/👎 on a prompt counts as a reply.
     #[serde(default)]
     pub reaction_approvals: bool,
+    /// Git settings for pack installs.
     #[serde(default)]
     pub git: GitConfig,
 }
@@ -167,6 +174,7 @@ impl Config {
         }
     }
 
+    /// `max_command_age` as a duration, if it parses.
     pub fn max_age(&self) -> Option<Duration> {
         crate::clock::parse_duration(&self.max_command_age)
     }

@@ -9,7 +9,7 @@
 //!    what, where, with whose confirmation), [`render`] (ack/result
 //!    templates and the messages sent), [`ids`] (Matrix identifiers),
 //!    [`diag`] (file:line:field diagnostics), [`clock`] (timestamps,
-//!    durations), [`pyre`] (Python regex syntax);
+//!    durations), `pyre` (Python regex syntax);
 //! 2. `store`, the durable records on sled: [`requests`] (each request and
 //!    its confirmation state machine) and [`audit`] (the hash-chained log);
 //! 3. [`action`]: what an approved request runs (`core.*`, `packs.*`);
@@ -21,7 +21,7 @@
 //! 6. [`config`] (`airlock.yaml`) and the `airlock` binary, which compose
 //!    the rest.
 
-// #![warn(missing_docs)] (enabled once every public item is documented)
+#![warn(missing_docs)]
 
 mod core;
 mod store;
@@ -32,6 +32,6 @@ pub mod config;
 pub mod crash;
 pub mod engine;
 
-pub use crate::core::{alias, clock, diag, ids, policy, pyre, render};
+pub use crate::core::{alias, clock, diag, ids, policy, render};
 pub use store::{audit, requests};
 pub use transport::{console, matrix};

@@ -11,6 +11,7 @@ use super::{Action, ActionSpec, Outcome, ParamSpec, RunContext};
 use crate::alias::Params;
 use crate::alias::cast::ParamType;
 
+/// The `core.*` actions airlock runs natively.
 pub fn actions() -> Vec<Arc<dyn Action>> {
     vec![
         Arc::new(Echo(echo_spec())),
@@ -19,6 +20,7 @@ pub fn actions() -> Vec<Arc<dyn Action>> {
     ]
 }
 
+/// `core.echo`: say a message.
 pub fn echo_spec() -> ActionSpec {
     ActionSpec {
         reference: "core.echo",
@@ -27,6 +29,7 @@ pub fn echo_spec() -> ActionSpec {
     }
 }
 
+/// `core.noop`: do nothing, successfully.
 pub fn noop_spec() -> ActionSpec {
     ActionSpec {
         reference: "core.noop",
@@ -35,6 +38,7 @@ pub fn noop_spec() -> ActionSpec {
     }
 }
 
+/// `core.pause`: wait a number of seconds.
 pub fn pause_spec() -> ActionSpec {
     ActionSpec {
         reference: "core.pause",

@@ -19,16 +19,23 @@ use serde_json::Value;
 use crate::alias::Params;
 use crate::alias::cast::{self, ParamType};
 
+/// One parameter of an action, as st2's action metadata declares it.
 #[derive(Debug, Clone)]
 pub struct ParamSpec {
+    /// Its name.
     pub name: &'static str,
+    /// Its type, which chat values are cast to.
     pub ty: ParamType,
+    /// Whether a request must give it.
     pub required: bool,
+    /// Its value when not given.
     pub default: Option<Value>,
+    /// What it is for.
     pub description: &'static str,
 }
 
 impl ParamSpec {
+    /// An optional parameter without a default.
     pub const fn new(name: &'static str, ty: ParamType, description: &'static str) -> Self {
         ParamSpec {
             name,
@@ -39,29 +46,37 @@ impl ParamSpec {
         }
     }
 
+    /// Mark it required.
     pub fn required(mut self) -> Self {
         self.required = true;
         self
     }
 
+    /// Give it a default.
     pub fn default(mut self, v: Value) -> Self {
         self.default = Some(v);
         self
     }
 }
 
+/// An action's schema: its reference and parameters.
 #[derive(Debug, Clone)]
 pub struct ActionSpec {
+    /// `pack.action`.
     pub reference: &'static str,
+    /// What it is for.
     pub description: &'static str,
+    /// Its parameters, in order.
     pub params: Vec<ParamSpec>,
 }
 
 impl ActionSpec {
+    /// The parameter called `name`.
     pub fn param(&self, name: &str) -> Option<&ParamSpec> {
         self.params.iter().find(|p| p.name == name)
     }
 
+    /// The type of parameter `name`.
     pub fn type_of(&self, name: &str) -> Option<ParamType> {
         self.param(name).map(|p| p.ty)
     }
@@ -127,13 +142,17 @@ fn check_type(p: &ParamSpec, v: &Value) -> Result<(), String> {
     }
 }
 
+/// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// It did what it was asked.
     Succeeded,
+    /// It did not.
     Failed,
 }
 
 impl Status {
+    /// `succeeded` or `failed`, as st2 says it.
     pub fn name(self) -> &'static str {
         match self {
             Status::Succeeded => "succeeded",
@@ -145,6 +164,7 @@ impl Status {
 /// How a run ended.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// How it ended.
     pub status: Status,
     /// st2's `execution.result`.
     pub result: Value,
@@ -158,6 +178,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A success with `result`.
     pub fn ok(summary: impl Into<String>, result: Value) -> Self {
         Outcome {
             status: Status::Succeeded,
@@ -168,6 +189,7 @@ impl Outcome {
         }
     }
 
+    /// A failure, its summary also the result's `error`.
     pub fn failed(summary: impl Into<String>) -> Self {
         let summary = summary.into();
         Outcome {
@@ -225,7 +247,9 @@ pub struct RunContext<'a> {
     pub cancel: &'a AtomicBool,
 }
 
+/// What an alias's `action_ref` runs: a schema, a preparation when the request is made, and the run once it is approved.
 pub trait Action: Send + Sync {
+    /// Its schema.
     fn spec(&self) -> &ActionSpec;
 
     /// Complete validated parameters when the request is made. What this
@@ -240,6 +264,7 @@ pub trait Action: Send + Sync {
         false
     }
 
+    /// Run it with the prepared parameters (blocking; off the event loop).
     fn run(&self, ctx: &RunContext, params: &Params) -> Outcome;
 
     /// After a crash: how a run of this request ended, if durable state
@@ -287,14 +312,17 @@ impl Actions {
         a
     }
 
+    /// Add (or replace) an action, under its reference.
     pub fn add(&mut self, action: Arc<dyn Action>) {
         self.by_ref.insert(action.spec().reference, action);
     }
 
+    /// The action called `reference`.
     pub fn get(&self, reference: &str) -> Option<&Arc<dyn Action>> {
         self.by_ref.get(reference)
     }
 
+    /// The schemas of every action.
     pub fn specs(&self) -> impl Iterator<Item = &ActionSpec> {
         self.by_ref.values().map(|a| a.spec())
     }

@@ -8,20 +8,29 @@ use std::path::{Path, PathBuf};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
+/// How bad a problem is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
+    /// Loaded anyway.
     Warning,
+    /// Not loaded.
     Error,
 }
 
+/// A problem in a file, located by line, column and field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// Error or warning.
     pub severity: Severity,
+    /// The file.
     pub file: PathBuf,
+    /// 1-based line.
     pub line: usize,
+    /// 1-based column.
     pub column: usize,
     /// Dotted path of the field at fault (`formats[1].representation[0]`), or empty.
     pub field: String,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -38,6 +47,7 @@ impl Diagnostic {
         }
     }
 
+    /// Whether it is an error.
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
@@ -74,6 +84,7 @@ pub struct YamlIndex {
 }
 
 impl YamlIndex {
+    /// Index `text` (YAML) by dotted field path.
     pub fn parse(text: &str) -> Self {
         let mut rec = Recorder::default();
         // A scan error is reported by serde_yaml with its own position; the
@@ -145,6 +156,7 @@ pub fn from_serde_yaml(file: &Path, err: &serde_yaml::Error) -> Diagnostic {
     }
 }
 
+/// `path.key`, or `key` at the top.
 pub fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()

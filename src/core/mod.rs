@@ -7,5 +7,5 @@ pub mod clock;
 pub mod diag;
 pub mod ids;
 pub mod policy;
-pub mod pyre;
+pub(crate) mod pyre;
 pub mod render;

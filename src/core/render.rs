@@ -210,11 +210,14 @@ Action {{ execution.action.ref }} {{ execution.status }}\
 /// parameters or results reaches the room).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// Plain text.
     pub body: String,
+    /// HTML, every character of the text escaped.
     pub html: Option<String>,
 }
 
 impl Message {
+    /// Plain text only.
     pub fn plain(text: impl Into<String>) -> Self {
         Message {
             body: truncate(text.into()),
@@ -266,6 +269,7 @@ fn lines_html(s: &str) -> String {
     escape_html(s).replace('\n', "<br/>")
 }
 
+/// Escape `&`, `<`, `>`, `"` and `'`.
 pub fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -367,7 +371,7 @@ mod filters {
 
     fn re(pattern: &str) -> Result<regex::Regex, Error> {
         // Python patterns: reuse the alias translator for `(?P<..>)`, `\Z`...
-        let translated = crate::pyre::parse(pattern)
+        let translated = crate::core::pyre::parse(pattern)
             .map(|p| p.rust)
             .map_err(|e| bad(format!("invalid regex {pattern:?}: {e}")))?;
         regex::Regex::new(&translated)

@@ -229,6 +229,7 @@ pub fn who_deployed(
     }
 }
 
+/// One line of `!pending` / `airlock pending`.
 pub fn pending_line(r: &Request, now: u64) -> String {
     let params: Vec<String> = r
         .params

@@ -325,14 +325,18 @@ pub fn execution_params(
 
 /// What a command would do, decided but not done (`airlock policy explain`).
 pub struct Evaluation {
+    /// The alias matched.
     pub alias: Arc<Alias>,
+    /// The representation that matched.
     pub representation: String,
     /// Per execution: final parameters and the policy's explanation, or why
     /// the parameters are unacceptable.
     pub executions: Vec<Result<(Params, policy::Explanation), String>>,
+    /// Whether airlock has its action.
     pub action_available: bool,
 }
 
+/// Match `command` and decide each execution without running anything.
 pub fn evaluate(
     aliases: &AliasSet,
     policy: &Policy,

@@ -219,34 +219,42 @@ impl Entry {
         }
     }
 
+    /// In room `v`.
     pub fn room(mut self, v: &str) -> Self {
         self.room = Some(v.to_string());
         self
     }
+    /// Done by `v`.
     pub fn sender(mut self, v: &str) -> Self {
         self.sender = Some(v.to_string());
         self
     }
+    /// About request `v`.
     pub fn request(mut self, v: &str) -> Self {
         self.request = Some(v.to_string());
         self
     }
+    /// About alias `v`.
     pub fn alias(mut self, v: Option<&str>) -> Self {
         self.alias = v.map(str::to_string);
         self
     }
+    /// About action `v`.
     pub fn action(mut self, v: &str) -> Self {
         self.action = Some(v.to_string());
         self
     }
+    /// Decided by rule `v`.
     pub fn rule(mut self, v: Option<&str>) -> Self {
         self.rule = v.map(str::to_string);
         self
     }
+    /// Standing `v`.
     pub fn status(mut self, v: impl Into<Status>) -> Self {
         self.status = Some(v.into());
         self
     }
+    /// With details `v`.
     pub fn detail(mut self, v: Value) -> Self {
         self.detail = v;
         self
@@ -316,6 +324,7 @@ impl Entry {
     }
 }
 
+/// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -323,13 +332,19 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Which entries to return. All filters must hold.
 #[derive(Debug, Clone, Default)]
 pub struct Query {
+    /// Entries by this user.
     pub user: Option<String>,
+    /// In this room.
     pub room: Option<String>,
+    /// About this alias.
     pub alias: Option<String>,
+    /// About this action.
     pub action: Option<String>,
+    /// About this request.
     pub request: Option<String>,
     /// Matches the entry's status or its event name.
     pub status: Option<String>,
+    /// Of this event.
     pub event: Option<String>,
     /// Lower bound on the timestamp, in ms.
     pub since: Option<u64>,
@@ -412,10 +427,13 @@ fn index_batch(entries: &[Entry]) -> sled::Batch {
     batch
 }
 
+/// Why the log could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// sled failed.
     #[error("audit storage: {0}")]
     Storage(#[from] sled::Error),
+    /// Entry `seq` does not parse.
     #[error("audit entry {0} is unreadable: {1}")]
     Corrupt(u64, String),
 }
@@ -427,6 +445,7 @@ struct Head {
     hash: String,
 }
 
+/// The log, in sled trees `audit` and `audit_index`.
 #[derive(Clone)]
 pub struct AuditLog {
     db: sled::Db,
@@ -439,18 +458,23 @@ pub struct AuditLog {
 /// What `verify` found.
 #[derive(Debug, Default)]
 pub struct Verification {
+    /// Entries checked.
     pub entries: u64,
+    /// The last entry's hash.
     pub head_hash: String,
+    /// Every break found.
     pub problems: Vec<String>,
 }
 
 impl Verification {
+    /// Whether the chain is intact.
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }
 }
 
 impl AuditLog {
+    /// Open the log in `db`, indexing what a crash left unindexed.
     pub fn open(db: &sled::Db) -> Result<Self, AuditError> {
         let log = AuditLog {
             db: db.clone(),
@@ -512,6 +536,7 @@ impl AuditLog {
         Ok(batch)
     }
 
+    /// Append one entry.
     pub fn record(&self, e: Entry) -> Result<Entry, AuditError> {
         Ok(self.append(vec![e])?.remove(0))
     }
@@ -525,10 +550,12 @@ impl AuditLog {
         }
     }
 
+    /// How many entries.
     pub fn len(&self) -> u64 {
         self.head().seq
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -111,14 +111,20 @@ pub struct Confirmation {
     pub approvers: Vec<String>,
     /// How the rule named them, for prompts ("group ops").
     pub approvers_text: String,
+    /// How many distinct approvals it needs.
     pub approvals: u32,
+    /// Whether the requester's approval counts.
     pub self_approve: bool,
+    /// When the prompt expires (ms since the epoch).
     pub expires_ms: u64,
 }
 
+/// One approval.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Approval {
+    /// Who.
     pub user: String,
+    /// When.
     pub ts: u64,
 }
 
@@ -126,16 +132,25 @@ pub struct Approval {
 /// and who approved.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Request {
+    /// Six readable characters.
     pub id: String,
+    /// Where it is in its life.
     pub state: State,
+    /// Who asked.
     pub requester: String,
+    /// Where.
     pub room: String,
     /// The command's event, for replies and status reactions.
     pub event_id: String,
+    /// The thread it was asked in.
     pub thread: Option<String>,
+    /// The command as matched.
     pub command: String,
+    /// The alias (`pack.name`).
     pub alias: Option<String>,
+    /// The action.
     pub action: String,
+    /// Exactly what will run.
     pub params: Params,
     /// What the parameters resolved to, as the prompt shows it.
     #[serde(default)]
@@ -148,20 +163,29 @@ pub struct Request {
     pub set_in_chat: Vec<String>,
     /// The rule that allowed it.
     pub rule: String,
+    /// When it was made (or prepared).
     pub created_ms: u64,
+    /// Who must approve it; None: nobody.
     pub confirmation: Option<Confirmation>,
+    /// The approvals so far.
     #[serde(default)]
     pub approvals: Vec<Approval>,
+    /// The prompt's event, once sent.
     #[serde(default)]
     pub prompt_event: Option<String>,
+    /// Who gave the deciding answer.
     #[serde(default)]
     pub decided_by: Option<String>,
+    /// st2's `execution.result`.
     #[serde(default)]
     pub result: Option<Value>,
+    /// One line on how it ended.
     #[serde(default)]
     pub summary: Option<String>,
+    /// When it started running.
     #[serde(default)]
     pub started_ms: Option<u64>,
+    /// When it reached a final state.
     #[serde(default)]
     pub finished_ms: Option<u64>,
 }
@@ -312,6 +336,7 @@ impl Request {
         self.confirmation.as_ref().map_or(0, |c| c.approvals)
     }
 
+    /// Time left to approve it.
     pub fn expires_in(&self, now_ms: u64) -> Option<Duration> {
         self.confirmation
             .as_ref()
@@ -319,12 +344,16 @@ impl Request {
     }
 }
 
+/// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// sled failed.
     #[error("request storage: {0}")]
     Storage(#[from] sled::Error),
+    /// A stored request does not parse.
     #[error("request {0} is unreadable: {1}")]
     Corrupt(String, String),
+    /// No such request.
     #[error("no request {0}")]
     NotFound(String),
 }
@@ -353,6 +382,7 @@ fn prompt_key(room: &str, event_id: &str) -> Vec<u8> {
 }
 
 impl Requests {
+    /// The store in `db`.
     pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
         Ok(Requests {
             requests: db.open_tree("requests")?,
@@ -375,6 +405,7 @@ impl Requests {
         }
     }
 
+    /// Request `id`.
     pub fn get(&self, id: &str) -> Result<Option<Request>, StoreError> {
         match self.requests.get(id.as_bytes())? {
             None => Ok(None),
@@ -427,6 +458,7 @@ impl Requests {
         Ok(())
     }
 
+    /// The request whose prompt is `event_id` in `room`.
     pub fn by_prompt(&self, room: &str, event_id: &str) -> Result<Option<Request>, StoreError> {
         match self.prompts.get(prompt_key(room, event_id))? {
             None => Ok(None),

@@ -48,6 +48,7 @@ impl Printer {
     }
 }
 
+/// The console transport: one person, any user or room, stdin and stdout.
 pub struct Console {
     engine: Arc<Engine>,
     shared: Arc<Shared>,
@@ -58,6 +59,7 @@ pub struct Console {
 }
 
 impl Console {
+    /// A console as `user` in `room`.
     pub fn new(engine: Arc<Engine>, user: &str, room: &str) -> Self {
         Console {
             engine,

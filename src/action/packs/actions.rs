@@ -17,6 +17,7 @@ use crate::alias::Params;
 use crate::alias::cast::ParamType;
 use crate::clock;
 
+/// The `packs.*` actions over `mgr`.
 pub fn actions(mgr: Arc<PackManager>) -> Vec<Arc<dyn Action>> {
     vec![
         Arc::new(Install {
@@ -43,6 +44,7 @@ struct Install {
     mgr: Arc<PackManager>,
 }
 
+/// `packs.install`, with both of st2's parameter sets.
 pub fn install_spec() -> ActionSpec {
     use ParamType::*;
     ActionSpec {
@@ -90,6 +92,7 @@ pub fn install_spec() -> ActionSpec {
     }
 }
 
+/// `packs.uninstall`.
 pub fn uninstall_spec() -> ActionSpec {
     ActionSpec {
         reference: "packs.uninstall",
@@ -98,6 +101,7 @@ pub fn uninstall_spec() -> ActionSpec {
     }
 }
 
+/// `packs.rollback`.
 pub fn rollback_spec() -> ActionSpec {
     ActionSpec {
         reference: "packs.rollback",
@@ -106,6 +110,7 @@ pub fn rollback_spec() -> ActionSpec {
     }
 }
 
+/// `packs.list`.
 pub fn list_spec() -> ActionSpec {
     ActionSpec {
         reference: "packs.list",

@@ -29,7 +29,9 @@ pub unsafe fn set_git_timeouts() {
 /// What a fetch transferred.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Fetched {
+    /// Objects received.
     pub objects: usize,
+    /// Bytes received.
     pub bytes: usize,
 }
 

@@ -94,6 +94,7 @@ pub enum PackError {
     NoEarlierVersion(String),
 }
 
+/// The packs directory and its records: installs, rollbacks and uninstalls, serialized per pack.
 pub struct PackManager {
     dir: PathBuf,
     records: sled::Tree,
@@ -105,6 +106,7 @@ pub struct PackManager {
 }
 
 impl PackManager {
+    /// Manage packs under `dir`, their records in `db`; settles what a crash left half-switched.
     pub fn new(dir: &Path, db: &sled::Db, git: GitConfig) -> Result<Arc<Self>, PackError> {
         for sub in ["git", "versions", "staging"] {
             std::fs::create_dir_all(dir.join(".airlock").join(sub)).map_err(|e| {
@@ -131,6 +133,7 @@ impl PackManager {
         Ok(Arc::new(mgr))
     }
 
+    /// The packs directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -11,22 +11,32 @@ use super::{PackError, PackManager};
 /// What the packs directory records about one installed pack.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Installed {
+    /// The commit installed.
     pub commit: String,
+    /// The branch or tag asked for; None: the default branch.
     #[serde(default)]
     pub reference: Option<String>,
+    /// The repository, as requested.
     pub url: String,
+    /// `version` from its pack.yaml.
     #[serde(default)]
     pub version: Option<String>,
+    /// When (ms since the epoch).
     pub installed_ms: u64,
+    /// Who asked for it.
     pub installed_by: String,
+    /// The request that installed it.
     pub request: String,
     /// Whether its aliases are registered (`register` all or aliases).
     pub aliases: bool,
 }
 
+/// One installed pack: the live version and the earlier ones on disk.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PackRecord {
+    /// The pack's name.
     pub name: String,
+    /// The version `packs/<name>` points at.
     pub current: Installed,
     /// Earlier versions still on disk, newest first.
     #[serde(default)]
@@ -57,7 +67,9 @@ pub(super) fn intent_key(request: &str, pack: &str) -> Vec<u8> {
 /// runs (None: uninstalled). What a restart reads to finish the request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Switched {
+    /// The pack.
     pub pack: String,
+    /// The commit now live; None: uninstalled.
     pub commit: Option<String>,
 }
 
@@ -89,6 +101,7 @@ impl PackManager {
         }
     }
 
+    /// The record of pack `name`, if installed.
     pub fn record(&self, name: &str) -> Option<PackRecord> {
         self.records
             .get(name.as_bytes())
@@ -97,6 +110,7 @@ impl PackManager {
             .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
+    /// Every installed pack's record.
     pub fn records(&self) -> Vec<PackRecord> {
         self.records
             .iter()

@@ -27,16 +27,20 @@ pub struct GitConfig {
     pub instead_of: Vec<InsteadOf>,
 }
 
+/// One `url.<to>.insteadOf = <from>` rule.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InsteadOf {
+    /// The prefix to replace.
     pub from: String,
+    /// What to put in its place.
     pub to: String,
 }
 
 /// One pack to install, as resolved at request time.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Source {
+    /// The pack's name.
     pub pack: String,
     /// The URL as requested (what policies constrain).
     pub url: String,
@@ -44,11 +48,13 @@ pub struct Source {
     pub fetch_url: String,
     /// Branch, tag or commit asked for; None: the remote's default branch.
     pub reference: Option<String>,
+    /// The commit the ref resolved to: what gets installed.
     pub commit: String,
     /// The pack lives in `packs/<pack>` of the repository (st2 1.x `subtree`).
     pub subtree: bool,
 }
 
+/// st2's pack names: lowercase letters, digits, `_` and `-`, at most 64; never a path.
 pub fn valid_pack_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64

@@ -5,18 +5,26 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// st2's parameter types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ParamType {
+    /// A string.
     String,
+    /// An integer.
     Integer,
+    /// Any number.
     Number,
+    /// true or false.
     Boolean,
+    /// A list (from chat: comma-separated).
     Array,
+    /// A mapping (from chat: JSON or a Python literal).
     Object,
 }
 
 impl ParamType {
+    /// The type's name in st2's metadata.
     pub fn name(self) -> &'static str {
         match self {
             ParamType::String => "string",

@@ -8,7 +8,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::Params;
-use crate::pyre::{self, At};
+use crate::core::pyre::{self, At};
 
 /// Most backtracking steps one format may take on one command. Formats with
 /// several optional groups are cubic in the command's length; past this the
@@ -48,12 +48,16 @@ fn param_match(ws: &str, name: &str) -> String {
 /// It does not depend on the format, so it is computed once per command.
 #[derive(Debug, Clone)]
 pub struct Command {
+    /// The command as typed.
     pub original: String,
+    /// What formats are matched against: the command without its trailing pairs, padded with a space each side.
     pub stream: String,
+    /// The trailing `key=value` pairs, in order.
     pub pairs: Vec<(String, String)>,
 }
 
 impl Command {
+    /// Cut the trailing pairs off `command`.
     pub fn new(command: &str) -> Self {
         let mut rest = command.to_string();
         let mut pairs = Vec::new();
@@ -86,8 +90,15 @@ impl Command {
 /// Why a format did not yield parameters.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    /// The command does not match the format.
     #[error("Command \"{command}\" doesn't match format string \"{format}\"")]
-    NoMatch { command: String, format: String },
+    NoMatch {
+        /// The command.
+        command: String,
+        /// The format.
+        format: String,
+    },
+    /// A parameter has neither a value nor a default.
     #[error("No value supplied and no default value found.")]
     NoValue,
 }
@@ -95,6 +106,7 @@ pub enum ParseError {
 /// A format string compiled once, matched many times.
 #[derive(Debug)]
 pub struct Format {
+    /// The format as written in the alias.
     pub source: String,
     regex: fancy_regex::Regex,
     /// `{{name=default}}` placeholders, in order.
@@ -110,6 +122,7 @@ pub struct Format {
 }
 
 impl Format {
+    /// Translate and compile `format`; the error says why it cannot be.
     pub fn compile(format: &str) -> Result<Self, String> {
         let optional: Vec<(String, String)> = OPTIONAL_DOTALL
             .captures_iter(format)

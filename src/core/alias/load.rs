@@ -235,11 +235,14 @@ fn normalise_format(f: &serde_yaml::Value) -> Result<(Option<String>, Vec<String
 /// The result of loading alias directories: what loaded, and what did not.
 #[derive(Debug, Default)]
 pub struct Loaded {
+    /// The aliases that loaded.
     pub aliases: Vec<Alias>,
+    /// Every problem found, with file, line and field.
     pub diagnostics: Vec<Diagnostic>,
 }
 
 impl Loaded {
+    /// Whether any problem is an error.
     pub fn has_errors(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }

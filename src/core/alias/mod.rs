@@ -2,7 +2,7 @@
 //! commands against them with st2's semantics.
 //!
 //! * [`mod@format`]: one format string against one command (st2's parser);
-//! * [`pyre`]: Python regex syntax, translated for `fancy_regex`;
+//! * `crate::core::pyre`: Python regex syntax, translated for `fancy_regex`;
 //! * [`load`]: alias YAML files and pack directories, with diagnostics;
 //! * [`cast`]: turning parsed strings into typed action parameters;
 //! * this module: [`AliasSet`], which picks the one alias a command means.
@@ -27,16 +27,27 @@ pub type Params = serde_json::Map<String, Value>;
 /// One alias file, normalised.
 #[derive(Debug, Clone)]
 pub struct Alias {
+    /// Its pack.
     pub pack: String,
+    /// Its name within the pack.
     pub name: String,
+    /// The action it runs.
     pub action_ref: String,
+    /// What `!help` says about it.
     pub description: Option<String>,
+    /// Disabled aliases never match.
     pub enabled: bool,
+    /// Its formats, in order.
     pub formats: Vec<AliasFormat>,
+    /// The message when a request is accepted.
     pub ack: Option<MessageSpec>,
+    /// The message when it finishes.
     pub result: Option<MessageSpec>,
+    /// Parameters the alias fixes (rendered as templates).
     pub immutable_parameters: Params,
+    /// Free-form data for chat adapters (`actionalias.extra`).
     pub extra: Option<Value>,
+    /// The file it came from.
     pub file: PathBuf,
 }
 
@@ -116,9 +127,11 @@ impl Alias {
 /// One entry of `formats`, after st2's `normalise_alias_format_string`.
 #[derive(Debug, Clone)]
 pub struct AliasFormat {
+    /// What `!help` shows.
     pub display: Option<String>,
     /// Compiled representations; a display-only format has one, the empty format.
     pub representations: Vec<Arc<Format>>,
+    /// Whether one command can match it several times (one execution each).
     pub match_multiple: bool,
 }
 
@@ -153,9 +166,13 @@ impl crate::render::Templated for Alias {
 /// What a command resolved to.
 #[derive(Debug, Clone)]
 pub struct Matched {
+    /// The alias.
     pub alias: Arc<Alias>,
+    /// The representation that matched.
     pub representation: String,
+    /// What `!help` shows.
     pub display: Option<String>,
+    /// Whether one command can match it several times (one execution each).
     pub match_multiple: bool,
     /// One parameter set per execution: several only for `match_multiple`.
     pub parameters: Vec<Params>,
@@ -164,24 +181,46 @@ pub struct Matched {
     pub overrides: Vec<String>,
 }
 
+/// Why a command did not resolve to one alias, in st2's words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MatchError {
+    /// Nothing matched.
     #[error("Command '{command}' matched no patterns")]
-    NoMatch { command: String },
+    NoMatch {
+        /// The command.
+        command: String,
+    },
+    /// Several aliases matched.
     #[error("Command '{command}' matched more than 1 pattern")]
-    Ambiguous { command: String, refs: Vec<String> },
+    Ambiguous {
+        /// The command.
+        command: String,
+        /// The aliases it matched.
+        refs: Vec<String>,
+    },
+    /// Several `match_multiple` aliases matched.
     #[error("Command '{command}' matched more than 1 (multi) pattern")]
-    AmbiguousMulti { command: String, refs: Vec<String> },
+    AmbiguousMulti {
+        /// The command.
+        command: String,
+        /// The aliases it matched.
+        refs: Vec<String>,
+    },
 }
 
 /// A help line: what `!help` and `airlock help` show.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HelpEntry {
+    /// `pack.name`.
     #[serde(rename = "ref")]
     pub reference: String,
+    /// Its pack.
     pub pack: String,
+    /// The action it runs.
     pub action_ref: String,
+    /// The format's display string.
     pub display: String,
+    /// What `!help` says about it.
     pub description: Option<String>,
 }
 
@@ -262,18 +301,22 @@ impl AliasSet {
         }
     }
 
+    /// Every alias, in load order.
     pub fn aliases(&self) -> &[Arc<Alias>] {
         &self.aliases
     }
 
+    /// The alias `pack.name`.
     pub fn get(&self, reference: &str) -> Option<&Arc<Alias>> {
         self.aliases.iter().find(|a| a.reference() == reference)
     }
 
+    /// How many aliases.
     pub fn len(&self) -> usize {
         self.aliases.len()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.aliases.is_empty()
     }

@@ -45,7 +45,9 @@ pub fn risky_by_default(action_ref: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
+    /// Let it run (with the rule's constraints and confirmation).
     Allow,
+    /// Refuse it, whatever else allows it.
     Deny,
 }
 
@@ -54,11 +56,13 @@ pub enum Effect {
 /// An anchored glob over user IDs, room IDs or refs.
 #[derive(Debug, Clone)]
 pub struct Glob {
+    /// The glob as written.
     pub text: String,
     re: Regex,
 }
 
 impl Glob {
+    /// A glob: `*` any run of characters, `?` one, the rest literal.
     pub fn new(text: &str) -> Self {
         let mut re = String::from("^");
         for c in text.chars() {
@@ -75,6 +79,7 @@ impl Glob {
         }
     }
 
+    /// Whether all of `s` matches.
     pub fn matches(&self, s: &str) -> bool {
         self.re.is_match(s)
     }
@@ -83,12 +88,15 @@ impl Glob {
 /// Users, by glob or by group (groups expanded when the policy loads).
 #[derive(Debug, Clone, Default)]
 pub struct Subjects {
+    /// User ID globs, as written.
     pub users: Vec<Glob>,
+    /// Group names, as written.
     pub groups: Vec<String>,
     expanded: Vec<Glob>,
 }
 
 impl Subjects {
+    /// Whether `user` is one of them.
     pub fn contains(&self, user: &str) -> bool {
         self.users
             .iter()
@@ -96,6 +104,7 @@ impl Subjects {
             .any(|g| g.matches(user))
     }
 
+    /// Whether it names nobody.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty() && self.groups.is_empty()
     }
@@ -117,9 +126,12 @@ impl Subjects {
     }
 }
 
+/// What a parameter may be.
 #[derive(Debug, Clone)]
 pub enum Constraint {
+    /// One of these values.
     Values(Vec<String>),
+    /// A match of this (anchored) regex.
     Regex(Regex),
 }
 
@@ -144,55 +156,79 @@ impl Constraint {
 pub struct ConfirmPolicy {
     /// Empty: anyone the policy lets run the same command in the room.
     pub approvers: Subjects,
+    /// How many distinct approvals.
     pub approvals: u32,
     /// Whether the requester's own approval counts.
     pub self_approve: bool,
+    /// How long the prompt stays open.
     pub expires: Duration,
 }
 
+/// One rule of the policy.
 #[derive(Debug, Clone)]
 pub struct Rule {
+    /// Its unique name.
     pub id: String,
+    /// Allow or deny.
     pub effect: Effect,
+    /// What it is for.
     pub description: Option<String>,
+    /// Who it applies to.
     pub subjects: Subjects,
     /// Room IDs or aliases (`#ops:example.org`); empty = any room.
     pub rooms: Vec<Glob>,
+    /// The least power level in the room.
     pub min_power_level: Option<i64>,
+    /// Alias refs it covers.
     pub aliases: Vec<Glob>,
+    /// Action refs it covers.
     pub actions: Vec<Glob>,
+    /// Packs whose aliases it covers.
     pub packs: Vec<Glob>,
+    /// Built-in commands it covers.
     pub builtins: Vec<Glob>,
+    /// Parameter constraints (allow rules only).
     pub params: BTreeMap<String, Constraint>,
     /// Whether chat `key=value` pairs may set parameters `params` does not
     /// constrain (only matters when `params` is not empty).
     pub extra_params: bool,
     /// `Some(None)`: `confirm: false` (explicitly none).
     pub confirm: Option<Option<ConfirmPolicy>>,
+    /// The file it came from.
     pub file: PathBuf,
+    /// Its line there.
     pub line: usize,
 }
 
 /// Who is asking, and where.
 #[derive(Debug, Clone)]
 pub struct Subject<'a> {
+    /// A Matrix user ID.
     pub user: &'a str,
+    /// A room ID.
     pub room: &'a str,
+    /// Their power level there, when known.
     pub power_level: Option<i64>,
 }
 
 /// What is asked for.
 #[derive(Debug, Clone)]
 pub enum Target<'a> {
+    /// An alias (its action and pack with it).
     Alias {
+        /// `pack.name`.
         reference: &'a str,
+        /// The alias's pack.
         pack: &'a str,
+        /// The action it runs.
         action_ref: &'a str,
     },
+    /// A built-in command.
     Builtin(&'a str),
 }
 
 impl Target<'_> {
+    /// For messages: `pack.alias (action)` or `!builtin`.
     pub fn describe(&self) -> String {
         match self {
             Target::Alias {
@@ -205,26 +241,33 @@ impl Target<'_> {
     }
 }
 
+/// What the policy says.
 #[derive(Debug, Clone)]
 pub enum Decision {
+    /// Allowed by `rule`.
     Allow {
+        /// The rule that allowed it.
         rule: String,
         /// None: runs without confirmation.
         confirm: Option<ConfirmPolicy>,
     },
+    /// Refused.
     Deny {
         /// The deny rule, or the allow rule whose constraint failed; None
         /// when nothing allowed (deny by default).
         rule: Option<String>,
+        /// Why, for the person who asked.
         reason: String,
     },
 }
 
 impl Decision {
+    /// Whether it may run.
     pub fn is_allowed(&self) -> bool {
         matches!(self, Decision::Allow { .. })
     }
 
+    /// The rule that decided, if one did.
     pub fn rule(&self) -> Option<&str> {
         match self {
             Decision::Allow { rule, .. } => Some(rule),
@@ -236,25 +279,34 @@ impl Decision {
 /// A decision with the rules that were considered, for `policy explain`.
 #[derive(Debug, Clone)]
 pub struct Explanation {
+    /// The decision.
     pub decision: Decision,
+    /// Every rule that matched, in order.
     pub matched: Vec<String>,
 }
 
+/// The whole policy: groups and rules.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
+    /// Named groups of user globs.
     pub groups: BTreeMap<String, Vec<Glob>>,
+    /// The rules, in file order.
     pub rules: Vec<Rule>,
     /// Room aliases resolved to room IDs by the transport.
     room_aliases: HashMap<String, String>,
 }
 
+/// A policy with the problems found loading it.
 #[derive(Debug, Default)]
 pub struct LoadedPolicy {
+    /// The policy (no rules at all if there was an error).
     pub policy: Policy,
+    /// Every problem, with file, line and field.
     pub diagnostics: Vec<Diagnostic>,
 }
 
 impl LoadedPolicy {
+    /// Whether any problem is an error.
     pub fn has_errors(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }
@@ -305,6 +357,7 @@ fn within(inner: &Rule, outer: &Rule) -> bool {
 }
 
 impl Policy {
+    /// [`load`] as a method.
     pub fn load(paths: &[PathBuf]) -> LoadedPolicy {
         load(paths)
     }
@@ -323,10 +376,12 @@ impl Policy {
         v
     }
 
+    /// Room aliases the transport resolved to IDs.
     pub fn resolved_room_aliases(&self) -> &HashMap<String, String> {
         &self.room_aliases
     }
 
+    /// Set the resolved room aliases.
     pub fn set_room_aliases(&mut self, resolved: HashMap<String, String>) {
         self.room_aliases = resolved;
     }
@@ -512,6 +567,7 @@ impl Policy {
         Explanation { decision, matched }
     }
 
+    /// The decision alone.
     pub fn decide(
         &self,
         who: &Subject,

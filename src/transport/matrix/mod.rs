@@ -1,9 +1,9 @@
 //! The Matrix transport: matrix-sdk events in, engine effects out.
 //!
 //! This layer only translates. A room message becomes an
-//! [`Incoming`] (sender ID, room ID, event ID, plain
+//! [`Incoming`](crate::engine::Incoming) (sender ID, room ID, event ID, plain
 //! body with the reply fallback removed, the event it replies to, thread,
-//! server timestamp, power level); each [`Effect`] becomes a notice, a
+//! server timestamp, power level); each [`Effect`](crate::engine::Effect) becomes a notice, a
 //! reaction, or an execution on a blocking thread. Policy, confirmation
 //! and audit all live in the engine; the one judgement made here is
 //! Matrix's own: events from before the bot joined a room (the history the
@@ -38,16 +38,22 @@ use session::{login, retry_after, sync_with_retry};
 /// interrupted.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// Why the bot stopped or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The configuration is incomplete.
     #[error("configuration: {0}")]
     Config(String),
+    /// matrix-sdk failed.
     #[error("matrix: {0}")]
     Matrix(#[from] matrix_sdk::Error),
+    /// The client could not be built.
     #[error("matrix client: {0}")]
     Client(#[from] matrix_sdk::ClientBuildError),
+    /// The engine could not start.
     #[error("{0}")]
     Engine(#[from] crate::engine::StartError),
+    /// The saved session is unusable.
     #[error("session file {0}: {1}")]
     Session(PathBuf, String),
 }

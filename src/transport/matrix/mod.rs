@@ -11,6 +11,12 @@
 //!
 //! The sync loop is our own `sync_once` loop: `Client::sync` waits a second
 //! between syncs, which would be the bot's reaction time.
+//!
+//! Files: this one starts the bot and runs the loop; `session` logs in and
+//! keeps one device; `inbound` turns events into the engine's input (the
+//! pure `message_to_incoming`, `reaction_to_incoming`); `outbound` carries
+//! effects out (the pure `to_content`); `rooms` answers invites and
+//! resolves room aliases.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -9,6 +9,7 @@
 
 pub mod core;
 pub mod packs;
+pub mod runners;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

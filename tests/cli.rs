@@ -9,15 +9,6 @@ use std::process::{Command, Output, Stdio};
 
 use common::*;
 
-fn airlock(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_airlock"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("AIRLOCK_DATA_DIR")
-        .output()
-        .expect("run airlock")
-}
-
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -265,18 +256,7 @@ fn console_session_deploy_confirm_rollback_audit() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
     let v1 = repo.head();
-    let root = repo_root();
-    let cfg = tmp.path().join("airlock.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir: data\npacks: packs\naliases: [{}]\npolicies: [{}]\ngit:\n  instead_of:\n    - from: \"{SEED_URL}\"\n      to: \"{}\"\n",
-            root.join("aliases").display(),
-            root.join("policies").display(),
-            repo.url()
-        ),
-    )
-    .unwrap();
+    let cfg = write_config(tmp.path(), &repo);
     let mut c = Console::start(&cfg);
     let deploy = |c: &mut Console| {
         c.send("/user @alice:example.org");

@@ -39,18 +39,7 @@ impl Site {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let repo = PackRepo::new(&dir.join("st2-flow"), "st2-flow");
-        let root = repo_root();
-        let cfg = dir.join("airlock.yaml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "data_dir: data\npacks: packs\naliases: [{}]\npolicies: [{}]\ngit:\n  instead_of:\n    - from: \"{SEED_URL}\"\n      to: \"{}\"\n",
-                root.join("aliases").display(),
-                root.join("policies").display(),
-                repo.url()
-            ),
-        )
-        .unwrap();
+        let cfg = write_config(&dir, &repo);
         Site {
             _tmp: tmp,
             dir,

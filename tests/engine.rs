@@ -4,30 +4,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::{Arc, Barrier};
 
 use airlock::engine::{Effect, Kind};
 use common::*;
-
-/// The shipped policy and aliases, with the seed's repository served from
-/// a local git repository.
-fn shipped(dir: &Path) -> (Bot, PackRepo) {
-    let repo = PackRepo::new(&dir.join("st2-flow"), "st2-flow");
-    let bot = Bot::open(settings(
-        dir,
-        &repo_root().join("policies"),
-        Some(&repo.path),
-    ));
-    (bot, repo)
-}
-
-fn with_policy(dir: &Path, yaml: &str) -> (Bot, PackRepo) {
-    let repo = PackRepo::new(&dir.join("st2-flow"), "st2-flow");
-    let pol = dir.join("policy.yaml");
-    std::fs::write(&pol, yaml).unwrap();
-    (Bot::open(settings(dir, &pol, Some(&repo.path))), repo)
-}
 
 const ECHO_ALIAS: &str =
     "---\nname: say\npack: demo\naction_ref: core.echo\nformats:\n  - \"say {{ message }}\"\n";

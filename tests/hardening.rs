@@ -7,38 +7,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
 /// A room of room version 12: no server part.
 const V12: &str = "!e4_-U62puWxh0xAHKLfXe4uO7XcTuwkfltgSmxR3iho";
-
-fn shipped(dir: &Path) -> (Bot, PackRepo) {
-    let repo = PackRepo::new(&dir.join("st2-flow"), "st2-flow");
-    let bot = Bot::open(settings(
-        dir,
-        &repo_root().join("policies"),
-        Some(&repo.path),
-    ));
-    (bot, repo)
-}
-
-fn with_policy(dir: &Path, yaml: &str) -> (Bot, PackRepo) {
-    let repo = PackRepo::new(&dir.join("st2-flow"), "st2-flow");
-    let pol = dir.join("policy.yaml");
-    std::fs::write(&pol, yaml).unwrap();
-    (Bot::open(settings(dir, &pol, Some(&repo.path))), repo)
-}
-
-fn airlock(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_airlock"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("AIRLOCK_DATA_DIR")
-        .output()
-        .expect("run airlock")
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

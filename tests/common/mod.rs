@@ -254,6 +254,54 @@ impl Bot {
     }
 }
 
+/// The shipped policy and aliases, with the seed's repository served from
+/// a local git repository in `dir`.
+pub fn shipped(dir: &Path) -> (Bot, PackRepo) {
+    let repo = PackRepo::new(&dir.join("st2-flow"), "st2-flow");
+    let bot = Bot::open(settings(
+        dir,
+        &repo_root().join("policies"),
+        Some(&repo.path),
+    ));
+    (bot, repo)
+}
+
+/// Like [`shipped`], under the policy `yaml`.
+pub fn with_policy(dir: &Path, yaml: &str) -> (Bot, PackRepo) {
+    let repo = PackRepo::new(&dir.join("st2-flow"), "st2-flow");
+    let pol = dir.join("policy.yaml");
+    std::fs::write(&pol, yaml).unwrap();
+    (Bot::open(settings(dir, &pol, Some(&repo.path))), repo)
+}
+
+/// `airlock.yaml` in `dir` for the shipped aliases and policy, the seed's
+/// URL fetched from `repo`; returns its path.
+pub fn write_config(dir: &Path, repo: &PackRepo) -> PathBuf {
+    let root = repo_root();
+    let cfg = dir.join("airlock.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir: data\npacks: packs\naliases: [{}]\npolicies: [{}]\ngit:\n  instead_of:\n    - from: \"{SEED_URL}\"\n      to: \"{}\"\n",
+            root.join("aliases").display(),
+            root.join("policies").display(),
+            repo.url()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// The `airlock` binary with `args`, in `dir`.
+pub fn airlock(args: &[&str], dir: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("AIRLOCK_DATA_DIR")
+        .output()
+        .expect("run airlock")
+}
+
 /// The prompt among `sent`, with its request id.
 pub fn prompt(sent: &[Sent]) -> &Sent {
     sent.iter()

@@ -6,8 +6,10 @@
 //!
 //! The points, in the order a deploy passes them: `request_stored`,
 //! `approval_recorded`, `action_started`, `pack_fetching`, `pack_staged`,
-//! `pack_intent_written`, `pack_switched`, `pack_recorded`, and on every
-//! audit append `audit_before_flush` / `audit_after_flush`.
+//! `pack_intent_written`, `pack_switched`, `pack_recorded`,
+//! `outcome_recorded` (the finished entry is flushed, the request's final
+//! state not yet written), and on every audit append `audit_before_flush`
+//! / `audit_after_flush`.
 
 /// Stop here if the crash tests asked for this point.
 #[cfg(feature = "crash-points")]

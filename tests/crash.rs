@@ -242,7 +242,7 @@ fn check_invariants(
 fn sigkill_at_every_durable_step_leaves_one_truth() {
     // Audit flushes of a deploy: 1 received+matched, 2 allowed+prompt
     // (after the ref is resolved), 3 the approval, 4 started, 5 finished.
-    let points: [(&str, bool); 13] = [
+    let points: [(&str, bool); 15] = [
         ("request_stored", false),
         ("audit_before_flush@1", false),
         ("audit_after_flush@1", false),
@@ -256,6 +256,8 @@ fn sigkill_at_every_durable_step_leaves_one_truth() {
         ("pack_switched", true),
         ("pack_recorded", true),
         ("audit_before_flush@5", true),
+        ("audit_after_flush@5", true),
+        ("outcome_recorded", true),
     ];
     for (point, switched) in points {
         let site = Site::new();

@@ -9,7 +9,7 @@ use super::{
     Effect, Engine, FAILED, Outgoing, SUCCEEDED, react_request, reply_to_request, request_entry,
 };
 use crate::action::{Outcome, RunContext, Status as RunStatus};
-use crate::audit::{Event, Status};
+use crate::audit::{Event, Query, Status};
 use crate::clock;
 use crate::render::{self, Message};
 use crate::requests::{Request, State, Update};
@@ -92,12 +92,6 @@ impl Engine {
             (RunStatus::Succeeded, _) => State::Succeeded,
             (RunStatus::Failed, _) => State::Failed,
         };
-        let req = match self.requests.update(&req.id, |r| {
-            r.finish(state, outcome.result.clone(), &outcome.summary, finished)
-        }) {
-            Ok(Update::Done(r, ())) => r,
-            _ => req,
-        };
         let mut detail = json!({"summary": outcome.summary, "elapsed_ms": elapsed_ms});
         if let Some(first) = outcome.deployed.first() {
             detail["commit"] = json!(first.commit);
@@ -111,11 +105,27 @@ impl Engine {
         } else {
             Event::Finished
         };
+        // The outcome reaches the audit log (flushed) before the request's
+        // final state: sled may write a later change on its own before an
+        // explicit flush, and a final state without its audit entry would
+        // never be recovered. A request found running with a final entry
+        // is settled from the entry at start.
         self.record(vec![
             request_entry(event, &req, finished)
                 .status(state)
                 .detail(detail),
         ]);
+        crate::crash::point("outcome_recorded");
+        let req = match self.requests.update(&req.id, |r| {
+            r.finish(state, outcome.result.clone(), &outcome.summary, finished)
+        }) {
+            Ok(Update::Done(r, ())) => r,
+            _ => req,
+        };
+        // Its own flush: no later audit write carries this one to disk.
+        if let Err(e) = self.requests.flush() {
+            tracing::error!("cannot store how request {} ended: {e}", req.id);
+        }
         // The audit now holds the outcome; the action's recovery notes may go.
         if let Some(action) = self.actions.get(&req.action) {
             action.settled(&req.id);
@@ -143,6 +153,58 @@ impl Engine {
             },
         ));
         fx
+    }
+
+    /// A request found running whose outcome the audit log already holds
+    /// (the process died between the two writes): its final state is taken
+    /// from that entry, and the room is told.
+    fn settle_recorded(&self, req: &Request, now: u64) -> Option<Vec<Effect>> {
+        let q = Query {
+            request: Some(req.id.clone()),
+            limit: None,
+            ..Default::default()
+        };
+        let entry = self
+            .audit
+            .query(&q)
+            .ok()?
+            .into_iter()
+            .rev()
+            .find(|e| matches!(e.event, Event::Finished | Event::Interrupted))?;
+        let state = match entry.status {
+            Some(Status::Succeeded) => State::Succeeded,
+            Some(Status::Interrupted) => State::Interrupted,
+            _ => State::Failed,
+        };
+        let summary = entry.detail["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let _ = self
+            .requests
+            .update(&req.id, |r| r.finish(state, Value::Null, &summary, now));
+        if let Some(action) = self.actions.get(&req.action) {
+            action.settled(&req.id);
+        }
+        Some(vec![
+            Effect::Send(reply_to_request(
+                req,
+                Message::plain(format!(
+                    "♻️ Request {} ({}) {} just before airlock stopped: {summary}.",
+                    req.id,
+                    req.alias.as_deref().unwrap_or(&req.action),
+                    state.name()
+                )),
+            )),
+            react_request(
+                req,
+                if state == State::Succeeded {
+                    SUCCEEDED
+                } else {
+                    FAILED
+                },
+            ),
+        ])
     }
 
     /// A request the last process died running: finished from what its
@@ -235,7 +297,9 @@ impl Engine {
         let open = self.requests.open_requests().unwrap_or_default();
         let mut startup = Vec::new();
         for req in open.iter().filter(|r| r.state == State::Running) {
-            if let Some(fx) = self.recover_run(req, now) {
+            if let Some(fx) = self.settle_recorded(req, now) {
+                startup.extend(fx);
+            } else if let Some(fx) = self.recover_run(req, now) {
                 startup.extend(fx);
             }
         }
@@ -266,6 +330,11 @@ impl Engine {
                 )),
             )));
             startup.push(react_request(&req, FAILED));
+        }
+        // What was settled without an audit entry of its own is made
+        // durable here.
+        if let Err(e) = self.requests.flush() {
+            tracing::error!("cannot store the settled requests: {e}");
         }
         self.startup
             .lock()

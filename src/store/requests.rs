@@ -405,6 +405,13 @@ impl Requests {
         }
     }
 
+    /// Make every change so far durable (most ride on the audit log's
+    /// flush instead).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.requests.flush()?;
+        Ok(())
+    }
+
     /// Request `id`.
     pub fn get(&self, id: &str) -> Result<Option<Request>, StoreError> {
         match self.requests.get(id.as_bytes())? {

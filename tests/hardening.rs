@@ -341,3 +341,56 @@ fn the_configuration_checks_the_bot_user_id_by_the_same_grammar() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_wall_clock_that_steps_back_during_a_run_is_no_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let aliases = tmp.path().join("aliases");
+    std::fs::create_dir_all(&aliases).unwrap();
+    std::fs::write(
+        aliases.join("say.yaml"),
+        "name: say\npack: demo\naction_ref: core.echo\nformats:\n  - \"say {{ message }}\"\n",
+    )
+    .unwrap();
+    let pol = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &pol,
+        "rules:\n  - id: say\n    effect: allow\n    users: ['@*:example.org']\n    aliases: [demo.say]\n",
+    )
+    .unwrap();
+    let mut config = settings(tmp.path(), &pol, None);
+    config.aliases = vec![aliases];
+    let bot = Bot::open(config);
+    let fx = bot
+        .engine
+        .handle(&bot.message(ALICE, OPS, "!say hello"), bot.now());
+    let id = fx
+        .iter()
+        .find_map(|e| match e {
+            airlock::engine::Effect::Execute(id) => Some(id.clone()),
+            _ => None,
+        })
+        .expect("runs at once");
+    // The run starts at t and ends, by the wall clock, ten seconds earlier.
+    let t = bot.now();
+    let reads = std::sync::atomic::AtomicU64::new(0);
+    let clock = || {
+        if reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+            t
+        } else {
+            t - 10_000
+        }
+    };
+    let sent = bot.play(bot.engine.execute(&id, clock));
+    assert!(bodies(&sent).contains("hello"), "{}", bodies(&sent));
+    let finished = bot
+        .engine
+        .audit_log()
+        .query(&airlock::audit::Query {
+            request: Some(id),
+            event: Some("finished".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(finished[0].detail["elapsed_ms"], 0);
+}

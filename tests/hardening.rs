@@ -147,24 +147,10 @@ fn text_whose_lowercase_is_shorter_or_longer_never_panics() {
 fn answers_by_id_go_to_the_message_that_asked() {
     let tmp = tempfile::tempdir().unwrap();
     let (bot, _repo) = shipped(tmp.path());
-    let cmd = bot.event_id();
-    let sent = bot.deliver(airlock::engine::Incoming::message(
-        ALICE,
-        OPS,
-        &cmd,
-        "!flow deploy main",
-        bot.now(),
-    ));
+    let sent = bot.say(ALICE, OPS, "!flow deploy main");
     let id = prompt(&sent).prompt_for.clone().unwrap();
     // A denial by id answers the denier's message.
-    let ask = bot.event_id();
-    let sent = bot.deliver(airlock::engine::Incoming::message(
-        BOB,
-        OPS,
-        &ask,
-        &format!("!deny {id}"),
-        bot.now(),
-    ));
+    let (ask, sent) = bot.say_with_id(BOB, OPS, &format!("!deny {id}"));
     let answer = sent
         .iter()
         .find(|s| s.body.contains("was denied by"))
@@ -176,14 +162,7 @@ fn answers_by_id_go_to_the_message_that_asked() {
     let sent = bot.say(ALICE, OPS, "!flow deploy main");
     let p = prompt(&sent).clone();
     let id = p.prompt_for.clone().unwrap();
-    let ask = bot.event_id();
-    let sent = bot.deliver(airlock::engine::Incoming::message(
-        BOB,
-        OPS,
-        &ask,
-        &format!("!approve {id}"),
-        bot.now(),
-    ));
+    let (ask, sent) = bot.say_with_id(BOB, OPS, &format!("!approve {id}"));
     let direct = sent
         .iter()
         .find(|s| s.body.contains("approved by @bob:example.org"))
@@ -194,14 +173,7 @@ fn answers_by_id_go_to_the_message_that_asked() {
     // Cancel by id, by the requester, answers the requester's message.
     let sent = bot.say(ALICE, OPS, "!flow deploy main");
     let id = prompt(&sent).prompt_for.clone().unwrap();
-    let ask = bot.event_id();
-    let sent = bot.deliver(airlock::engine::Incoming::message(
-        ALICE,
-        OPS,
-        &ask,
-        &format!("!cancel {id}"),
-        bot.now(),
-    ));
+    let (ask, sent) = bot.say_with_id(ALICE, OPS, &format!("!cancel {id}"));
     let answer = sent
         .iter()
         .find(|s| s.body.contains("was cancelled by"))

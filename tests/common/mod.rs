@@ -236,6 +236,13 @@ impl Bot {
         self.deliver(self.message(user, room, body))
     }
 
+    /// `user` says `body` in `room`; returns the message's event ID with
+    /// the bot's answers (to check what answered what).
+    pub fn say_with_id(&self, user: &str, room: &str, body: &str) -> (String, Vec<Sent>) {
+        let m = self.message(user, room, body);
+        (m.event_id.clone(), self.deliver(m))
+    }
+
     /// `user` replies `body` to event `parent`.
     pub fn reply(&self, user: &str, room: &str, parent: &str, body: &str) -> Vec<Sent> {
         let mut m = self.message(user, room, body);

@@ -144,14 +144,7 @@ impl Engine {
                 Message::from_template_output(&text),
             )));
         }
-        fx.push(react_request(
-            &req,
-            if state == State::Succeeded {
-                SUCCEEDED
-            } else {
-                FAILED
-            },
-        ));
+        fx.push(react_request(&req, end_reaction(state)));
         fx
     }
 
@@ -196,14 +189,7 @@ impl Engine {
                     state.name()
                 )),
             )),
-            react_request(
-                req,
-                if state == State::Succeeded {
-                    SUCCEEDED
-                } else {
-                    FAILED
-                },
-            ),
+            react_request(req, end_reaction(state)),
         ])
     }
 
@@ -362,6 +348,15 @@ impl Engine {
             }
         }
         done
+    }
+}
+
+/// The status reaction for a request that ended in `state`.
+fn end_reaction(state: State) -> &'static str {
+    if state == State::Succeeded {
+        SUCCEEDED
+    } else {
+        FAILED
     }
 }
 

@@ -320,7 +320,7 @@ fn cmd_check(dirs: &[PathBuf], policies: &[PathBuf]) -> ExitCode {
                 }
             }
             for g in &r.actions {
-                if !specs.iter().any(|s| g.matches(s.reference)) {
+                if !specs.iter().any(|s| g.matches(&s.reference)) {
                     diags.push(warn_rule(
                         r,
                         format!("actions: airlock has no action matching \"{}\"", g.text),

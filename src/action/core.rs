@@ -23,8 +23,8 @@ pub fn actions() -> Vec<Arc<dyn Action>> {
 /// `core.echo`: say a message.
 pub fn echo_spec() -> ActionSpec {
     ActionSpec {
-        reference: "core.echo",
-        description: "Return the message given",
+        reference: "core.echo".into(),
+        description: "Return the message given".into(),
         params: vec![ParamSpec::new("message", ParamType::String, "text to echo").required()],
     }
 }
@@ -32,8 +32,8 @@ pub fn echo_spec() -> ActionSpec {
 /// `core.noop`: do nothing, successfully.
 pub fn noop_spec() -> ActionSpec {
     ActionSpec {
-        reference: "core.noop",
-        description: "Do nothing",
+        reference: "core.noop".into(),
+        description: "Do nothing".into(),
         params: vec![],
     }
 }
@@ -41,8 +41,8 @@ pub fn noop_spec() -> ActionSpec {
 /// `core.pause`: wait a number of seconds.
 pub fn pause_spec() -> ActionSpec {
     ActionSpec {
-        reference: "core.pause",
-        description: "Wait a number of seconds",
+        reference: "core.pause".into(),
+        description: "Wait a number of seconds".into(),
         params: vec![
             ParamSpec::new(
                 "max_pause",

@@ -24,26 +24,39 @@ use crate::alias::cast::{self, ParamType};
 #[derive(Debug, Clone)]
 pub struct ParamSpec {
     /// Its name.
-    pub name: &'static str,
-    /// Its type, which chat values are cast to.
-    pub ty: ParamType,
+    pub name: String,
+    /// Its type, which chat values are cast to; None: any value.
+    pub ty: Option<ParamType>,
     /// Whether a request must give it.
     pub required: bool,
-    /// Its value when not given.
+    /// Its value when not given (a string default may be a template over
+    /// the other parameters and `config_context`).
     pub default: Option<Value>,
     /// What it is for.
-    pub description: &'static str,
+    pub description: String,
+    /// The values it may take (`enum`); empty: any.
+    pub allowed: Vec<Value>,
+    /// Its place among a script's positional arguments.
+    pub position: Option<u64>,
+    /// Its value is the default and cannot be given.
+    pub immutable: bool,
+    /// Its value is masked wherever a person or a file could see it.
+    pub secret: bool,
 }
 
 impl ParamSpec {
     /// An optional parameter without a default.
-    pub const fn new(name: &'static str, ty: ParamType, description: &'static str) -> Self {
+    pub fn new(name: &str, ty: ParamType, description: &str) -> Self {
         ParamSpec {
-            name,
-            ty,
+            name: name.to_string(),
+            ty: Some(ty),
             required: false,
             default: None,
-            description,
+            description: description.to_string(),
+            allowed: Vec::new(),
+            position: None,
+            immutable: false,
+            secret: false,
         }
     }
 
@@ -58,20 +71,39 @@ impl ParamSpec {
         self.default = Some(v);
         self
     }
+
+    /// Whether its default is a template, rendered when a request is made.
+    pub fn templated_default(&self) -> bool {
+        matches!(&self.default, Some(Value::String(s)) if is_template(s))
+    }
+}
+
+/// st2 renders a string as Jinja when it contains `{{` or `{%`.
+pub fn is_template(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%")
 }
 
 /// An action's schema: its reference and parameters.
 #[derive(Debug, Clone)]
 pub struct ActionSpec {
     /// `pack.action`.
-    pub reference: &'static str,
+    pub reference: String,
     /// What it is for.
-    pub description: &'static str,
+    pub description: String,
     /// Its parameters, in order.
     pub params: Vec<ParamSpec>,
 }
 
 impl ActionSpec {
+    /// An action with these parameters.
+    pub fn new(reference: &str, description: &str, params: Vec<ParamSpec>) -> Self {
+        ActionSpec {
+            reference: reference.to_string(),
+            description: description.to_string(),
+            params,
+        }
+    }
+
     /// The parameter called `name`.
     pub fn param(&self, name: &str) -> Option<&ParamSpec> {
         self.params.iter().find(|p| p.name == name)
@@ -79,12 +111,15 @@ impl ActionSpec {
 
     /// The type of parameter `name`.
     pub fn type_of(&self, name: &str) -> Option<ParamType> {
-        self.param(name).map(|p| p.ty)
+        self.param(name).and_then(|p| p.ty)
     }
 
     /// Check `params` against the schema: nulls dropped (a regex group that
-    /// did not match means "not given"), unknown names refused, strings
-    /// cast, types checked, required ones present, defaults filled in.
+    /// did not match means "not given"), unknown names refused, immutable
+    /// and secret ones refused (a secret given in chat is already seen by
+    /// the room), strings cast, types and `enum` checked, required ones
+    /// present, defaults filled in. Templated defaults are left as they
+    /// are, for the action to render.
     pub fn validate(&self, params: Params) -> Result<Params, String> {
         let unknown: Vec<&str> = params
             .keys()
@@ -99,48 +134,107 @@ impl ActionSpec {
                 unknown.join(", "),
                 self.params
                     .iter()
-                    .map(|p| p.name)
+                    .filter(|p| !p.immutable)
+                    .map(|p| p.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
         }
-        let mut out = Params::new();
-        for p in &self.params {
-            let v = match params.get(p.name) {
-                Some(Value::Null) | None => match &p.default {
-                    Some(d) => d.clone(),
-                    None if p.required => {
-                        return Err(format!("{} needs parameter {}", self.reference, p.name));
-                    }
-                    None => continue,
-                },
-                Some(v) => cast::cast(p.name, v.clone(), p.ty)?,
+        // st2's order: given parameters as given, then the rest in schema
+        // order (it fixes the order of a script's named arguments).
+        let mut given = Params::new();
+        for (k, v) in params {
+            if v.is_null() {
+                continue;
+            }
+            let p = self.param(&k).expect("known");
+            if p.immutable {
+                return Err(format!(
+                    "parameter {k} of {} is immutable: it cannot be given",
+                    self.reference
+                ));
+            }
+            if p.secret {
+                return Err(format!(
+                    "parameter {k} of {} is secret: it cannot be given in chat, where the room would see it (set it in the pack's config)",
+                    self.reference
+                ));
+            }
+            let v = match p.ty {
+                Some(ty) => cast::cast(&p.name, v, ty)?,
+                None => v,
             };
-            check_type(p, &v)?;
-            out.insert(p.name.to_string(), v);
+            check_value(p, &v)?;
+            given.insert(k, v);
         }
-        Ok(out)
+        for p in &self.params {
+            if given.contains_key(&p.name) {
+                continue;
+            }
+            match &p.default {
+                Some(d) if p.templated_default() => {
+                    given.insert(p.name.clone(), d.clone());
+                }
+                Some(d) => {
+                    check_value(p, d)?;
+                    given.insert(p.name.clone(), d.clone());
+                }
+                None if p.required => {
+                    return Err(format!("{} needs parameter {}", self.reference, p.name));
+                }
+                None => {}
+            }
+        }
+        Ok(given)
+    }
+
+    /// `params` as a person or a file may see them: secret ones masked.
+    pub fn masked(&self, params: &Params) -> Params {
+        params
+            .iter()
+            .map(|(k, v)| {
+                let secret = self.param(k).is_some_and(|p| p.secret);
+                let v = if secret {
+                    Value::String(runners::secrets::MASK.into())
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect()
     }
 }
 
-fn check_type(p: &ParamSpec, v: &Value) -> Result<(), String> {
+/// `v` has `p`'s type and is one of its `enum` values.
+pub fn check_value(p: &ParamSpec, v: &Value) -> Result<(), String> {
     let ok = match p.ty {
-        ParamType::String => v.is_string(),
-        ParamType::Integer => v.is_i64() || v.is_u64(),
-        ParamType::Number => v.is_number(),
-        ParamType::Boolean => v.is_boolean(),
-        ParamType::Array => v.is_array(),
-        ParamType::Object => v.is_object(),
+        None => true,
+        Some(ParamType::String) => v.is_string(),
+        Some(ParamType::Integer) => v.is_i64() || v.is_u64(),
+        Some(ParamType::Number) => v.is_number(),
+        Some(ParamType::Boolean) => v.is_boolean(),
+        Some(ParamType::Array) => v.is_array(),
+        Some(ParamType::Object) => v.is_object(),
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    if !ok {
+        return Err(format!(
             "parameter {} must be of type {}, got {v}",
             p.name,
-            p.ty.name()
-        ))
+            p.ty.map_or("any", ParamType::name)
+        ));
     }
+    if !p.allowed.is_empty() && !p.allowed.contains(v) {
+        return Err(format!(
+            "parameter {} must be one of {}, got {v}",
+            p.name,
+            p.allowed
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// How a run ended.
@@ -297,7 +391,7 @@ pub fn standard_specs() -> Vec<ActionSpec> {
 /// The actions this bot can run, by reference.
 #[derive(Clone, Default)]
 pub struct Actions {
-    by_ref: BTreeMap<&'static str, Arc<dyn Action>>,
+    by_ref: BTreeMap<String, Arc<dyn Action>>,
 }
 
 impl Actions {
@@ -315,7 +409,7 @@ impl Actions {
 
     /// Add (or replace) an action, under its reference.
     pub fn add(&mut self, action: Arc<dyn Action>) {
-        self.by_ref.insert(action.spec().reference, action);
+        self.by_ref.insert(action.spec().reference.clone(), action);
     }
 
     /// The action called `reference`.

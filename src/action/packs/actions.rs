@@ -48,8 +48,8 @@ struct Install {
 pub fn install_spec() -> ActionSpec {
     use ParamType::*;
     ActionSpec {
-        reference: "packs.install",
-        description: "Install packs from git",
+        reference: "packs.install".into(),
+        description: "Install packs from git".into(),
         params: vec![
             ParamSpec::new(
                 "packs",
@@ -95,8 +95,8 @@ pub fn install_spec() -> ActionSpec {
 /// `packs.uninstall`.
 pub fn uninstall_spec() -> ActionSpec {
     ActionSpec {
-        reference: "packs.uninstall",
-        description: "Remove installed packs",
+        reference: "packs.uninstall".into(),
+        description: "Remove installed packs".into(),
         params: vec![ParamSpec::new("packs", ParamType::Array, "pack names").required()],
     }
 }
@@ -104,8 +104,8 @@ pub fn uninstall_spec() -> ActionSpec {
 /// `packs.rollback`.
 pub fn rollback_spec() -> ActionSpec {
     ActionSpec {
-        reference: "packs.rollback",
-        description: "Restore a pack's previous installed version",
+        reference: "packs.rollback".into(),
+        description: "Restore a pack's previous installed version".into(),
         params: vec![ParamSpec::new("pack", ParamType::String, "pack name").required()],
     }
 }
@@ -113,8 +113,8 @@ pub fn rollback_spec() -> ActionSpec {
 /// `packs.list`.
 pub fn list_spec() -> ActionSpec {
     ActionSpec {
-        reference: "packs.list",
-        description: "List installed packs",
+        reference: "packs.list".into(),
+        description: "List installed packs".into(),
         params: vec![],
     }
 }

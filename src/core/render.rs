@@ -49,7 +49,7 @@ static STRICT: LazyLock<Environment<'static>> =
 static LENIENT: LazyLock<Environment<'static>> =
     LazyLock::new(|| environment(UndefinedBehavior::Chainable));
 
-fn environment(undefined: UndefinedBehavior) -> Environment<'static> {
+pub(crate) fn environment(undefined: UndefinedBehavior) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(undefined);
     env.set_syntax(

@@ -9,5 +9,6 @@
 
 pub mod http;
 pub mod local;
+pub mod params;
 pub mod python;
 pub mod secrets;

@@ -1,0 +1,487 @@
+//! st2 action metadata (`actions/*.yaml`) read as st2 reads it: the
+//! action's parameters merged over its runner's, `entry_point` inside the
+//! pack's `actions/` directory, every problem reported with file, line
+//! and field (`airlock check` shows them, the bot logs them).
+//!
+//! st2's own `core.local`, `core.local_sudo` and `core.http` are the same
+//! metadata, embedded ([`core_actions`]).
+
+use std::path::{Component, Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use super::{ActionSpec, ParamSpec, is_template};
+use crate::alias::cast::ParamType;
+use crate::diag::{Diagnostic, Severity, YamlIndex};
+
+/// The runners airlock runs in-process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runner {
+    /// `local-shell-cmd`: the `cmd` parameter, through `/bin/sh -c`.
+    ShellCmd,
+    /// `local-shell-script`: the entry point, with the parameters as argv.
+    ShellScript,
+    /// `http-request`.
+    Http,
+}
+
+impl Runner {
+    /// The runner called `name` in st2's metadata.
+    pub fn named(name: &str) -> Option<Runner> {
+        match name {
+            "local-shell-cmd" | "run-local" => Some(Runner::ShellCmd),
+            "local-shell-script" | "run-local-script" => Some(Runner::ShellScript),
+            "http-request" | "http-runner" => Some(Runner::Http),
+            _ => None,
+        }
+    }
+
+    /// Its name in st2's metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runner::ShellCmd => "local-shell-cmd",
+            Runner::ShellScript => "local-shell-script",
+            Runner::Http => "http-request",
+        }
+    }
+
+    /// Its own parameters (st2's `runner.yaml`), which an action may
+    /// redeclare (a default, `immutable`).
+    pub fn params(self) -> Vec<ParamSpec> {
+        use ParamType::*;
+        let p = ParamSpec::new;
+        let local = || {
+            vec![
+                p("cwd", String, "working directory"),
+                p("env", Object, "environment variables"),
+                p("kwarg_op", String, "prefix of named arguments").default("--".into()),
+                p("sudo", Boolean, "run as root").default(false.into()),
+                secret(p("sudo_password", String, "sudo's password")),
+                p("timeout", Integer, "seconds the command may run").default(60.into()),
+            ]
+        };
+        match self {
+            Runner::ShellCmd => {
+                let mut v = vec![p("cmd", String, "the command line")];
+                v.extend(local());
+                v
+            }
+            Runner::ShellScript => {
+                let mut v = local();
+                v.push(p("debug", Boolean, "set ST2_ACTION_DEBUG").default(false.into()));
+                v.push(p("content_version", String, "git revision of the pack"));
+                v
+            }
+            Runner::Http => vec![
+                p("url", String, "the URL").required(),
+                p("headers", Object, "request headers"),
+                p("cookies", Object, "request cookies"),
+                p("allow_redirects", Boolean, "follow redirects").default(false.into()),
+                p("http_proxy", String, "proxy for http"),
+                p("https_proxy", String, "proxy for https"),
+                p("username", String, "basic auth user"),
+                secret(p("password", String, "basic auth password")),
+                p("verify_ssl_cert", Boolean, "check TLS certificates").default(true.into()),
+                p("url_hosts_blacklist", Array, "hosts never requested"),
+                p("url_hosts_whitelist", Array, "the only hosts requested"),
+            ],
+        }
+    }
+}
+
+fn secret(mut p: ParamSpec) -> ParamSpec {
+    p.secret = true;
+    p
+}
+
+/// One action of a pack, as its metadata file declares it.
+#[derive(Debug, Clone)]
+pub struct ActionMeta {
+    /// Parameters: the action's, then the runner's it does not redeclare.
+    pub spec: ActionSpec,
+    /// What runs it.
+    pub runner: Runner,
+    /// The pack it belongs to.
+    pub pack: String,
+    /// The script, relative to the pack's `actions/` directory.
+    pub entry_point: Option<PathBuf>,
+    /// The raw parameter schemas by name (nested `secret`s for masking).
+    pub schemas: Map<String, Value>,
+    /// The action's `output_schema`.
+    pub output_schema: Option<Value>,
+    /// The file it came from (empty for st2's embedded core actions).
+    pub file: PathBuf,
+}
+
+impl ActionMeta {
+    /// Whether `name` is one of the runner's parameters rather than the
+    /// action's own (a script's arguments are the action's own only).
+    pub fn is_runner_param(&self, name: &str) -> bool {
+        self.runner.params().iter().any(|p| p.name == name)
+    }
+}
+
+/// Every action in `pack_dir/actions/*.yaml` of pack `pack`, with the
+/// problems found. Actions on runners airlock does not run are reported
+/// as warnings and left out (an alias over one is refused when used).
+pub fn load_pack(pack_dir: &Path, pack: &str) -> (Vec<ActionMeta>, Vec<Diagnostic>) {
+    let mut found = Vec::new();
+    let mut diags = Vec::new();
+    let dir = pack_dir.join("actions");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return (found, diags);
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                diags.push(Diagnostic::file(&file, format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        match parse(&file, &text, pack) {
+            Ok(Some(meta)) => found.push(meta),
+            Ok(None) => {}
+            Err(mut d) => diags.append(&mut d),
+        }
+    }
+    (found, diags)
+}
+
+/// Parse one action file of pack `pack`. `Ok(None)`: a valid action that
+/// airlock does not run here (disabled, or another runner: reported as a
+/// warning in the `Err` of [`load_pack`]'s caller only when it is not
+/// disabled).
+pub fn parse(file: &Path, text: &str, pack: &str) -> Result<Option<ActionMeta>, Vec<Diagnostic>> {
+    let idx = YamlIndex::parse(text);
+    let raw: Value = match serde_yaml::from_str::<Option<Value>>(text) {
+        Ok(Some(v)) => v,
+        Ok(None) => Value::Null,
+        Err(e) => return Err(vec![crate::diag::from_serde_yaml(file, &e)]),
+    };
+    let mut errors = Vec::new();
+    let mut err = |field: &str, msg: String| {
+        errors.push(idx.diag(Severity::Error, file, field, msg));
+    };
+    let Some(raw) = raw.as_object() else {
+        err("", "an action file must be a mapping".into());
+        return Err(errors);
+    };
+    let str_field = |k: &str| raw.get(k).and_then(Value::as_str);
+    let name = str_field("name").unwrap_or_default().to_string();
+    if !is_word(&name) {
+        err(
+            "name",
+            format!("\"{name}\" is not an action name (letters, digits and _)"),
+        );
+    }
+    if let Some(p) = str_field("pack")
+        && p != pack
+    {
+        err(
+            "pack",
+            format!("action declares pack \"{p}\" but is in pack \"{pack}\""),
+        );
+    }
+    if raw.get("enabled") == Some(&Value::Bool(false)) {
+        return if errors.is_empty() {
+            Ok(None)
+        } else {
+            Err(errors)
+        };
+    }
+    let runner_name = str_field("runner_type").unwrap_or_default();
+    let Some(runner) = Runner::named(runner_name) else {
+        if runner_name.is_empty() {
+            err("runner_type", "is required".into());
+            return Err(errors);
+        }
+        errors.push(idx.diag(
+            Severity::Warning,
+            file,
+            "runner_type",
+            format!(
+                "{pack}.{name} runs on {runner_name}, which airlock does not run in-process (local-shell-cmd, local-shell-script and http-request); aliases over it are refused"
+            ),
+        ));
+        return Err(errors);
+    };
+    let entry_point = match str_field("entry_point").filter(|e| !e.is_empty()) {
+        Some(e) => match inside_actions(e) {
+            Some(p) => Some(p),
+            None => {
+                err(
+                    "entry_point",
+                    format!("\"{e}\" leaves the pack's actions directory"),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    if runner == Runner::ShellScript && str_field("entry_point").is_none_or(str::is_empty) {
+        err("entry_point", "local-shell-script needs a script".into());
+    }
+    let mut params: Vec<ParamSpec> = Vec::new();
+    let mut schemas = Map::new();
+    match raw.get("parameters") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (pname, schema) in m {
+                let field = format!("parameters.{pname}");
+                match param(pname, schema, runner) {
+                    Ok(p) => {
+                        schemas.insert(pname.clone(), schema.clone());
+                        params.push(p);
+                    }
+                    Err((sub, msg)) => err(&crate::diag::join(&field, sub), msg),
+                }
+            }
+        }
+        Some(_) => err("parameters", "must be a mapping".into()),
+    }
+    // Runner parameters the action does not redeclare follow its own.
+    for rp in runner.params() {
+        if !params.iter().any(|p| p.name == rp.name) {
+            params.push(rp);
+        }
+    }
+    if runner == Runner::ShellCmd && !params.iter().any(|p| p.name == "cmd") {
+        err("parameters.cmd", "local-shell-cmd needs a cmd".into());
+    }
+    drop(err);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let description = str_field("description").unwrap_or_default();
+    Ok(Some(ActionMeta {
+        spec: ActionSpec::new(&format!("{pack}.{name}"), description, params),
+        runner,
+        pack: pack.to_string(),
+        entry_point,
+        schemas,
+        output_schema: raw.get("output_schema").cloned(),
+        file: file.to_path_buf(),
+    }))
+}
+
+/// st2's parameter name rule, `^\w+$`.
+fn is_word(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_')
+}
+
+/// A relative path that stays inside the directory it is relative to.
+fn inside_actions(entry: &str) -> Option<PathBuf> {
+    let p = Path::new(entry);
+    p.components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        .then(|| p.to_path_buf())
+}
+
+/// One parameter's schema, merged over the runner's declaration of the
+/// same name. The error names the sub-field.
+fn param(name: &str, schema: &Value, runner: Runner) -> Result<ParamSpec, (&'static str, String)> {
+    if !is_word(name) {
+        return Err((
+            "",
+            format!("\"{name}\" is not a parameter name (letters, digits and _)"),
+        ));
+    }
+    let Some(m) = schema.as_object() else {
+        return Err(("", "must be a mapping".into()));
+    };
+    let base = runner.params().into_iter().find(|p| p.name == name);
+    let mut p = base.unwrap_or_else(|| ParamSpec {
+        ty: None,
+        ..ParamSpec::new(name, ParamType::String, "")
+    });
+    if let Some(t) = m.get("type") {
+        p.ty = Some(match t.as_str() {
+            Some("string") => ParamType::String,
+            Some("integer") => ParamType::Integer,
+            Some("number") => ParamType::Number,
+            Some("boolean") => ParamType::Boolean,
+            Some("array") => ParamType::Array,
+            Some("object") => ParamType::Object,
+            _ => {
+                return Err((
+                    "type",
+                    format!("{t} is not one of string, integer, number, boolean, array, object"),
+                ));
+            }
+        });
+    }
+    let flag = |k: &'static str, now: bool| match m.get(k) {
+        None => Ok(now),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err((k, format!("must be true or false, got {v}"))),
+    };
+    p.required = flag("required", p.required)?;
+    p.immutable = flag("immutable", p.immutable)?;
+    p.secret = flag("secret", p.secret)?;
+    if let Some(d) = m.get("description").and_then(Value::as_str) {
+        p.description = d.to_string();
+    }
+    if let Some(d) = m.get("default") {
+        if let Value::String(s) = d
+            && is_template(s)
+            && s.contains("st2kv")
+        {
+            return Err((
+                "default",
+                "reads st2's datastore (st2kv), which airlock does not have; put the value in the pack's config and use config_context".into(),
+            ));
+        }
+        p.default = Some(d.clone());
+    }
+    match m.get("enum") {
+        None => {}
+        Some(Value::Array(a)) => p.allowed = a.clone(),
+        Some(_) => return Err(("enum", "must be a list".into())),
+    }
+    match m.get("position") {
+        None => {}
+        Some(v) => match v.as_u64() {
+            Some(n) => p.position = Some(n),
+            None => return Err(("position", format!("must be a number ≥ 0, got {v}"))),
+        },
+    }
+    if let Some(d) = &p.default
+        && !p.templated_default()
+    {
+        super::check_value(&p, d).map_err(|e| ("default", e))?;
+    }
+    Ok(p)
+}
+
+/// st2's `core.local`, `core.local_sudo` and `core.http`, from st2's own
+/// metadata (`contrib/core/actions/`).
+pub fn core_actions() -> Vec<ActionMeta> {
+    [CORE_LOCAL, CORE_LOCAL_SUDO, CORE_HTTP]
+        .iter()
+        .filter_map(|text| parse(Path::new(""), text, "core").ok().flatten())
+        .collect()
+}
+
+const CORE_LOCAL: &str = r#"
+name: local
+runner_type: local-shell-cmd
+description: Action that executes an arbitrary Linux command on the localhost.
+enabled: true
+entry_point: ''
+parameters:
+  cmd:
+    description: Arbitrary Linux command to be executed on the local host.
+    required: true
+    type: string
+  sudo:
+    immutable: true
+"#;
+
+const CORE_LOCAL_SUDO: &str = r#"
+name: local_sudo
+runner_type: local-shell-cmd
+description: Action that executes an arbitrary Linux command on the localhost.
+enabled: true
+entry_point: ''
+parameters:
+  cmd:
+    description: Arbitrary Linux command to be executed on the local host.
+    required: true
+    type: string
+  sudo:
+    default: true
+    immutable: true
+"#;
+
+const CORE_HTTP: &str = r#"
+name: http
+runner_type: http-request
+description: Action that performs an http request.
+enabled: true
+entry_point: ''
+parameters:
+  url:
+    description: URL to the HTTP endpoint.
+    type: string
+    required: true
+  headers:
+    description: HTTP headers for the request.
+    type: object
+  cookies:
+    description: Optional cookies to send with the request.
+    type: object
+  http_proxy:
+    description: A URL of a HTTP proxy to use (e.g. http://10.10.1.10:3128).
+    type: string
+  https_proxy:
+    description: A URL of a HTTPs proxy to use (e.g. http://10.10.1.10:3128).
+    type: string
+  body:
+    description: Body to send with the request
+    type: string
+  method:
+    description: HTTP method to use.
+    type: string
+    enum: [HEAD, GET, POST, PUT, DELETE, OPTIONS, TRACE, PATCH, PURGE]
+  params:
+    description: Query params to be used with the HTTP request.
+    type: object
+  timeout:
+    description: Timeout for the HTTP request.
+    type: number
+    default: 60
+  username:
+    description: Username for basic authentication.
+    type: string
+  password:
+    description: Password for basic authentication.
+    type: string
+    secret: true
+  allow_redirects:
+    description: Set to True if POST/PUT/DELETE redirect following is allowed.
+    type: boolean
+    default: false
+  verify_ssl_cert:
+    description: Certificate for HTTPS request is verified by default using requests CA bundle which comes from Mozilla. Verification using a custom CA bundle is not yet supported. Set to False to skip verification.
+    type: boolean
+    default: true
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn st2s_core_actions_load() {
+        let core = core_actions();
+        let refs: Vec<&str> = core.iter().map(|a| a.spec.reference.as_str()).collect();
+        assert_eq!(refs, ["core.local", "core.local_sudo", "core.http"]);
+        let sudo = core[1].spec.param("sudo").unwrap();
+        assert!(sudo.immutable);
+        assert_eq!(sudo.default, Some(Value::Bool(true)));
+        assert!(core[2].spec.param("password").unwrap().secret);
+    }
+
+    #[test]
+    fn problems_name_file_line_and_field() {
+        let text = "name: deploy\nrunner_type: local-shell-script\nentry_point: ../../etc/x.sh\nparameters:\n  env_name:\n    type: strin\n  token:\n    default: \"{{ st2kv.system.token }}\"\n";
+        let errs = parse(Path::new("a.yaml"), text, "p").unwrap_err();
+        let fields: Vec<(&str, usize)> = errs.iter().map(|d| (d.field.as_str(), d.line)).collect();
+        assert_eq!(
+            fields,
+            [
+                ("entry_point", 3),
+                ("parameters.env_name.type", 6),
+                ("parameters.token.default", 8)
+            ],
+            "{errs:?}"
+        );
+    }
+}

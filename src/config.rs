@@ -10,8 +10,9 @@ use serde::Deserialize;
 
 use std::sync::Arc;
 
-use crate::action::Actions;
 use crate::action::packs::{GitConfig, PackManager};
+use crate::action::runners::{PackAction, RunnerConfig};
+use crate::action::{Action, Actions, metadata};
 use crate::audit::AuditLog;
 use crate::diag::{self, Diagnostic, Severity, YamlIndex};
 use crate::engine::{Catalog, Engine, Settings, StartError};
@@ -62,6 +63,9 @@ pub struct Config {
     /// Git settings for pack installs.
     #[serde(default)]
     pub git: GitConfig,
+    /// How packs' actions run.
+    #[serde(default)]
+    pub runners: RunnerConfig,
 }
 
 fn default_device() -> String {
@@ -109,6 +113,7 @@ impl Config {
         };
         rebase(&mut c.data_dir);
         rebase(&mut c.packs);
+        rebase(&mut c.runners.configs);
         c.aliases.iter_mut().for_each(rebase);
         c.policies.iter_mut().for_each(rebase);
         let idx = YamlIndex::parse(&text);
@@ -221,10 +226,14 @@ impl Config {
             .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
         let packs = PackManager::new(&self.packs, &db, self.git.clone())
             .map_err(|e| StartError::Packs(e.to_string()))?;
+        let mut runners = self.runners.clone();
+        runners.hash_key = secret_key(&self.data_dir)
+            .map_err(|e| StartError::Database(self.data_dir.join("secret.key"), e.to_string()))?;
         let catalog = Arc::new(Files {
             aliases: self.aliases.clone(),
             policies: self.policies.clone(),
             packs: packs.clone(),
+            runners: Arc::new(runners),
         });
         let engine = Engine::builder(self.settings(), audit, requests)
             .actions(Actions::standard(packs.clone()))
@@ -245,12 +254,83 @@ pub struct Opened {
     pub packs: Arc<PackManager>,
 }
 
-/// Aliases and policy from files: the configured alias directories plus
-/// the installed packs whose aliases are registered, and the policy files.
+/// The key of the hashes the audit keeps of secret values: 32 random
+/// bytes in `data_dir/secret.key` (owner-only), made on first start.
+fn secret_key(data_dir: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("secret.key");
+    match std::fs::read(&path) {
+        Ok(k) if k.len() >= 32 => return Ok(k),
+        Ok(_) => {
+            return Err(std::io::Error::other(
+                "shorter than 32 bytes; remove it to have a new one made",
+            ));
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    let mut key = vec![0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    let tmp = data_dir.join("secret.key.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&key)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(key)
+}
+
+/// Aliases, actions and policy from files: the configured alias
+/// directories plus the installed packs whose aliases are registered, the
+/// actions of every pack among them and installed, and the policy files.
 struct Files {
     aliases: Vec<PathBuf>,
     policies: Vec<PathBuf>,
     packs: Arc<PackManager>,
+    runners: Arc<RunnerConfig>,
+}
+
+impl Files {
+    /// Every pack directory whose actions are offered, with its name.
+    fn pack_dirs(&self) -> Vec<(PathBuf, String)> {
+        let is_pack = |d: &Path| d.join("pack.yaml").is_file() && d.join("actions").is_dir();
+        let name = |d: &Path| {
+            d.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let mut out: Vec<(PathBuf, String)> = Vec::new();
+        for dir in &self.aliases {
+            if is_pack(dir) {
+                out.push((dir.clone(), name(dir)));
+            } else if let Some(parent) = dir
+                .parent()
+                .filter(|p| name(dir) == "aliases" && is_pack(p))
+            {
+                out.push((parent.to_path_buf(), name(parent)));
+            } else if let Ok(entries) = std::fs::read_dir(dir) {
+                let mut subs: Vec<PathBuf> = entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| is_pack(p) && !name(p).starts_with('.'))
+                    .collect();
+                subs.sort();
+                out.extend(subs.into_iter().map(|p| {
+                    let n = name(&p);
+                    (p, n)
+                }));
+            }
+        }
+        for r in self.packs.records() {
+            out.push((self.packs.dir().join(&r.name), r.name.clone()));
+        }
+        out
+    }
 }
 
 impl Catalog for Files {
@@ -262,5 +342,22 @@ impl Catalog for Files {
 
     fn policy(&self) -> policy::LoadedPolicy {
         policy::load(&self.policies)
+    }
+
+    fn actions(&self) -> (Vec<Arc<dyn Action>>, Vec<Diagnostic>) {
+        let mut found: Vec<Arc<dyn Action>> = metadata::core_actions()
+            .into_iter()
+            .map(|m| Arc::new(PackAction::new(m, None, self.runners.clone())) as Arc<dyn Action>)
+            .collect();
+        let mut diags = Vec::new();
+        for (dir, name) in self.pack_dirs() {
+            let (metas, mut d) = metadata::load_pack(&dir, &name);
+            diags.append(&mut d);
+            found.extend(metas.into_iter().map(|m| {
+                Arc::new(PackAction::new(m, Some(dir.clone()), self.runners.clone()))
+                    as Arc<dyn Action>
+            }));
+        }
+        (found, diags)
     }
 }

@@ -180,12 +180,13 @@ fn local_runners_answer_as_st2_does() {
                         ("ST2_ACTION_PACK_NAME".into(), "vectors".into()),
                         ("ST2_ACTION_DEBUG".into(), "False".into()),
                     ],
+                    withheld: Vec::new(),
                     cwd: input["cwd"].as_str().map(PathBuf::from),
                     timeout: Duration::from_secs(input["timeout"].as_u64().unwrap_or(60)),
                     grace: Duration::from_secs(5),
                     output_cap: 1 << 20,
                 };
-                let ran = local::run(&spawn, &AtomicBool::new(false)).unwrap();
+                let ran = local::run(&spawn, &AtomicBool::new(false), &Default::default()).unwrap();
                 match (&ran.invalid_utf8, expected.get("raises")) {
                     (Some(msg), Some(raises)) => (raises["message"] == msg.as_str())
                         .then_some(())

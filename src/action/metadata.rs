@@ -255,7 +255,6 @@ pub fn parse(file: &Path, text: &str, pack: &str) -> Result<Option<ActionMeta>, 
     if runner == Runner::ShellCmd && !params.iter().any(|p| p.name == "cmd") {
         err("parameters.cmd", "local-shell-cmd needs a cmd".into());
     }
-    drop(err);
     if !errors.is_empty() {
         return Err(errors);
     }

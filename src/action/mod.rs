@@ -12,9 +12,9 @@ pub mod metadata;
 pub mod packs;
 pub mod runners;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -271,6 +271,9 @@ pub struct Outcome {
     pub deployed: Vec<Deployed>,
     /// Installed or removed packs: the alias set must be reloaded.
     pub packs_changed: bool,
+    /// Keyed hashes of the secret values it ran with, by parameter: the
+    /// audit proves which value ran without holding it.
+    pub proofs: Vec<(String, String)>,
 }
 
 impl Outcome {
@@ -282,6 +285,7 @@ impl Outcome {
             summary: summary.into(),
             deployed: Vec::new(),
             packs_changed: false,
+            proofs: Vec::new(),
         }
     }
 
@@ -294,6 +298,7 @@ impl Outcome {
             summary,
             deployed: Vec::new(),
             packs_changed: false,
+            proofs: Vec::new(),
         }
     }
 }
@@ -339,8 +344,42 @@ pub struct RunContext<'a> {
     pub requester: &'a str,
     /// What `prepare` planned ([`Prepared::plan`]).
     pub plan: &'a Value,
-    /// Set on shutdown: long actions should stop at the next safe point.
+    /// Set on shutdown or `!cancel`: long actions should stop at the next
+    /// safe point.
     pub cancel: &'a AtomicBool,
+    /// The last lines it printed, for `!status`.
+    pub output: &'a Arc<OutputTail>,
+}
+
+/// The last lines a running action printed.
+#[derive(Debug, Default)]
+pub struct OutputTail(Mutex<VecDeque<String>>);
+
+impl OutputTail {
+    /// Lines kept.
+    pub const LINES: usize = 5;
+
+    /// Add output (a chunk of a stream; split into lines).
+    pub fn push(&self, chunk: &[u8]) {
+        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let text = String::from_utf8_lossy(chunk);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if lines.len() == Self::LINES {
+                lines.pop_front();
+            }
+            lines.push_back(line.chars().take(200).collect());
+        }
+    }
+
+    /// The lines kept, oldest first.
+    pub fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
 }
 
 /// What an alias's `action_ref` runs: a schema, a preparation when the request is made, and the run once it is approved.

@@ -257,10 +257,16 @@ impl Message {
     }
 }
 
+/// A message cut to what a room takes, saying so (the whole result stays
+/// in the audit log).
 fn truncate(mut s: String) -> String {
-    if s.chars().count() > MAX_MESSAGE_CHARS {
+    let total = s.chars().count();
+    if total > MAX_MESSAGE_CHARS {
         s = s.chars().take(MAX_MESSAGE_CHARS).collect();
-        s.push('…');
+        s.push_str(&format!(
+            "…\n[cut: {} more characters; the whole result is in the audit log]",
+            total - MAX_MESSAGE_CHARS
+        ));
     }
     s
 }

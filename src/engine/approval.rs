@@ -7,7 +7,7 @@ use serde_json::json;
 use super::{Engine, FAILED, Kind, Out, react_request, request_entry};
 use crate::audit::{Event, Status};
 use crate::policy::{Subject, Target};
-use crate::requests::{Request, Step, Update};
+use crate::requests::{Request, State, Step, Update};
 
 /// An answer to a prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +131,26 @@ impl Engine {
                 req.id
             ));
         };
+        if verdict == Verdict::Cancel && req.state == State::Running {
+            // The requester, or anyone who could have approved it, may stop it.
+            // Without a confirmation, whoever may use `cancel` here may.
+            let approver =
+                req.confirmation.is_none() || self.may_decide(req, user, m.power_level).is_ok();
+            if user != req.requester && !approver {
+                return refuse(out, "only the requester or an approver can stop it".into());
+            }
+            if !self.stop_running(&req.id, user) {
+                return refuse(out, "it is not running in this process".into());
+            }
+            out.log(
+                request_entry(Event::Cancelled, req, now)
+                    .sender(user)
+                    .status(Status::Running)
+                    .detail(json!({"while": "running"})),
+            );
+            out.say(format!("🛑 Stopping request {} for {user}…", req.id));
+            return;
+        }
         if verdict == Verdict::Cancel {
             if user != req.requester {
                 return refuse(out, "only the requester can cancel it".into());

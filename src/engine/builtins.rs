@@ -66,6 +66,7 @@ impl Engine {
         let builtins: Vec<String> = [
             ("help", "help [filter]"),
             ("pending", "pending"),
+            ("pending", "status <id>"),
             ("audit", "audit [n] | audit who deployed <pack>"),
             ("cancel", "cancel <id>"),
         ]
@@ -110,8 +111,47 @@ impl Engine {
         if open.is_empty() {
             return out.say("No open requests in this room.");
         }
-        let lines: Vec<String> = open.iter().map(|r| pending_line(r, now)).collect();
+        let lines: Vec<String> = open.iter().map(|r| self.request_line(r, now)).collect();
         out.say(format!("Open requests:\n{}", lines.join("\n")));
+    }
+
+    /// `!status <id>`: one request, with a running one's elapsed time and
+    /// last lines of output.
+    pub(super) fn builtin_status(&self, out: &mut Out, args: &str) {
+        if !self.gate(out, "pending") {
+            return;
+        }
+        let id = args.split_whitespace().next().unwrap_or_default();
+        let req = match self.requests.get(id) {
+            Ok(Some(r)) if r.room == out.m.room => r,
+            _ => return out.say(super::approval::unknown_request(id)),
+        };
+        let e = out
+            .entry(Event::Pending)
+            .status(Status::Ok)
+            .detail(json!({"request": req.id}));
+        out.log(e);
+        let mut text = self.request_line(&req, out.now);
+        if let Some(summary) = &req.summary {
+            text.push_str(&format!(" — {summary}"));
+        }
+        out.say(text);
+    }
+
+    /// A request in one line; a running one adds its elapsed time and
+    /// its last lines of output.
+    fn request_line(&self, r: &Request, now: u64) -> String {
+        let mut s = pending_line(r, now);
+        if let Some((elapsed_ms, lines)) = self.running_view(&r.id, now) {
+            s.push_str(&format!(
+                " — running for {}",
+                clock::human(std::time::Duration::from_millis(elapsed_ms))
+            ));
+            for l in lines {
+                s.push_str(&format!("\n    │ {l}"));
+            }
+        }
+        s
     }
 
     pub(super) fn builtin_audit(&self, out: &mut Out, args: &str) {

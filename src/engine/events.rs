@@ -86,6 +86,7 @@ impl Engine {
         match word {
             "help" => self.builtin_help(out, args),
             "pending" => self.builtin_pending(out),
+            "status" => self.builtin_status(out, args),
             "audit" => self.builtin_audit(out, args),
             "cancel" => self.by_id(out, args, Verdict::Cancel),
             "approve" => self.by_id(out, args, Verdict::Approve),

@@ -27,7 +27,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::action::Actions;
+use crate::action::{Action, Actions, OutputTail};
 use crate::alias::{self, AliasSet};
 use crate::audit::{AuditLog, Entry, Event};
 use crate::diag::Diagnostic;
@@ -198,6 +198,10 @@ pub trait Catalog: Send + Sync {
     fn aliases(&self) -> alias::load::Loaded;
     /// The policy, with the problems found loading it.
     fn policy(&self) -> policy::LoadedPolicy;
+    /// The actions packs bring, with the problems found loading them.
+    fn actions(&self) -> (Vec<Arc<dyn Action>>, Vec<Diagnostic>) {
+        (Vec::new(), Vec::new())
+    }
 }
 
 /// A catalog that is what it was built with.
@@ -305,7 +309,9 @@ impl EngineBuilder {
             settings: self.settings,
             audit: self.audit,
             requests: self.requests,
-            actions: self.actions,
+            builtin: self.actions.clone(),
+            actions: RwLock::new(Arc::new(self.actions)),
+            running: Mutex::new(HashMap::new()),
             catalog: self.catalog,
             aliases: RwLock::new(Arc::new(AliasSet::default())),
             policy: RwLock::new(Arc::new(loaded.policy)),
@@ -314,6 +320,7 @@ impl EngineBuilder {
             cancel: AtomicBool::new(false),
             startup: Mutex::new(Vec::new()),
         };
+        engine.reload_actions();
         // Settle the last run first: a pack switch it finished changes
         // which aliases are live.
         engine.recover(now);
@@ -322,12 +329,24 @@ impl EngineBuilder {
     }
 }
 
+/// A request whose action is running: how to stop it and what it printed.
+struct Running {
+    cancel: Arc<AtomicBool>,
+    output: Arc<OutputTail>,
+    started: u64,
+    cancelled_by: Option<String>,
+}
+
 /// The bot's core. Shared between threads; every method takes `&self`.
 pub struct Engine {
     settings: Settings,
     audit: AuditLog,
     requests: Requests,
-    actions: Actions,
+    /// The built-in actions, and those with the packs' actions added.
+    builtin: Actions,
+    actions: RwLock<Arc<Actions>>,
+    /// Requests running now, by id.
+    running: Mutex<HashMap<String, Running>>,
     catalog: Arc<dyn Catalog>,
     aliases: RwLock<Arc<AliasSet>>,
     policy: RwLock<Arc<Policy>>,
@@ -389,8 +408,34 @@ impl Engine {
         std::mem::take(&mut *self.startup.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Reload the aliases from the catalog.
+    /// The action called `reference`.
+    pub fn action(&self, reference: &str) -> Option<Arc<dyn Action>> {
+        self.actions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(reference)
+            .cloned()
+    }
+
+    /// Reload the packs' actions from the catalog.
+    pub fn reload_actions(&self) {
+        let (found, diagnostics) = self.catalog.actions();
+        for d in &diagnostics {
+            tracing::warn!("{d}");
+        }
+        let mut actions = self.builtin.clone();
+        for a in found {
+            // A pack cannot replace a built-in action.
+            if self.builtin.get(&a.spec().reference).is_none() {
+                actions.add(a);
+            }
+        }
+        *self.actions.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(actions);
+    }
+
+    /// Reload the aliases (and the packs' actions) from the catalog.
     pub fn reload_aliases(&self) {
+        self.reload_actions();
         let loaded = self.catalog.aliases();
         for d in &loaded.diagnostics {
             tracing::warn!("{d}");

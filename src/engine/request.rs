@@ -80,7 +80,7 @@ impl Engine {
         let m = out.m;
         let now = out.now;
         let reference = alias.reference();
-        let action = self.actions.get(&alias.action_ref).cloned();
+        let action = self.action(&alias.action_ref);
         let params = match execution_params(
             alias,
             action.as_ref().map(|a| a.spec()),
@@ -183,7 +183,7 @@ impl Engine {
             Ok(Some(r)) if r.state == State::Preparing => r,
             _ => return Vec::new(),
         };
-        let prepared = match self.actions.get(&req.action) {
+        let prepared = match self.action(&req.action) {
             Some(action) => action.prepare(req.params.clone()),
             None => Err(format!("action {} is not available in airlock", req.action)),
         };

@@ -1,14 +1,17 @@
 //! Running approved requests, expiring pending ones, settling what a
 //! previous process left open, shutting down.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
 
 use super::{
-    Effect, Engine, FAILED, Outgoing, SUCCEEDED, react_request, reply_to_request, request_entry,
+    Effect, Engine, FAILED, Outgoing, Running, SUCCEEDED, react_request, reply_to_request,
+    request_entry,
 };
-use crate::action::{Outcome, RunContext, Status as RunStatus};
+use crate::action::{Outcome, OutputTail, RunContext, Status as RunStatus};
 use crate::audit::{Event, Query, Status};
 use crate::clock;
 use crate::render::{self, Message};
@@ -46,13 +49,25 @@ impl Engine {
             ))];
         }
         crate::crash::point("action_started");
-        let outcome = match self.actions.get(&req.action) {
+        let cancel = Arc::new(AtomicBool::new(self.cancel.load(Ordering::Relaxed)));
+        let output = Arc::new(OutputTail::default());
+        self.lock_running().insert(
+            req.id.clone(),
+            Running {
+                cancel: cancel.clone(),
+                output: output.clone(),
+                started,
+                cancelled_by: None,
+            },
+        );
+        let outcome = match self.action(&req.action) {
             Some(action) => {
                 let ctx = RunContext {
                     request_id: &req.id,
                     requester: &req.requester,
                     plan: &req.plan,
-                    cancel: &self.cancel,
+                    cancel: &cancel,
+                    output: &output,
                 };
                 // An action that panics is a failed run, not a dead bot.
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -62,9 +77,44 @@ impl Engine {
             }
             None => Outcome::failed(format!("action {} is not available in airlock", req.action)),
         };
-        let interrupted =
-            self.cancel.load(Ordering::Relaxed) && outcome.status == RunStatus::Failed;
-        self.complete(req, outcome, interrupted, started, now(), None)
+        let cancelled_by = self
+            .lock_running()
+            .remove(&req.id)
+            .and_then(|r| r.cancelled_by);
+        let ending = match cancelled_by {
+            Some(user) if outcome.status == RunStatus::Failed => Ending::CancelledBy(user),
+            _ if self.cancel.load(Ordering::Relaxed) && outcome.status == RunStatus::Failed => {
+                Ending::Interrupted
+            }
+            _ => Ending::Ran,
+        };
+        self.complete(req, outcome, ending, started, now(), None)
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stop the running request `id` on behalf of `user`: its action is
+    /// told to stop (a process group gets SIGTERM, then SIGKILL). False if
+    /// it is not running here.
+    pub(super) fn stop_running(&self, id: &str, user: &str) -> bool {
+        match self.lock_running().get_mut(id) {
+            Some(r) => {
+                r.cancelled_by.get_or_insert_with(|| user.to_string());
+                r.cancel.store(true, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// For `!status`: how long request `id` has been running (ms, by
+    /// `now`) and the last lines it printed.
+    pub(super) fn running_view(&self, id: &str, now: u64) -> Option<(u64, Vec<String>)> {
+        self.lock_running()
+            .get(id)
+            .map(|r| (now.saturating_sub(r.started), r.output.lines()))
     }
 
     /// Record how a run ended (request state, `finished` or `interrupted`
@@ -75,7 +125,7 @@ impl Engine {
         &self,
         req: Request,
         outcome: Outcome,
-        interrupted: bool,
+        ending: Ending,
         started: u64,
         finished: u64,
         recovered: Option<String>,
@@ -87,12 +137,33 @@ impl Engine {
             .and_then(|a| self.aliases().get(a).cloned());
         // A wall clock that stepped back gives 0, not a panic.
         let elapsed_ms = finished.saturating_sub(started);
-        let state = match (outcome.status, interrupted) {
-            (_, true) => State::Interrupted,
-            (RunStatus::Succeeded, _) => State::Succeeded,
-            (RunStatus::Failed, _) => State::Failed,
+        let state = match (&ending, outcome.status) {
+            (Ending::Interrupted, _) => State::Interrupted,
+            (Ending::CancelledBy(_), _) => State::Cancelled,
+            (Ending::Ran, RunStatus::Succeeded) => State::Succeeded,
+            (Ending::Ran, RunStatus::Failed) => State::Failed,
         };
-        let mut detail = json!({"summary": outcome.summary, "elapsed_ms": elapsed_ms});
+        let interrupted = ending == Ending::Interrupted;
+        let mut outcome = outcome;
+        if let Ending::CancelledBy(user) = &ending {
+            outcome.summary = format!("cancelled by {user} while running: {}", outcome.summary);
+        }
+        // The whole result stays in the audit (a chat message may cut it).
+        let mut detail = json!({
+            "summary": outcome.summary, "elapsed_ms": elapsed_ms, "result": outcome.result,
+        });
+        if let Ending::CancelledBy(user) = &ending {
+            detail["cancelled_by"] = json!(user);
+        }
+        if !outcome.proofs.is_empty() {
+            detail["secrets"] = Value::Object(
+                outcome
+                    .proofs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect(),
+            );
+        }
         if let Some(first) = outcome.deployed.first() {
             detail["commit"] = json!(first.commit);
             detail["deployed"] = json!(outcome.deployed);
@@ -127,13 +198,19 @@ impl Engine {
             tracing::error!("cannot store how request {} ended: {e}", req.id);
         }
         // The audit now holds the outcome; the action's recovery notes may go.
-        if let Some(action) = self.actions.get(&req.action) {
+        if let Some(action) = self.action(&req.action) {
             action.settled(&req.id);
         }
         if outcome.packs_changed {
             self.reload_aliases();
         }
-        let execution = execution_view(&req, &outcome, started, finished);
+        // st2's status for a run stopped by `!cancel` is `canceled`.
+        let status = if state == State::Cancelled {
+            "canceled"
+        } else {
+            outcome.status.name()
+        };
+        let execution = execution_view(&req, &outcome, status, started, finished);
         let mut fx = Vec::new();
         if let Some(text) = recovered {
             fx.push(Effect::Send(reply_to_request(&req, Message::plain(text))));
@@ -176,7 +253,7 @@ impl Engine {
         let _ = self
             .requests
             .update(&req.id, |r| r.finish(state, Value::Null, &summary, now));
-        if let Some(action) = self.actions.get(&req.action) {
+        if let Some(action) = self.action(&req.action) {
             action.settled(&req.id);
         }
         Some(vec![
@@ -196,12 +273,13 @@ impl Engine {
     /// A request the last process died running: finished from what its
     /// action made durable (a pack switch that happened), else None.
     fn recover_run(&self, req: &Request, now: u64) -> Option<Vec<Effect>> {
-        let action = self.actions.get(&req.action)?;
+        let action = self.action(&req.action)?;
         let ctx = RunContext {
             request_id: &req.id,
             requester: &req.requester,
             plan: &req.plan,
             cancel: &self.cancel,
+            output: &Arc::default(),
         };
         let outcome = action.recover(&ctx, &req.params)?;
         let started = req.started_ms.unwrap_or(req.created_ms);
@@ -212,7 +290,7 @@ impl Engine {
             outcome.status.name(),
             outcome.summary
         );
-        Some(self.complete(req.clone(), outcome, false, started, now, Some(text)))
+        Some(self.complete(req.clone(), outcome, Ending::Ran, started, now, Some(text)))
     }
 
     /// Expire pending requests whose time is up; announce each in its room.
@@ -265,6 +343,9 @@ impl Engine {
     /// Ask running actions to stop at their next safe point.
     pub fn begin_shutdown(&self) {
         self.cancel.store(true, Ordering::Relaxed);
+        for r in self.lock_running().values() {
+            r.cancel.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Requests still running when the process must exit: marked
@@ -351,6 +432,17 @@ impl Engine {
     }
 }
 
+/// How a run came to its end.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    /// On its own.
+    Ran,
+    /// Stopped by shutdown.
+    Interrupted,
+    /// Stopped by `!cancel`.
+    CancelledBy(String),
+}
+
 /// The status reaction for a request that ended in `state`.
 fn end_reaction(state: State) -> &'static str {
     if state == State::Succeeded {
@@ -361,10 +453,16 @@ fn end_reaction(state: State) -> &'static str {
 }
 
 /// st2's `execution` as result templates see it.
-fn execution_view(req: &Request, outcome: &Outcome, started: u64, finished: u64) -> Value {
+fn execution_view(
+    req: &Request,
+    outcome: &Outcome,
+    status: &str,
+    started: u64,
+    finished: u64,
+) -> Value {
     json!({
         "id": req.id,
-        "status": outcome.status.name(),
+        "status": status,
         "action": {"ref": req.action},
         "parameters": req.params,
         "result": outcome.result,

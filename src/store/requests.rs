@@ -314,7 +314,7 @@ impl Request {
         self.expect(&[State::Running])?;
         debug_assert!(matches!(
             to,
-            State::Succeeded | State::Failed | State::Interrupted
+            State::Succeeded | State::Failed | State::Interrupted | State::Cancelled
         ));
         self.result = Some(result);
         self.summary = Some(summary.to_string());

@@ -301,6 +301,7 @@ fn installed_outcome(installed: &[(PackRecord, Fetched)], packs_changed: bool) -
             })
             .collect(),
         packs_changed,
+        proofs: Vec::new(),
     }
 }
 
@@ -461,6 +462,7 @@ impl Action for Rollback {
                     commit: to.commit,
                 }],
                 packs_changed: true,
+                proofs: Vec::new(),
             },
             Err(e) => Outcome::failed(e.to_string()),
         }
@@ -487,6 +489,7 @@ impl Action for Rollback {
                 commit: to,
             }],
             packs_changed: true,
+            proofs: Vec::new(),
         })
     }
 }

@@ -93,7 +93,7 @@ pub struct Request {
     pub allow: Vec<String>,
     /// `timeout`, seconds (connect and read).
     pub timeout: f64,
-    /// The action's name, for `X-Stanley-Action`.
+    /// The action's name (without its pack), for `X-Stanley-Action`.
     pub action: String,
 }
 
@@ -145,7 +145,7 @@ impl Request {
             deny: list("url_hosts_blacklist"),
             allow: list("url_hosts_whitelist"),
             timeout: p.get("timeout").and_then(Value::as_f64).unwrap_or(60.0),
-            action: action.to_string(),
+            action: action.rsplit('.').next().unwrap_or(action).to_string(),
         })
     }
 

@@ -14,12 +14,14 @@ use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
 use super::python;
+use crate::action::OutputTail;
 
 /// The exit code st2 reports for a timed-out command (SIGKILL's `-9`).
 pub const TIMEOUT_EXIT_CODE: i64 = -9;
@@ -197,9 +199,11 @@ pub struct Spawn {
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<String>,
-    /// Variables added to airlock's own environment (less
-    /// [`WITHHELD_ENV`]); later entries win.
+    /// Variables added to airlock's own environment; later entries win.
     pub env: Vec<(String, String)>,
+    /// Variables of airlock's environment the child never sees (besides
+    /// [`WITHHELD_ENV`]).
+    pub withheld: Vec<String>,
     /// Its working directory; None: airlock's.
     pub cwd: Option<PathBuf>,
     /// How long it may run.
@@ -226,7 +230,8 @@ pub struct Ran {
 /// Run `spawn` in a process group of its own; on timeout or `cancel`,
 /// SIGTERM the group, then SIGKILL it after the grace period. Returns when
 /// the process has exited and its output is read.
-pub fn run(spawn: &Spawn, cancel: &AtomicBool) -> std::io::Result<Ran> {
+/// What it prints is also fed to `output`, for `!status`.
+pub fn run(spawn: &Spawn, cancel: &AtomicBool, output: &Arc<OutputTail>) -> std::io::Result<Ran> {
     let mut cmd = Command::new(&spawn.program);
     cmd.args(&spawn.args)
         .stdin(Stdio::null())
@@ -234,7 +239,11 @@ pub fn run(spawn: &Spawn, cancel: &AtomicBool) -> std::io::Result<Ran> {
         .stderr(Stdio::piped())
         // Its own group, so everything it starts can be stopped with it.
         .process_group(0);
-    for k in WITHHELD_ENV {
+    for k in WITHHELD_ENV
+        .iter()
+        .copied()
+        .chain(spawn.withheld.iter().map(String::as_str))
+    {
         cmd.env_remove(k);
     }
     cmd.envs(spawn.env.iter().map(|(k, v)| (k, v)));
@@ -244,8 +253,8 @@ pub fn run(spawn: &Spawn, cancel: &AtomicBool) -> std::io::Result<Ran> {
     let mut child = cmd.spawn()?;
     let pgid = child.id() as i32;
     let cap = spawn.output_cap;
-    let out = child.stdout.take().map(|s| reader(s, cap));
-    let err = child.stderr.take().map(|s| reader(s, cap));
+    let out = child.stdout.take().map(|s| reader(s, cap, output.clone()));
+    let err = child.stderr.take().map(|s| reader(s, cap, output.clone()));
     let started = Instant::now();
     let mut signalled: Option<(Instant, bool)> = None;
     let mut timed_out = false;
@@ -312,6 +321,7 @@ fn kill_group(pgid: i32, signal: i32) {
 fn reader(
     mut stream: impl Read + Send + 'static,
     cap: usize,
+    tail: Arc<OutputTail>,
 ) -> std::thread::JoinHandle<(Vec<u8>, usize)> {
     std::thread::spawn(move || {
         let mut kept = Vec::new();
@@ -321,6 +331,7 @@ fn reader(
             if n == 0 {
                 break;
             }
+            tail.push(&buf[..n]);
             let room = cap.saturating_sub(kept.len()).min(n);
             kept.extend_from_slice(&buf[..room]);
             dropped += n - room;
@@ -371,12 +382,13 @@ mod tests {
             // The child sleeps on after its shell is gone unless the group dies.
             args: vec!["-c".into(), "sleep 30 & echo started; wait".into()],
             env: Vec::new(),
+            withheld: Vec::new(),
             cwd: None,
             timeout: Duration::from_millis(300),
             grace: Duration::from_millis(200),
             output_cap: 1024,
         };
-        let ran = run(&spawn, &AtomicBool::new(false)).unwrap();
+        let ran = run(&spawn, &AtomicBool::new(false), &Arc::default()).unwrap();
         assert!(ran.ended.timed_out);
         assert_eq!(ran.ended.stdout, "started\n");
     }
@@ -387,12 +399,13 @@ mod tests {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "head -c 5000 /dev/zero | tr '\\0' x".into()],
             env: Vec::new(),
+            withheld: Vec::new(),
             cwd: None,
             timeout: Duration::from_secs(10),
             grace: Duration::from_secs(1),
             output_cap: 1000,
         };
-        let ran = run(&spawn, &AtomicBool::new(false)).unwrap();
+        let ran = run(&spawn, &AtomicBool::new(false), &Arc::default()).unwrap();
         assert_eq!(ran.ended.stdout.len(), 1000);
         assert_eq!(ran.dropped, (4000, 0));
     }

@@ -1,14 +1,509 @@
-//! StackStorm's runners, natively: what a pack's own actions run on.
+//! StackStorm's runners, natively: what a pack's own actions run on
+//! (`local-shell-cmd`, `local-shell-script`, `http-request`), checked
+//! against st2's own answers (`tests/runner_vectors.rs`).
 //!
-//! This is the first part of that work, checked against st2's own answers
-//! (`tests/runner_vectors.rs`): the local runners' argument building,
-//! process execution and result shaping ([`local`]); the http runner's
-//! host lists ([`http`]); secret masking ([`secrets`]). The http request
-//! itself, loading `actions/*.yaml` and offering the runners as actions
-//! come next.
+//! [`PackAction`] is one action of a pack (or st2's `core.local`,
+//! `core.local_sudo`, `core.http`): when a request is made it renders the
+//! parameters ([`params`]) and shows them, secrets masked; once approved it
+//! runs them on its runner ([`local`], [`http`]) and returns st2's result,
+//! secrets masked again ([`secrets`]).
 
 pub mod http;
 pub mod local;
 pub mod params;
 pub mod python;
 pub mod secrets;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sha2::Sha256;
+
+use super::metadata::{ActionMeta, Runner};
+use super::{Action, ActionSpec, Outcome, Prepared, RunContext, Status};
+use crate::alias::Params;
+use secrets::MASK;
+
+/// `runners:` in `airlock.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerConfig {
+    /// Whether `sudo: true` actions (`core.local_sudo`) may run.
+    #[serde(default)]
+    pub allow_sudo: bool,
+    /// Pack configs (`<pack>.yaml`, st2's `/opt/stackstorm/configs`):
+    /// what `config_context` reads.
+    #[serde(default = "default_configs")]
+    pub configs: PathBuf,
+    /// Bytes kept per output stream.
+    #[serde(default = "default_cap")]
+    pub output_cap: usize,
+    /// Seconds between SIGTERM and SIGKILL.
+    #[serde(default = "default_grace")]
+    pub kill_grace_seconds: u64,
+    /// More environment variables no action may see.
+    #[serde(default)]
+    pub secret_env: Vec<String>,
+    /// Key of the hashes the audit keeps of secret values (set at open).
+    #[serde(skip)]
+    pub hash_key: Vec<u8>,
+}
+
+fn default_configs() -> PathBuf {
+    "configs".into()
+}
+fn default_cap() -> usize {
+    1 << 20
+}
+fn default_grace() -> u64 {
+    5
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("defaults")
+    }
+}
+
+impl RunnerConfig {
+    /// The keyed hash of a secret value as the audit keeps it.
+    pub fn proof(&self, value: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.hash_key).expect("any key length");
+        mac.update(value.as_bytes());
+        let bytes = mac.finalize().into_bytes();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        format!("hmac-sha256:{hex}")
+    }
+}
+
+/// One action of a pack, run in-process on its st2 runner.
+pub struct PackAction {
+    meta: ActionMeta,
+    /// The pack's directory as found (`packs/<name>`, a link to the live
+    /// version); None for st2's embedded core actions.
+    root: Option<PathBuf>,
+    cfg: Arc<RunnerConfig>,
+}
+
+impl PackAction {
+    /// `meta`, from the pack at `root`.
+    pub fn new(meta: ActionMeta, root: Option<PathBuf>, cfg: Arc<RunnerConfig>) -> Self {
+        PackAction { meta, root, cfg }
+    }
+
+    /// Parameters a template interpolates into a shell command line.
+    fn shell_params(&self) -> &'static [&'static str] {
+        if self.meta.runner == Runner::ShellCmd {
+            &["cmd"]
+        } else {
+            &[]
+        }
+    }
+
+    /// `config_context`: the pack's config file, checked against its
+    /// `config.schema.yaml` (defaults filled, required keys present).
+    fn config_context(&self, pack_dir: Option<&Path>) -> Result<Value, String> {
+        let file = self.cfg.configs.join(format!("{}.yaml", self.meta.pack));
+        let mut config = match std::fs::read_to_string(&file) {
+            Ok(text) => match serde_yaml::from_str::<Option<Value>>(&text) {
+                Ok(Some(Value::Object(m))) => m,
+                Ok(None) => Map::new(),
+                Ok(Some(_)) => return Err(format!("{}: must be a mapping", file.display())),
+                Err(e) => return Err(format!("{}: {e}", file.display())),
+            },
+            Err(_) => Map::new(),
+        };
+        let schema = pack_dir
+            .map(|d| d.join("config.schema.yaml"))
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|t| serde_yaml::from_str::<Value>(&t).ok());
+        if let Some(Value::Object(schema)) = schema {
+            for (key, s) in &schema {
+                if config.get(key).is_none_or(Value::is_null) {
+                    if let Some(d) = s.get("default") {
+                        config.insert(key.clone(), d.clone());
+                    } else if s.get("required") == Some(&Value::Bool(true)) {
+                        return Err(format!(
+                            "{}: {key} is required by the pack's config.schema.yaml",
+                            file.display()
+                        ));
+                    }
+                }
+                if let (Some(v), Some(ty)) =
+                    (config.get(key), s.get("type").and_then(Value::as_str))
+                    && !v.is_null()
+                    && !json_type_is(v, ty)
+                {
+                    return Err(format!(
+                        "{}: {key} must be of type {ty} (config.schema.yaml)",
+                        file.display()
+                    ));
+                }
+            }
+        }
+        Ok(Value::Object(config))
+    }
+
+    /// Every parameter rendered for `pack_dir`, secrets in clear.
+    fn render(&self, params: &Params, pack_dir: Option<&Path>) -> Result<Params, String> {
+        let config = self.config_context(pack_dir)?;
+        params::render_defaults(&self.meta.spec, params, &config, self.shell_params())
+    }
+
+    /// The values of the secret parameters, and their shell-quoted forms:
+    /// what must never be shown.
+    fn secret_values(&self, rendered: &Params) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in self.meta.spec.params.iter().filter(|p| p.secret) {
+            if let Some(v) = rendered.get(&p.name).filter(|v| !v.is_null()) {
+                let s = python::str_of(v);
+                if s.len() >= 3 {
+                    out.push(params::shell_word(&s));
+                    out.push(s);
+                }
+            }
+        }
+        out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        out.dedup();
+        out
+    }
+
+    /// Check what must hold before a request is even shown.
+    fn check(&self, p: &Params, pack_dir: Option<&Path>) -> Result<(), String> {
+        if p.get("sudo") == Some(&Value::Bool(true)) && !self.cfg.allow_sudo {
+            return Err(format!(
+                "{} runs with sudo, which this bot's configuration does not allow (runners.allow_sudo)",
+                self.meta.spec.reference
+            ));
+        }
+        match self.meta.runner {
+            Runner::ShellScript => {
+                self.entry_point(pack_dir)?;
+            }
+            Runner::Http => {
+                let req = http::Request::from_params(p, &self.meta.spec.reference)?;
+                http::check_host(&req.url, &req.deny, &req.allow)?;
+            }
+            Runner::ShellCmd => {
+                if !p.get("cmd").is_some_and(Value::is_string) {
+                    return Err(format!("{} has no cmd to run", self.meta.spec.reference));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The script, which must be inside the pack.
+    fn entry_point(&self, pack_dir: Option<&Path>) -> Result<PathBuf, String> {
+        let (Some(dir), Some(entry)) = (pack_dir, &self.meta.entry_point) else {
+            return Err(format!("{} has no entry point", self.meta.spec.reference));
+        };
+        let path = dir.join("actions").join(entry);
+        let real = path
+            .canonicalize()
+            .map_err(|e| format!("entry point {}: {e}", path.display()))?;
+        if !real.starts_with(dir) || !real.is_file() {
+            return Err(format!(
+                "entry point {} is not a file inside the pack",
+                path.display()
+            ));
+        }
+        Ok(real)
+    }
+
+    /// Run the rendered parameters `p` on the action's runner.
+    fn run_rendered(
+        &self,
+        ctx: &RunContext,
+        p: &Params,
+        pack_dir: Option<&Path>,
+    ) -> Result<(&'static str, Value), String> {
+        let reference = &self.meta.spec.reference;
+        if self.meta.runner == Runner::Http {
+            return http::Request::from_params(p, reference)?.send();
+        }
+        let timeout = p.get("timeout").cloned().unwrap_or(json!(60));
+        let mut env: Vec<(String, String)> = p
+            .get("env")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), python::str_of(v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let debug = p.get("debug") == Some(&Value::Bool(true));
+        env.extend([
+            ("ST2_ACTION_PACK_NAME".into(), self.meta.pack.clone()),
+            ("ST2_ACTION_EXECUTION_ID".into(), ctx.request_id.to_string()),
+            (
+                "ST2_ACTION_DEBUG".into(),
+                if debug { "True" } else { "False" }.into(),
+            ),
+        ]);
+        let (program, args) = match self.meta.runner {
+            Runner::ShellCmd => (
+                PathBuf::from("/bin/sh"),
+                vec![
+                    "-c".into(),
+                    p["cmd"].as_str().unwrap_or_default().to_string(),
+                ],
+            ),
+            _ => {
+                let script = self.entry_point(pack_dir)?;
+                let named: Map<String, Value> = p
+                    .iter()
+                    .filter(|(k, _)| !self.meta.is_runner_param(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let schema: Vec<(String, local::ScriptParam)> = self
+                    .meta
+                    .spec
+                    .params
+                    .iter()
+                    .filter(|sp| !self.meta.is_runner_param(&sp.name))
+                    .map(|sp| {
+                        (
+                            sp.name.clone(),
+                            local::ScriptParam {
+                                ty: sp.ty.map(|t| t.name().to_string()),
+                                position: sp.position,
+                            },
+                        )
+                    })
+                    .collect();
+                let op = p.get("kwarg_op").and_then(Value::as_str).unwrap_or("--");
+                let args = local::script_args(&named, &schema, op);
+                interpreter(&script, args)
+            }
+        };
+        let (program, args) = if p.get("sudo") == Some(&Value::Bool(true)) {
+            // Allowed by the configuration (checked when prepared).
+            let mut a = vec!["-n".to_string(), "-E".into(), "--".into()];
+            a.push(program.to_string_lossy().into_owned());
+            a.extend(args);
+            (PathBuf::from("sudo"), a)
+        } else {
+            (program, args)
+        };
+        let mut withheld: Vec<String> = local::WITHHELD_ENV.iter().map(|s| s.to_string()).collect();
+        withheld.extend(self.cfg.secret_env.iter().cloned());
+        let spawn = local::Spawn {
+            program,
+            args,
+            env,
+            withheld,
+            cwd: p.get("cwd").and_then(Value::as_str).map(PathBuf::from),
+            timeout: Duration::from_secs(timeout.as_u64().unwrap_or(60)),
+            grace: Duration::from_secs(self.cfg.kill_grace_seconds),
+            output_cap: self.cfg.output_cap,
+        };
+        let ran = local::run(&spawn, ctx.cancel, ctx.output)
+            .map_err(|e| format!("cannot start {}: {e}", spawn.program.display()))?;
+        if let Some(msg) = ran.invalid_utf8 {
+            return Err(msg);
+        }
+        let (status, mut result) = local::result(&ran.ended, &timeout, false);
+        if ran.dropped != (0, 0) {
+            result["truncated"] = json!({
+                "cap_bytes": self.cfg.output_cap,
+                "stdout_dropped_bytes": ran.dropped.0,
+                "stderr_dropped_bytes": ran.dropped.1,
+            });
+        }
+        let status = if ran.cancelled { "canceled" } else { status };
+        Ok((status, result))
+    }
+}
+
+/// How a script is started without a shell: its `#!` interpreter (what
+/// `execve` would use, so no execute bit is needed, as st2 `chmod`s it),
+/// else `/bin/sh`.
+fn interpreter(script: &Path, args: Vec<String>) -> (PathBuf, Vec<String>) {
+    let first = std::fs::read(script)
+        .ok()
+        .and_then(|b| {
+            b.strip_prefix(b"#!").map(|rest| {
+                let end = rest.iter().position(|c| *c == b'\n').unwrap_or(rest.len());
+                String::from_utf8_lossy(&rest[..end]).trim().to_string()
+            })
+        })
+        .filter(|l| !l.is_empty());
+    let mut argv = Vec::new();
+    let program = match first {
+        Some(line) => {
+            let (prog, arg) = match line.split_once(char::is_whitespace) {
+                Some((p, a)) => (p.to_string(), Some(a.trim().to_string())),
+                None => (line, None),
+            };
+            argv.extend(arg);
+            PathBuf::from(prog)
+        }
+        None => PathBuf::from("/bin/sh"),
+    };
+    argv.push(script.to_string_lossy().into_owned());
+    argv.extend(args);
+    (program, argv)
+}
+
+fn json_type_is(v: &Value, ty: &str) -> bool {
+    match ty {
+        "string" => v.is_string(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "number" => v.is_number(),
+        "boolean" => v.is_boolean(),
+        "array" => v.is_array(),
+        "object" => v.is_object(),
+        _ => true,
+    }
+}
+
+/// Every occurrence of a secret in the strings of `v` masked.
+fn mask_values(v: &Value, secrets: &[String]) -> Value {
+    match v {
+        Value::String(s) => {
+            let mut s = s.clone();
+            for secret in secrets {
+                if s.contains(secret.as_str()) {
+                    s = s.replace(secret.as_str(), MASK);
+                }
+            }
+            Value::String(s)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|v| mask_values(v, secrets)).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), mask_values(v, secrets)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+impl Action for PackAction {
+    fn spec(&self) -> &ActionSpec {
+        &self.meta.spec
+    }
+
+    fn prepare(&self, params: Params) -> Result<Prepared, String> {
+        // The version live now is the one that runs, even if the pack is
+        // switched before the request is approved.
+        let pack_dir = match &self.root {
+            Some(r) => Some(
+                r.canonicalize()
+                    .map_err(|e| format!("pack {} at {}: {e}", self.meta.pack, r.display()))?,
+            ),
+            None => None,
+        };
+        let rendered = self.render(&params, pack_dir.as_deref())?;
+        self.check(&rendered, pack_dir.as_deref())?;
+        let secrets = self.secret_values(&rendered);
+        let shown = match &pack_dir {
+            Some(d) if d.parent().and_then(Path::file_name) == Some(self.meta.pack.as_ref()) => {
+                let commit = d
+                    .file_name()
+                    .map(|c| c.to_string_lossy())
+                    .unwrap_or_default();
+                vec![format!(
+                    "→ {} at commit {}",
+                    self.meta.pack,
+                    &commit[..commit.len().min(12)]
+                )]
+            }
+            _ => Vec::new(),
+        };
+        let shown_params = match mask_values(&Value::Object(rendered), &secrets) {
+            Value::Object(m) => self.meta.spec.masked(&m),
+            _ => unreachable!("an object stays an object"),
+        };
+        Ok(Prepared {
+            params: shown_params,
+            shown,
+            plan: json!({ "pack_dir": pack_dir }),
+        })
+    }
+
+    fn run(&self, ctx: &RunContext, params: &Params) -> Outcome {
+        let pack_dir = ctx.plan["pack_dir"].as_str().map(PathBuf::from);
+        if let Some(d) = &pack_dir
+            && !d.is_dir()
+        {
+            return Outcome::failed(format!(
+                "the pack version approved for this request ({}) is no longer on disk",
+                d.display()
+            ));
+        }
+        // What was masked when the request was made is rendered again from
+        // its default (secrets never come from chat, so nothing else can
+        // have been masked).
+        let mut raw = params.clone();
+        for p in &self.meta.spec.params {
+            let masked = raw
+                .get(&p.name)
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.contains(MASK));
+            if masked && let Some(d) = &p.default {
+                raw.insert(p.name.clone(), d.clone());
+            }
+        }
+        let rendered = match self.render(&raw, pack_dir.as_deref()) {
+            Ok(r) => r,
+            Err(e) => return Outcome::failed(e),
+        };
+        let secrets = self.secret_values(&rendered);
+        let (status, result) = match self.run_rendered(ctx, &rendered, pack_dir.as_deref()) {
+            Ok(r) => r,
+            Err(e) => ("failed", json!({ "error": e })),
+        };
+        let result = secrets::mask_result(
+            self.meta.output_schema.as_ref(),
+            self.meta.runner.name(),
+            &result,
+        );
+        let result = mask_values(&result, &secrets);
+        let summary = summary(status, &result, &rendered);
+        let mut outcome = if status == "succeeded" {
+            Outcome::ok(summary, result)
+        } else {
+            Outcome {
+                status: Status::Failed,
+                result,
+                summary,
+                deployed: Vec::new(),
+                packs_changed: false,
+                proofs: Vec::new(),
+            }
+        };
+        for p in self.meta.spec.params.iter().filter(|p| p.secret) {
+            if let Some(v) = rendered.get(&p.name).filter(|v| !v.is_null()) {
+                outcome
+                    .proofs
+                    .push((p.name.clone(), self.cfg.proof(&python::str_of(v))));
+            }
+        }
+        outcome
+    }
+}
+
+/// One line for the audit and default messages.
+fn summary(status: &str, result: &Value, p: &Params) -> String {
+    if let Some(e) = result.get("error").and_then(Value::as_str) {
+        return format!("{status}: {e}");
+    }
+    if let Some(code) = result.get("status_code") {
+        return format!("{status}: HTTP {code}");
+    }
+    match (status, result.get("return_code")) {
+        ("canceled", _) => "cancelled while running".into(),
+        ("timeout", _) => format!(
+            "timed out after {}s",
+            python::str_of(p.get("timeout").unwrap_or(&json!(60)))
+        ),
+        (s, Some(code)) => format!("{s} (exit code {code})"),
+        (s, None) => s.to_string(),
+    }
+}

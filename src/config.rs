@@ -298,34 +298,7 @@ struct Files {
 impl Files {
     /// Every pack directory whose actions are offered, with its name.
     fn pack_dirs(&self) -> Vec<(PathBuf, String)> {
-        let is_pack = |d: &Path| d.join("pack.yaml").is_file() && d.join("actions").is_dir();
-        let name = |d: &Path| {
-            d.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        };
-        let mut out: Vec<(PathBuf, String)> = Vec::new();
-        for dir in &self.aliases {
-            if is_pack(dir) {
-                out.push((dir.clone(), name(dir)));
-            } else if let Some(parent) = dir
-                .parent()
-                .filter(|p| name(dir) == "aliases" && is_pack(p))
-            {
-                out.push((parent.to_path_buf(), name(parent)));
-            } else if let Ok(entries) = std::fs::read_dir(dir) {
-                let mut subs: Vec<PathBuf> = entries
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| is_pack(p) && !name(p).starts_with('.'))
-                    .collect();
-                subs.sort();
-                out.extend(subs.into_iter().map(|p| {
-                    let n = name(&p);
-                    (p, n)
-                }));
-            }
-        }
+        let mut out = metadata::pack_dirs(&self.aliases);
         for r in self.packs.records() {
             out.push((self.packs.dir().join(&r.name), r.name.clone()));
         }

@@ -299,6 +299,13 @@ fn cmd_help(dirs: &[PathBuf], filter: Option<&str>) -> ExitCode {
 fn cmd_check(dirs: &[PathBuf], policies: &[PathBuf]) -> ExitCode {
     let loaded = alias::load_dirs(dirs);
     let mut diags = loaded.diagnostics;
+    // The packs' actions, checked like aliases.
+    let mut metas = action::metadata::core_actions();
+    for (dir, name) in action::metadata::pack_dirs(dirs) {
+        let (found, d) = action::metadata::load_pack(&dir, &name);
+        metas.extend(found);
+        diags.extend(d);
+    }
     let policy = if policies.is_empty() {
         None
     } else {
@@ -309,7 +316,35 @@ fn cmd_check(dirs: &[PathBuf], policies: &[PathBuf]) -> ExitCode {
     // Rules naming aliases or actions that do not exist can never match.
     if let Some(p) = &policy {
         let set = AliasSet::new(loaded.aliases.clone());
-        let specs = action::standard_specs();
+        let mut specs = action::standard_specs();
+        specs.extend(metas.iter().map(|m| m.spec.clone()));
+        // A value a cmd template writes unquoted must be constrained by
+        // every rule that lets someone run the action.
+        for m in &metas {
+            for name in action::metadata::unquoted_cmd_params(m) {
+                let unconstrained = p.rules.iter().any(|r| {
+                    r.effect == policy::Effect::Allow
+                        && (r.actions.iter().any(|g| g.matches(&m.spec.reference))
+                            || set.aliases().iter().any(|a| {
+                                a.action_ref == m.spec.reference
+                                    && r.aliases.iter().any(|g| g.matches(&a.reference()))
+                            }))
+                        && !r.params.contains_key(&name)
+                });
+                if unconstrained {
+                    let text = std::fs::read_to_string(&m.file).unwrap_or_default();
+                    diags.push(airlock::diag::YamlIndex::parse(&text).diag(
+                        airlock::diag::Severity::Warning,
+                        &m.file,
+                        "parameters.cmd.default",
+                        format!(
+                            "{{{{ {name} | safe }}}} writes {name} into the shell unquoted, and a rule allowing {} does not constrain {name} by values or regex",
+                            m.spec.reference
+                        ),
+                    ));
+                }
+            }
+        }
         for r in &p.rules {
             for g in &r.aliases {
                 if !set.aliases().iter().any(|a| g.matches(&a.reference())) {

@@ -102,6 +102,55 @@ fn check_reports_every_error_with_file_line_and_field() {
 }
 
 #[test]
+fn check_validates_pack_actions_and_flags_unquoted_cmd_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pack = tmp.path().join("packs/shop");
+    std::fs::create_dir_all(pack.join("actions")).unwrap();
+    std::fs::create_dir_all(pack.join("aliases")).unwrap();
+    std::fs::write(pack.join("pack.yaml"), "name: shop\n").unwrap();
+    std::fs::write(
+        pack.join("actions/bad.yaml"),
+        "name: bad\nrunner_type: local-shell-script\nentry_point: ../../x.sh\nparameters:\n  n:\n    type: integer\n    default: many\n  k:\n    default: \"{{ st2kv.system.k }}\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pack.join("actions/grep.yaml"),
+        "name: grep\nrunner_type: local-shell-cmd\nparameters:\n  pattern:\n    type: string\n  cmd:\n    default: \"grep {{ pattern | safe }} /var/log/app.log\"\n    immutable: true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pack.join("actions/py.yaml"),
+        "name: py\nrunner_type: python-script\nentry_point: py.py\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pack.join("aliases/grep.yaml"),
+        "name: grep\npack: shop\naction_ref: shop.grep\nformats: ['grep {{ pattern }}']\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("p.yaml"),
+        "rules:\n  - id: grep\n    effect: allow\n    users: ['@alice:example.org']\n    aliases: [shop.grep]\n",
+    )
+    .unwrap();
+    let o = airlock(
+        &["check", "--aliases", "packs", "--policies", "p.yaml"],
+        tmp.path(),
+    );
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    for needle in [
+        "actions/bad.yaml:3:1: error: entry_point: \"../../x.sh\" leaves the pack's actions directory",
+        "actions/bad.yaml:7:5: error: parameters.n.default: parameter n must be of type integer",
+        "actions/bad.yaml:9:5: error: parameters.k.default: reads st2's datastore (st2kv)",
+        "actions/grep.yaml:7:5: warning: parameters.cmd.default: {{ pattern | safe }} writes pattern into the shell unquoted",
+        "actions/py.yaml:2:1: warning: runner_type: shop.py runs on python-script",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+}
+
+#[test]
 fn policy_explain_shows_decision_rules_and_confirmation() {
     let root = repo_root();
     let o = airlock(

@@ -154,6 +154,50 @@ pub fn load_pack(pack_dir: &Path, pack: &str) -> (Vec<ActionMeta>, Vec<Diagnosti
     (found, diags)
 }
 
+/// The packs among alias directories (a pack itself, the pack around an
+/// `aliases/` folder, or packs inside a folder), with their names.
+pub fn pack_dirs(dirs: &[PathBuf]) -> Vec<(PathBuf, String)> {
+    let is_pack = |d: &Path| d.join("pack.yaml").is_file() && d.join("actions").is_dir();
+    let name = |d: &Path| {
+        d.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut out: Vec<(PathBuf, String)> = Vec::new();
+    for dir in dirs {
+        if is_pack(dir) {
+            out.push((dir.clone(), name(dir)));
+        } else if let Some(parent) = dir.parent().filter(|p| name(dir) == "aliases" && is_pack(p)) {
+            out.push((parent.to_path_buf(), name(parent)));
+        } else if let Ok(entries) = std::fs::read_dir(dir) {
+            let mut subs: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| is_pack(p) && !name(p).starts_with('.'))
+                .collect();
+            subs.sort();
+            out.extend(subs.into_iter().map(|p| {
+                let n = name(&p);
+                (p, n)
+            }));
+        }
+    }
+    out
+}
+
+/// Parameters a `cmd` template writes unquoted (`{{ x | safe }}`): a
+/// chat value there is shell code unless the policy constrains it.
+pub fn unquoted_cmd_params(meta: &ActionMeta) -> Vec<String> {
+    let Some(Value::String(cmd)) = meta.spec.param("cmd").and_then(|p| p.default.as_ref()) else {
+        return Vec::new();
+    };
+    let re = regex::Regex::new(r"\{\{-?\s*(\w+)\s*\|\s*safe\s*-?\}\}").expect("regex");
+    re.captures_iter(cmd)
+        .map(|c| c[1].to_string())
+        .filter(|n| n != "cmd")
+        .collect()
+}
+
 /// Parse one action file of pack `pack`. `Ok(None)`: a valid action that
 /// airlock does not run here (disabled, or another runner: reported as a
 /// warning in the `Err` of [`load_pack`]'s caller only when it is not

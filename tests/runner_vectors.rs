@@ -60,6 +60,16 @@ fn deviation(v: &Value) -> Option<&'static str> {
                 "core.http's auth string is refused with a message saying what to use instead (st2 fails with a TypeError)",
             );
         }
+        "cmd_command-059" => {
+            return Some(
+                "a value given for cmd is data: it runs as given, never rendered as a template",
+            );
+        }
+        "cmd_command-064" | "cmd_command-066" => {
+            return Some(
+                "values a cmd template interpolates are quoted as one shell word each (tested by cmd_templates_quote_values)",
+            );
+        }
         "http_result-153" => {
             return Some(
                 "every redirect is checked against the host lists, so this one is refused",
@@ -234,6 +244,13 @@ fn local_runners_answer_as_st2_does() {
                     .ok_or(format!("{params} {result} != {expected}"))
             }
             "http_result" => http_case(v),
+            "cmd_command" => cmd_case(v).and_then(|(cmd, runner)| {
+                let want_runner = &expected["runner_params"];
+                let same = |k: &str| runner.get(k).unwrap_or(&Value::Null) == &want_runner[k];
+                (cmd == expected["command"] && same("cwd") && same("env") && same("timeout"))
+                    .then_some(())
+                    .ok_or(format!("{cmd} {runner:?} != {expected}"))
+            }),
             _ => {
                 *pending.entry(kind).or_default() += 1;
                 continue;
@@ -257,12 +274,65 @@ fn local_runners_answer_as_st2_does() {
     assert_eq!(passed.get("result_process"), Some(&10), "{passed:?}");
     assert_eq!(passed.get("mask_secrets"), Some(&5), "{passed:?}");
     assert_eq!(passed.get("http_result"), Some(&25), "{passed:?}");
+    assert_eq!(passed.get("cmd_command"), Some(&3), "{passed:?}");
     assert_eq!(
         passed.get("http_host_check").copied().unwrap_or(0)
             + deviated.get("http_host_check").copied().unwrap_or(0),
         12,
         "{passed:?} {deviated:?}"
     );
+}
+
+/// The command line a `cmd_command` vector's action renders, with the
+/// rendered parameters.
+fn cmd_case(v: &Value) -> Result<(String, Map<String, Value>), String> {
+    use airlock::action::metadata;
+    use airlock::action::runners::params;
+    let input = &v["input"];
+    let meta = serde_json::json!({
+        "name": "vector_action",
+        "runner_type": "local-shell-cmd",
+        "parameters": input["parameters_schema"],
+    });
+    let meta = metadata::parse(
+        std::path::Path::new("vector.yaml"),
+        &meta.to_string(),
+        "vectors",
+    )
+    .map_err(|e| format!("{e:?}"))?
+    .ok_or("not loaded")?;
+    let mut given: Map<String, Value> = input["values"].as_object().cloned().unwrap_or_default();
+    for k in ["cmd", "env", "cwd", "timeout"] {
+        if let Some(x) = input.get(k).filter(|x| !x.is_null()) {
+            given.insert(k.into(), x.clone());
+        }
+    }
+    let valid = meta.spec.validate(given)?;
+    let rendered = params::render_defaults(&meta.spec, &valid, &Value::Null, &["cmd"])?;
+    let cmd = rendered["cmd"].as_str().unwrap_or_default().to_string();
+    Ok((cmd, rendered))
+}
+
+#[test]
+fn cmd_templates_quote_values() {
+    let Some(vectors) = vectors() else {
+        return;
+    };
+    let quoted: BTreeMap<&str, &str> = [
+        ("cmd_command-059", "echo {{ 1 + 1 }} {{ 'x' | upper }}"),
+        ("cmd_command-064", "echo 'hi; touch /tmp/pwned'"),
+        (
+            "cmd_command-066",
+            "run \"['a', 'b']\" \"{'k': 'v'}\" True 3.0 None",
+        ),
+    ]
+    .into();
+    for v in &vectors {
+        if let Some(want) = quoted.get(v["id"].as_str().unwrap()) {
+            let (cmd, _) = cmd_case(v).unwrap();
+            assert_eq!(cmd, *want, "{}", v["id"]);
+        }
+    }
 }
 
 /// What the loopback server saw of a request.

@@ -167,7 +167,10 @@ pub fn pack_dirs(dirs: &[PathBuf]) -> Vec<(PathBuf, String)> {
     for dir in dirs {
         if is_pack(dir) {
             out.push((dir.clone(), name(dir)));
-        } else if let Some(parent) = dir.parent().filter(|p| name(dir) == "aliases" && is_pack(p)) {
+        } else if let Some(parent) = dir
+            .parent()
+            .filter(|p| name(dir) == "aliases" && is_pack(p))
+        {
             out.push((parent.to_path_buf(), name(parent)));
         } else if let Ok(entries) = std::fs::read_dir(dir) {
             let mut subs: Vec<PathBuf> = entries

@@ -165,6 +165,11 @@ impl ActionSpec {
                 Some(ty) => cast::cast(&p.name, v, ty)?,
                 None => v,
             };
+            // st2 casts a number with float(): 3 becomes 3.0 everywhere.
+            let v = match (p.ty, v.as_i64()) {
+                (Some(ParamType::Number), Some(i)) if !v.is_f64() => Value::from(i as f64),
+                _ => v,
+            };
             check_value(p, &v)?;
             given.insert(k, v);
         }

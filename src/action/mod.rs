@@ -8,6 +8,7 @@
 //! An alias whose action is not here is refused when it is used, never run.
 
 pub mod core;
+pub mod executor;
 pub mod metadata;
 pub mod packs;
 pub mod runners;

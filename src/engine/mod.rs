@@ -27,7 +27,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::action::{Action, Actions, OutputTail};
+use crate::action::executor::{Embedded, Executor};
+use crate::action::{Action, Actions};
 use crate::alias::{self, AliasSet};
 use crate::audit::{AuditLog, Entry, Event};
 use crate::diag::Diagnostic;
@@ -279,6 +280,7 @@ pub struct EngineBuilder {
     audit: AuditLog,
     requests: Requests,
     actions: Actions,
+    executor: Arc<dyn Executor>,
     catalog: Arc<dyn Catalog>,
 }
 
@@ -286,6 +288,12 @@ impl EngineBuilder {
     /// The actions it can run (none by default).
     pub fn actions(mut self, actions: Actions) -> Self {
         self.actions = actions;
+        self
+    }
+
+    /// What runs approved requests (in this process by default).
+    pub fn executor(mut self, executor: Arc<dyn Executor>) -> Self {
+        self.executor = executor;
         self
     }
 
@@ -311,7 +319,7 @@ impl EngineBuilder {
             requests: self.requests,
             builtin: self.actions.clone(),
             actions: RwLock::new(Arc::new(self.actions)),
-            running: Mutex::new(HashMap::new()),
+            executor: self.executor,
             catalog: self.catalog,
             aliases: RwLock::new(Arc::new(AliasSet::default())),
             policy: RwLock::new(Arc::new(loaded.policy)),
@@ -329,14 +337,6 @@ impl EngineBuilder {
     }
 }
 
-/// A request whose action is running: how to stop it and what it printed.
-struct Running {
-    cancel: Arc<AtomicBool>,
-    output: Arc<OutputTail>,
-    started: u64,
-    cancelled_by: Option<String>,
-}
-
 /// The bot's core. Shared between threads; every method takes `&self`.
 pub struct Engine {
     settings: Settings,
@@ -345,8 +345,8 @@ pub struct Engine {
     /// The built-in actions, and those with the packs' actions added.
     builtin: Actions,
     actions: RwLock<Arc<Actions>>,
-    /// Requests running now, by id.
-    running: Mutex<HashMap<String, Running>>,
+    /// What runs approved requests.
+    executor: Arc<dyn Executor>,
     catalog: Arc<dyn Catalog>,
     aliases: RwLock<Arc<AliasSet>>,
     policy: RwLock<Arc<Policy>>,
@@ -367,6 +367,7 @@ impl Engine {
             audit,
             requests,
             actions: Actions::default(),
+            executor: Arc::new(Embedded::default()),
             catalog: Arc::new((Vec::new(), Policy::default())),
         }
     }

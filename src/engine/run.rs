@@ -1,17 +1,16 @@
 //! Running approved requests, expiring pending ones, settling what a
 //! previous process left open, shutting down.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 
 use super::{
-    Effect, Engine, FAILED, Outgoing, Running, SUCCEEDED, react_request, reply_to_request,
-    request_entry,
+    Effect, Engine, FAILED, Outgoing, SUCCEEDED, react_request, reply_to_request, request_entry,
 };
-use crate::action::{Outcome, OutputTail, RunContext, Status as RunStatus};
+use crate::action::executor::{Followed, Job};
+use crate::action::{Action, Outcome, Status as RunStatus};
 use crate::audit::{Event, Query, Status};
 use crate::clock;
 use crate::render::{self, Message};
@@ -38,7 +37,7 @@ impl Engine {
         if !self.record(vec![
             request_entry(Event::Started, &req, started)
                 .status(Status::Running)
-                .detail(json!({"parameters": req.params})),
+                .detail(json!({"parameters": req.params, "executor": self.executor.name()})),
         ]) {
             let _ = self.requests.update(id, |r| {
                 r.finish(State::Failed, Value::Null, "audit log unavailable", started)
@@ -49,39 +48,21 @@ impl Engine {
             ))];
         }
         crate::crash::point("action_started");
-        let cancel = Arc::new(AtomicBool::new(self.cancel.load(Ordering::Relaxed)));
-        let output = Arc::new(OutputTail::default());
-        self.lock_running().insert(
-            req.id.clone(),
-            Running {
-                cancel: cancel.clone(),
-                output: output.clone(),
-                started,
+        let Some(action) = self.action(&req.action) else {
+            let outcome =
+                Outcome::failed(format!("action {} is not available in airlock", req.action));
+            return self.complete(req, outcome, Ending::Ran, started, now(), None);
+        };
+        let job = self.job(&req, action, started);
+        let followed = match self.executor.submit(job) {
+            Ok(()) => self.executor.follow(&req.id),
+            Err(e) => Followed {
+                outcome: Outcome::failed(e),
                 cancelled_by: None,
             },
-        );
-        let outcome = match self.action(&req.action) {
-            Some(action) => {
-                let ctx = RunContext {
-                    request_id: &req.id,
-                    requester: &req.requester,
-                    plan: &req.plan,
-                    cancel: &cancel,
-                    output: &output,
-                };
-                // An action that panics is a failed run, not a dead bot.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    action.run(&ctx, &req.params)
-                }))
-                .unwrap_or_else(|_| Outcome::failed("the action crashed"))
-            }
-            None => Outcome::failed(format!("action {} is not available in airlock", req.action)),
         };
-        let cancelled_by = self
-            .lock_running()
-            .remove(&req.id)
-            .and_then(|r| r.cancelled_by);
-        let ending = match cancelled_by {
+        let outcome = followed.outcome;
+        let ending = match followed.cancelled_by {
             Some(user) if outcome.status == RunStatus::Failed => Ending::CancelledBy(user),
             _ if self.cancel.load(Ordering::Relaxed) && outcome.status == RunStatus::Failed => {
                 Ending::Interrupted
@@ -91,30 +72,31 @@ impl Engine {
         self.complete(req, outcome, ending, started, now(), None)
     }
 
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    /// What the executor gets for `req`.
+    fn job(&self, req: &Request, action: Arc<dyn Action>, started: u64) -> Job {
+        Job {
+            request_id: req.id.clone(),
+            requester: req.requester.clone(),
+            action,
+            params: req.params.clone(),
+            plan: req.plan.clone(),
+            started,
+        }
     }
 
     /// Stop the running request `id` on behalf of `user`: its action is
     /// told to stop (a process group gets SIGTERM, then SIGKILL). False if
     /// it is not running here.
     pub(super) fn stop_running(&self, id: &str, user: &str) -> bool {
-        match self.lock_running().get_mut(id) {
-            Some(r) => {
-                r.cancelled_by.get_or_insert_with(|| user.to_string());
-                r.cancel.store(true, Ordering::Relaxed);
-                true
-            }
-            None => false,
-        }
+        self.executor.cancel(id, user)
     }
 
     /// For `!status`: how long request `id` has been running (ms, by
     /// `now`) and the last lines it printed.
     pub(super) fn running_view(&self, id: &str, now: u64) -> Option<(u64, Vec<String>)> {
-        self.lock_running()
-            .get(id)
-            .map(|r| (now.saturating_sub(r.started), r.output.lines()))
+        self.executor
+            .progress(id)
+            .map(|p| (now.saturating_sub(p.started), p.lines))
     }
 
     /// Record how a run ended (request state, `finished` or `interrupted`
@@ -274,15 +256,8 @@ impl Engine {
     /// action made durable (a pack switch that happened), else None.
     fn recover_run(&self, req: &Request, now: u64) -> Option<Vec<Effect>> {
         let action = self.action(&req.action)?;
-        let ctx = RunContext {
-            request_id: &req.id,
-            requester: &req.requester,
-            plan: &req.plan,
-            cancel: &self.cancel,
-            output: &Arc::default(),
-        };
-        let outcome = action.recover(&ctx, &req.params)?;
         let started = req.started_ms.unwrap_or(req.created_ms);
+        let outcome = self.executor.reattach(&self.job(req, action, started))?;
         let text = format!(
             "♻️ airlock stopped while request {} ({}) was running, after its change had taken effect; recorded as {}: {}.",
             req.id,
@@ -343,9 +318,7 @@ impl Engine {
     /// Ask running actions to stop at their next safe point.
     pub fn begin_shutdown(&self) {
         self.cancel.store(true, Ordering::Relaxed);
-        for r in self.lock_running().values() {
-            r.cancel.store(true, Ordering::Relaxed);
-        }
+        self.executor.shutdown();
     }
 
     /// Requests still running when the process must exit: marked

@@ -238,12 +238,22 @@ struct Console {
 
 impl Console {
     fn start(cfg: &Path) -> Self {
+        Self::spawn(cfg, Stdio::inherit(), "info")
+    }
+
+    /// With every log line, at `level`, written to `log`.
+    fn logging(cfg: &Path, log: &Path, level: &str) -> Self {
+        Self::spawn(cfg, std::fs::File::create(log).unwrap().into(), level)
+    }
+
+    fn spawn(cfg: &Path, stderr: Stdio, level: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
             .args(["console", "--config"])
             .arg(cfg)
+            .env("AIRLOCK_LOG", level)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdin = child.stdin.take().unwrap();
@@ -407,4 +417,73 @@ fn console_session_deploy_confirm_rollback_audit() {
     }
     let o = airlock(&["pending", "--config", cfg.to_str().unwrap()], tmp.path());
     assert!(text(&o).0.contains("No open requests"));
+}
+
+/// The example pack's deploy in the console, logging at trace: its secret
+/// (from the pack's config) is in no output line, no log line and no file
+/// the bot wrote, yet the script got it.
+#[test]
+fn console_deploys_the_example_pack_and_its_secret_is_found_nowhere() {
+    const SECRET: &str = "s3cr3t-t0ken-value";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("configs")).unwrap();
+    std::fs::write(
+        dir.join("configs/deploy_example.yaml"),
+        format!("api_token: {SECRET}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("policy.yaml"),
+        "groups:\n  ops: ['@alice:example.org', '@bob:example.org']\nrules:\n  - id: deploys\n    effect: allow\n    groups: [ops]\n    aliases: [deploy_example.deploy]\n    confirm:\n      approvers: {groups: [ops]}\n      approvals: 1\n  - id: tools\n    effect: allow\n    groups: [ops]\n    builtins: ['*']\n",
+    )
+    .unwrap();
+    let cfg = dir.join("airlock.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir: data\naliases: [{}]\npolicies: [policy.yaml]\nrunners:\n  configs: configs\n",
+            repo_root().join("tests/packs").display()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("airlock.log");
+    let mut c = Console::logging(&cfg, &log, "trace");
+    c.send("!deploy web v1.2.3 environment=prod");
+    let prompt = c.expect("Confirmation needed");
+    let id = prompt.rsplit(' ').next().unwrap().to_string();
+    c.expect("token: ********");
+    c.send("/user @bob:example.org");
+    c.send(&format!("!pending"));
+    c.expect(&format!("{id} pending"));
+    c.send(&format!("!approve {id}"));
+    c.expect("Deployed web v1.2.3 to prod");
+    c.send(&format!("!status {id}"));
+    c.expect(&format!("{id} succeeded"));
+    drop(c.stdin);
+    c.child.wait().unwrap();
+    let mut hits: Vec<String> = c.seen.iter().filter(|l| l.contains(SECRET)).cloned().collect();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.is_empty(), "trace logging wrote nothing");
+    hits.extend(logged.lines().filter(|l| l.contains(SECRET)).map(str::to_string));
+    let mut stack = vec![dir.join("data")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p)
+                .unwrap()
+                .windows(SECRET.len())
+                .any(|w| w == SECRET.as_bytes())
+            {
+                hits.push(p.display().to_string());
+            }
+        }
+    }
+    assert!(hits.is_empty(), "the secret was found in: {hits:?}");
+    // The audit proves which value ran without holding it.
+    let o = airlock(&["--config", "airlock.yaml", "audit", "--request", &id, "--jsonl"], dir);
+    let (out, _) = text(&o);
+    assert!(out.contains("hmac-sha256:"), "{out}");
 }

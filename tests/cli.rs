@@ -462,10 +462,20 @@ fn console_deploys_the_example_pack_and_its_secret_is_found_nowhere() {
     c.expect(&format!("{id} succeeded"));
     drop(c.stdin);
     c.child.wait().unwrap();
-    let mut hits: Vec<String> = c.seen.iter().filter(|l| l.contains(SECRET)).cloned().collect();
+    let mut hits: Vec<String> = c
+        .seen
+        .iter()
+        .filter(|l| l.contains(SECRET))
+        .cloned()
+        .collect();
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(!logged.is_empty(), "trace logging wrote nothing");
-    hits.extend(logged.lines().filter(|l| l.contains(SECRET)).map(str::to_string));
+    hits.extend(
+        logged
+            .lines()
+            .filter(|l| l.contains(SECRET))
+            .map(str::to_string),
+    );
     let mut stack = vec![dir.join("data")];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
@@ -483,7 +493,17 @@ fn console_deploys_the_example_pack_and_its_secret_is_found_nowhere() {
     }
     assert!(hits.is_empty(), "the secret was found in: {hits:?}");
     // The audit proves which value ran without holding it.
-    let o = airlock(&["--config", "airlock.yaml", "audit", "--request", &id, "--jsonl"], dir);
+    let o = airlock(
+        &[
+            "--config",
+            "airlock.yaml",
+            "audit",
+            "--request",
+            &id,
+            "--jsonl",
+        ],
+        dir,
+    );
     let (out, _) = text(&o);
     assert!(out.contains("hmac-sha256:"), "{out}");
 }

@@ -29,6 +29,9 @@ struct Scene {
     alias: String,
 }
 
+/// The example pack's deploy token, in its config only.
+const EXAMPLE_SECRET: &str = "s3cr3t-t0ken-value";
+
 async fn scene(hs: Homeserver) -> Scene {
     let dir = tempfile::tempdir().unwrap();
     let tag = unique();
@@ -53,6 +56,16 @@ async fn scene(hs: Homeserver) -> Scene {
     policy.push_str(&format!(
         "\n  - id: slow\n    effect: allow\n    groups: [ops]\n    rooms: [\"{alias}\"]\n    packs: [tests]\n"
     ));
+    // The example pack's script deploy, with one approval.
+    policy.push_str(&format!(
+        "\n  - id: example-deploy\n    effect: allow\n    groups: [ops]\n    rooms: [\"{alias}\"]\n    aliases: [deploy_example.deploy]\n    confirm:\n      approvers: {{groups: [ops]}}\n      approvals: 1\n"
+    ));
+    std::fs::create_dir_all(dir.path().join("configs")).unwrap();
+    std::fs::write(
+        dir.path().join("configs/deploy_example.yaml"),
+        format!("api_token: {EXAMPLE_SECRET}\n"),
+    )
+    .unwrap();
     let extra = dir.path().join("extra-aliases");
     std::fs::create_dir_all(&extra).unwrap();
     std::fs::write(
@@ -65,9 +78,10 @@ async fn scene(hs: Homeserver) -> Scene {
     std::fs::write(
         dir.path().join("airlock.yaml"),
         format!(
-            "homeserver: {}\nuser_id: \"{bot}\"\ndevice_name: airlock e2e\ndata_dir: data\npacks: packs\naliases: [{}, extra-aliases]\npolicies: [policies]\nreaction_approvals: true\ngit:\n  instead_of:\n    - from: \"{}\"\n      to: \"{}\"\n",
+            "homeserver: {}\nuser_id: \"{bot}\"\ndevice_name: airlock e2e\ndata_dir: data\npacks: packs\naliases: [{}, extra-aliases, {}]\npolicies: [policies]\nreaction_approvals: true\nrunners:\n  configs: configs\ngit:\n  instead_of:\n    - from: \"{}\"\n      to: \"{}\"\n",
             hs.url,
             common::repo_root().join("aliases").display(),
+            common::repo_root().join("tests/packs").display(),
             common::SEED_URL,
             repo.url()
         ),
@@ -742,4 +756,34 @@ async fn a_room_named_by_its_v12_id() {
         })
         .await;
     assert!(bot.stop().success());
+}
+
+/// The example pack's script deploy on Synapse: the prompt masks the
+/// secret, a reply approves it, and the result template renders the
+/// script's JSON output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_example_packs_script_deploys_with_approval() {
+    let Some(hs) = Homeserver::from_env() else {
+        return;
+    };
+    let s = scene(hs).await;
+    let mut bot = s.start();
+    let room = s.room(true, false).await;
+    s.bot_joined(&room).await;
+    let cmd = say(&s.alice, &room, "!deploy web v1.2.3 environment=prod").await;
+    let prompt = s
+        .alice
+        .wait_for("the prompt", WAIT, answer_to(&s.bot, &cmd))
+        .await;
+    assert!(prompt.body.contains("token: ********"), "{}", prompt.body);
+    reply(&s.bob, &room, &prompt.event_id, "yes").await;
+    let seen = s
+        .alice
+        .wait_for("the result", WAIT, |x| {
+            x.sender == s.bot && x.body.contains("Deployed web v1.2.3 to prod")
+        })
+        .await;
+    assert!(!seen.body.contains(EXAMPLE_SECRET));
+    assert!(bot.stop().success());
+    assert!(!bot.log().contains(EXAMPLE_SECRET));
 }

@@ -255,14 +255,21 @@ pub fn run(spawn: &Spawn, cancel: &AtomicBool, output: &Arc<OutputTail>) -> std:
     let cap = spawn.output_cap;
     let out = child.stdout.take().map(|s| reader(s, cap, output.clone()));
     let err = child.stderr.take().map(|s| reader(s, cap, output.clone()));
+    // A thread waits for the exit, so a run ends the moment its process
+    // does; this one only wakes to check the clock and the cancel flag.
+    let (exited, wait) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = exited.send(());
+        status
+    });
     let started = Instant::now();
     let mut signalled: Option<(Instant, bool)> = None;
     let mut timed_out = false;
     let mut cancelled = false;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        wait.recv_timeout(Duration::from_millis(20))
+    {
         let now = Instant::now();
         match signalled {
             None if cancel.load(Ordering::Relaxed) || now - started >= spawn.timeout => {
@@ -277,8 +284,10 @@ pub fn run(spawn: &Spawn, cancel: &AtomicBool, output: &Arc<OutputTail>) -> std:
             }
             _ => {}
         }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    }
+    let status = waiter
+        .join()
+        .map_err(|_| std::io::Error::other("the waiting thread panicked"))??;
     // The group may outlive its leader: nothing of it stays behind.
     if signalled.is_some() {
         kill_group(pgid, libc::SIGKILL);

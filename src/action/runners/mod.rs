@@ -416,14 +416,21 @@ impl Action for PackAction {
             }
             _ => Vec::new(),
         };
-        let shown_params = match mask_values(&Value::Object(rendered), &secrets) {
+        let shown_params = match mask_values(&Value::Object(rendered.clone()), &secrets) {
             Value::Object(m) => self.meta.spec.masked(&m),
             _ => unreachable!("an object stays an object"),
         };
+        // What masking changed is rendered again from its default at run
+        // time; the plan names it, so nothing else is ever re-rendered.
+        let masked: Vec<&String> = shown_params
+            .iter()
+            .filter(|(k, v)| rendered.get(*k) != Some(*v))
+            .map(|(k, _)| k)
+            .collect();
         Ok(Prepared {
+            plan: json!({ "pack_dir": pack_dir, "masked": masked }),
             params: shown_params,
             shown,
-            plan: json!({ "pack_dir": pack_dir }),
         })
     }
 
@@ -438,16 +445,13 @@ impl Action for PackAction {
             ));
         }
         // What was masked when the request was made is rendered again from
-        // its default (secrets never come from chat, so nothing else can
+        // its default (secrets never come from chat, so only defaults can
         // have been masked).
         let mut raw = params.clone();
-        for p in &self.meta.spec.params {
-            let masked = raw
-                .get(&p.name)
-                .and_then(Value::as_str)
-                .is_some_and(|s| s.contains(MASK));
-            if masked && let Some(d) = &p.default {
-                raw.insert(p.name.clone(), d.clone());
+        let masked = ctx.plan["masked"].as_array().cloned().unwrap_or_default();
+        for name in masked.iter().filter_map(Value::as_str) {
+            if let Some(d) = self.meta.spec.param(name).and_then(|p| p.default.clone()) {
+                raw.insert(name.to_string(), d);
             }
         }
         let rendered = match self.render(&raw, pack_dir.as_deref()) {

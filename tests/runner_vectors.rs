@@ -307,8 +307,12 @@ fn validated(v: &Value) -> Result<Map<String, Value>, String> {
     )
     .map_err(|e| format!("{e:?}"))?
     .ok_or("not loaded")?;
-    meta.spec
-        .validate(v["input"]["values"].as_object().cloned().unwrap_or_default())
+    meta.spec.validate(
+        v["input"]["values"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    )
 }
 
 /// The command line a `cmd_command` vector's action renders, with the

@@ -253,23 +253,38 @@ pub fn run(spawn: &Spawn, cancel: &AtomicBool, output: &Arc<OutputTail>) -> std:
     let mut child = cmd.spawn()?;
     let pgid = child.id() as i32;
     let cap = spawn.output_cap;
-    let out = child.stdout.take().map(|s| reader(s, cap, output.clone()));
-    let err = child.stderr.take().map(|s| reader(s, cap, output.clone()));
-    // A thread waits for the exit, so a run ends the moment its process
-    // does; this one only wakes to check the clock and the cancel flag.
-    let (exited, wait) = std::sync::mpsc::channel();
+    // The run ends when the process has exited and its output is read (a
+    // child it left behind holding the pipes keeps it running, up to the
+    // timeout, as st2's does). Each of these threads says when it is done;
+    // this one only wakes to check the clock and the cancel flag.
+    let (done, finished) = std::sync::mpsc::channel();
+    let out = child
+        .stdout
+        .take()
+        .map(|s| reader(s, cap, output.clone(), done.clone()));
+    let err = child
+        .stderr
+        .take()
+        .map(|s| reader(s, cap, output.clone(), done.clone()));
+    let mut waiting = 1 + usize::from(out.is_some()) + usize::from(err.is_some());
     let waiter = std::thread::spawn(move || {
         let status = child.wait();
-        let _ = exited.send(());
+        let _ = done.send(());
         status
     });
     let started = Instant::now();
     let mut signalled: Option<(Instant, bool)> = None;
     let mut timed_out = false;
     let mut cancelled = false;
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-        wait.recv_timeout(Duration::from_millis(20))
-    {
+    while waiting > 0 {
+        match finished.recv_timeout(Duration::from_millis(20)) {
+            Ok(()) => {
+                waiting -= 1;
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
         let now = Instant::now();
         match signalled {
             None if cancel.load(Ordering::Relaxed) || now - started >= spawn.timeout => {
@@ -331,8 +346,11 @@ fn reader(
     mut stream: impl Read + Send + 'static,
     cap: usize,
     tail: Arc<OutputTail>,
+    done: std::sync::mpsc::Sender<()>,
 ) -> std::thread::JoinHandle<(Vec<u8>, usize)> {
     std::thread::spawn(move || {
+        // Whatever happens below, the run learns this stream is done.
+        let _done = Defer(done);
         let mut kept = Vec::new();
         let mut dropped = 0;
         let mut buf = [0u8; 8192];
@@ -347,6 +365,15 @@ fn reader(
         }
         (kept, dropped)
     })
+}
+
+/// Sends on drop.
+struct Defer(std::sync::mpsc::Sender<()>);
+
+impl Drop for Defer {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
 }
 
 /// Python's message for the first line of `bytes` that is not UTF-8
@@ -390,6 +417,24 @@ mod tests {
             program: "/bin/sh".into(),
             // The child sleeps on after its shell is gone unless the group dies.
             args: vec!["-c".into(), "sleep 30 & echo started; wait".into()],
+            env: Vec::new(),
+            withheld: Vec::new(),
+            cwd: None,
+            timeout: Duration::from_millis(300),
+            grace: Duration::from_millis(200),
+            output_cap: 1024,
+        };
+        let ran = run(&spawn, &AtomicBool::new(false), &Arc::default()).unwrap();
+        assert!(ran.ended.timed_out);
+        assert_eq!(ran.ended.stdout, "started\n");
+    }
+
+    #[test]
+    fn a_child_left_holding_the_output_is_stopped_at_the_timeout() {
+        let spawn = Spawn {
+            program: "/bin/sh".into(),
+            // The shell exits at once; its child keeps stdout open.
+            args: vec!["-c".into(), "sleep 30 & echo started".into()],
             env: Vec::new(),
             withheld: Vec::new(),
             cwd: None,

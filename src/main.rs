@@ -483,6 +483,13 @@ fn cmd_explain(
             }
             Decision::Allow { rule, confirm } => {
                 println!("decision: ALLOW by rule {rule}");
+                let twofactor = confirm.is_none() && eval.alias.twofactor();
+                if twofactor {
+                    println!("the alias sets extra.security.twofactor: a second person confirms");
+                }
+                let confirm = confirm
+                    .clone()
+                    .or_else(|| twofactor.then(policy::ConfirmPolicy::second_person));
                 match confirm {
                     None => println!("confirmation: none, runs at once"),
                     Some(c) => println!(

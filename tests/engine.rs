@@ -624,3 +624,41 @@ fn audit_queries_by_user_and_alias_use_the_indexes() {
     let r = bodies(&bot.say(MALLORY, OPS, "!audit"));
     assert!(r.contains("Refused"), "{r}");
 }
+
+/// st2's `extra.security.twofactor: true` on an alias asks for a second
+/// person even where the rule asks for no confirmation.
+#[test]
+fn an_st2_twofactor_alias_asks_a_second_person() {
+    let tmp = tempfile::tempdir().unwrap();
+    let aliases = tmp.path().join("aliases");
+    std::fs::create_dir_all(&aliases).unwrap();
+    std::fs::write(
+        aliases.join("restart.yaml"),
+        "name: restart\npack: ops\naction_ref: core.echo\nformats:\n  - \"restart {{ message }}\"\nextra:\n  security:\n    twofactor: true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        aliases.join("status.yaml"),
+        "name: status\npack: ops\naction_ref: core.echo\nformats:\n  - \"status {{ message }}\"\n",
+    )
+    .unwrap();
+    let pol = tmp.path().join("p.yaml");
+    std::fs::write(
+        &pol,
+        "groups:\n  ops: ['@alice:example.org', '@bob:example.org']\nrules:\n  - id: ops\n    effect: allow\n    groups: [ops]\n    packs: [ops]\n",
+    )
+    .unwrap();
+    let mut s = settings(tmp.path(), &pol, None);
+    s.aliases = vec![aliases];
+    let bot = Bot::open(s);
+    // Without the flag, the rule's "no confirmation" stands.
+    let r = bodies(&bot.say(ALICE, OPS, "!status web"));
+    assert!(!r.contains("Confirmation needed"), "{r}");
+    let p = prompt(&bot.say(ALICE, OPS, "!restart web")).clone();
+    assert!(p.body.contains("Needs 1 approval"), "{}", p.body);
+    let r = bodies(&bot.reply(ALICE, OPS, &p.event_id, "yes"));
+    assert!(r.contains("someone else must approve it"), "{r}");
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    assert!(r.contains("web"), "{r}");
+    assert!(bot.audit_events().contains(&"finished".to_string()));
+}

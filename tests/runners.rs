@@ -274,15 +274,14 @@ fn cancel_stops_a_running_command_and_its_children() {
         req.summary
     );
     // No `sleep 317` is left behind.
-    let ps = std::process::Command::new("pgrep")
-        .args(["-f", "sleep 317"])
-        .output()
-        .unwrap();
-    assert!(
-        ps.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&ps.stdout)
-    );
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.trim() == "sleep 317")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A loopback HTTP server answering one request with JSON; returns its

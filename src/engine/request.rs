@@ -14,7 +14,7 @@ use crate::action::{ActionSpec, Prepared};
 use crate::alias::{self, Alias, AliasSet, Params};
 use crate::audit::{Event, Status};
 use crate::clock;
-use crate::policy::{self, Decision, Policy, Subject, Target};
+use crate::policy::{self, ConfirmPolicy, Decision, Policy, Subject, Target};
 use crate::render::{self, Message};
 use crate::requests::{Confirmation, Request, State, Update};
 
@@ -114,6 +114,9 @@ impl Engine {
             }
             Decision::Allow { rule, confirm } => (rule, confirm),
         };
+        // st2's `extra.security.twofactor`: the alias asks for a second
+        // person even where the rule asks for no confirmation.
+        let confirm = confirm.or_else(|| alias.twofactor().then(ConfirmPolicy::second_person));
         let Some(action) = action else {
             return self.refuse_to_run(
                 out,

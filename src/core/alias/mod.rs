@@ -52,6 +52,15 @@ pub struct Alias {
 }
 
 impl Alias {
+    /// Whether the file sets st2's `extra.security.twofactor: true`: a
+    /// second person must confirm, whatever the rule says.
+    pub fn twofactor(&self) -> bool {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.pointer("/security/twofactor"))
+            .is_some_and(|v| v == true)
+    }
+
     /// `pack.name`, the alias's identity in policies and the audit log.
     pub fn reference(&self) -> String {
         format!("{}.{}", self.pack, self.name)

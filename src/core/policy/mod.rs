@@ -164,6 +164,19 @@ pub struct ConfirmPolicy {
     pub expires: Duration,
 }
 
+impl ConfirmPolicy {
+    /// One approval by someone else allowed to run the same command here:
+    /// what an st2 alias marked `extra.security.twofactor` asks for.
+    pub fn second_person() -> Self {
+        ConfirmPolicy {
+            approvers: Subjects::default(),
+            approvals: 1,
+            self_approve: false,
+            expires: DEFAULT_EXPIRY,
+        }
+    }
+}
+
 /// One rule of the policy.
 #[derive(Debug, Clone)]
 pub struct Rule {

@@ -493,13 +493,8 @@ fn cmd_explain(
                 match confirm {
                     None => println!("confirmation: none, runs at once"),
                     Some(c) => println!(
-                        "confirmation: {} approval(s) from {}{}; expires after {}",
-                        c.approvals,
-                        if c.approvers.is_empty() {
-                            "anyone allowed to run it here".to_string()
-                        } else {
-                            c.approvers.describe()
-                        },
+                        "confirmation: {}{}; expires after {}",
+                        c.describe(),
                         if c.self_approve {
                             ", the requester may approve"
                         } else {

@@ -173,7 +173,7 @@ fn policy_explain_shows_decision_rules_and_confirmation() {
     );
     assert!(
         out.contains(
-            "confirmation: 1 approval(s) from group ops, not the requester; expires after 10m"
+            "confirmation: 1 approval from group ops, not the requester; expires after 10m"
         ),
         "{out}"
     );
@@ -454,7 +454,7 @@ fn console_deploys_the_example_pack_and_its_secret_is_found_nowhere() {
     let id = prompt.rsplit(' ').next().unwrap().to_string();
     c.expect("token: ********");
     c.send("/user @bob:example.org");
-    c.send(&format!("!pending"));
+    c.send("!pending");
     c.expect(&format!("{id} pending"));
     c.send(&format!("!approve {id}"));
     c.expect("Deployed web v1.2.3 to prod");

@@ -662,3 +662,54 @@ fn an_st2_twofactor_alias_asks_a_second_person() {
     assert!(r.contains("web"), "{r}");
     assert!(bot.audit_events().contains(&"finished".to_string()));
 }
+
+/// A quorum across groups: one from ops and one from security, each person
+/// counting once, for one part only; the prompt and answers say where it
+/// stands.
+#[test]
+fn a_quorum_needs_one_approval_from_each_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, repo) = with_policy(
+        tmp.path(),
+        r#"
+groups:
+  ops: ["@alice:example.org", "@bob:example.org", "@mallory:example.org"]
+  security: ["@carol:example.org"]
+rules:
+  - id: deploy
+    effect: allow
+    groups: [ops]
+    aliases: [st2-flow.flow_deploy]
+    confirm:
+      quorum:
+        - {groups: [ops], approvals: 1}
+        - {groups: [security], approvals: 1}
+"#,
+    );
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    assert!(
+        p.body
+            .contains("Needs 1 from group ops and 1 from group security — not the requester"),
+        "{}",
+        p.body
+    );
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    assert!(
+        r.contains("Approval 1 of 2")
+            && r.contains("(group ops)")
+            && r.contains("Still needed: 1 from group security"),
+        "{r}"
+    );
+    // A second ops member adds nothing.
+    let r = bodies(&bot.reply(MALLORY, OPS, &p.event_id, "yes"));
+    assert!(
+        r.contains("your part of the quorum is complete; still needed: 1 from group security"),
+        "{r}"
+    );
+    assert!(bot.packs.record("st2-flow").is_none());
+    bodies(&bot.reply(CAROL, OPS, &p.event_id, "yes"));
+    assert_eq!(
+        bot.packs.record("st2-flow").unwrap().current.commit,
+        repo.head()
+    );
+}

@@ -210,8 +210,29 @@ impl Engine {
                         .status(Status::Pending)
                         .detail(json!({"approvals": have, "needed": need})),
                 );
+                // For a quorum: the part this approval counts for, and what
+                // is still missing.
+                let (part, missing) =
+                    match req.confirmation.as_ref().filter(|c| !c.quorum.is_empty()) {
+                        Some(c) => {
+                            let users: Vec<&str> =
+                                req.approvals.iter().map(|a| a.user.as_str()).collect();
+                            let part = c
+                                .assign(&users)
+                                .last()
+                                .copied()
+                                .flatten()
+                                .map(|i| format!(" ({})", c.quorum[i].text))
+                                .unwrap_or_default();
+                            (
+                                part,
+                                format!(" Still needed: {}.", c.missing(&users).join(" and ")),
+                            )
+                        }
+                        None => (String::new(), String::new()),
+                    };
                 out.say(format!(
-                    "👍 Approval {have} of {need} for request {} recorded from {user}.",
+                    "👍 Approval {have} of {need} for request {} recorded from {user}{part}.{missing}",
                     req.id
                 ));
             }

@@ -16,7 +16,7 @@ use crate::audit::{Event, Status};
 use crate::clock;
 use crate::policy::{self, ConfirmPolicy, Decision, Policy, Subject, Target};
 use crate::render::{self, Message};
-use crate::requests::{Confirmation, Request, State, Update};
+use crate::requests::{Confirmation, QuorumPart, Request, State, Update};
 
 impl Engine {
     pub(super) fn subject<'a>(&self, m: &'a Incoming) -> Subject<'a> {
@@ -137,6 +137,15 @@ impl Engine {
             approvals: c.approvals,
             self_approve: c.self_approve,
             expires_ms: now + c.expires.as_millis() as u64,
+            quorum: c
+                .quorum
+                .iter()
+                .map(|(who, n)| QuorumPart {
+                    approvers: who.user_globs(),
+                    text: who.describe(),
+                    approvals: *n,
+                })
+                .collect(),
         });
         let req = Request {
             id: String::new(),
@@ -291,10 +300,30 @@ impl Engine {
         } else {
             format!("{} — not the requester", c.approvers_text)
         };
+        let needs = if c.quorum.is_empty() {
+            format!(
+                "{} approval{} from {who}",
+                c.approvals,
+                if c.approvals == 1 { "" } else { "s" }
+            )
+        } else {
+            let parts: Vec<String> = c
+                .quorum
+                .iter()
+                .map(|p| format!("{} from {}", p.approvals, p.text))
+                .collect();
+            format!(
+                "{}{}",
+                parts.join(" and "),
+                if c.self_approve {
+                    " (the requester may approve)"
+                } else {
+                    " — not the requester"
+                }
+            )
+        };
         text.push_str(&format!(
-            "Needs {} approval{} from {who}.\nReply \"yes\" to this message to approve or \"no\" to deny (or {p}approve {id} / {p}deny {id}). Expires in {} (at {}).",
-            c.approvals,
-            if c.approvals == 1 { "" } else { "s" },
+            "Needs {needs}.\nReply \"yes\" to this message to approve or \"no\" to deny (or {p}approve {id} / {p}deny {id}). Expires in {} (at {}).",
             clock::human(Duration::from_millis(c.expires_ms.saturating_sub(now))),
             clock::format_ms(c.expires_ms),
             p = self.settings.prefix,

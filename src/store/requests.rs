@@ -85,6 +85,9 @@ pub enum Refusal {
     /// This approver's approval is already counted.
     #[error("you already approved it; it needs {0} more from someone else")]
     AlreadyApproved(u32),
+    /// The parts of a quorum this approver belongs to are complete.
+    #[error("your part of the quorum is complete; still needed: {0}")]
+    PartComplete(String),
     /// A pending request whose time is not up cannot expire.
     #[error("it has not expired yet")]
     NotDue,
@@ -117,6 +120,89 @@ pub struct Confirmation {
     pub self_approve: bool,
     /// When the prompt expires (ms since the epoch).
     pub expires_ms: u64,
+    /// A quorum across groups: every part needs its approvals, one person
+    /// counting once, for one part only. Empty: `approvers` and
+    /// `approvals` alone (then the union and the sum of the parts).
+    #[serde(default)]
+    pub quorum: Vec<QuorumPart>,
+}
+
+/// One part of a quorum.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QuorumPart {
+    /// User globs, groups expanded.
+    pub approvers: Vec<String>,
+    /// How the rule named them ("group security").
+    pub text: String,
+    /// How many approvals from them.
+    pub approvals: u32,
+}
+
+impl Confirmation {
+    /// Which part each of `users` counts for (None: for none), such that
+    /// as many approvals count as possible (a matching of approvers to the
+    /// parts' places; one person counts once, for one part only).
+    pub fn assign(&self, users: &[&str]) -> Vec<Option<usize>> {
+        let slots: Vec<usize> = self
+            .quorum
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| std::iter::repeat_n(i, p.approvals as usize))
+            .collect();
+        let fits = |u: &str, part: usize| {
+            self.quorum[part]
+                .approvers
+                .iter()
+                .any(|g| crate::policy::Glob::new(g).matches(u))
+        };
+        let mut slot_of: Vec<Option<usize>> = vec![None; users.len()];
+        let mut user_of: Vec<Option<usize>> = vec![None; slots.len()];
+        fn augment(
+            u: usize,
+            seen: &mut [bool],
+            slots: &[usize],
+            fits: &dyn Fn(usize, usize) -> bool,
+            slot_of: &mut [Option<usize>],
+            user_of: &mut [Option<usize>],
+        ) -> bool {
+            for s in 0..slots.len() {
+                if seen[s] || !fits(u, slots[s]) {
+                    continue;
+                }
+                seen[s] = true;
+                let free = match user_of[s] {
+                    None => true,
+                    Some(other) => augment(other, seen, slots, fits, slot_of, user_of),
+                };
+                if free {
+                    user_of[s] = Some(u);
+                    slot_of[u] = Some(s);
+                    return true;
+                }
+            }
+            false
+        }
+        let fits_idx = |u: usize, part: usize| fits(users[u], part);
+        for u in 0..users.len() {
+            let mut seen = vec![false; slots.len()];
+            augment(u, &mut seen, &slots, &fits_idx, &mut slot_of, &mut user_of);
+        }
+        slot_of.into_iter().map(|s| s.map(|s| slots[s])).collect()
+    }
+
+    /// What the quorum still needs, given who approved ("1 from group
+    /// security"); empty when it is complete or there is no quorum.
+    pub fn missing(&self, users: &[&str]) -> Vec<String> {
+        let assigned = self.assign(users);
+        self.quorum
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let have = assigned.iter().filter(|a| **a == Some(i)).count() as u32;
+                (have < p.approvals).then(|| format!("{} from {}", p.approvals - have, p.text))
+            })
+            .collect()
+    }
 }
 
 /// One approval.
@@ -250,6 +336,15 @@ impl Request {
                 self.approvals_needed()
                     .saturating_sub(self.approvals.len() as u32),
             ));
+        }
+        if let Some(c) = self.confirmation.as_ref().filter(|c| !c.quorum.is_empty()) {
+            let mut users: Vec<&str> = self.approvals.iter().map(|a| a.user.as_str()).collect();
+            users.push(user);
+            if c.assign(&users).last() == Some(&None) {
+                return Err(Refusal::PartComplete(
+                    c.missing(&users[..users.len() - 1]).join(" and "),
+                ));
+            }
         }
         self.approvals.push(Approval {
             user: user.to_string(),
@@ -538,6 +633,7 @@ mod tests {
                 approvals,
                 self_approve: false,
                 expires_ms: 1_000 + 600_000,
+                quorum: Vec::new(),
             }),
             approvals: Vec::new(),
             prompt_event: None,
@@ -629,5 +725,40 @@ mod tests {
             (r.state, r.summary.as_deref()),
             (State::Failed, Some("no such commit"))
         );
+    }
+
+    #[test]
+    fn a_quorum_counts_each_person_once_for_one_part() {
+        let pending = |n| {
+            let mut r = request(n);
+            r.prepared(Prepared::plain(Params::new()), 1_000).unwrap();
+            r
+        };
+        let mut r = pending(2);
+        let part = |globs: &[&str], text: &str| QuorumPart {
+            approvers: globs.iter().map(|g| g.to_string()).collect(),
+            text: text.into(),
+            approvals: 1,
+        };
+        // bob is in both teams, carol only in ops, dave only in security.
+        r.confirmation.as_mut().unwrap().quorum = vec![
+            part(&["@bob:x", "@carol:x"], "group ops"),
+            part(&["@bob:x", "@dave:x"], "group security"),
+        ];
+        assert_eq!(r.approve("@bob:x", 2_000), Ok(Step::Counted));
+        // carol takes ops; bob moves to security: both count.
+        assert_eq!(r.approve("@carol:x", 2_000), Ok(Step::Approved));
+        let mut r2 = pending(2);
+        r2.confirmation = r.confirmation.clone();
+        assert_eq!(r2.approve("@carol:x", 2_000), Ok(Step::Counted));
+        // A second ops member adds nothing: refused, saying what is missing.
+        r2.confirmation.as_mut().unwrap().quorum[0]
+            .approvers
+            .push("@erin:x".into());
+        assert_eq!(
+            r2.approve("@erin:x", 2_000),
+            Err(Refusal::PartComplete("1 from group security".into()))
+        );
+        assert_eq!(r2.approve("@dave:x", 2_000), Ok(Step::Approved));
     }
 }

@@ -409,7 +409,7 @@ impl Action for PackAction {
                     .map(|c| c.to_string_lossy())
                     .unwrap_or_default();
                 vec![format!(
-                    "→ {} at commit {}",
+                    "{} at commit {}",
                     self.meta.pack,
                     &commit[..commit.len().min(12)]
                 )]

@@ -80,6 +80,19 @@ struct RawConfirmSpec {
     self_approve: Option<bool>,
     #[serde(default)]
     expires: Option<String>,
+    #[serde(default)]
+    quorum: Option<Vec<RawQuorumPart>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuorumPart {
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    approvals: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -394,17 +407,60 @@ fn load_confirm(
             approvals: 1,
             self_approve: true,
             expires: DEFAULT_EXPIRY,
+            quorum: Vec::new(),
         })),
         Some(RawConfirm::Spec(c)) => {
-            let approvers = c.approvers.unwrap_or_default();
-            let approvers = subjects(
-                groups,
-                &approvers.users,
-                &approvers.groups,
-                &format!("{base}.confirm.approvers"),
-                e,
-            );
-            let approvals = c.approvals.unwrap_or(1);
+            let mut quorum = Vec::new();
+            let raw_approvers = c.approvers.unwrap_or_default();
+            let (mut users, mut group_names) = (raw_approvers.users, raw_approvers.groups);
+            let mut approvals = c.approvals.unwrap_or(1);
+            if let Some(parts) = &c.quorum {
+                if !users.is_empty() || !group_names.is_empty() || c.approvals.is_some() {
+                    e(
+                        &format!("{base}.confirm.quorum"),
+                        Severity::Error,
+                        "a quorum names its approvers and approvals per part; drop approvers and approvals".into(),
+                    );
+                }
+                if parts.is_empty() {
+                    e(
+                        &format!("{base}.confirm.quorum"),
+                        Severity::Error,
+                        "needs at least one part".into(),
+                    );
+                }
+                approvals = 0;
+                for (i, part) in parts.iter().enumerate() {
+                    let field = format!("{base}.confirm.quorum[{i}]");
+                    if part.users.is_empty() && part.groups.is_empty() {
+                        e(&field, Severity::Error, "names no users or groups".into());
+                    }
+                    let n = part.approvals.unwrap_or(1);
+                    if n == 0 {
+                        e(
+                            &format!("{field}.approvals"),
+                            Severity::Error,
+                            "must be at least 1".into(),
+                        );
+                    }
+                    quorum.push((subjects(groups, &part.users, &part.groups, &field, e), n));
+                    users.extend(part.users.iter().cloned());
+                    group_names.extend(part.groups.iter().cloned());
+                    approvals += n;
+                }
+            }
+            let approvers = if quorum.is_empty() {
+                subjects(
+                    groups,
+                    &users,
+                    &group_names,
+                    &format!("{base}.confirm.approvers"),
+                    e,
+                )
+            } else {
+                // The union; each part was checked above.
+                subjects(groups, &users, &group_names, "", &mut |_, _, _| {})
+            };
             if approvals == 0 {
                 e(
                     &format!("{base}.confirm.approvals"),
@@ -430,6 +486,7 @@ fn load_confirm(
                 approvals,
                 self_approve,
                 expires,
+                quorum,
             }))
         }
     }

@@ -162,9 +162,34 @@ pub struct ConfirmPolicy {
     pub self_approve: bool,
     /// How long the prompt stays open.
     pub expires: Duration,
+    /// A quorum across groups (`approvers` and `approvals` are then the
+    /// union and the sum of its parts).
+    pub quorum: Vec<(Subjects, u32)>,
 }
 
 impl ConfirmPolicy {
+    /// Who approves, as a prompt says it: "2 approvals from group ops", or
+    /// "1 from group ops and 1 from group security".
+    pub fn describe(&self) -> String {
+        if self.quorum.is_empty() {
+            return format!(
+                "{} approval{} from {}",
+                self.approvals,
+                if self.approvals == 1 { "" } else { "s" },
+                if self.approvers.is_empty() {
+                    "anyone allowed to run it here".to_string()
+                } else {
+                    self.approvers.describe()
+                }
+            );
+        }
+        self.quorum
+            .iter()
+            .map(|(who, n)| format!("{n} from {}", who.describe()))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+
     /// One approval by someone else allowed to run the same command here:
     /// what an st2 alias marked `extra.security.twofactor` asks for.
     pub fn second_person() -> Self {
@@ -173,6 +198,7 @@ impl ConfirmPolicy {
             approvals: 1,
             self_approve: false,
             expires: DEFAULT_EXPIRY,
+            quorum: Vec::new(),
         }
     }
 }
@@ -558,6 +584,7 @@ impl Policy {
                             approvals: 1,
                             self_approve: true,
                             expires: DEFAULT_EXPIRY,
+                            quorum: Vec::new(),
                         }),
                         None => None,
                     };

@@ -351,3 +351,27 @@ fn core_http_posts_to_a_loopback_server_and_renders_its_json() {
         "{seen}"
     );
 }
+
+/// The Matrix transport runs actions with `spawn_blocking`: the http
+/// runner's blocking client must work (and be dropped) there.
+#[test]
+fn the_http_runner_works_off_a_tokio_runtimes_blocking_pool() {
+    let (port, server) = one_shot_server();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, result) = rt
+        .block_on(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut p = serde_json::Map::new();
+                p.insert("url".into(), format!("http://127.0.0.1:{port}/x").into());
+                airlock::action::runners::http::Request::from_params(&p, "core.http")
+                    .unwrap()
+                    .send()
+                    .unwrap()
+            })
+            .await
+        })
+        .unwrap();
+    assert_eq!(status, "succeeded");
+    assert_eq!(result["body"]["id"], 42);
+    server.join().unwrap();
+}

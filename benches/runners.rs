@@ -93,6 +93,7 @@ fn main() {
     let now = airlock::clock::now_ms();
     let engine = config.open(now).unwrap().engine;
     let mut full = Vec::new();
+    let (mut handling, mut executing) = (Vec::new(), Vec::new());
     for i in 0..runs {
         let t = Instant::now();
         let m = Incoming::message(
@@ -103,21 +104,47 @@ fn main() {
             now,
         );
         let mut answered = false;
-        for fx in engine.handle(&m, now) {
+        let fx = engine.handle(&m, now);
+        handling.push(t.elapsed());
+        for fx in fx {
             if let Effect::Execute(id) = fx {
+                let e = Instant::now();
                 for more in engine.execute(&id, || now) {
                     answered |= matches!(more, Effect::Send(_));
                 }
+                executing.push(e.elapsed());
             }
         }
         assert!(answered, "no answer to run {i}");
         full.push(t.elapsed());
+    }
+    // One durable audit write, as each step makes.
+    let mut flushes = Vec::new();
+    for i in 0..runs {
+        let t = Instant::now();
+        engine
+            .audit_log()
+            .record(airlock::audit::Entry::new(
+                airlock::audit::Event::Help,
+                now + i as u64,
+            ))
+            .unwrap();
+        flushes.push(t.elapsed());
     }
 
     println!("{runs} runs of `true` each:");
     let b = report("bare spawn (/bin/sh -c true, wait)", &bare);
     let r = report("local runner (group, pipes, result)", &runner);
     let f = report("engine: !run true → core.local → answer", &full);
+    report(
+        "  of which handle (match, policy, request, audit)",
+        &handling,
+    );
+    report(
+        "  of which execute (audit, executor, runner, result)",
+        &executing,
+    );
+    report("one audit entry written and flushed", &flushes);
     println!(
         "overhead at p50: runner {:+.3} ms, whole engine {:+.3} ms over the bare spawn (the engine's includes its durable audit and request writes)",
         ms(r.saturating_sub(b)),

@@ -175,10 +175,9 @@ impl Engine {
             Ok(Update::Done(r, ())) => r,
             _ => req,
         };
-        // Its own flush: no later audit write carries this one to disk.
-        if let Err(e) = self.requests.flush() {
-            tracing::error!("cannot store how request {} ended: {e}", req.id);
-        }
+        // Not flushed: if a crash loses this state, the request is found
+        // running with its `finished` entry, and settled from the entry
+        // at start (`settle_recorded`). One fsync fewer per run.
         // The audit now holds the outcome; the action's recovery notes may go.
         if let Some(action) = self.action(&req.action) {
             action.settled(&req.id);
@@ -226,15 +225,17 @@ impl Engine {
         let state = match entry.status {
             Some(Status::Succeeded) => State::Succeeded,
             Some(Status::Interrupted) => State::Interrupted,
+            Some(Status::Cancelled) => State::Cancelled,
             _ => State::Failed,
         };
         let summary = entry.detail["summary"]
             .as_str()
             .unwrap_or_default()
             .to_string();
+        let result = entry.detail.get("result").cloned().unwrap_or(Value::Null);
         let _ = self
             .requests
-            .update(&req.id, |r| r.finish(state, Value::Null, &summary, now));
+            .update(&req.id, |r| r.finish(state, result.clone(), &summary, now));
         if let Some(action) = self.action(&req.action) {
             action.settled(&req.id);
         }
@@ -323,8 +324,12 @@ impl Engine {
 
     /// Requests still running when the process must exit: marked
     /// interrupted in the audit log (they are not re-run on restart).
+    /// Final states are stored here (runs do not flush them).
     pub fn interrupt_running(&self, now: u64) {
         self.interrupt(&[State::Running], "airlock was shut down while it ran", now);
+        if let Err(e) = self.requests.flush() {
+            tracing::error!("cannot store the requests' final states: {e}");
+        }
     }
 
     /// Settle what the previous process left open. A request it died

@@ -119,6 +119,8 @@ impl Console {
             }
         }
         self.wait();
+        // Nothing runs any more; what the runs left unflushed is stored.
+        self.engine.interrupt_running(crate::clock::now_ms());
     }
 
     fn wait(&self) {

@@ -257,8 +257,7 @@ pub struct Opened {
 /// The key of the hashes the audit keeps of secret values: 32 random
 /// bytes in `data_dir/secret.key` (owner-only), made on first start.
 fn secret_key(data_dir: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::io::Read;
     let path = data_dir.join("secret.key");
     match std::fs::read(&path) {
         Ok(k) if k.len() >= 32 => return Ok(k),
@@ -272,16 +271,7 @@ fn secret_key(data_dir: &Path) -> std::io::Result<Vec<u8>> {
     }
     let mut key = vec![0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
-    let tmp = data_dir.join("secret.key.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&key)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    crate::store::write_private(&path, &key)?;
     Ok(key)
 }
 

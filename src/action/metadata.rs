@@ -45,6 +45,44 @@ impl Runner {
         }
     }
 
+    /// The names of [`params`](Runner::params), without building them.
+    pub fn param_names(self) -> &'static [&'static str] {
+        match self {
+            Runner::ShellCmd => &[
+                "cmd",
+                "cwd",
+                "env",
+                "kwarg_op",
+                "sudo",
+                "sudo_password",
+                "timeout",
+            ],
+            Runner::ShellScript => &[
+                "cwd",
+                "env",
+                "kwarg_op",
+                "sudo",
+                "sudo_password",
+                "timeout",
+                "debug",
+                "content_version",
+            ],
+            Runner::Http => &[
+                "url",
+                "headers",
+                "cookies",
+                "allow_redirects",
+                "http_proxy",
+                "https_proxy",
+                "username",
+                "password",
+                "verify_ssl_cert",
+                "url_hosts_blacklist",
+                "url_hosts_whitelist",
+            ],
+        }
+    }
+
     /// Its own parameters (st2's `runner.yaml`), which an action may
     /// redeclare (a default, `immutable`).
     pub fn params(self) -> Vec<ParamSpec> {
@@ -117,7 +155,7 @@ impl ActionMeta {
     /// Whether `name` is one of the runner's parameters rather than the
     /// action's own (a script's arguments are the action's own only).
     pub fn is_runner_param(&self, name: &str) -> bool {
-        self.runner.params().iter().any(|p| p.name == name)
+        self.runner.param_names().contains(&name)
     }
 }
 
@@ -348,20 +386,12 @@ fn param(name: &str, schema: &Value, runner: Runner) -> Result<ParamSpec, (&'sta
         ..ParamSpec::new(name, ParamType::String, "")
     });
     if let Some(t) = m.get("type") {
-        p.ty = Some(match t.as_str() {
-            Some("string") => ParamType::String,
-            Some("integer") => ParamType::Integer,
-            Some("number") => ParamType::Number,
-            Some("boolean") => ParamType::Boolean,
-            Some("array") => ParamType::Array,
-            Some("object") => ParamType::Object,
-            _ => {
-                return Err((
-                    "type",
-                    format!("{t} is not one of string, integer, number, boolean, array, object"),
-                ));
-            }
-        });
+        p.ty = Some(t.as_str().and_then(ParamType::named).ok_or_else(|| {
+            (
+                "type",
+                format!("{t} is not one of string, integer, number, boolean, array, object"),
+            )
+        })?);
     }
     let flag = |k: &'static str, now: bool| match m.get(k) {
         None => Ok(now),
@@ -503,6 +533,14 @@ parameters:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runner_parameter_names_agree_with_their_declarations() {
+        for r in [Runner::ShellCmd, Runner::ShellScript, Runner::Http] {
+            let names: Vec<String> = r.params().into_iter().map(|p| p.name).collect();
+            assert_eq!(names, r.param_names(), "{}", r.name());
+        }
+    }
 
     #[test]
     fn st2s_core_actions_load() {

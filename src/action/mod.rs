@@ -214,16 +214,7 @@ impl ActionSpec {
 
 /// `v` has `p`'s type and is one of its `enum` values.
 pub fn check_value(p: &ParamSpec, v: &Value) -> Result<(), String> {
-    let ok = match p.ty {
-        None => true,
-        Some(ParamType::String) => v.is_string(),
-        Some(ParamType::Integer) => v.is_i64() || v.is_u64(),
-        Some(ParamType::Number) => v.is_number(),
-        Some(ParamType::Boolean) => v.is_boolean(),
-        Some(ParamType::Array) => v.is_array(),
-        Some(ParamType::Object) => v.is_object(),
-    };
-    if !ok {
+    if !p.ty.is_none_or(|t| t.accepts(v)) {
         return Err(format!(
             "parameter {} must be of type {}, got {v}",
             p.name,

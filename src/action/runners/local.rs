@@ -403,6 +403,20 @@ fn decode_error(bytes: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// `/bin/sh -c script` with these limits.
+    fn sh(script: &str, timeout: Duration, grace: Duration, output_cap: usize) -> Spawn {
+        Spawn {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: Vec::new(),
+            withheld: Vec::new(),
+            cwd: None,
+            timeout,
+            grace,
+            output_cap,
+        }
+    }
+
     #[test]
     fn shell_chars() {
         assert_eq!(strip_shell_chars("a\r\n"), "a");
@@ -413,17 +427,13 @@ mod tests {
 
     #[test]
     fn a_process_group_is_stopped_whole_on_timeout() {
-        let spawn = Spawn {
-            program: "/bin/sh".into(),
-            // The child sleeps on after its shell is gone unless the group dies.
-            args: vec!["-c".into(), "sleep 30 & echo started; wait".into()],
-            env: Vec::new(),
-            withheld: Vec::new(),
-            cwd: None,
-            timeout: Duration::from_millis(300),
-            grace: Duration::from_millis(200),
-            output_cap: 1024,
-        };
+        // The child sleeps on after its shell is gone unless the group dies.
+        let spawn = sh(
+            "sleep 30 & echo started; wait",
+            Duration::from_millis(300),
+            Duration::from_millis(200),
+            1024,
+        );
         let ran = run(&spawn, &AtomicBool::new(false), &Arc::default()).unwrap();
         assert!(ran.ended.timed_out);
         assert_eq!(ran.ended.stdout, "started\n");
@@ -431,17 +441,13 @@ mod tests {
 
     #[test]
     fn a_child_left_holding_the_output_is_stopped_at_the_timeout() {
-        let spawn = Spawn {
-            program: "/bin/sh".into(),
-            // The shell exits at once; its child keeps stdout open.
-            args: vec!["-c".into(), "sleep 30 & echo started".into()],
-            env: Vec::new(),
-            withheld: Vec::new(),
-            cwd: None,
-            timeout: Duration::from_millis(300),
-            grace: Duration::from_millis(200),
-            output_cap: 1024,
-        };
+        // The shell exits at once; its child keeps stdout open.
+        let spawn = sh(
+            "sleep 30 & echo started",
+            Duration::from_millis(300),
+            Duration::from_millis(200),
+            1024,
+        );
         let ran = run(&spawn, &AtomicBool::new(false), &Arc::default()).unwrap();
         assert!(ran.ended.timed_out);
         assert_eq!(ran.ended.stdout, "started\n");
@@ -449,16 +455,12 @@ mod tests {
 
     #[test]
     fn output_is_capped_and_the_cut_counted() {
-        let spawn = Spawn {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), "head -c 5000 /dev/zero | tr '\\0' x".into()],
-            env: Vec::new(),
-            withheld: Vec::new(),
-            cwd: None,
-            timeout: Duration::from_secs(10),
-            grace: Duration::from_secs(1),
-            output_cap: 1000,
-        };
+        let spawn = sh(
+            "head -c 5000 /dev/zero | tr '\\0' x",
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            1000,
+        );
         let ran = run(&spawn, &AtomicBool::new(false), &Arc::default()).unwrap();
         assert_eq!(ran.ended.stdout.len(), 1000);
         assert_eq!(ran.dropped, (4000, 0));

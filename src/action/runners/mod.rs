@@ -26,6 +26,7 @@ use sha2::Sha256;
 use super::metadata::{ActionMeta, Runner};
 use super::{Action, ActionSpec, Outcome, Prepared, RunContext, Status};
 use crate::alias::Params;
+use crate::alias::cast::ParamType;
 use secrets::MASK;
 
 /// `runners:` in `airlock.yaml`.
@@ -136,7 +137,7 @@ impl PackAction {
                 if let (Some(v), Some(ty)) =
                     (config.get(key), s.get("type").and_then(Value::as_str))
                     && !v.is_null()
-                    && !json_type_is(v, ty)
+                    && ParamType::named(ty).is_some_and(|t| !t.accepts(v))
                 {
                     return Err(format!(
                         "{}: {key} must be of type {ty} (config.schema.yaml)",
@@ -348,18 +349,6 @@ fn interpreter(script: &Path, args: Vec<String>) -> (PathBuf, Vec<String>) {
     argv.push(script.to_string_lossy().into_owned());
     argv.extend(args);
     (program, argv)
-}
-
-fn json_type_is(v: &Value, ty: &str) -> bool {
-    match ty {
-        "string" => v.is_string(),
-        "integer" => v.is_i64() || v.is_u64(),
-        "number" => v.is_number(),
-        "boolean" => v.is_boolean(),
-        "array" => v.is_array(),
-        "object" => v.is_object(),
-        _ => true,
-    }
 }
 
 /// Every occurrence of a secret in the strings of `v` masked.

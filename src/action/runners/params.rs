@@ -6,6 +6,8 @@
 //! shell word; `{{ x | safe }}` opts out, which `airlock check` flags
 //! unless the policy constrains `x`.
 
+use std::sync::LazyLock;
+
 use minijinja::value::Value as JValue;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde_json::{Map, Value};
@@ -23,6 +25,10 @@ pub enum Quoting {
     /// Python's `str()`, then quoted as one shell word.
     Shell,
 }
+
+/// The two environments, built once (an environment registers every filter).
+static PLAIN: LazyLock<Environment<'static>> = LazyLock::new(|| env(Quoting::Plain));
+static SHELL: LazyLock<Environment<'static>> = LazyLock::new(|| env(Quoting::Shell));
 
 fn env(quoting: Quoting) -> Environment<'static> {
     let mut env = crate::render::environment(UndefinedBehavior::Strict);
@@ -72,7 +78,10 @@ pub fn render(
     ctx: &Map<String, Value>,
     quoting: Quoting,
 ) -> Result<String, String> {
-    let env = env(quoting);
+    let env = match quoting {
+        Quoting::Plain => &*PLAIN,
+        Quoting::Shell => &*SHELL,
+    };
     env.render_str(template, JValue::from(minijinja::value::Serde(ctx)))
         .map_err(|e| match e.detail() {
             Some(d) => format!("{}: {d}", e.kind()),

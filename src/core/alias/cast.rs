@@ -24,6 +24,31 @@ pub enum ParamType {
 }
 
 impl ParamType {
+    /// The type called `name` in st2's metadata.
+    pub fn named(name: &str) -> Option<ParamType> {
+        Some(match name {
+            "string" => ParamType::String,
+            "integer" => ParamType::Integer,
+            "number" => ParamType::Number,
+            "boolean" => ParamType::Boolean,
+            "array" => ParamType::Array,
+            "object" => ParamType::Object,
+            _ => return None,
+        })
+    }
+
+    /// Whether `v` is of this type.
+    pub fn accepts(self, v: &serde_json::Value) -> bool {
+        match self {
+            ParamType::String => v.is_string(),
+            ParamType::Integer => v.is_i64() || v.is_u64(),
+            ParamType::Number => v.is_number(),
+            ParamType::Boolean => v.is_boolean(),
+            ParamType::Array => v.is_array(),
+            ParamType::Object => v.is_object(),
+        }
+    }
+
     /// The type's name in st2's metadata.
     pub fn name(self) -> &'static str {
         match self {

@@ -114,23 +114,7 @@ pub(super) async fn login(
     };
     let json = serde_json::to_string(&session)
         .map_err(|e| Error::Session(session_file.into(), e.to_string()))?;
-    write_private(session_file, &json)
+    crate::store::write_private(session_file, json.as_bytes())
         .map_err(|e| Error::Session(session_file.into(), e.to_string()))?;
     Ok(())
-}
-
-/// Write a secret file readable only by us, atomically.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
 }

@@ -160,6 +160,7 @@ fn policy_decisions() {
             user,
             room: "!ops:example.org",
             power_level: None,
+            at: 0,
         };
         let n = 20_000;
         let t = Instant::now();

@@ -130,6 +130,9 @@ enum PolicyCmd {
         /// The user's power level in the room.
         #[arg(long)]
         power: Option<i64>,
+        /// Decide as of this moment (RFC 3339) instead of now: for change windows.
+        #[arg(long)]
+        at: Option<String>,
         /// The chat command, without the prefix.
         command: String,
     },
@@ -170,9 +173,10 @@ fn main() -> ExitCode {
                     user,
                     room,
                     power,
+                    at,
                     command,
                 },
-        } => cmd_explain(config, &user, &room, power, &command),
+        } => cmd_explain(config, &user, &room, power, at.as_deref(), &command),
         Cmd::Run => cmd_run(config),
         Cmd::Console { user, room } => cmd_console(config, &user, &room),
         Cmd::Pending => cmd_pending(config),
@@ -413,9 +417,18 @@ fn cmd_explain(
     user: &str,
     room: &str,
     power: Option<i64>,
+    at: Option<&str>,
     command: &str,
 ) -> Outcome {
     check_ids(user, room)?;
+    let now = clock::now_ms();
+    let at = match at {
+        None => now,
+        Some(s) => clock::parse_since(s, now).ok_or_else(|| {
+            eprintln!("--at {s}: expected a time such as 2026-12-04T16:30:00+01:00");
+            ExitCode::from(2)
+        })?,
+    };
     let cfg = config(&arg)?;
     let loaded = policy::load(&cfg.policies);
     if loaded.has_errors() {
@@ -427,6 +440,7 @@ fn cmd_explain(
         user,
         room,
         power_level: power,
+        at,
     };
     let command = command.strip_prefix(cfg.prefix.as_str()).unwrap_or(command);
     let eval = match engine::evaluate(
@@ -471,6 +485,9 @@ fn cmd_explain(
                 explanation.matched.join(", ")
             }
         );
+        for (rule, window, state) in &explanation.windows {
+            println!("window of rule {rule}: {window}; {state}");
+        }
         match &explanation.decision {
             Decision::Deny { rule, reason } => {
                 allowed_all = false;

@@ -228,6 +228,48 @@ fn policy_explain_shows_decision_rules_and_confirmation() {
     );
 }
 
+/// The shipped policy's production rules: a quorum across ops and
+/// security, and a Friday freeze whose state `--at` shows.
+#[test]
+fn policy_explain_shows_the_quorum_and_the_freeze_window() {
+    let root = repo_root();
+    let explain = |at: &str| {
+        let o = airlock(
+            &[
+                "policy",
+                "explain",
+                "--user",
+                ALICE,
+                "--room",
+                "!prod:example.org",
+                "--at",
+                at,
+                "flow deploy main",
+            ],
+            &root,
+        );
+        (o.status.code(), text(&o).0)
+    };
+    let (code, out) = explain("2026-12-03T10:00:00Z");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("confirmation: 1 from group ops and 1 from group security, not the requester"),
+        "{out}"
+    );
+    assert!(
+        out.contains("window of rule prod-friday-freeze: Fri 16:00–24:00 Europe/Berlin; closed now, opens Fri 2026-12-04 16:00 Europe/Berlin"),
+        "{out}"
+    );
+    let (code, out) = explain("2026-12-04T16:30:00+01:00");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("decision: DENY (denied by rule prod-friday-freeze (in force Fri 16:00–24:00 Europe/Berlin, until Sat 2026-12-05 00:00 Europe/Berlin))"),
+        "{out}"
+    );
+    let (_, out) = explain("2026-12-24T12:00:00Z");
+    assert!(out.contains("denied by rule prod-year-end-freeze (in force 2026-12-21 to 2027-01-03 Europe/Berlin, until Mon 2027-01-04 00:00 Europe/Berlin)"), "{out}");
+}
+
 /// The console as a person uses it: lines in, lines out.
 struct Console {
     child: std::process::Child,

@@ -713,3 +713,118 @@ rules:
         repo.head()
     );
 }
+
+const FREEZE_POLICY: &str = r#"
+groups:
+  ops: ["@alice:example.org", "@bob:example.org"]
+rules:
+  - id: no-friday-deploys
+    effect: deny
+    groups: [ops]
+    aliases: [st2-flow.flow_deploy]
+    when:
+      timezone: Europe/Berlin
+      days: [fri]
+      hours: "16:00-24:00"
+  - id: deploy
+    effect: allow
+    groups: [ops]
+    aliases: [st2-flow.flow_deploy]
+    confirm:
+      approvers: {groups: [ops]}
+      self_approve: false
+      expires: 2h
+  - id: tools
+    effect: allow
+    groups: [ops]
+    builtins: [pending]
+"#;
+
+/// A Friday freeze: refused inside it with the window and when it lifts,
+/// allowed outside it.
+#[test]
+fn a_friday_freeze_refuses_and_says_when_it_lifts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = with_policy(tmp.path(), FREEZE_POLICY);
+    // 2026-12-04 is a Friday; 15:30 UTC is 16:30 in Berlin.
+    bot.set_time("2026-12-04T15:30:00Z");
+    let r = bodies(&bot.say(ALICE, OPS, "!flow deploy main"));
+    assert!(
+        r.contains(
+            "Refused: denied by rule no-friday-deploys (in force Fri 16:00–24:00 Europe/Berlin, \
+             until Sat 2026-12-05 00:00 Europe/Berlin)"
+        ),
+        "{r}"
+    );
+    // Thursday afternoon it asks for approval as usual.
+    bot.set_time("2026-12-03T14:00:00Z");
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    assert!(p.body.contains("Confirmation needed"), "{}", p.body);
+}
+
+/// Approved inside the window, but it would start outside it: it does not
+/// start, and the room is told why.
+#[test]
+fn an_approval_given_before_a_freeze_does_not_start_a_run_inside_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = with_policy(tmp.path(), FREEZE_POLICY);
+    bot.set_time("2026-12-04T14:50:00Z"); // Friday 15:50 in Berlin
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    bot.advance(20 * 60 * 1000); // 16:10: the freeze has begun
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    assert!(
+        r.contains("will not start: denied by rule no-friday-deploys (in force Fri 16:00–24:00"),
+        "{r}"
+    );
+    assert!(bot.packs.record("st2-flow").is_none(), "nothing installed");
+    let events = bot.audit_events();
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("denied"),
+        "{events:?}"
+    );
+    assert!(!events.contains(&"started".to_string()), "{events:?}");
+    let id = p
+        .body
+        .split("request ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let r = bodies(&bot.say(ALICE, OPS, &format!("!status {id}")));
+    assert!(r.contains("refused"), "{r}");
+}
+
+/// An allow rule with business hours: outside them the refusal names the
+/// rule, its hours and when they open.
+#[test]
+fn business_hours_say_when_they_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = with_policy(
+        tmp.path(),
+        r#"
+groups:
+  ops: ["@alice:example.org", "@bob:example.org"]
+rules:
+  - id: office-hours
+    effect: allow
+    groups: [ops]
+    aliases: [st2-flow.flow_deploy]
+    when: {days: [mon-fri], hours: "09:00-17:00", timezone: UTC}
+    confirm: {approvers: {groups: [ops]}}
+"#,
+    );
+    bot.set_time("2026-12-05T10:00:00Z"); // Saturday
+    let r = bodies(&bot.say(ALICE, OPS, "!flow deploy main"));
+    assert!(
+        r.contains(
+            "rule office-hours allows st2-flow.flow_deploy (packs.install) only Mon–Fri \
+             09:00–17:00 UTC; it opens Mon 2026-12-07 09:00 UTC"
+        ),
+        "{r}"
+    );
+    bot.set_time("2026-12-07T09:00:00Z");
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    assert!(p.body.contains("Confirmation needed"), "{}", p.body);
+}

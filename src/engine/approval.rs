@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::{Engine, FAILED, Kind, Out, react_request, request_entry};
+use super::{Engine, FAILED, Kind, Out, react_request, request_entry, request_target};
 use crate::audit::{Event, Status};
 use crate::policy::{Subject, Target};
 use crate::requests::{Request, State, Step, Update};
@@ -39,6 +39,7 @@ impl Engine {
         req: &Request,
         user: &str,
         power_level: Option<i64>,
+        at: u64,
     ) -> Result<(), String> {
         let Some(c) = &req.confirmation else {
             return Err("it does not need confirmation".into());
@@ -62,17 +63,12 @@ impl Engine {
             };
         }
         // No approvers named: anyone allowed to run the same thing here.
-        let alias = req.alias.as_deref().unwrap_or_default();
-        let pack = alias.split('.').next().unwrap_or_default();
-        let target = Target::Alias {
-            reference: alias,
-            pack,
-            action_ref: &req.action,
-        };
+        let target = request_target(req);
         let who = Subject {
             user,
             room: &req.room,
             power_level,
+            at,
         };
         if self
             .policy()
@@ -87,14 +83,21 @@ impl Engine {
 
     /// Whether `user` could know of `req`: its requester, someone who may
     /// answer it, or someone the policy lets list requests in its room.
-    pub(super) fn may_see(&self, req: &Request, user: &str, power_level: Option<i64>) -> bool {
+    pub(super) fn may_see(
+        &self,
+        req: &Request,
+        user: &str,
+        power_level: Option<i64>,
+        at: u64,
+    ) -> bool {
         let who = Subject {
             user,
             room: &req.room,
             power_level,
+            at,
         };
         user == req.requester
-            || self.may_decide(req, user, power_level).is_ok()
+            || self.may_decide(req, user, power_level, at).is_ok()
             || self.policy().may_use(&who, &Target::Builtin("pending"))
     }
 
@@ -104,7 +107,7 @@ impl Engine {
         let user = m.sender.as_str();
         if req.room != m.room {
             // Only someone who could see the request learns it exists.
-            if self.may_see(req, user, m.power_level) {
+            if self.may_see(req, user, m.power_level, now) {
                 out.say(format!(
                     "Request {} belongs to another room; answer it there.",
                     req.id
@@ -134,8 +137,8 @@ impl Engine {
         if verdict == Verdict::Cancel && req.state == State::Running {
             // The requester, or anyone who could have approved it, may stop it.
             // Without a confirmation, whoever may use `cancel` here may.
-            let approver =
-                req.confirmation.is_none() || self.may_decide(req, user, m.power_level).is_ok();
+            let approver = req.confirmation.is_none()
+                || self.may_decide(req, user, m.power_level, now).is_ok();
             if user != req.requester && !approver {
                 return refuse(out, "only the requester or an approver can stop it".into());
             }
@@ -155,7 +158,7 @@ impl Engine {
             if user != req.requester {
                 return refuse(out, "only the requester can cancel it".into());
             }
-        } else if let Err(why) = self.may_decide(req, user, m.power_level) {
+        } else if let Err(why) = self.may_decide(req, user, m.power_level, now) {
             return refuse(out, why);
         }
         let result = self.requests.update(&req.id, |r| match verdict {

@@ -14,9 +14,8 @@ use crate::requests::{Request, Requests, State};
 impl Engine {
     /// Whether the sender may use a built-in here; says why not if not.
     pub(super) fn gate(&self, out: &mut Out, builtin: &str) -> bool {
-        let m = out.m;
         let d = self.policy().decide(
-            &self.subject(m),
+            &self.subject(out),
             &Target::Builtin(builtin),
             &Params::new(),
             &[],
@@ -38,8 +37,7 @@ impl Engine {
         if !self.gate(out, "help") {
             return;
         }
-        let m = out.m;
-        let who = self.subject(m);
+        let who = self.subject(out);
         let policy = self.policy();
         let p = &self.settings.prefix;
         let mut lines = Vec::new();

@@ -32,7 +32,7 @@ use crate::action::{Action, Actions};
 use crate::alias::{self, AliasSet};
 use crate::audit::{AuditLog, Entry, Event};
 use crate::diag::Diagnostic;
-use crate::policy::{self, Policy};
+use crate::policy::{self, Policy, Target};
 use crate::render::Message;
 use crate::requests::{Request, Requests};
 
@@ -510,6 +510,16 @@ fn request_entry(event: Event, req: &Request, now: u64) -> Entry {
         .request(&req.id)
         .alias(req.alias.as_deref())
         .action(&req.action)
+}
+
+/// What the policy is asked about for `req`.
+fn request_target(req: &Request) -> Target<'_> {
+    let reference = req.alias.as_deref().unwrap_or(&req.action);
+    Target::Alias {
+        reference,
+        pack: reference.split('.').next().unwrap_or_default(),
+        action_ref: &req.action,
+    }
 }
 
 fn reply_to_request(req: &Request, message: Message) -> Outgoing {

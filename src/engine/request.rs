@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{
-    Effect, Engine, FAILED, Incoming, Out, Outgoing, SEEN, WAITING, reply_to_request,
-    request_entry, request_event,
+    Effect, Engine, FAILED, Out, Outgoing, SEEN, WAITING, reply_to_request, request_entry,
+    request_event,
 };
 use crate::action::{ActionSpec, Prepared};
 use crate::alias::{self, Alias, AliasSet, Params};
@@ -19,11 +19,13 @@ use crate::render::{self, Message};
 use crate::requests::{Confirmation, QuorumPart, Request, State, Update};
 
 impl Engine {
-    pub(super) fn subject<'a>(&self, m: &'a Incoming) -> Subject<'a> {
+    /// Who sent the event `out` answers, where and when.
+    pub(super) fn subject<'a>(&self, out: &Out<'a>) -> Subject<'a> {
         Subject {
-            user: &m.sender,
-            room: &m.room,
-            power_level: m.power_level,
+            user: &out.m.sender,
+            room: &out.m.room,
+            power_level: out.m.power_level,
+            at: out.now,
         }
     }
 
@@ -84,7 +86,7 @@ impl Engine {
         let params = match execution_params(
             alias,
             action.as_ref().map(|a| a.spec()),
-            &self.subject(m),
+            &self.subject(out),
             parsed,
         ) {
             Ok(p) => p,
@@ -97,7 +99,7 @@ impl Engine {
         };
         let decision = self
             .policy()
-            .decide(&self.subject(m), &target, &params, set_in_chat);
+            .decide(&self.subject(out), &target, &params, set_in_chat);
         let (rule, confirm) = match decision {
             Decision::Deny { rule, reason } => {
                 let entry = out
@@ -162,6 +164,7 @@ impl Engine {
             plan: Value::Null,
             set_in_chat: set_in_chat.to_vec(),
             rule,
+            power_level: m.power_level,
             created_ms: now,
             confirmation,
             approvals: Vec::new(),

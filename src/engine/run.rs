@@ -8,11 +8,13 @@ use serde_json::{Value, json};
 
 use super::{
     Effect, Engine, FAILED, Outgoing, SUCCEEDED, react_request, reply_to_request, request_entry,
+    request_target,
 };
 use crate::action::executor::{Followed, Job};
 use crate::action::{Action, Outcome, Status as RunStatus};
 use crate::audit::{Event, Query, Status};
 use crate::clock;
+use crate::policy::Subject;
 use crate::render::{self, Message};
 use crate::requests::{Request, State, Update};
 
@@ -23,6 +25,9 @@ impl Engine {
     /// not `approved` (already running, or run) is left alone: exactly once.
     pub fn execute(&self, id: &str, now: impl Fn() -> u64) -> Vec<Effect> {
         let started = now();
+        if let Some(refused) = self.refuse_to_start(id, started) {
+            return refused;
+        }
         let req = match self.requests.update(id, |r| r.start(started)) {
             Ok(Update::Done(r, ())) => r,
             Ok(Update::Refused(_, why)) => {
@@ -70,6 +75,46 @@ impl Engine {
             _ => Ending::Ran,
         };
         self.complete(req, outcome, ending, started, now(), None)
+    }
+
+    /// An approved request whose rule's change window has closed, or that a
+    /// freeze now covers, does not start: it ends `refused`, and the room
+    /// is told why and when it opens. None: it may start.
+    fn refuse_to_start(&self, id: &str, now: u64) -> Option<Vec<Effect>> {
+        let req = self.requests.get(id).ok()??;
+        if req.state != State::Approved {
+            return None;
+        }
+        let who = Subject {
+            user: &req.requester,
+            room: &req.room,
+            power_level: req.power_level,
+            at: now,
+        };
+        let why = self
+            .policy()
+            .gate(&who, &request_target(&req), &req.rule)
+            .err()?;
+        let req = match self.requests.update(id, |r| r.refuse(&why, now)) {
+            Ok(Update::Done(r, ())) => r,
+            _ => return None,
+        };
+        self.record(vec![
+            request_entry(Event::Denied, &req, now)
+                .rule(Some(&req.rule))
+                .status(Status::Denied)
+                .detail(json!({"reason": why, "when": "at start"})),
+        ]);
+        Some(vec![
+            Effect::Send(reply_to_request(
+                &req,
+                Message::plain(format!(
+                    "🚫 Request {} will not start: {why}. Ask again then.",
+                    req.id
+                )),
+            )),
+            react_request(&req, FAILED),
+        ])
     }
 
     /// What the executor gets for `req`.

@@ -154,6 +154,7 @@ impl From<State> for Status {
             State::Cancelled => Status::Cancelled,
             State::Expired => Status::Expired,
             State::Interrupted => Status::Interrupted,
+            State::Refused => Status::Denied,
         }
     }
 }

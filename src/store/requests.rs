@@ -47,6 +47,9 @@ pub enum State {
     Expired,
     /// airlock stopped while it was open; never re-run.
     Interrupted,
+    /// The policy stopped it before it started (a change window closed or
+    /// a freeze began after it was asked for or approved).
+    Refused,
 }
 
 impl State {
@@ -63,6 +66,7 @@ impl State {
             State::Cancelled => "cancelled",
             State::Expired => "expired",
             State::Interrupted => "interrupted",
+            State::Refused => "refused",
         }
     }
 
@@ -249,6 +253,10 @@ pub struct Request {
     pub set_in_chat: Vec<String>,
     /// The rule that allowed it.
     pub rule: String,
+    /// The requester's power level in the room when they asked, for
+    /// re-checking the policy before it starts.
+    #[serde(default)]
+    pub power_level: Option<i64>,
     /// When it was made (or prepared).
     pub created_ms: u64,
     /// Who must approve it; None: nobody.
@@ -387,6 +395,14 @@ impl Request {
             return Err(Refusal::NotDue);
         }
         self.close(State::Expired, now);
+        Ok(())
+    }
+
+    /// The policy no longer lets it start (see `Policy::gate`).
+    pub fn refuse(&mut self, why: &str, now: u64) -> Result<(), Refusal> {
+        self.expect(&[State::Approved])?;
+        self.summary = Some(why.to_string());
+        self.close(State::Refused, now);
         Ok(())
     }
 
@@ -626,6 +642,7 @@ mod tests {
             plan: Value::Null,
             set_in_chat: Vec::new(),
             rule: "r".into(),
+            power_level: None,
             created_ms: 1_000,
             confirmation: (approvals > 0).then(|| Confirmation {
                 approvers: Vec::new(),

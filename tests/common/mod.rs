@@ -177,6 +177,12 @@ impl Bot {
         self.clock.load(Ordering::Relaxed)
     }
 
+    /// Set the bot's clock to an RFC 3339 time ("2026-12-04T15:30:00Z").
+    pub fn set_time(&self, rfc3339: &str) {
+        let ms = airlock::clock::parse_since(rfc3339, 0).expect("an RFC 3339 time");
+        self.clock.store(ms, Ordering::Relaxed);
+    }
+
     /// Let `ms` pass.
     pub fn advance(&self, ms: u64) {
         self.clock.fetch_add(ms, Ordering::Relaxed);

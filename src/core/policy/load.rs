@@ -8,7 +8,8 @@ use regex::Regex;
 use serde::Deserialize;
 
 use super::{
-    BUILTINS, ConfirmPolicy, Constraint, DEFAULT_EXPIRY, Effect, Glob, LoadedPolicy, Rule, Subjects,
+    BUILTINS, ConfirmPolicy, Constraint, DEFAULT_EXPIRY, Effect, Glob, LoadedPolicy, Rule,
+    Subjects, Window,
 };
 use crate::diag::{self, Diagnostic, Severity, YamlIndex};
 use crate::{clock, ids};
@@ -51,6 +52,21 @@ struct RawRule {
     extra_params: bool,
     #[serde(default)]
     confirm: Option<RawConfirm>,
+    #[serde(default)]
+    when: Option<RawWhen>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWhen {
+    #[serde(default)]
+    timezone: Option<String>,
+    #[serde(default)]
+    days: Vec<String>,
+    #[serde(default)]
+    hours: Option<String>,
+    #[serde(default)]
+    dates: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,6 +320,11 @@ fn load_rule(
     }
     let params = load_params(&r, base, e);
     let confirm = load_confirm(r.confirm, r.effect, groups, base, e);
+    let when = r.when.and_then(|w| {
+        Window::parse(w.timezone.as_deref(), &w.days, w.hours.as_deref(), &w.dates)
+            .map_err(|(field, msg)| e(&format!("{base}.when.{field}"), Severity::Error, msg))
+            .ok()
+    });
     let globs = |v: &[String]| v.iter().map(|s| Glob::new(s)).collect::<Vec<_>>();
     Some(Rule {
         id: r.id,
@@ -319,6 +340,7 @@ fn load_rule(
         params,
         extra_params: r.extra_params,
         confirm,
+        when,
         file: PathBuf::new(),
         line: 0,
     })

@@ -24,8 +24,10 @@ use serde_json::Value;
 use crate::diag::Diagnostic;
 
 mod load;
+mod window;
 
 pub use load::{load, parse_texts};
+pub use window::Window;
 
 /// Commands the bot answers itself, which rules can grant.
 pub const BUILTINS: [&str; 4] = ["help", "audit", "pending", "cancel"];
@@ -233,6 +235,8 @@ pub struct Rule {
     pub extra_params: bool,
     /// `Some(None)`: `confirm: false` (explicitly none).
     pub confirm: Option<Option<ConfirmPolicy>>,
+    /// When it applies (`when:`); None: always.
+    pub when: Option<Window>,
     /// The file it came from.
     pub file: PathBuf,
     /// Its line there.
@@ -248,6 +252,8 @@ pub struct Subject<'a> {
     pub room: &'a str,
     /// Their power level there, when known.
     pub power_level: Option<i64>,
+    /// When they ask (ms since the Unix epoch), for change windows.
+    pub at: u64,
 }
 
 /// What is asked for.
@@ -322,6 +328,9 @@ pub struct Explanation {
     pub decision: Decision,
     /// Every rule that matched, in order.
     pub matched: Vec<String>,
+    /// Rules for this target, user and room that have a change window:
+    /// `(rule, window, its state now)`.
+    pub windows: Vec<(String, String, String)>,
 }
 
 /// The whole policy: groups and rules.
@@ -439,6 +448,12 @@ impl Policy {
     }
 
     fn rule_applies(&self, rule: &Rule, who: &Subject, target: &Target) -> bool {
+        self.rule_applies_at_any_time(rule, who, target)
+            && rule.when.as_ref().is_none_or(|w| w.contains(who.at))
+    }
+
+    /// [`Self::rule_applies`], its change window aside.
+    fn rule_applies_at_any_time(&self, rule: &Rule, who: &Subject, target: &Target) -> bool {
         if !rule.subjects.contains(who.user) || !self.room_matches(rule, who.room) {
             return false;
         }
@@ -469,10 +484,14 @@ impl Policy {
                 .filter(|(_, r)| r.targets(target))
                 .map(|(i, r)| (i, *r))
                 .collect();
-            for &(ci, c) in reaching.iter().filter(|(_, r)| !r.params.is_empty()) {
+            for &(_, c) in reaching.iter().filter(|(_, r)| !r.params.is_empty()) {
                 for &(li, l) in &reaching {
                     let loose = c.params.keys().any(|k| !l.params.contains_key(k));
-                    let covered = li > ci && within(l, c);
+                    // Covered: some earlier rule with (at least) these
+                    // constraints governs everywhere `l` applies.
+                    let covered = reaching.iter().any(|&(gi, g)| {
+                        gi < li && within(l, g) && c.params.keys().all(|k| g.params.contains_key(k))
+                    });
                     if !loose || covered || out.iter().any(|(r, _)| r.id == l.id) {
                         continue;
                     }
@@ -557,13 +576,23 @@ impl Policy {
             .filter(|r| self.rule_applies(r, who, target))
             .collect();
         let matched = applicable.iter().map(|r| r.id.clone()).collect();
+        let windows = self
+            .rules
+            .iter()
+            .filter(|r| self.rule_applies_at_any_time(r, who, target))
+            .filter_map(|r| {
+                let w = r.when.as_ref()?;
+                Some((r.id.clone(), w.describe(), w.state(who.at)))
+            })
+            .collect();
         if let Some(deny) = applicable.iter().find(|r| r.effect == Effect::Deny) {
             return Explanation {
                 decision: Decision::Deny {
                     rule: Some(deny.id.clone()),
-                    reason: format!("denied by rule {}", deny.id),
+                    reason: deny_reason(deny, who.at),
                 },
                 matched,
+                windows,
             };
         }
         // The first allow rule that matches governs: its constraints and
@@ -594,17 +623,58 @@ impl Policy {
                     }
                 }
             },
-            None => Decision::Deny {
-                rule: None,
-                reason: format!(
-                    "no rule allows {} for {} in {} (deny by default)",
-                    target.describe(),
-                    who.user,
-                    who.room
-                ),
+            None => match self.closed_allow(who, target) {
+                Some((rule, reason)) => Decision::Deny {
+                    rule: Some(rule),
+                    reason,
+                },
+                None => Decision::Deny {
+                    rule: None,
+                    reason: format!(
+                        "no rule allows {} for {} in {} (deny by default)",
+                        target.describe(),
+                        who.user,
+                        who.room
+                    ),
+                },
             },
         };
-        Explanation { decision, matched }
+        Explanation {
+            decision,
+            matched,
+            windows,
+        }
+    }
+
+    /// The first allow rule that would let `who` run `target` but for its
+    /// change window, with the refusal that says when it opens.
+    fn closed_allow(&self, who: &Subject, target: &Target) -> Option<(String, String)> {
+        let r = self.rules.iter().find(|r| {
+            r.effect == Effect::Allow
+                && r.when.is_some()
+                && self.rule_applies_at_any_time(r, who, target)
+        })?;
+        Some((r.id.clone(), closed_reason(r, target, who.at)))
+    }
+
+    /// Whether a request allowed earlier by rule `rule` may start at
+    /// `who.at`: no deny rule is in force now, and `rule`'s own change
+    /// window (if any) is open. An approval given inside a window does
+    /// not carry a run outside it.
+    pub fn gate(&self, who: &Subject, target: &Target, rule: &str) -> Result<(), String> {
+        if let Some(deny) = self
+            .rules
+            .iter()
+            .find(|r| r.effect == Effect::Deny && self.rule_applies(r, who, target))
+        {
+            return Err(deny_reason(deny, who.at));
+        }
+        match self.rules.iter().find(|r| r.id == rule) {
+            Some(r) if r.when.as_ref().is_some_and(|w| !w.contains(who.at)) => {
+                Err(closed_reason(r, target, who.at))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The decision alone.
@@ -641,6 +711,40 @@ impl Policy {
                 && !(r.aliases.is_empty() && r.actions.is_empty() && r.packs.is_empty())
         })
     }
+}
+
+/// "denied by rule no-friday-deploys (in force Fri 16:00–24:00
+/// Europe/Berlin, until Sat 2026-12-05 00:00 Europe/Berlin)".
+fn deny_reason(rule: &Rule, at: u64) -> String {
+    match &rule.when {
+        None => format!("denied by rule {}", rule.id),
+        Some(w) => format!(
+            "denied by rule {} (in force {}{})",
+            rule.id,
+            w.describe(),
+            w.next_change(at)
+                .map(|t| format!(", until {}", w.show(t)))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// "rule ops-deploy allows … only Mon–Fri 09:00–17:00 UTC; it opens
+/// Mon 2026-12-07 09:00 UTC".
+fn closed_reason(rule: &Rule, target: &Target, at: u64) -> String {
+    let Some(w) = &rule.when else {
+        return format!("rule {} does not apply now", rule.id);
+    };
+    format!(
+        "rule {} allows {} only {}; {}",
+        rule.id,
+        target.describe(),
+        w.describe(),
+        match w.next_change(at) {
+            Some(t) => format!("it opens {}", w.show(t)),
+            None => "it does not open within a year".to_string(),
+        }
+    )
 }
 
 fn value_text(v: &Value) -> String {

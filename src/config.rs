@@ -17,7 +17,7 @@ use crate::audit::AuditLog;
 use crate::diag::{self, Diagnostic, Severity, YamlIndex};
 use crate::engine::{Catalog, Engine, Settings, StartError};
 use crate::requests::Requests;
-use crate::{alias, policy};
+use crate::{alias, ids, policy};
 
 /// sled's page cache (its default is 1 GiB): the bot reads little beyond
 /// recent entries, and a long-running process should not grow toward that.
@@ -60,6 +60,10 @@ pub struct Config {
     /// 👍/👎 on a prompt counts as a reply.
     #[serde(default)]
     pub reaction_approvals: bool,
+    /// A room ID that is told of every break-glass run (the bot must be
+    /// in it).
+    #[serde(default)]
+    pub audit_room: Option<String>,
     /// Git settings for pack installs.
     #[serde(default)]
     pub git: GitConfig,
@@ -118,6 +122,14 @@ impl Config {
         c.policies.iter_mut().for_each(rebase);
         let idx = YamlIndex::parse(&text);
         let mut errors = Vec::new();
+        if let Some(room) = c.audit_room.as_deref().filter(|r| !ids::is_room_id(r)) {
+            errors.push(idx.diag(
+                Severity::Error,
+                path,
+                "audit_room",
+                format!("\"{room}\" is not a room ID (!id)"),
+            ));
+        }
         if c.max_age().is_none() {
             errors.push(idx.diag(
                 Severity::Error,
@@ -205,6 +217,7 @@ impl Config {
             bot_user: self.user_id.clone(),
             max_age: self.max_age().unwrap_or(Duration::from_secs(120)),
             reaction_approvals: self.reaction_approvals,
+            audit_room: self.audit_room.clone(),
         }
     }
 

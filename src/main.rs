@@ -498,11 +498,20 @@ fn cmd_explain(
                         .unwrap_or_default()
                 );
             }
-            Decision::Allow { rule, confirm } => {
+            Decision::Allow {
+                rule,
+                confirm,
+                break_glass,
+            } => {
                 println!("decision: ALLOW by rule {rule}");
                 let twofactor = confirm.is_none() && eval.alias.twofactor();
                 if twofactor {
                     println!("the alias sets extra.security.twofactor: a second person confirms");
+                }
+                if *break_glass {
+                    println!(
+                        "break-glass: {user} may run it at once with --break-glass \"reason\" (announced, flagged until someone else reviews it)"
+                    );
                 }
                 let confirm = confirm
                     .clone()

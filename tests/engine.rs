@@ -828,3 +828,95 @@ rules:
     let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
     assert!(p.body.contains("Confirmation needed"), "{}", p.body);
 }
+
+const AUDIT_ROOM: &str = "!audit:example.org";
+
+/// Break-glass: only whom the rule names, only with a reason; it runs at
+/// once, is announced in its room and the audit room, and stays flagged
+/// until someone else reviews it.
+#[test]
+fn break_glass_runs_at_once_and_stays_flagged_until_someone_else_reviews_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
+    let pol = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &pol,
+        r#"
+groups:
+  ops: ["@alice:example.org", "@bob:example.org"]
+  oncall: ["@alice:example.org"]
+rules:
+  - id: deploy
+    effect: allow
+    groups: [ops]
+    aliases: [st2-flow.flow_deploy]
+    confirm: {approvers: {groups: [ops]}, self_approve: false}
+    break_glass: {groups: [oncall]}
+  - id: tools
+    effect: allow
+    groups: [ops]
+    builtins: [pending, audit, review]
+"#,
+    )
+    .unwrap();
+    let mut s = settings(tmp.path(), &pol, Some(&repo.path));
+    s.audit_room = Some(AUDIT_ROOM.into());
+    let bot = Bot::open(s);
+
+    // Bob is in ops but not on call: the rule does not let him.
+    let r = bodies(&bot.say(BOB, OPS, "!flow deploy main --break-glass \"prod is down\""));
+    assert!(
+        r.contains("rule deploy does not let @bob:example.org break glass"),
+        "{r}"
+    );
+    // A reason is required.
+    let r = bodies(&bot.say(ALICE, OPS, "!flow deploy main --break-glass"));
+    assert!(r.contains("Break-glass needs a reason"), "{r}");
+    assert!(bot.packs.record("st2-flow").is_none());
+
+    let sent = bot.say(
+        ALICE,
+        OPS,
+        "!flow deploy main --break-glass \"prod is down\"",
+    );
+    let r = bodies(&sent);
+    assert!(!r.contains("Confirmation needed"), "{r}");
+    assert!(
+        r.contains("🚨 Break-glass: @alice:example.org runs st2-flow.flow_deploy (packs.install) without approval under rule deploy. Reason: “prod is down”."),
+        "{r}"
+    );
+    assert!(
+        sent.iter().any(|m| m.room == AUDIT_ROOM
+            && m.body.contains("Break-glass")
+            && m.body.contains(OPS)),
+        "announced in the audit room: {sent:?}"
+    );
+    assert_eq!(
+        bot.packs.record("st2-flow").unwrap().current.commit,
+        repo.head(),
+        "it ran at once"
+    );
+    let events = bot.audit_events();
+    assert!(events.contains(&"break_glass".to_string()), "{events:?}");
+    let id = r
+        .split("Request ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+
+    let r = bodies(&bot.say(BOB, OPS, "!audit unreviewed"));
+    assert!(r.contains(&id) && r.contains("“prod is down”"), "{r}");
+    let r = bodies(&bot.say(ALICE, OPS, &format!("!review {id}")));
+    assert!(r.contains("you ran it; someone else must review it"), "{r}");
+    let r = bodies(&bot.say(BOB, AUDIT_ROOM, &format!("!review {id} checked the diff")));
+    assert!(r.contains("reviewed by @bob:example.org"), "{r}");
+    let r = bodies(&bot.say(BOB, OPS, &format!("!review {id}")));
+    assert!(r.contains("@bob:example.org reviewed it already"), "{r}");
+    let r = bodies(&bot.say(BOB, OPS, "!audit unreviewed"));
+    assert!(r.contains("No unreviewed break-glass runs"), "{r}");
+    assert_eq!(bot.audit_events().last().map(String::as_str), Some("audit"),);
+    assert!(bot.audit_events().contains(&"reviewed".to_string()));
+}

@@ -9,7 +9,7 @@ use crate::audit::{AuditLog, Entry, Event, Query, Status};
 use crate::clock;
 use crate::policy::{Decision, Target};
 use crate::render::Message;
-use crate::requests::{Request, Requests, State};
+use crate::requests::{Request, Requests, State, Update};
 
 impl Engine {
     /// Whether the sender may use a built-in here; says why not if not.
@@ -65,8 +65,12 @@ impl Engine {
             ("help", "help [filter]"),
             ("pending", "pending"),
             ("pending", "status <id>"),
-            ("audit", "audit [n] | audit who deployed <pack>"),
+            (
+                "audit",
+                "audit [n] | audit who deployed <pack> | audit unreviewed",
+            ),
             ("cancel", "cancel <id>"),
+            ("review", "review <id> [note]"),
         ]
         .iter()
         .filter(|(b, _)| policy.may_use(&who, &Target::Builtin(b)))
@@ -166,13 +170,21 @@ impl Engine {
             out.log(e);
             return out.say(text);
         }
+        if args == "unreviewed" {
+            let e = out
+                .entry(Event::Audit)
+                .status(Status::Ok)
+                .detail(json!({"query": args}));
+            out.log(e);
+            return out.say(self.unreviewed(&room));
+        }
         let n = if args.is_empty() {
             Ok(10)
         } else {
             args.parse::<usize>()
         };
         let Ok(n) = n else {
-            return out.say("Usage: audit [n] or audit who deployed <pack>");
+            return out.say("Usage: audit [n], audit who deployed <pack> or audit unreviewed");
         };
         let q = Query {
             room: Some(room),
@@ -197,6 +209,90 @@ impl Engine {
                 )));
             }
             Err(e) => out.say(format!("⚠️ Cannot read the audit log: {e}")),
+        }
+    }
+}
+
+impl Engine {
+    /// `!review <id> [note]`: someone other than whoever broke glass
+    /// clears the flag, in the request's room or the audit room.
+    pub(super) fn builtin_review(&self, out: &mut Out, args: &str) {
+        if !self.gate(out, "review") {
+            return;
+        }
+        let (id, note) = args.split_once(char::is_whitespace).unwrap_or((args, ""));
+        let here = out.m.room.as_str();
+        let in_audit_room = self.settings.audit_room.as_deref() == Some(here);
+        match self.requests.get(id) {
+            Ok(Some(r)) if r.room == here || in_audit_room => r,
+            _ => return out.say(super::approval::unknown_request(id)),
+        };
+        let user = out.m.sender.clone();
+        let now = out.now;
+        let req = match self.requests.update(id, |r| r.review(&user, now)) {
+            Ok(Update::Done(r, ())) => r,
+            Ok(Update::Refused(_, why)) => {
+                return out.say(format!("🚫 Cannot review request {id}: {why}."));
+            }
+            Err(e) => return out.say(format!("⚠️ Cannot review request {id}: {e}")),
+        };
+        let reason = req.break_glass.as_ref().map(|g| g.reason.clone());
+        out.log(
+            super::request_entry(Event::Reviewed, &req, now)
+                .sender(&user)
+                .status(Status::Ok)
+                .detail(json!({"reason": reason, "note": note.trim(), "state": req.state.name()})),
+        );
+        out.say(format!(
+            "✅ Break-glass request {id} ({} by {}, {}) reviewed by {user}.",
+            req.alias.as_deref().unwrap_or(&req.action),
+            req.requester,
+            req.state.name()
+        ));
+    }
+
+    /// Break-glass runs nobody has reviewed yet: this room's, or every
+    /// room's in the audit room.
+    fn unreviewed(&self, room: &str) -> String {
+        let all = self.settings.audit_room.as_deref() == Some(room);
+        let q = Query {
+            event: Some(Event::BreakGlass.name().to_string()),
+            room: (!all).then(|| room.to_string()),
+            ..Default::default()
+        };
+        let entries = match self.audit.query(&q) {
+            Ok(e) => e,
+            Err(e) => return format!("⚠️ Cannot read the audit log: {e}"),
+        };
+        let lines: Vec<String> = entries
+            .iter()
+            .filter_map(|e| self.requests.get(e.request.as_deref()?).ok()?)
+            .filter(|r| {
+                r.break_glass
+                    .as_ref()
+                    .is_some_and(|g| g.reviewed_by.is_none())
+            })
+            .map(|r| {
+                format!(
+                    "{} {} {} by {} in {} at {}: “{}”",
+                    r.id,
+                    r.state.name(),
+                    r.alias.as_deref().unwrap_or(&r.action),
+                    r.requester,
+                    r.room,
+                    clock::format_ms(r.created_ms),
+                    r.break_glass.as_ref().map_or("", |g| g.reason.as_str())
+                )
+            })
+            .collect();
+        if lines.is_empty() {
+            "No unreviewed break-glass runs.".to_string()
+        } else {
+            format!(
+                "Unreviewed break-glass runs ({}review <id> to clear):\n{}",
+                self.settings.prefix,
+                lines.join("\n")
+            )
         }
     }
 }
@@ -286,6 +382,12 @@ pub fn pending_line(r: &Request, now: u64) -> String {
         r.room,
         params.join(" ")
     );
+    if let Some(g) = &r.break_glass {
+        match &g.reviewed_by {
+            None => s.push_str(" — 🚨 break-glass, not reviewed"),
+            Some(by) => s.push_str(&format!(" — break-glass, reviewed by {by}")),
+        }
+    }
     if r.state == State::Pending {
         s.push_str(&format!(
             " — {}/{} approvals, expires in {}",

@@ -88,6 +88,7 @@ impl Engine {
             "pending" => self.builtin_pending(out),
             "status" => self.builtin_status(out, args),
             "audit" => self.builtin_audit(out, args),
+            "review" => self.builtin_review(out, args),
             "cancel" => self.by_id(out, args, Verdict::Cancel),
             "approve" => self.by_id(out, args, Verdict::Approve),
             "deny" => self.by_id(out, args, Verdict::Deny),

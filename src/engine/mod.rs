@@ -68,6 +68,8 @@ pub struct Settings {
     pub max_age: Duration,
     /// Whether 👍/👎 reactions on a prompt approve or deny.
     pub reaction_approvals: bool,
+    /// Where break-glass runs are announced besides their own room.
+    pub audit_room: Option<String>,
 }
 
 impl Default for Settings {
@@ -78,6 +80,7 @@ impl Default for Settings {
             bot_user: None,
             max_age: Duration::from_secs(120),
             reaction_approvals: false,
+            audit_room: None,
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::audit::{Event, Status};
 use crate::clock;
 use crate::policy::{self, ConfirmPolicy, Decision, Policy, Subject, Target};
 use crate::render::{self, Message};
-use crate::requests::{Confirmation, QuorumPart, Request, State, Update};
+use crate::requests::{BreakGlass, Confirmation, QuorumPart, Request, State, Update};
 
 impl Engine {
     /// Who sent the event `out` answers, where and when.
@@ -30,6 +30,18 @@ impl Engine {
     }
 
     pub(super) fn run_alias(&self, out: &mut Out, cmd: &str) {
+        let (cmd, glass) = split_break_glass(cmd);
+        let glass = match glass {
+            None => None,
+            Some(Ok(reason)) => Some(reason),
+            Some(Err(())) => {
+                return out.say(format!(
+                    "Break-glass needs a reason: {}{cmd} --break-glass \"why it cannot wait\"",
+                    self.settings.prefix
+                ));
+            }
+        };
+        let cmd = cmd.as_str();
         let matched = match self.aliases().match_command(cmd) {
             Ok(x) => x,
             Err(e) => {
@@ -51,7 +63,14 @@ impl Engine {
             );
         out.log(entry);
         for params in matched.parameters {
-            self.request(out, &alias, cmd, params, &matched.overrides);
+            self.request(
+                out,
+                &alias,
+                cmd,
+                params,
+                &matched.overrides,
+                glass.as_deref(),
+            );
         }
     }
 
@@ -78,6 +97,7 @@ impl Engine {
         cmd: &str,
         parsed: Params,
         set_in_chat: &[String],
+        glass: Option<&str>,
     ) {
         let m = out.m;
         let now = out.now;
@@ -100,7 +120,7 @@ impl Engine {
         let decision = self
             .policy()
             .decide(&self.subject(out), &target, &params, set_in_chat);
-        let (rule, confirm) = match decision {
+        let (rule, confirm, may_break_glass) = match decision {
             Decision::Deny { rule, reason } => {
                 let entry = out
                     .entry(Event::Denied)
@@ -114,11 +134,45 @@ impl Engine {
                 out.react(FAILED);
                 return;
             }
-            Decision::Allow { rule, confirm } => (rule, confirm),
+            Decision::Allow {
+                rule,
+                confirm,
+                break_glass,
+            } => (rule, confirm, break_glass),
         };
         // st2's `extra.security.twofactor`: the alias asks for a second
         // person even where the rule asks for no confirmation.
         let confirm = confirm.or_else(|| alias.twofactor().then(ConfirmPolicy::second_person));
+        // Break-glass skips the confirmation (never a deny rule), only
+        // where the rule names the requester for it.
+        let (confirm, break_glass) = match glass {
+            None => (confirm, None),
+            Some(reason) if may_break_glass => (
+                None,
+                Some(BreakGlass {
+                    reason: reason.to_string(),
+                    reviewed_by: None,
+                    reviewed_ms: None,
+                }),
+            ),
+            Some(_) => {
+                let reason = format!(
+                    "rule {rule} does not let {} break glass for {reference}; ask without --break-glass to get it approved",
+                    m.sender
+                );
+                let entry = out
+                    .entry(Event::Denied)
+                    .alias(Some(&reference))
+                    .action(&alias.action_ref)
+                    .rule(Some(&rule))
+                    .status(Status::Denied)
+                    .detail(json!({"reason": reason, "parameters": params}));
+                out.log(entry);
+                out.say(format!("🚫 Refused: {reason}."));
+                out.react(FAILED);
+                return;
+            }
+        };
         let Some(action) = action else {
             return self.refuse_to_run(
                 out,
@@ -167,6 +221,7 @@ impl Engine {
             power_level: m.power_level,
             created_ms: now,
             confirmation,
+            break_glass,
             approvals: Vec::new(),
             prompt_event: None,
             decided_by: None,
@@ -258,8 +313,49 @@ impl Engine {
             out.react(WAITING);
         } else {
             out.react(SEEN);
+            if let Some(glass) = &req.break_glass {
+                self.announce_break_glass(out, &req, &glass.reason);
+            }
             self.accept(out, &req);
         }
+    }
+
+    /// A break-glass run, told to its room, the audit room and the audit
+    /// log before it starts.
+    fn announce_break_glass(&self, out: &mut Out, req: &Request, reason: &str) {
+        let now = out.now;
+        out.log(
+            request_entry(Event::BreakGlass, req, now)
+                .rule(Some(&req.rule))
+                .status(Status::Approved)
+                .detail(json!({"reason": reason, "parameters": req.params})),
+        );
+        let text = format!(
+            "🚨 Break-glass: {} runs {} ({}) without approval under rule {}. Reason: “{reason}”. \
+             Request {id} stays flagged until someone else reviews it: {p}review {id}",
+            req.requester,
+            req.alias.as_deref().unwrap_or(&req.action),
+            req.action,
+            req.rule,
+            id = req.id,
+            p = self.settings.prefix,
+        );
+        if let Some(room) = self
+            .settings
+            .audit_room
+            .as_ref()
+            .filter(|r| **r != req.room)
+        {
+            out.effects.push(Effect::Send(Outgoing {
+                room: room.clone(),
+                reply_to: None,
+                thread: None,
+                message: Message::plain(format!("{text} (in {})", req.room)),
+                prompt_for: None,
+            }));
+        }
+        out.effects
+            .push(Effect::Send(reply_to_request(req, Message::plain(text))));
     }
 
     /// The request runs: ack it and hand it to the transport to execute.
@@ -404,6 +500,34 @@ pub fn evaluate(
         executions,
         action_available: spec.is_some(),
     })
+}
+
+/// A trailing `--break-glass "reason"`: the command without it and the
+/// reason (quotes dropped), or `Err` when the flag has no reason.
+pub fn split_break_glass(cmd: &str) -> (String, Option<Result<String, ()>>) {
+    const FLAG: &str = "--break-glass";
+    let at = cmd.match_indices(FLAG).map(|(i, _)| i).find(|&i| {
+        (i == 0 || cmd[..i].ends_with(char::is_whitespace))
+            && cmd[i + FLAG.len()..]
+                .chars()
+                .next()
+                .is_none_or(char::is_whitespace)
+    });
+    let Some(at) = at else {
+        return (cmd.to_string(), None);
+    };
+    let rest = cmd[at + FLAG.len()..].trim();
+    let reason = [('"', '"'), ('\'', '\''), ('“', '”')]
+        .iter()
+        .find_map(|&(a, b)| rest.strip_prefix(a).and_then(|r| r.strip_suffix(b)))
+        .unwrap_or(rest)
+        .trim();
+    let reason = if reason.is_empty() {
+        Err(())
+    } else {
+        Ok(reason.to_string())
+    };
+    (cmd[..at].trim_end().to_string(), Some(reason))
 }
 
 /// Parameters as a prompt lists them.

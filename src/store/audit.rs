@@ -108,6 +108,10 @@ names!(
         Pending = "pending",
         /// `!audit` was answered.
         Audit = "audit",
+        /// It runs without its confirmation, on a reason.
+        BreakGlass = "break_glass",
+        /// Someone else reviewed a break-glass run.
+        Reviewed = "reviewed",
     }
 );
 

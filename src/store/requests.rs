@@ -95,6 +95,15 @@ pub enum Refusal {
     /// A pending request whose time is not up cannot expire.
     #[error("it has not expired yet")]
     NotDue,
+    /// Only break-glass runs are reviewed.
+    #[error("it did not break glass, so there is nothing to review")]
+    NotBreakGlass,
+    /// Someone reviewed it already.
+    #[error("{0} reviewed it already")]
+    Reviewed(String),
+    /// Whoever broke glass cannot review their own run.
+    #[error("you ran it; someone else must review it")]
+    OwnReview,
 }
 
 /// What an answer to a pending request did.
@@ -209,6 +218,20 @@ impl Confirmation {
     }
 }
 
+/// A run without its confirmation, on a reason, flagged until someone
+/// else reviews it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BreakGlass {
+    /// Why, in the requester's words.
+    pub reason: String,
+    /// Who reviewed it.
+    #[serde(default)]
+    pub reviewed_by: Option<String>,
+    /// When.
+    #[serde(default)]
+    pub reviewed_ms: Option<u64>,
+}
+
 /// One approval.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Approval {
@@ -261,6 +284,9 @@ pub struct Request {
     pub created_ms: u64,
     /// Who must approve it; None: nobody.
     pub confirmation: Option<Confirmation>,
+    /// Run without its confirmation on a reason (`--break-glass`).
+    #[serde(default)]
+    pub break_glass: Option<BreakGlass>,
     /// The approvals so far.
     #[serde(default)]
     pub approvals: Vec<Approval>,
@@ -403,6 +429,21 @@ impl Request {
         self.expect(&[State::Approved])?;
         self.summary = Some(why.to_string());
         self.close(State::Refused, now);
+        Ok(())
+    }
+
+    /// `user` reviewed this break-glass run (not its requester; once).
+    pub fn review(&mut self, user: &str, now: u64) -> Result<(), Refusal> {
+        let requester = self.requester.clone();
+        let glass = self.break_glass.as_mut().ok_or(Refusal::NotBreakGlass)?;
+        if let Some(by) = &glass.reviewed_by {
+            return Err(Refusal::Reviewed(by.clone()));
+        }
+        if user == requester {
+            return Err(Refusal::OwnReview);
+        }
+        glass.reviewed_by = Some(user.to_string());
+        glass.reviewed_ms = Some(now);
         Ok(())
     }
 
@@ -643,6 +684,7 @@ mod tests {
             set_in_chat: Vec::new(),
             rule: "r".into(),
             power_level: None,
+            break_glass: None,
             created_ms: 1_000,
             confirmation: (approvals > 0).then(|| Confirmation {
                 approvers: Vec::new(),

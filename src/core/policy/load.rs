@@ -54,6 +54,8 @@ struct RawRule {
     confirm: Option<RawConfirm>,
     #[serde(default)]
     when: Option<RawWhen>,
+    #[serde(default)]
+    break_glass: Option<RawSubjects>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -325,6 +327,28 @@ fn load_rule(
             .map_err(|(field, msg)| e(&format!("{base}.when.{field}"), Severity::Error, msg))
             .ok()
     });
+    let break_glass = r.break_glass.map(|b| {
+        let field = format!("{base}.break_glass");
+        if r.effect == Effect::Deny {
+            e(
+                &field,
+                Severity::Error,
+                "deny rules cannot be broken: break-glass skips a confirmation, never a deny rule"
+                    .into(),
+            );
+        }
+        if b.users.is_empty() && b.groups.is_empty() {
+            e(&field, Severity::Error, "names no users or groups".into());
+        }
+        if matches!(confirm, Some(None)) {
+            e(
+                &field,
+                Severity::Warning,
+                "the rule asks for no confirmation, so there is nothing to break".into(),
+            );
+        }
+        subjects(groups, &b.users, &b.groups, &field, e)
+    });
     let globs = |v: &[String]| v.iter().map(|s| Glob::new(s)).collect::<Vec<_>>();
     Some(Rule {
         id: r.id,
@@ -341,6 +365,7 @@ fn load_rule(
         extra_params: r.extra_params,
         confirm,
         when,
+        break_glass,
         file: PathBuf::new(),
         line: 0,
     })

@@ -30,7 +30,7 @@ pub use load::{load, parse_texts};
 pub use window::Window;
 
 /// Commands the bot answers itself, which rules can grant.
-pub const BUILTINS: [&str; 4] = ["help", "audit", "pending", "cancel"];
+pub const BUILTINS: [&str; 5] = ["help", "audit", "pending", "cancel", "review"];
 
 /// How long a confirmation stays open unless a rule says otherwise.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(600);
@@ -237,6 +237,9 @@ pub struct Rule {
     pub confirm: Option<Option<ConfirmPolicy>>,
     /// When it applies (`when:`); None: always.
     pub when: Option<Window>,
+    /// Who may run it without its confirmation by giving a reason
+    /// (`--break-glass "why"`); None: nobody.
+    pub break_glass: Option<Subjects>,
     /// The file it came from.
     pub file: PathBuf,
     /// Its line there.
@@ -295,6 +298,9 @@ pub enum Decision {
         rule: String,
         /// None: runs without confirmation.
         confirm: Option<ConfirmPolicy>,
+        /// Whether the rule lets this user break glass (run without the
+        /// confirmation, giving a reason, flagged for review).
+        break_glass: bool,
     },
     /// Refused.
     Deny {
@@ -620,6 +626,7 @@ impl Policy {
                     Decision::Allow {
                         rule: r.id.clone(),
                         confirm,
+                        break_glass: r.break_glass.as_ref().is_some_and(|b| b.contains(who.user)),
                     }
                 }
             },

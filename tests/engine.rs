@@ -920,3 +920,78 @@ rules:
     assert_eq!(bot.audit_events().last().map(String::as_str), Some("audit"),);
     assert!(bot.audit_events().contains(&"reviewed".to_string()));
 }
+
+const REAPPROVAL_POLICY: &str = r#"
+groups:
+  ops: ["@alice:example.org", "@bob:example.org", "@carol:example.org"]
+rules:
+  - id: deploy
+    effect: allow
+    groups: [ops]
+    aliases: [st2-flow.flow_deploy]
+    confirm: {approvers: {groups: [ops]}, approvals: 2, self_approve: false}
+"#;
+
+/// The policy changes under a pending request: the approvals given no
+/// longer count, the room is told and asked again; when the rule is gone,
+/// the request ends refused.
+#[test]
+fn a_policy_reload_voids_the_approvals_of_pending_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = with_policy(tmp.path(), REAPPROVAL_POLICY);
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    assert!(r.contains("Approval 1 of 2"), "{r}");
+
+    // Reloading the same policy changes nothing.
+    let fx = bot.engine.reload(bot.now()).expect("policy loads");
+    assert!(bot.play(fx).is_empty());
+
+    // Now security must approve too.
+    std::fs::write(
+        tmp.path().join("policy.yaml"),
+        REAPPROVAL_POLICY.replace(
+            "confirm: {approvers: {groups: [ops]}, approvals: 2, self_approve: false}",
+            "confirm: {quorum: [{groups: [ops]}, {users: [\"@mallory:example.org\"]}]}",
+        ),
+    )
+    .unwrap();
+    let sent = bot.play(bot.engine.reload(bot.now()).expect("policy loads"));
+    let again = prompt(&sent).clone();
+    assert!(
+        again
+            .body
+            .starts_with("♻️ rule deploy changed since request"),
+        "{}",
+        again.body
+    );
+    assert!(
+        again
+            .body
+            .contains("so the approvals given (@bob:example.org) no longer count")
+            && again
+                .body
+                .contains("Needs 1 from group ops and 1 from @mallory:example.org"),
+        "{}",
+        again.body
+    );
+    // Bob's earlier approval is gone: his new one counts as the first.
+    let r = bodies(&bot.reply(BOB, OPS, &again.event_id, "yes"));
+    assert!(r.contains("Approval 1 of 2"), "{r}");
+    assert!(bot.packs.record("st2-flow").is_none());
+
+    // The rule disappears: the request can no longer run.
+    std::fs::write(
+        tmp.path().join("policy.yaml"),
+        REAPPROVAL_POLICY.replace("id: deploy", "id: deploy-v2"),
+    )
+    .unwrap();
+    let r = bodies(&bot.play(bot.engine.reload(bot.now()).expect("policy loads")));
+    assert!(
+        r.contains("will not run: rule deploy changed and rule deploy is gone from the policy"),
+        "{r}"
+    );
+    let r = bodies(&bot.reply(MALLORY, OPS, &again.event_id, "yes"));
+    assert!(r.contains("it is already refused"), "{r}");
+    assert!(bot.packs.record("st2-flow").is_none());
+}

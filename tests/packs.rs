@@ -509,3 +509,76 @@ fn git_daemon() -> std::path::PathBuf {
         .expect("git");
     std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("git-daemon")
 }
+
+/// A pending request for a pack's own action, and the pack moves to a new
+/// commit before it is approved: the approvals (none yet, here one) no
+/// longer count, and the room is asked again with the version named.
+#[test]
+fn a_new_pack_version_voids_the_approvals_of_its_pending_actions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
+    let hello = |text: &str| {
+        repo.write(
+            "actions/hello.yaml",
+            &format!(
+                "---\nname: hello\nrunner_type: local-shell-cmd\nentry_point: ''\nparameters:\n  cmd:\n    default: \"echo {text}\"\n    immutable: true\n"
+            ),
+        );
+    };
+    hello("v1");
+    repo.write(
+        "aliases/hello.yaml",
+        "---\nname: hello\npack: st2-flow\naction_ref: st2-flow.hello\nformats:\n  - \"st2-flow hello\"\nresult:\n  format: \"{{ execution.result.stdout }}\"\n",
+    );
+    repo.commit("an action");
+    let bot = open_bot(
+        tmp.path(),
+        Some(&repo.path),
+        r#"
+groups:
+  ops: ["@alice:example.org", "@bob:example.org", "@carol:example.org"]
+rules:
+  - id: deploy
+    effect: allow
+    groups: [ops]
+    aliases: [st2-flow.flow_deploy]
+    confirm: false
+  - id: hello
+    effect: allow
+    groups: [ops]
+    aliases: [st2-flow.hello]
+    confirm: {approvers: {groups: [ops]}, approvals: 2, self_approve: false}
+"#,
+    );
+    let r = bodies(&bot.say(ALICE, OPS, "!flow deploy main"));
+    assert!(r.contains("Successfully deployed flow"), "{r}");
+    let p = prompt(&bot.say(ALICE, OPS, "!st2-flow hello")).clone();
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    assert!(r.contains("Approval 1 of 2"), "{r}");
+
+    hello("v2");
+    let v2 = repo.commit("v2");
+    let sent = bot.say(ALICE, OPS, "!flow deploy main");
+    let again = prompt(&sent).clone();
+    assert!(
+        again.body.contains(&format!(
+            "♻️ the version of st2-flow.hello (now {}) changed since request",
+            &v2[..12]
+        )) && again
+            .body
+            .contains("the approvals given (@bob:example.org) no longer count"),
+        "{}",
+        again.body
+    );
+    assert!(
+        again
+            .body
+            .contains(&format!("st2-flow at commit {}", &v2[..12])),
+        "the prompt shows the new version: {}",
+        again.body
+    );
+    // Bob approves again, with Carol: it runs the version they approved.
+    bot.reply(BOB, OPS, &again.event_id, "yes");
+    let r = bodies(&bot.reply(CAROL, OPS, &again.event_id, "yes"));
+    assert!(r.contains("v2"), "{r}");
+}

@@ -396,6 +396,13 @@ pub trait Action: Send + Sync {
         false
     }
 
+    /// The version live now of what it runs from (a pack's commit), when
+    /// that can change under a pending request: approvals given against
+    /// another version no longer count.
+    fn version(&self) -> Option<String> {
+        None
+    }
+
     /// Run it with the prepared parameters (blocking; off the event loop).
     fn run(&self, ctx: &RunContext, params: &Params) -> Outcome;
 

@@ -32,13 +32,14 @@ use crate::action::{Action, Actions};
 use crate::alias::{self, AliasSet};
 use crate::audit::{AuditLog, Entry, Event};
 use crate::diag::Diagnostic;
-use crate::policy::{self, Policy, Target};
+use crate::policy::{self, Policy, Subject, Target};
 use crate::render::Message;
 use crate::requests::{Request, Requests};
 
 mod approval;
 mod builtins;
 mod events;
+mod recheck;
 mod request;
 mod run;
 
@@ -448,6 +449,17 @@ impl Engine {
             Arc::new(AliasSet::new(loaded.aliases));
     }
 
+    /// Reload aliases, packs' actions and the policy (SIGHUP), then
+    /// re-check pending requests ([`Self::recheck_pending`]): what to tell
+    /// their rooms. On policy errors the current policy stays and the
+    /// errors are returned.
+    pub fn reload(&self, now: u64) -> Result<Vec<Effect>, Vec<Diagnostic>> {
+        self.reload_aliases();
+        let policy = self.reload_policy();
+        let fx = self.recheck_pending(now);
+        policy.map(|()| fx)
+    }
+
     /// Reload the policy from the catalog; on errors the current one stays
     /// and the errors are returned.
     pub fn reload_policy(&self) -> Result<(), Vec<Diagnostic>> {
@@ -522,6 +534,16 @@ fn request_target(req: &Request) -> Target<'_> {
         reference,
         pack: reference.split('.').next().unwrap_or_default(),
         action_ref: &req.action,
+    }
+}
+
+/// Who asked for `req`, asking again at `at`.
+fn request_subject(req: &Request, at: u64) -> Subject<'_> {
+    Subject {
+        user: &req.requester,
+        room: &req.room,
+        power_level: req.power_level,
+        at,
     }
 }
 

@@ -103,12 +103,10 @@ impl Engine {
         let now = out.now;
         let reference = alias.reference();
         let action = self.action(&alias.action_ref);
-        let params = match execution_params(
-            alias,
-            action.as_ref().map(|a| a.spec()),
-            &self.subject(out),
-            parsed,
-        ) {
+        let spec = action.as_ref().map(|a| a.spec());
+        let (asked, params) = match asked_params(alias, spec, &self.subject(out), parsed)
+            .and_then(|asked| Ok((asked.clone(), validated(spec, asked)?)))
+        {
             Ok(p) => p,
             Err(e) => return self.refuse_to_run(out, alias, e),
         };
@@ -183,26 +181,9 @@ impl Engine {
                 ),
             );
         };
-        let confirmation = confirm.as_ref().map(|c| Confirmation {
-            approvers: c.approvers.user_globs(),
-            approvers_text: if c.approvers.is_empty() {
-                "anyone allowed to run it here".to_string()
-            } else {
-                c.approvers.describe()
-            },
-            approvals: c.approvals,
-            self_approve: c.self_approve,
-            expires_ms: now + c.expires.as_millis() as u64,
-            quorum: c
-                .quorum
-                .iter()
-                .map(|(who, n)| QuorumPart {
-                    approvers: who.user_globs(),
-                    text: who.describe(),
-                    approvals: *n,
-                })
-                .collect(),
-        });
+        let confirmation = confirm
+            .as_ref()
+            .map(|c| confirmation(c, now + c.expires.as_millis() as u64));
         let req = Request {
             id: String::new(),
             state: State::Preparing,
@@ -213,6 +194,7 @@ impl Engine {
             command: cmd.to_string(),
             alias: Some(reference.clone()),
             action: alias.action_ref.clone(),
+            asked,
             params,
             shown: Vec::new(),
             plan: Value::Null,
@@ -222,6 +204,7 @@ impl Engine {
             created_ms: now,
             confirmation,
             break_glass,
+            basis: None,
             approvals: Vec::new(),
             prompt_event: None,
             decided_by: None,
@@ -282,10 +265,12 @@ impl Engine {
                 return;
             }
         };
-        let req = match self
-            .requests
-            .update(&req.id, |r| r.prepared(prepared.clone(), now))
-        {
+        let basis = self.basis(&req);
+        let req = match self.requests.update(&req.id, |r| {
+            r.prepared(prepared.clone(), now)?;
+            r.basis = r.confirmation.is_some().then(|| basis.clone());
+            Ok(())
+        }) {
             Ok(Update::Done(r, ())) => r,
             _ => return,
         };
@@ -442,12 +427,27 @@ pub fn execution_params(
     who: &Subject,
     parsed: Params,
 ) -> Result<Params, String> {
+    validated(spec, asked_params(alias, spec, who, parsed)?)
+}
+
+/// The alias's side of [`execution_params`]: chat values and immutable
+/// parameters, before the action's schema fills in its defaults.
+fn asked_params(
+    alias: &Alias,
+    spec: Option<&ActionSpec>,
+    who: &Subject,
+    parsed: Params,
+) -> Result<Params, String> {
     let context = json!({
         "api_user": who.user, "user": who.user, "source_channel": who.room,
         "action_alias_ref": alias.reference(),
     });
-    let params =
-        alias.execution_parameters(parsed, &context, |k| spec.and_then(|s| s.type_of(k)))?;
+    alias.execution_parameters(parsed, &context, |k| spec.and_then(|s| s.type_of(k)))
+}
+
+/// The action's side of [`execution_params`]: its schema's defaults and
+/// checks.
+pub(super) fn validated(spec: Option<&ActionSpec>, params: Params) -> Result<Params, String> {
     match spec {
         Some(s) => s.validate(params),
         None => Ok(params.into_iter().filter(|(_, v)| !v.is_null()).collect()),
@@ -500,6 +500,30 @@ pub fn evaluate(
         executions,
         action_available: spec.is_some(),
     })
+}
+
+/// What a request stores of a rule's confirmation, expiring at `expires_ms`.
+pub(super) fn confirmation(c: &ConfirmPolicy, expires_ms: u64) -> Confirmation {
+    Confirmation {
+        approvers: c.approvers.user_globs(),
+        approvers_text: if c.approvers.is_empty() {
+            "anyone allowed to run it here".to_string()
+        } else {
+            c.approvers.describe()
+        },
+        approvals: c.approvals,
+        self_approve: c.self_approve,
+        expires_ms,
+        quorum: c
+            .quorum
+            .iter()
+            .map(|(who, n)| QuorumPart {
+                approvers: who.user_globs(),
+                text: who.describe(),
+                approvals: *n,
+            })
+            .collect(),
+    }
 }
 
 /// A trailing `--break-glass "reason"`: the command without it and the

@@ -8,13 +8,12 @@ use serde_json::{Value, json};
 
 use super::{
     Effect, Engine, FAILED, Outgoing, SUCCEEDED, react_request, reply_to_request, request_entry,
-    request_target,
+    request_subject, request_target,
 };
 use crate::action::executor::{Followed, Job};
 use crate::action::{Action, Outcome, Status as RunStatus};
 use crate::audit::{Event, Query, Status};
 use crate::clock;
-use crate::policy::Subject;
 use crate::render::{self, Message};
 use crate::requests::{Request, State, Update};
 
@@ -85,12 +84,7 @@ impl Engine {
         if req.state != State::Approved {
             return None;
         }
-        let who = Subject {
-            user: &req.requester,
-            room: &req.room,
-            power_level: req.power_level,
-            at: now,
-        };
+        let who = request_subject(&req, now);
         let why = self
             .policy()
             .gate(&who, &request_target(&req), &req.rule)
@@ -227,8 +221,10 @@ impl Engine {
         if let Some(action) = self.action(&req.action) {
             action.settled(&req.id);
         }
+        let mut fx = Vec::new();
         if outcome.packs_changed {
             self.reload_aliases();
+            fx.extend(self.recheck_pending(finished));
         }
         // st2's status for a run stopped by `!cancel` is `canceled`.
         let status = if state == State::Cancelled {
@@ -237,7 +233,6 @@ impl Engine {
             outcome.status.name()
         };
         let execution = execution_view(&req, &outcome, status, started, finished);
-        let mut fx = Vec::new();
         if let Some(text) = recovered {
             fx.push(Effect::Send(reply_to_request(&req, Message::plain(text))));
         }

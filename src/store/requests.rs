@@ -232,6 +232,19 @@ pub struct BreakGlass {
     pub reviewed_ms: Option<u64>,
 }
 
+/// What a pending request's approvals were given against: digests of the
+/// rule that allowed it, of its alias (what decides what runs), and the
+/// version of its action. When one changes, the approvals no longer count.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Basis {
+    /// The rule's digest.
+    pub rule: String,
+    /// The alias's digest.
+    pub alias: String,
+    /// The action's version (a pack commit), or empty.
+    pub action: String,
+}
+
 /// One approval.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Approval {
@@ -265,6 +278,10 @@ pub struct Request {
     pub action: String,
     /// Exactly what will run.
     pub params: Params,
+    /// The parameters as asked, before preparation: what a new version of
+    /// its action is prepared from again.
+    #[serde(default)]
+    pub asked: Params,
     /// What the parameters resolved to, as the prompt shows it.
     #[serde(default)]
     pub shown: Vec<String>,
@@ -287,6 +304,9 @@ pub struct Request {
     /// Run without its confirmation on a reason (`--break-glass`).
     #[serde(default)]
     pub break_glass: Option<BreakGlass>,
+    /// What its approvals are given against (pending requests).
+    #[serde(default)]
+    pub basis: Option<Basis>,
     /// The approvals so far.
     #[serde(default)]
     pub approvals: Vec<Approval>,
@@ -424,12 +444,34 @@ impl Request {
         Ok(())
     }
 
-    /// The policy no longer lets it start (see `Policy::gate`).
+    /// The policy no longer lets it start (see `Policy::gate`), or no
+    /// longer allows it at all.
     pub fn refuse(&mut self, why: &str, now: u64) -> Result<(), Refusal> {
-        self.expect(&[State::Approved])?;
+        self.expect(&[State::Pending, State::Approved])?;
         self.summary = Some(why.to_string());
         self.close(State::Refused, now);
         Ok(())
+    }
+
+    /// What its approvals were given against changed: they no longer
+    /// count, and it needs `confirmation` against `basis` (and, when its
+    /// action has a new version, runs what that prepared). Returns the
+    /// approvals dropped.
+    pub fn reconfirm(
+        &mut self,
+        confirmation: Confirmation,
+        basis: Basis,
+        prepared: Option<Prepared>,
+    ) -> Result<Vec<Approval>, Refusal> {
+        self.expect(&[State::Pending])?;
+        if let Some(p) = prepared {
+            self.params = p.params;
+            self.shown = p.shown;
+            self.plan = p.plan;
+        }
+        self.confirmation = Some(confirmation);
+        self.basis = Some(basis);
+        Ok(std::mem::take(&mut self.approvals))
     }
 
     /// `user` reviewed this break-glass run (not its requester; once).
@@ -685,6 +727,8 @@ mod tests {
             rule: "r".into(),
             power_level: None,
             break_glass: None,
+            basis: None,
+            asked: Params::new(),
             created_ms: 1_000,
             confirmation: (approvals > 0).then(|| Confirmation {
                 approvers: Vec::new(),

@@ -378,6 +378,11 @@ impl Action for PackAction {
         &self.meta.spec
     }
 
+    fn version(&self) -> Option<String> {
+        let dir = self.root.as_ref()?.canonicalize().ok()?;
+        Some(dir.file_name()?.to_string_lossy().into_owned())
+    }
+
     fn prepare(&self, params: Params) -> Result<Prepared, String> {
         // The version live now is the one that runs, even if the pack is
         // switched before the request is approved.

@@ -369,6 +369,34 @@ impl LoadedPolicy {
 // ---------------------------------------------------------------- decisions
 
 impl Rule {
+    /// The confirmation the rule asks for `target`: its own, or for risky
+    /// actions without one, one approval by anyone allowed.
+    fn confirm_for(&self, target: &Target) -> Option<ConfirmPolicy> {
+        let risky =
+            matches!(target, Target::Alias { action_ref, .. } if risky_by_default(action_ref));
+        match &self.confirm {
+            Some(explicit) => explicit.clone(),
+            None if risky => Some(ConfirmPolicy {
+                approvers: Subjects::default(),
+                approvals: 1,
+                self_approve: true,
+                expires: DEFAULT_EXPIRY,
+                quorum: Vec::new(),
+            }),
+            None => None,
+        }
+    }
+
+    /// What the rule says, without where it is written: equal for two
+    /// loads of the same rule, different when anything in it changed
+    /// (groups it names included, as expanded).
+    pub fn fingerprint(&self) -> String {
+        let mut r = self.clone();
+        r.file = PathBuf::new();
+        r.line = 0;
+        format!("{r:?}")
+    }
+
     /// Whether the rule names `target` (who and where aside).
     fn targets(&self, target: &Target) -> bool {
         match target {
@@ -610,25 +638,11 @@ impl Policy {
                     rule: Some(r.id.clone()),
                     reason,
                 },
-                None => {
-                    let risky = matches!(target, Target::Alias { action_ref, .. } if risky_by_default(action_ref));
-                    let confirm = match &r.confirm {
-                        Some(explicit) => explicit.clone(),
-                        None if risky => Some(ConfirmPolicy {
-                            approvers: Subjects::default(),
-                            approvals: 1,
-                            self_approve: true,
-                            expires: DEFAULT_EXPIRY,
-                            quorum: Vec::new(),
-                        }),
-                        None => None,
-                    };
-                    Decision::Allow {
-                        rule: r.id.clone(),
-                        confirm,
-                        break_glass: r.break_glass.as_ref().is_some_and(|b| b.contains(who.user)),
-                    }
-                }
+                None => Decision::Allow {
+                    rule: r.id.clone(),
+                    confirm: r.confirm_for(target),
+                    break_glass: r.break_glass.as_ref().is_some_and(|b| b.contains(who.user)),
+                },
             },
             None => match self.closed_allow(who, target) {
                 Some((rule, reason)) => Decision::Deny {
@@ -662,6 +676,41 @@ impl Policy {
                 && self.rule_applies_at_any_time(r, who, target)
         })?;
         Some((r.id.clone(), closed_reason(r, target, who.at)))
+    }
+
+    /// For a pending request allowed earlier by rule `rule`, after the
+    /// policy was reloaded: the confirmation that rule now asks, or why it
+    /// may no longer run (the rule is gone or no longer covers the
+    /// requester there, or a deny rule without a window now applies;
+    /// windows are checked when it is to start, by [`Self::gate`]).
+    pub fn recheck(
+        &self,
+        who: &Subject,
+        target: &Target,
+        rule: &str,
+    ) -> Result<Option<ConfirmPolicy>, String> {
+        if let Some(deny) = self.rules.iter().find(|r| {
+            r.effect == Effect::Deny && r.when.is_none() && self.rule_applies(r, who, target)
+        }) {
+            return Err(deny_reason(deny, who.at));
+        }
+        match self.rules.iter().find(|r| r.id == rule) {
+            Some(r)
+                if r.effect == Effect::Allow && self.rule_applies_at_any_time(r, who, target) =>
+            {
+                Ok(r.confirm_for(target))
+            }
+            Some(_) => Err(format!(
+                "rule {rule} no longer allows it for {} here",
+                who.user
+            )),
+            None => Err(format!("rule {rule} is gone from the policy")),
+        }
+    }
+
+    /// The rule with this id.
+    pub fn rule(&self, id: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.id == id)
     }
 
     /// Whether a request allowed earlier by rule `rule` may start at

@@ -57,15 +57,14 @@ impl Bot {
         self.engine.set_room_aliases(resolved);
     }
 
-    pub(super) async fn reload(&self) {
+    pub(super) async fn reload(self: &Arc<Self>) {
         let engine = self.engine.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            engine.reload_aliases();
-            engine.reload_policy()
-        })
-        .await;
+        let r = tokio::task::spawn_blocking(move || engine.reload(crate::clock::now_ms())).await;
         match r {
-            Ok(Ok(())) => tracing::info!("aliases and policy reloaded"),
+            Ok(Ok(fx)) => {
+                tracing::info!("aliases and policy reloaded");
+                self.clone().apply(fx).await;
+            }
             Ok(Err(diags)) => {
                 for d in diags {
                     tracing::error!("policy not reloaded: {d}");

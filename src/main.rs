@@ -519,12 +519,17 @@ fn cmd_explain(
                 match confirm {
                     None => println!("confirmation: none, runs at once"),
                     Some(c) => println!(
-                        "confirmation: {}{}; expires after {}",
+                        "confirmation: {}{}{}; expires after {}",
                         c.describe(),
                         if c.self_approve {
                             ", the requester may approve"
                         } else {
                             ", not the requester"
+                        },
+                        if c.verified_devices {
+                            ", from cross-signed devices only"
+                        } else {
+                            ""
                         },
                         clock::human(c.expires)
                     ),

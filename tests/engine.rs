@@ -995,3 +995,60 @@ fn a_policy_reload_voids_the_approvals_of_pending_requests() {
     assert!(r.contains("it is already refused"), "{r}");
     assert!(bot.packs.record("st2-flow").is_none());
 }
+
+/// `verified_devices`: an approval counts only from a device its owner
+/// has cross-signed; from any other device, or unencrypted, it is refused
+/// and says why. (The Synapse test drives this with real devices.)
+#[test]
+fn verified_devices_count_only_cross_signed_approvals() {
+    use airlock::engine::Device;
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, repo) = with_policy(
+        tmp.path(),
+        r#"
+groups:
+  ops: ["@alice:example.org", "@bob:example.org"]
+rules:
+  - id: deploy
+    effect: allow
+    groups: [ops]
+    aliases: [st2-flow.flow_deploy]
+    confirm: {approvers: {groups: [ops]}, self_approve: false, verified_devices: true}
+"#,
+    );
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    assert!(
+        p.body
+            .contains("not the requester, from cross-signed devices only"),
+        "{}",
+        p.body
+    );
+    let answer = |device: Device| {
+        let mut m = bot.message(BOB, OPS, "yes");
+        m.reply_to = Some(p.event_id.clone());
+        m.device = device;
+        bodies(&bot.deliver(m))
+    };
+    let r = answer(Device::NotCrossSigned("STOLENTOKEN".into()));
+    assert!(
+        r.contains(
+            "your answer came from device STOLENTOKEN, which @bob:example.org has not cross-signed"
+        ),
+        "{r}"
+    );
+    let r = answer(Device::Unknown);
+    assert!(r.contains("this answer was not encrypted"), "{r}");
+    assert!(bot.packs.record("st2-flow").is_none());
+    let events = bot.audit_events();
+    assert_eq!(
+        events.iter().filter(|e| *e == "approval_refused").count(),
+        2,
+        "{events:?}"
+    );
+    let r = answer(Device::CrossSigned("BOBSLAPTOP".into()));
+    assert!(r.contains("Successfully deployed flow"), "{r}");
+    assert_eq!(
+        bot.packs.record("st2-flow").unwrap().current.commit,
+        repo.head()
+    );
+}

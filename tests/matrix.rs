@@ -73,6 +73,15 @@ async fn scene(hs: Homeserver) -> Scene {
         "name: pause\npack: tests\naction_ref: core.pause\nformats: ['pause {{ max_pause }}']\nack:\n  format: pausing\n",
     )
     .unwrap();
+    // Approvals from cross-signed devices only.
+    std::fs::write(
+        extra.join("secure.yaml"),
+        "name: echo\npack: secure\naction_ref: core.echo\nformats: ['secure echo {{ message }}']\nresult:\n  format: 'secure: {{ execution.result.stdout }}'\n",
+    )
+    .unwrap();
+    policy.push_str(&format!(
+        "\n  - id: secure-echo\n    effect: allow\n    groups: [ops]\n    rooms: [\"{alias}\"]\n    packs: [secure]\n    confirm:\n      approvers: {{groups: [ops]}}\n      self_approve: false\n      verified_devices: true\n"
+    ));
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/ops.yaml"), policy).unwrap();
     std::fs::write(
@@ -786,4 +795,80 @@ async fn the_example_packs_script_deploys_with_approval() {
     assert!(!seen.body.contains(EXAMPLE_SECRET));
     assert!(bot.stop().success());
     assert!(!bot.log().contains(EXAMPLE_SECRET));
+}
+
+/// Bootstrap cross-signing for `u`'s device (with the password, should
+/// the homeserver ask for it).
+async fn cross_sign(u: &User) {
+    use matrix_sdk::ruma::api::client::uiaa;
+    let enc = u.client.encryption();
+    if let Err(e) = enc.bootstrap_cross_signing(None).await {
+        let info = e
+            .as_uiaa_response()
+            .unwrap_or_else(|| panic!("cross-signing: {e}"));
+        let mut pw = uiaa::Password::new(
+            uiaa::UserIdentifier::Matrix(uiaa::MatrixUserIdentifier::new(u.id.to_string())),
+            PW.to_owned(),
+        );
+        pw.session = info.session.clone();
+        enc.bootstrap_cross_signing(Some(uiaa::AuthData::Password(pw)))
+            .await
+            .expect("cross-signing with the password");
+    }
+}
+
+/// `verified_devices: true`: bob's own device, which he cross-signed,
+/// approves; a second login with his password (a stolen token, a device he
+/// never signed) is refused, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_cross_signed_devices_approve_under_verified_devices() {
+    let Some(hs) = Homeserver::from_env() else {
+        return;
+    };
+    let s = scene(hs).await;
+    cross_sign(&s.bob).await;
+    let stolen = User::login(
+        &Homeserver::from_env().unwrap(),
+        &s.bob.id,
+        PW,
+        &s.dir.path().join("bob-stolen-store"),
+    )
+    .await;
+    let mut bot = s.start();
+    let room = s.room(true, true).await;
+    s.bot_joined(&room).await;
+    // Let every side see the others' devices before the first message.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cmd = say(&s.alice, &room, "!secure echo hello").await;
+    let prompt = s
+        .alice
+        .wait_for("the prompt", WAIT, answer_to(&s.bot, &cmd))
+        .await;
+    assert!(
+        prompt.body.contains("from cross-signed devices only"),
+        "{}",
+        prompt.body
+    );
+    reply(&stolen, &room, &prompt.event_id, "yes").await;
+    let refused = s
+        .alice
+        .wait_for(
+            "the refusal",
+            WAIT,
+            from_bot(&s.bot, &room, "has not cross-signed"),
+        )
+        .await;
+    assert!(
+        refused.body.contains(&format!(
+            "your answer came from device {}",
+            stolen.client.device_id().unwrap()
+        )),
+        "{}",
+        refused.body
+    );
+    reply(&s.bob, &room, &prompt.event_id, "yes").await;
+    s.alice
+        .wait_for("the result", WAIT, from_bot(&s.bot, &room, "secure: hello"))
+        .await;
+    assert!(bot.stop().success());
 }

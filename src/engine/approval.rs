@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::{Engine, FAILED, Kind, Out, react_request, request_entry, request_target};
+use super::{Device, Engine, FAILED, Kind, Out, react_request, request_entry, request_target};
 use crate::audit::{Event, Status};
 use crate::policy::{Subject, Target};
 use crate::requests::{Request, State, Step, Update};
@@ -24,6 +24,32 @@ impl Verdict {
             Verdict::Deny => "deny",
             Verdict::Cancel => "cancel",
         }
+    }
+}
+
+/// Under `verified_devices`, an approval counts only from a device its
+/// owner has cross-signed: an access token alone (a new, unsigned login)
+/// cannot approve.
+fn device_counts(req: &Request, user: &str, device: &Device) -> Result<(), String> {
+    if !req
+        .confirmation
+        .as_ref()
+        .is_some_and(|c| c.verified_devices)
+    {
+        return Ok(());
+    }
+    match device {
+        Device::CrossSigned(_) => Ok(()),
+        Device::NotCrossSigned(d) => Err(format!(
+            "your answer came from device {d}, which {user} has not cross-signed; this rule \
+             counts approvals only from verified devices (verify this session from another of \
+             yours, or answer from a verified one)"
+        )),
+        Device::Unknown => Err(
+            "this rule counts approvals only from verified devices, and this answer was not \
+             encrypted, so its device cannot be checked; answer in an encrypted room"
+                .into(),
+        ),
     }
 }
 
@@ -159,6 +185,10 @@ impl Engine {
                 return refuse(out, "only the requester can cancel it".into());
             }
         } else if let Err(why) = self.may_decide(req, user, m.power_level, now) {
+            return refuse(out, why);
+        } else if verdict == Verdict::Approve
+            && let Err(why) = device_counts(req, user, &m.device)
+        {
             return refuse(out, why);
         }
         let result = self.requests.update(&req.id, |r| match verdict {

@@ -124,6 +124,23 @@ pub struct Incoming {
     pub power_level: Option<i64>,
     /// The transport saw the bot mentioned (Matrix `m.mentions`).
     pub addressed: bool,
+    /// The device it was sent from, as far as the transport can tell.
+    pub device: Device,
+}
+
+/// What the transport knows of the device an event came from (Matrix:
+/// from the event's encryption).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Device {
+    /// Nothing: the event was not encrypted, or the transport has no
+    /// devices (the console).
+    #[default]
+    Unknown,
+    /// This device, which its owner has cross-signed.
+    CrossSigned(String),
+    /// This device, which its owner has not cross-signed, or which cannot
+    /// be linked to them.
+    NotCrossSigned(String),
 }
 
 impl Incoming {
@@ -141,6 +158,7 @@ impl Incoming {
             ts_ms,
             power_level: None,
             addressed: false,
+            device: Device::Unknown,
         }
     }
 }

@@ -384,7 +384,7 @@ impl Engine {
         } else {
             format!("{} — not the requester", c.approvers_text)
         };
-        let needs = if c.quorum.is_empty() {
+        let mut needs = if c.quorum.is_empty() {
             format!(
                 "{} approval{} from {who}",
                 c.approvals,
@@ -406,6 +406,9 @@ impl Engine {
                 }
             )
         };
+        if c.verified_devices {
+            needs.push_str(", from cross-signed devices only");
+        }
         text.push_str(&format!(
             "Needs {needs}.\nReply \"yes\" to this message to approve or \"no\" to deny (or {p}approve {id} / {p}deny {id}). Expires in {} (at {}).",
             clock::human(Duration::from_millis(c.expires_ms.saturating_sub(now))),
@@ -514,6 +517,7 @@ pub(super) fn confirmation(c: &ConfirmPolicy, expires_ms: u64) -> Confirmation {
         approvals: c.approvals,
         self_approve: c.self_approve,
         expires_ms,
+        verified_devices: c.verified_devices,
         quorum: c
             .quorum
             .iter()

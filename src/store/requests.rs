@@ -138,6 +138,9 @@ pub struct Confirmation {
     /// `approvals` alone (then the union and the sum of the parts).
     #[serde(default)]
     pub quorum: Vec<QuorumPart>,
+    /// Approvals count only from devices their owners have cross-signed.
+    #[serde(default)]
+    pub verified_devices: bool,
 }
 
 /// One part of a quorum.
@@ -737,6 +740,7 @@ mod tests {
                 self_approve: false,
                 expires_ms: 1_000 + 600_000,
                 quorum: Vec::new(),
+                verified_devices: false,
             }),
             approvals: Vec::new(),
             prompt_event: None,

@@ -100,6 +100,8 @@ struct RawConfirmSpec {
     expires: Option<String>,
     #[serde(default)]
     quorum: Option<Vec<RawQuorumPart>>,
+    #[serde(default)]
+    verified_devices: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -455,6 +457,7 @@ fn load_confirm(
             self_approve: true,
             expires: DEFAULT_EXPIRY,
             quorum: Vec::new(),
+            verified_devices: false,
         })),
         Some(RawConfirm::Spec(c)) => {
             let mut quorum = Vec::new();
@@ -534,6 +537,7 @@ fn load_confirm(
                 self_approve,
                 expires,
                 quorum,
+                verified_devices: c.verified_devices,
             }))
         }
     }

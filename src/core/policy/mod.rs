@@ -167,6 +167,9 @@ pub struct ConfirmPolicy {
     /// A quorum across groups (`approvers` and `approvals` are then the
     /// union and the sum of its parts).
     pub quorum: Vec<(Subjects, u32)>,
+    /// Approvals count only from devices their owners have cross-signed
+    /// (so a stolen access token cannot approve).
+    pub verified_devices: bool,
 }
 
 impl ConfirmPolicy {
@@ -201,6 +204,7 @@ impl ConfirmPolicy {
             self_approve: false,
             expires: DEFAULT_EXPIRY,
             quorum: Vec::new(),
+            verified_devices: false,
         }
     }
 }
@@ -382,6 +386,7 @@ impl Rule {
                 self_approve: true,
                 expires: DEFAULT_EXPIRY,
                 quorum: Vec::new(),
+                verified_devices: false,
             }),
             None => None,
         }

@@ -25,8 +25,10 @@ use matrix_sdk::ruma::events::{
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{MilliSecondsSinceUnixEpoch, RoomId, UserId};
 
+use matrix_sdk::deserialized_responses::{EncryptionInfo, VerificationLevel, VerificationState};
+
 use super::Bot;
-use crate::engine::{Incoming, Kind};
+use crate::engine::{Device, Incoming, Kind};
 
 /// The plain body without a reply fallback (`> <@user> ...` lines and the
 /// blank line after them): quoted text must never read as a command.
@@ -127,8 +129,11 @@ impl Bot {
     pub(super) fn register_handlers(self: &Arc<Self>) {
         self.client.add_event_handler_context(self.clone());
         self.client.add_event_handler(
-            |ev: OriginalSyncRoomMessageEvent, room: Room, Ctx(bot): Ctx<Arc<Bot>>| async move {
-                tokio::spawn(bot.on_message(ev, room));
+            |ev: OriginalSyncRoomMessageEvent,
+             room: Room,
+             info: Option<EncryptionInfo>,
+             Ctx(bot): Ctx<Arc<Bot>>| async move {
+                tokio::spawn(bot.on_message(ev, room, info));
             },
         );
         self.client.add_event_handler(
@@ -140,8 +145,11 @@ impl Bot {
             },
         );
         self.client.add_event_handler(
-            |ev: OriginalSyncReactionEvent, room: Room, Ctx(bot): Ctx<Arc<Bot>>| async move {
-                tokio::spawn(bot.on_reaction(ev, room));
+            |ev: OriginalSyncReactionEvent,
+             room: Room,
+             info: Option<EncryptionInfo>,
+             Ctx(bot): Ctx<Arc<Bot>>| async move {
+                tokio::spawn(bot.on_reaction(ev, room, info));
             },
         );
         self.client.add_event_handler(
@@ -192,7 +200,36 @@ impl Bot {
         ) && ts < join.origin_server_ts
     }
 
-    async fn on_message(self: Arc<Self>, ev: OriginalSyncRoomMessageEvent, room: Room) {
+    /// The device an event came from, and whether its owner cross-signed
+    /// it. The state computed at decryption can predate the owner's keys
+    /// reaching us, so a doubtful answer is checked again against the
+    /// crypto store (no network).
+    async fn device(&self, info: Option<&EncryptionInfo>) -> Device {
+        let Some(info) = info else {
+            return Device::Unknown;
+        };
+        let Some(id) = info.sender_device.as_ref() else {
+            return Device::NotCrossSigned("(unknown device)".into());
+        };
+        if matches!(
+            info.verification_state,
+            VerificationState::Verified
+                | VerificationState::Unverified(VerificationLevel::UnverifiedIdentity)
+        ) {
+            return Device::CrossSigned(id.to_string());
+        }
+        match self.client.encryption().get_device(&info.sender, id).await {
+            Ok(Some(d)) if d.is_cross_signed_by_owner() => Device::CrossSigned(id.to_string()),
+            _ => Device::NotCrossSigned(id.to_string()),
+        }
+    }
+
+    async fn on_message(
+        self: Arc<Self>,
+        ev: OriginalSyncRoomMessageEvent,
+        room: Room,
+        info: Option<EncryptionInfo>,
+    ) {
         if room.state() != RoomState::Joined
             || ev.sender == self.me
             || self
@@ -202,16 +239,22 @@ impl Bot {
             return;
         }
         let power = self.power_level(&room, &ev.sender).await;
-        let Some(m) = message_to_incoming(&ev, room.room_id(), &self.me, power) else {
+        let Some(mut m) = message_to_incoming(&ev, room.room_id(), &self.me, power) else {
             return;
         };
+        m.device = self.device(info.as_ref()).await;
         if m.reply_to.is_some() {
             self.wait_for_prompts(room.room_id()).await;
         }
         self.handle(m).await;
     }
 
-    async fn on_reaction(self: Arc<Self>, ev: OriginalSyncReactionEvent, room: Room) {
+    async fn on_reaction(
+        self: Arc<Self>,
+        ev: OriginalSyncReactionEvent,
+        room: Room,
+        info: Option<EncryptionInfo>,
+    ) {
         if ev.sender == self.me
             || self
                 .is_history(&room, ev.event_id.as_str(), ev.origin_server_ts)
@@ -220,7 +263,8 @@ impl Bot {
             return;
         }
         let power = self.power_level(&room, &ev.sender).await;
-        if let Some(m) = reaction_to_incoming(&ev, room.room_id(), &self.me, power) {
+        if let Some(mut m) = reaction_to_incoming(&ev, room.room_id(), &self.me, power) {
+            m.device = self.device(info.as_ref()).await;
             self.handle(m).await;
         }
     }
@@ -243,6 +287,7 @@ impl Bot {
             let attempt =
                 tokio::time::timeout(Duration::from_secs(1), room.decrypt_event(&raw, None)).await;
             let Ok(Ok(event)) = attempt else { continue };
+            let info = event.encryption_info().map(|i| (**i).clone());
             match event.raw().deserialize() {
                 // Still undecryptable: decrypt_event hands back the original.
                 Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomEncrypted(
@@ -250,7 +295,7 @@ impl Bot {
                 ))) => continue,
                 Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
                     SyncMessageLikeEvent::Original(original),
-                ))) => return self.on_message(original, room).await,
+                ))) => return self.on_message(original, room, info).await,
                 _ => return,
             }
         }

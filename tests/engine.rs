@@ -684,6 +684,10 @@ rules:
       quorum:
         - {groups: [ops], approvals: 1}
         - {groups: [security], approvals: 1}
+  - id: tools
+    effect: allow
+    groups: [ops]
+    builtins: [pending]
 "#,
     );
     let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
@@ -698,6 +702,11 @@ rules:
         r.contains("Approval 1 of 2")
             && r.contains("(group ops)")
             && r.contains("Still needed: 1 from group security"),
+        "{r}"
+    );
+    let r = bodies(&bot.say(ALICE, OPS, "!pending"));
+    assert!(
+        r.contains("1/2 approvals so far: @bob:example.org (group ops); still needed: 1 from group security"),
         "{r}"
     );
     // A second ops member adds nothing.

@@ -221,6 +221,9 @@ impl Engine {
             return;
         }
         let (id, note) = args.split_once(char::is_whitespace).unwrap_or((args, ""));
+        if id.is_empty() {
+            return out.say(format!("Usage: {}review <id> [note]", self.settings.prefix));
+        }
         let here = out.m.room.as_str();
         let in_audit_room = self.settings.audit_room.as_deref() == Some(here);
         match self.requests.get(id) {
@@ -390,9 +393,34 @@ pub fn pending_line(r: &Request, now: u64) -> String {
     }
     if r.state == State::Pending {
         s.push_str(&format!(
-            " — {}/{} approvals, expires in {}",
+            " — {}/{} approvals",
             r.approvals.len(),
             r.approvals_needed(),
+        ));
+        // Who approved, and for a quorum which part each counted for and
+        // what is still missing.
+        let users: Vec<&str> = r.approvals.iter().map(|a| a.user.as_str()).collect();
+        let c = r.confirmation.as_ref().filter(|c| !c.quorum.is_empty());
+        let parts = c.map(|c| c.assign(&users)).unwrap_or_default();
+        if !users.is_empty() {
+            let who: Vec<String> = users
+                .iter()
+                .enumerate()
+                .map(|(i, u)| match (c, parts.get(i).copied().flatten()) {
+                    (Some(c), Some(p)) => format!("{u} ({})", c.quorum[p].text),
+                    _ => u.to_string(),
+                })
+                .collect();
+            s.push_str(&format!(" so far: {}", who.join(", ")));
+        }
+        if let Some(c) = c {
+            s.push_str(&format!(
+                "; still needed: {}",
+                c.missing(&users).join(" and ")
+            ));
+        }
+        s.push_str(&format!(
+            ", expires in {}",
             clock::human(r.expires_in(now).unwrap_or_default())
         ));
     }

@@ -154,7 +154,7 @@ impl Window {
 
     /// The first moment after `at_ms` at which the window opens (if it is
     /// closed) or closes (if it is open); None if that is more than
-    /// [`HORIZON_DAYS`] away. Windows have minute resolution, so the scan
+    /// 400 days away. Windows have minute resolution, so the scan
     /// steps by minutes, and over whole days the window cannot touch.
     pub fn next_change(&self, at_ms: u64) -> Option<u64> {
         let mut z = self.local(at_ms)?;

@@ -1061,3 +1061,44 @@ rules:
         repo.head()
     );
 }
+
+/// The alias of a pending request changes (what it fixes, not its
+/// messages): the approvals given no longer count. A change to its result
+/// message alone changes nothing.
+#[test]
+fn an_alias_change_voids_approvals_but_a_message_change_does_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let aliases = tmp.path().join("aliases");
+    std::fs::create_dir_all(&aliases).unwrap();
+    let restart = |target: &str, result: &str| {
+        std::fs::write(
+            aliases.join("restart.yaml"),
+            format!("name: restart\npack: ops\naction_ref: core.echo\nformats:\n  - \"restart\"\nimmutable_parameters:\n  message: \"{target}\"\nresult:\n  format: \"{result}\"\n"),
+        )
+        .unwrap();
+    };
+    restart("web", "done");
+    let pol = tmp.path().join("p.yaml");
+    std::fs::write(
+        &pol,
+        "groups:\n  ops: ['@alice:example.org', '@bob:example.org', '@carol:example.org']\nrules:\n  - id: ops\n    effect: allow\n    groups: [ops]\n    packs: [ops]\n    confirm: {approvers: {groups: [ops]}, approvals: 2, self_approve: false}\n",
+    )
+    .unwrap();
+    let mut s = settings(tmp.path(), &pol, None);
+    s.aliases = vec![aliases.clone()];
+    let bot = Bot::open(s);
+    let p = prompt(&bot.say(ALICE, OPS, "!restart")).clone();
+    bot.reply(BOB, OPS, &p.event_id, "yes");
+    restart("web", "restarted {{ execution.result.stdout }}");
+    assert!(bot.play(bot.engine.reload(bot.now()).unwrap()).is_empty());
+    restart("db", "done");
+    let again = prompt(&bot.play(bot.engine.reload(bot.now()).unwrap())).clone();
+    assert!(
+        again
+            .body
+            .starts_with("♻️ alias ops.restart changed since request")
+            && again.body.contains("(@bob:example.org) no longer count"),
+        "{}",
+        again.body
+    );
+}

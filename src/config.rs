@@ -60,6 +60,10 @@ pub struct Config {
     /// 👍/👎 on a prompt counts as a reply.
     #[serde(default)]
     pub reaction_approvals: bool,
+    /// `text` (default) or `json`: one JSON object a line, with the room,
+    /// sender and request of the event being handled.
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// A room ID that is told of every break-glass run (the bot must be
     /// in it).
     #[serde(default)]
@@ -70,6 +74,17 @@ pub struct Config {
     /// How packs' actions run.
     #[serde(default)]
     pub runners: RunnerConfig,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people: one line, fields as `key=value`.
+    #[default]
+    Text,
+    /// For log shippers: one JSON object a line.
+    Json,
 }
 
 fn default_device() -> String {

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use airlock::alias::{self, AliasSet};
 use airlock::audit::{AuditLog, Query};
-use airlock::config::Config;
+use airlock::config::{Config, LogFormat};
 use airlock::diag::Diagnostic;
 use airlock::engine::{self, Engine};
 use airlock::policy::{self, Decision, Subject};
@@ -154,15 +154,14 @@ const DEFAULT_LOG: &str =
 fn main() -> ExitCode {
     // SAFETY: the first thing the process does; no thread exists yet.
     unsafe { action::packs::set_git_timeouts() };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let config = ConfigArg { config: cli.config };
+    // The bot's own commands log as its configuration says; a config with
+    // errors is reported by the command itself.
+    let json = matches!(cli.command, Cmd::Run | Cmd::Console { .. })
+        && Config::load_or_default(config.config.as_deref())
+            .is_ok_and(|c| c.log_format == LogFormat::Json);
+    init_logging(json);
     let outcome = match cli.command {
         Cmd::Match { dirs, command } => Ok(cmd_match(&dirs.aliases, &command)),
         Cmd::Help { dirs, filter } => Ok(cmd_help(&dirs.aliases, filter.as_deref())),
@@ -236,6 +235,23 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 fn print_diagnostics(diags: &[Diagnostic]) {
     for d in diags {
         eprintln!("{d}");
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        fmt.json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        fmt.init();
     }
 }
 

@@ -484,7 +484,7 @@ fn console_deploys_the_example_pack_and_its_secret_is_found_nowhere() {
     std::fs::write(
         &cfg,
         format!(
-            "data_dir: data\naliases: [{}]\npolicies: [policy.yaml]\nrunners:\n  configs: configs\n",
+            "data_dir: data\naliases: [{}]\npolicies: [policy.yaml]\nlog_format: json\nrunners:\n  configs: configs\n",
             repo_root().join("tests/packs").display()
         ),
     )
@@ -512,6 +512,21 @@ fn console_deploys_the_example_pack_and_its_secret_is_found_nowhere() {
         .collect();
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(!logged.is_empty(), "trace logging wrote nothing");
+    // `log_format: json`: every line is one JSON object, and the lines
+    // about this request say which request, room and sender.
+    let lines: Vec<serde_json::Value> = logged
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let about = |l: &&serde_json::Value| l["span"]["request"] == id.as_str();
+    assert!(
+        lines
+            .iter()
+            .filter(about)
+            .any(|l| l["span"]["room"] == "!ops:example.org"
+                && l["span"]["sender"] == "@alice:example.org"),
+        "no line names request {id}, its room and sender"
+    );
     hits.extend(
         logged
             .lines()

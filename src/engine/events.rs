@@ -27,6 +27,15 @@ impl Engine {
         {
             return Vec::new();
         }
+        // Every log line while this event is handled carries who and where.
+        let _span = tracing::info_span!(
+            "event",
+            room = %m.room,
+            sender = %m.sender,
+            event = %m.event_id,
+            request = tracing::field::Empty
+        )
+        .entered();
         let mut out = Out::new(m, now);
         match &m.kind {
             Kind::Message => self.on_message(&mut out),

@@ -219,6 +219,8 @@ impl Engine {
                 return self.refuse_to_run(out, alias, format!("cannot store the request: {e}"));
             }
         };
+        tracing::Span::current().record("request", req.id.as_str());
+        tracing::info!("request {} for {reference}", req.id);
         crate::crash::point("request_stored");
         if action.prepares_slowly() {
             out.effects.push(Effect::Prepare(req.id.clone()));

@@ -23,6 +23,13 @@ impl Engine {
     /// clock, read when the run starts and when it ends. A request that is
     /// not `approved` (already running, or run) is left alone: exactly once.
     pub fn execute(&self, id: &str, now: impl Fn() -> u64) -> Vec<Effect> {
+        let span = tracing::info_span!(
+            "request",
+            request = %id,
+            room = tracing::field::Empty,
+            sender = tracing::field::Empty
+        )
+        .entered();
         let started = now();
         if let Some(refused) = self.refuse_to_start(id, started) {
             return refused;
@@ -51,6 +58,8 @@ impl Engine {
                 Message::plain("⚠️ The audit log cannot be written, so the request did not run."),
             ))];
         }
+        span.record("room", req.room.as_str());
+        span.record("sender", req.requester.as_str());
         crate::crash::point("action_started");
         let Some(action) = self.action(&req.action) else {
             let outcome =

@@ -60,6 +60,9 @@ pub struct Config {
     /// 👍/👎 on a prompt counts as a reply.
     #[serde(default)]
     pub reaction_approvals: bool,
+    /// The optional HTTP listener for `/healthz` and `/metrics`.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// `text` (default) or `json`: one JSON object a line, with the room,
     /// sender and request of the event being handled.
     #[serde(default)]
@@ -74,6 +77,17 @@ pub struct Config {
     /// How packs' actions run.
     #[serde(default)]
     pub runners: RunnerConfig,
+}
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port` to listen on (off when absent; keep it on loopback or
+    /// behind a proxy: it serves no secrets, but the metrics name rules
+    /// and actions).
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 /// How log lines are written.

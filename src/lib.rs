@@ -19,7 +19,8 @@
 //! 5. `transport`: [`console`] (stdin) and [`matrix`] (matrix-sdk), which
 //!    own the clock, the threads and the sockets;
 //! 6. [`config`] (`airlock.yaml`) and the `airlock` binary, which compose
-//!    the rest.
+//!    the rest; [`metrics`] counts what the audit entries record, for the
+//!    optional HTTP listener (`/healthz`, `/metrics`).
 
 #![warn(missing_docs)]
 
@@ -31,7 +32,8 @@ pub mod action;
 pub mod config;
 pub mod crash;
 pub mod engine;
+pub mod metrics;
 
 pub use crate::core::{alias, clock, diag, ids, policy, render};
 pub use store::{audit, requests};
-pub use transport::{console, matrix};
+pub use transport::{console, http, matrix};

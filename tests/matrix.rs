@@ -27,6 +27,8 @@ struct Scene {
     mallory: User,
     repo: common::PackRepo,
     alias: String,
+    /// The bot's `/healthz` and `/metrics` listener.
+    http_port: u16,
 }
 
 /// The example pack's deploy token, in its config only.
@@ -84,10 +86,11 @@ async fn scene(hs: Homeserver) -> Scene {
     ));
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/ops.yaml"), policy).unwrap();
+    let http_port = common::free_port();
     std::fs::write(
         dir.path().join("airlock.yaml"),
         format!(
-            "homeserver: {}\nuser_id: \"{bot}\"\ndevice_name: airlock e2e\ndata_dir: data\npacks: packs\naliases: [{}, extra-aliases, {}]\npolicies: [policies]\nreaction_approvals: true\nrunners:\n  configs: configs\ngit:\n  instead_of:\n    - from: \"{}\"\n      to: \"{}\"\n",
+            "http:\n  listen: \"127.0.0.1:{http_port}\"\nhomeserver: {}\nuser_id: \"{bot}\"\ndevice_name: airlock e2e\ndata_dir: data\npacks: packs\naliases: [{}, extra-aliases, {}]\npolicies: [policies]\nreaction_approvals: true\nrunners:\n  configs: configs\ngit:\n  instead_of:\n    - from: \"{}\"\n      to: \"{}\"\n",
             hs.url,
             common::repo_root().join("aliases").display(),
             common::repo_root().join("tests/packs").display(),
@@ -104,6 +107,7 @@ async fn scene(hs: Homeserver) -> Scene {
         mallory,
         repo,
         alias,
+        http_port,
     }
 }
 
@@ -259,6 +263,22 @@ async fn deploy_with_confirmation_on_synapse() {
     let room = s.room(true, false).await;
     s.bot_joined(&room).await;
 
+    // The bot is healthy once it syncs, and says so on /healthz.
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", s.http_port);
+    let mut body = serde_json::Value::Null;
+    for _ in 0..300 {
+        let health = http.get(url("/healthz")).send().await.unwrap();
+        let code = health.status();
+        body = health.json().await.unwrap();
+        if code == 200 {
+            break;
+        }
+        assert_eq!(code, 503, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(body["status"], "ok", "{body}");
+
     // Mallory is refused; help lists nothing for her.
     say(&s.mallory, &room, "!flow deploy main").await;
     s.mallory
@@ -266,6 +286,32 @@ async fn deploy_with_confirmation_on_synapse() {
         .await;
 
     deploy_flow(&s, &room, "main").await;
+    // The deploy moved the counters the running bot serves on /metrics.
+    let metrics = http.get(url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let metrics = metrics.text().await.unwrap();
+    for series in [
+        "airlock_executions_total{action=\"packs.install\",status=\"succeeded\"} 1",
+        "airlock_commands_total{outcome=\"refused\"} 1",
+        "airlock_approvals_total{outcome=\"counted\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "no {series} in\n{metrics}"
+        );
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("airlock_syncs_total{outcome=\"ok\"} ")),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("airlock_reply_latency_seconds_count ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
     say(&s.alice, &room, "!st2-flow status").await;
     s.alice
         .wait_for(

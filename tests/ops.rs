@@ -54,3 +54,68 @@ fn the_systemd_unit_is_hardened_and_verifies() {
         "systemd-analyze verify: {stderr}"
     );
 }
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// What the engine does shows in `/metrics`: every count is derived from
+/// the audit entries it writes.
+#[test]
+fn metrics_count_commands_decisions_approvals_and_runs() {
+    use common::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = shipped(tmp.path());
+    bot.say(ALICE, OPS, "!no such command");
+    bot.say(MALLORY, OPS, "!flow deploy main");
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    let before = bot.engine.render_metrics();
+    assert_eq!(
+        sample(&before, "airlock_pending_requests"),
+        Some(1.0),
+        "{before}"
+    );
+    bot.reply(ALICE, OPS, &p.event_id, "yes"); // refused: her own request
+    bot.reply(BOB, OPS, &p.event_id, "yes");
+    let m = bot.engine.render_metrics();
+    let expect = [
+        ("airlock_commands_total{outcome=\"no_match\"}", 1.0),
+        ("airlock_commands_total{outcome=\"matched\"}", 2.0),
+        ("airlock_commands_total{outcome=\"refused\"}", 1.0),
+        (
+            "airlock_commands_total{outcome=\"needs_confirmation\"}",
+            1.0,
+        ),
+        (
+            "airlock_decisions_total{rule=\"(default)\",decision=\"deny\"}",
+            1.0,
+        ),
+        (
+            "airlock_decisions_total{rule=\"ops-deploy-flow\",decision=\"allow\"}",
+            1.0,
+        ),
+        ("airlock_approvals_total{outcome=\"refused\"}", 1.0),
+        ("airlock_approvals_total{outcome=\"counted\"}", 1.0),
+        ("airlock_requests_closed_total{state=\"succeeded\"}", 1.0),
+        (
+            "airlock_executions_total{action=\"packs.install\",status=\"succeeded\"}",
+            1.0,
+        ),
+        (
+            "airlock_execution_duration_seconds_count{action=\"packs.install\"}",
+            1.0,
+        ),
+        ("airlock_pending_requests", 0.0),
+    ];
+    for (series, want) in expect {
+        assert_eq!(sample(&m, series), Some(want), "{series} in\n{m}");
+    }
+    let written = bot.engine.audit_log().verify().unwrap();
+    assert_eq!(
+        sample(&m, "airlock_audit_entries_total"),
+        Some(written.entries as f64),
+        "{m}"
+    );
+}

@@ -30,11 +30,12 @@ use std::time::Duration;
 use crate::action::executor::{Embedded, Executor};
 use crate::action::{Action, Actions};
 use crate::alias::{self, AliasSet};
-use crate::audit::{AuditLog, Entry, Event};
+use crate::audit::{AuditLog, Entry, Event, Query};
 use crate::diag::Diagnostic;
+use crate::metrics::Metrics;
 use crate::policy::{self, Policy, Subject, Target};
 use crate::render::Message;
-use crate::requests::{Request, Requests};
+use crate::requests::{Request, Requests, State};
 
 mod approval;
 mod builtins;
@@ -304,9 +305,16 @@ pub struct EngineBuilder {
     actions: Actions,
     executor: Arc<dyn Executor>,
     catalog: Arc<dyn Catalog>,
+    metrics: Arc<Metrics>,
 }
 
 impl EngineBuilder {
+    /// Where it counts what it does (its own by default).
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// The actions it can run (none by default).
     pub fn actions(mut self, actions: Actions) -> Self {
         self.actions = actions;
@@ -343,6 +351,7 @@ impl EngineBuilder {
             actions: RwLock::new(Arc::new(self.actions)),
             executor: self.executor,
             catalog: self.catalog,
+            metrics: self.metrics,
             aliases: RwLock::new(Arc::new(AliasSet::default())),
             policy: RwLock::new(Arc::new(loaded.policy)),
             noticed: Mutex::new(HashSet::new()),
@@ -370,6 +379,8 @@ pub struct Engine {
     /// What runs approved requests.
     executor: Arc<dyn Executor>,
     catalog: Arc<dyn Catalog>,
+    /// What it counts, derived from the audit entries it writes.
+    metrics: Arc<Metrics>,
     aliases: RwLock<Arc<AliasSet>>,
     policy: RwLock<Arc<Policy>>,
     /// Edits already answered, and when undecryptable-message warnings were
@@ -391,7 +402,37 @@ impl Engine {
             actions: Actions::default(),
             executor: Arc::new(Embedded::default()),
             catalog: Arc::new((Vec::new(), Policy::default())),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// What it counts (`/metrics`).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The Prometheus text exposition, pending requests counted now.
+    pub fn render_metrics(&self) -> String {
+        let pending = self
+            .requests
+            .open_requests()
+            .map(|v| v.iter().filter(|r| r.state == State::Pending).count())
+            .unwrap_or(0);
+        self.metrics.render(pending)
+    }
+
+    /// Whether the stores answer: `Err` says which does not.
+    pub fn stores_ok(&self) -> Result<(), String> {
+        self.requests
+            .open_requests()
+            .map_err(|e| format!("request store: {e}"))?;
+        self.audit
+            .query(&Query {
+                limit: Some(1),
+                ..Query::default()
+            })
+            .map(|_| ())
+            .map_err(|e| format!("audit log: {e}"))
     }
 
     /// How it answers.
@@ -501,7 +542,10 @@ impl Engine {
 
     fn record(&self, entries: Vec<Entry>) -> bool {
         match self.audit.append(entries) {
-            Ok(_) => true,
+            Ok(written) => {
+                written.iter().for_each(|e| self.metrics.observe(e));
+                true
+            }
             Err(e) => {
                 tracing::error!("audit log write failed: {e}");
                 false

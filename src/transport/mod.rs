@@ -2,4 +2,5 @@
 //! clock, threads and sockets the engine does not.
 
 pub mod console;
+pub mod http;
 pub mod matrix;

@@ -28,7 +28,7 @@ use matrix_sdk::ruma::{MilliSecondsSinceUnixEpoch, RoomId, UserId};
 use matrix_sdk::deserialized_responses::{EncryptionInfo, VerificationLevel, VerificationState};
 
 use super::Bot;
-use crate::engine::{Device, Incoming, Kind};
+use crate::engine::{Device, Effect, Incoming, Kind};
 
 /// The plain body without a reply fallback (`> <@user> ...` lines and the
 /// blank line after them): quoted text must never read as a command.
@@ -338,15 +338,22 @@ impl Bot {
     async fn handle(self: Arc<Self>, m: Incoming) {
         let engine = self.engine.clone();
         // Latency breakdown for the log: homeserver to us, engine, sending.
-        let (event, seen_ms) = (
+        let (event, seen_ms, m_ts) = (
             m.event_id.clone(),
             crate::clock::now_ms().saturating_sub(m.ts_ms),
+            m.ts_ms,
         );
         let t = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || engine.handle(&m, crate::clock::now_ms())).await {
             Ok(fx) => {
                 let handled = t.elapsed();
-                self.apply(fx).await;
+                let answers = fx.iter().any(|e| matches!(e, Effect::Send(_)));
+                self.clone().apply(fx).await;
+                if answers {
+                    self.engine
+                        .metrics()
+                        .replied(crate::clock::now_ms().saturating_sub(m_ts));
+                }
                 tracing::debug!(
                     "{event}: seen {seen_ms} ms after it was sent, engine {handled:?}, answered after {:?}",
                     t.elapsed()

@@ -30,6 +30,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::metrics::Liveness;
 
 mod inbound;
 mod outbound;
@@ -77,6 +78,8 @@ struct Bot {
     /// (no counter to read and no wake-up to miss).
     running: std::sync::Mutex<Option<mpsc::Sender<()>>>,
     finished: tokio::sync::Mutex<mpsc::Receiver<()>>,
+    /// When a sync last succeeded, for `/healthz`.
+    liveness: Arc<Liveness>,
 }
 
 /// Log in (or restore the saved session), sync, and serve until SIGTERM or
@@ -129,7 +132,22 @@ pub async fn run(config: Config) -> Result<(), Error> {
         prompt_sent: Notify::new(),
         running: std::sync::Mutex::new(Some(running)),
         finished: tokio::sync::Mutex::new(finished),
+        liveness: Arc::new(Liveness::default()),
     });
+    let http = match &config.http.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Config(format!("http.listen {addr}: {e}")))?;
+            tracing::info!("serving /healthz and /metrics on {addr}");
+            Some(tokio::spawn(crate::http::serve(
+                listener,
+                bot.engine.clone(),
+                bot.liveness.clone(),
+            )))
+        }
+        None => None,
+    };
     bot.resolve_room_aliases().await;
 
     let sync = SyncSettings::default().timeout(Duration::from_secs(30));
@@ -145,6 +163,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .flatten();
     if token.is_none() {
         sync_with_retry(&client, sync.clone()).await;
+        bot.liveness.synced(crate::clock::now_ms());
     }
     bot.register_handlers();
     for room in client.invited_rooms() {
@@ -181,8 +200,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
     loop {
         tokio::select! {
             r = client.sync_once(sync.clone()) => match r {
-                Ok(_) => backoff = Duration::from_millis(500),
+                Ok(response) => {
+                    backoff = Duration::from_millis(500);
+                    let now = crate::clock::now_ms();
+                    bot.liveness.synced(now);
+                    bot.engine.metrics().sync(true, newest_event_age(&response, now));
+                }
                 Err(e) => {
+                    bot.engine.metrics().sync(false, None);
                     let wait = retry_after(&e).unwrap_or(backoff);
                     tracing::warn!("sync failed ({e}); retrying in {wait:?}");
                     tokio::time::sleep(wait).await;
@@ -195,8 +220,23 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     }
     ticker.abort();
+    if let Some(http) = http {
+        http.abort();
+    }
     bot.shutdown().await;
     Ok(())
+}
+
+/// How old the newest room event in a sync response is (ms): the sync lag.
+fn newest_event_age(response: &matrix_sdk::sync::SyncResponse, now_ms: u64) -> Option<u64> {
+    response
+        .rooms
+        .joined
+        .values()
+        .flat_map(|r| r.timeline.events.iter())
+        .filter_map(|e| e.raw().get_field::<u64>("origin_server_ts").ok().flatten())
+        .max()
+        .map(|ts| now_ms.saturating_sub(ts))
 }
 
 impl Bot {

@@ -17,6 +17,7 @@ use matrix_sdk::ruma::{OwnedEventId, RoomId, TransactionId};
 
 use super::Bot;
 use crate::engine::{Effect, Engine, Outgoing};
+use crate::metrics::Metrics;
 
 /// How long a message is retried while the homeserver cannot be reached
 /// (matrix-sdk itself retries only rate limits and server errors).
@@ -25,7 +26,11 @@ const SEND_RETRY_FOR: Duration = Duration::from_secs(600);
 /// Send `content` to `room`. While the homeserver cannot be reached, retry
 /// with backoff under one transaction ID, so the room gets it once: a
 /// result finished during an outage is delivered when the server is back.
-async fn send_retrying<C>(room: &Room, content: C) -> Result<OwnedEventId, matrix_sdk::Error>
+async fn send_retrying<C>(
+    room: &Room,
+    content: C,
+    metrics: &Metrics,
+) -> Result<OwnedEventId, matrix_sdk::Error>
 where
     C: MessageLikeEventContent + Clone,
 {
@@ -47,6 +52,7 @@ where
                     "sending to {} failed ({e}); retrying in {backoff:?}",
                     room.room_id()
                 );
+                metrics.send_retry();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
@@ -114,7 +120,7 @@ impl Bot {
                 }
             }
             for (room, content) in reactions {
-                if let Err(e) = send_retrying(&room, content).await {
+                if let Err(e) = send_retrying(&room, content, self.engine.metrics()).await {
                     tracing::warn!("reaction in {}: {e}", room.room_id());
                 }
             }
@@ -164,7 +170,7 @@ impl Bot {
                 .entry(room_id.clone())
                 .or_insert(0) += 1;
         }
-        let sent = send_retrying(&room, content).await;
+        let sent = send_retrying(&room, content, self.engine.metrics()).await;
         if let Some(req) = &o.prompt_for {
             if let Ok(event) = &sent {
                 let (engine, req, room, event) = (

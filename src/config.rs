@@ -17,7 +17,7 @@ use crate::audit::AuditLog;
 use crate::diag::{self, Diagnostic, Severity, YamlIndex};
 use crate::engine::{Catalog, Engine, Settings, StartError};
 use crate::requests::Requests;
-use crate::{alias, ids, policy};
+use crate::{alias, clock, ids, policy};
 
 /// sled's page cache (its default is 1 GiB): the bot reads little beyond
 /// recent entries, and a long-running process should not grow toward that.
@@ -67,10 +67,13 @@ pub struct Config {
     /// sender and request of the event being handled.
     #[serde(default)]
     pub log_format: LogFormat,
-    /// A room ID that is told of every break-glass run (the bot must be
-    /// in it).
+    /// A room ID that is told of every break-glass run and gets the audit
+    /// log's head as checkpoints (the bot must be in it).
     #[serde(default)]
     pub audit_room: Option<String>,
+    /// When checkpoints are posted to `audit_room`.
+    #[serde(default)]
+    pub audit_checkpoints: CheckpointConfig,
     /// Git settings for pack installs.
     #[serde(default)]
     pub git: GitConfig,
@@ -88,6 +91,36 @@ pub struct HttpConfig {
     /// and actions).
     #[serde(default)]
     pub listen: Option<String>,
+}
+
+/// When the audit log's head is posted to the audit room: after `entries`
+/// new entries, or `every` (a duration such as 1h) after the last if any
+/// were written, and at shutdown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Entries between checkpoints.
+    #[serde(default = "default_checkpoint_entries")]
+    pub entries: u64,
+    /// Longest time between checkpoints.
+    #[serde(default = "default_checkpoint_every")]
+    pub every: String,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            entries: default_checkpoint_entries(),
+            every: default_checkpoint_every(),
+        }
+    }
+}
+
+fn default_checkpoint_entries() -> u64 {
+    100
+}
+fn default_checkpoint_every() -> String {
+    "1h".into()
 }
 
 /// How log lines are written.
@@ -157,6 +190,16 @@ impl Config {
                 path,
                 "audit_room",
                 format!("\"{room}\" is not a room ID (!id)"),
+            ));
+        }
+        if clock::parse_duration(&c.audit_checkpoints.every).is_none_or(|d| d.is_zero())
+            || c.audit_checkpoints.entries == 0
+        {
+            errors.push(idx.diag(
+                Severity::Error,
+                path,
+                "audit_checkpoints",
+                "expected entries: a number above 0 and every: a duration such as 1h".to_string(),
             ));
         }
         if c.max_age().is_none() {
@@ -247,6 +290,9 @@ impl Config {
             max_age: self.max_age().unwrap_or(Duration::from_secs(120)),
             reaction_approvals: self.reaction_approvals,
             audit_room: self.audit_room.clone(),
+            checkpoint_entries: self.audit_checkpoints.entries,
+            checkpoint_interval: clock::parse_duration(&self.audit_checkpoints.every)
+                .unwrap_or(Duration::from_secs(3600)),
         }
     }
 

@@ -1,13 +1,13 @@
 //! The `airlock` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 use airlock::alias::{self, AliasSet};
-use airlock::audit::{AuditLog, Query};
+use airlock::audit::{AuditLog, Checkpoint, Query};
 use airlock::config::{Config, LogFormat};
 use airlock::diag::Diagnostic;
 use airlock::engine::{self, Engine};
@@ -141,7 +141,13 @@ enum PolicyCmd {
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Check the hash chain: any altered or removed entry is reported.
-    Verify,
+    Verify {
+        /// Also check it against checkpoints: a file of the audit room's
+        /// checkpoint messages (any line with `seq=N hash=H`). A history
+        /// rewritten with recomputed hashes is caught here.
+        #[arg(long, value_name = "FILE")]
+        against: Option<PathBuf>,
+    },
     /// Who deployed a pack, when, at which commit, approved by whom.
     WhoDeployed { pack: String },
 }
@@ -193,7 +199,7 @@ fn main() -> ExitCode {
             json,
             jsonl,
         } => match command {
-            Some(AuditCmd::Verify) => cmd_verify(config),
+            Some(AuditCmd::Verify { against }) => cmd_verify(config, against.as_deref()),
             Some(AuditCmd::WhoDeployed { pack }) => cmd_who_deployed(config, &pack),
             None => since
                 .as_deref()
@@ -661,12 +667,36 @@ fn cmd_audit(arg: ConfigArg, q: &Query, json: bool, jsonl: bool) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_verify(arg: ConfigArg) -> Outcome {
-    let v = audit_log(&arg)?.verify().map_err(fail)?;
+fn cmd_verify(arg: ConfigArg, against: Option<&Path>) -> Outcome {
+    let log = audit_log(&arg)?;
+    let mut v = log.verify().map_err(fail)?;
+    let checkpoints = match against {
+        None => Vec::new(),
+        Some(f) => {
+            let text =
+                std::fs::read_to_string(f).map_err(|e| fail(format!("{}: {e}", f.display())))?;
+            let found = Checkpoint::parse_all(&text);
+            if found.is_empty() {
+                return Err(fail(format!(
+                    "{}: no checkpoints in it (lines with seq=N hash=H)",
+                    f.display()
+                )));
+            }
+            found
+        }
+    };
+    v.problems
+        .extend(log.verify_against(&checkpoints).map_err(fail)?);
     if v.ok() {
         println!(
-            "audit log intact: {} entries, head {}",
-            v.entries, v.head_hash
+            "audit log intact: {} entries, head {}{}",
+            v.entries,
+            v.head_hash,
+            if checkpoints.is_empty() {
+                String::new()
+            } else {
+                format!("; matches all {} checkpoint(s)", checkpoints.len())
+            }
         );
         return Ok(ExitCode::SUCCESS);
     }

@@ -119,3 +119,108 @@ fn metrics_count_commands_decisions_approvals_and_runs() {
         "{m}"
     );
 }
+
+/// Checkpoints: the log's head goes to the audit room (at the first tick,
+/// then every N entries); `!audit verify` checks against them. Someone
+/// with the disk rewrites an old entry and recomputes every hash after it:
+/// the chain alone still verifies, the checkpoints do not.
+#[test]
+fn a_rewritten_history_with_recomputed_hashes_is_caught_by_the_checkpoints() {
+    use airlock::audit::{Entry, entry_key};
+    use common::*;
+    const AUDIT_ROOM: &str = "!audit:example.org";
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
+    let mut s = settings(tmp.path(), &repo_root().join("policies"), Some(&repo.path));
+    s.audit_room = Some(AUDIT_ROOM.into());
+    s.audit_checkpoints.entries = 3;
+    let bot = Bot::open(s);
+    bot.say(ALICE, OPS, "!help");
+    bot.say(MALLORY, OPS, "!flow deploy main");
+    let mut posted = bot.play(bot.engine.tick(bot.now()));
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!(posted[0].room, AUDIT_ROOM);
+    assert!(
+        bot.play(bot.engine.tick(bot.now())).is_empty(),
+        "nothing new"
+    );
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    bot.reply(BOB, OPS, &p.event_id, "yes");
+    posted.extend(bot.play(bot.engine.tick(bot.now())));
+    assert_eq!(posted.len(), 2, "{posted:?}");
+    let r = bodies(&bot.say(ALICE, OPS, "!audit verify"));
+    assert!(
+        r.contains("✅ The audit log is intact") && r.contains("matches all 2 checkpoint(s)"),
+        "{r}"
+    );
+    let checkpoints = tmp.path().join("checkpoints.txt");
+    std::fs::write(&checkpoints, bodies(&posted)).unwrap();
+    drop(bot);
+
+    // The forgery: entry 2 now says bob did it, and every hash after it is
+    // recomputed, the head record too.
+    let db = sled::open(tmp.path().join("data/airlock.sled")).unwrap();
+    let tree = db.open_tree("audit").unwrap();
+    let read = |seq: u64| -> Entry {
+        serde_json::from_slice(&tree.get(entry_key(seq)).unwrap().unwrap()).unwrap()
+    };
+    let head: serde_json::Value =
+        serde_json::from_slice(&tree.get(b"h").unwrap().unwrap()).unwrap();
+    let last = head["seq"].as_u64().unwrap();
+    let mut prev = read(1).hash;
+    for seq in 2..=last {
+        let mut e = read(seq);
+        if seq == 2 {
+            assert_eq!(e.sender.as_deref(), Some(ALICE), "{e:?}");
+            e.sender = Some(BOB.into());
+        }
+        e.prev = prev;
+        e.hash = e.compute_hash();
+        prev = e.hash.clone();
+        tree.insert(entry_key(seq), serde_json::to_vec(&e).unwrap())
+            .unwrap();
+    }
+    tree.insert(
+        b"h",
+        serde_json::to_vec(&serde_json::json!({"seq": last, "hash": prev})).unwrap(),
+    )
+    .unwrap();
+    db.flush().unwrap();
+    drop(tree);
+    drop(db);
+
+    let cfg = tmp.path().join("airlock.yaml");
+    std::fs::write(&cfg, "data_dir: data\n").unwrap();
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["audit", "--config", cfg.to_str().unwrap(), "verify"];
+        args.extend(extra);
+        let o = airlock(&args, tmp.path());
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (code, out) = verify(&[]);
+    assert_eq!(code, Some(0), "the forgery fools the chain alone: {out}");
+    let (code, out) = verify(&["--against", checkpoints.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("no longer matches its checkpoint")
+            && out.contains("the history was rewritten at or before entry"),
+        "{out}"
+    );
+
+    // In chat: the bot restarts, reads its checkpoints back from the
+    // audit room, and `!audit verify` says the log does not verify.
+    let mut s = settings(tmp.path(), &repo_root().join("policies"), Some(&repo.path));
+    s.audit_room = Some(AUDIT_ROOM.into());
+    let bot = Bot::open(s);
+    bot.engine
+        .add_checkpoints(airlock::audit::Checkpoint::parse_all(&bodies(&posted)));
+    let r = bodies(&bot.say(ALICE, OPS, "!audit verify"));
+    assert!(
+        r.contains("❌ The audit log does NOT verify")
+            && r.contains("no longer matches its checkpoint"),
+        "{r}"
+    );
+}

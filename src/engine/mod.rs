@@ -30,7 +30,7 @@ use std::time::Duration;
 use crate::action::executor::{Embedded, Executor};
 use crate::action::{Action, Actions};
 use crate::alias::{self, AliasSet};
-use crate::audit::{AuditLog, Entry, Event, Query};
+use crate::audit::{AuditLog, Checkpoint, Entry, Event, Query};
 use crate::diag::Diagnostic;
 use crate::metrics::Metrics;
 use crate::policy::{self, Policy, Subject, Target};
@@ -70,8 +70,14 @@ pub struct Settings {
     pub max_age: Duration,
     /// Whether 👍/👎 reactions on a prompt approve or deny.
     pub reaction_approvals: bool,
-    /// Where break-glass runs are announced besides their own room.
+    /// Where break-glass runs are announced besides their own room, and
+    /// where the audit log's head is posted as checkpoints.
     pub audit_room: Option<String>,
+    /// Post a checkpoint once this many entries were written since the
+    /// last…
+    pub checkpoint_entries: u64,
+    /// …or once this long has passed with any written.
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for Settings {
@@ -83,6 +89,8 @@ impl Default for Settings {
             max_age: Duration::from_secs(120),
             reaction_approvals: false,
             audit_room: None,
+            checkpoint_entries: 100,
+            checkpoint_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -357,6 +365,7 @@ impl EngineBuilder {
             noticed: Mutex::new(HashSet::new()),
             warned: Mutex::new(HashMap::new()),
             cancel: AtomicBool::new(false),
+            checkpoints: Mutex::new(Checkpoints::default()),
             startup: Mutex::new(Vec::new()),
         };
         engine.reload_actions();
@@ -389,6 +398,9 @@ pub struct Engine {
     warned: Mutex<HashMap<(String, String), u64>>,
     /// Set on shutdown; running actions stop at their next safe point.
     cancel: AtomicBool,
+    /// Audit checkpoints known to be in the audit room, and when the last
+    /// was posted.
+    checkpoints: Mutex<Checkpoints>,
     startup: Mutex<Vec<Effect>>,
 }
 
@@ -587,6 +599,62 @@ fn request_entry(event: Event, req: &Request, now: u64) -> Entry {
         .request(&req.id)
         .alias(req.alias.as_deref())
         .action(&req.action)
+}
+
+/// Audit checkpoints: those in the audit room (read back by the transport
+/// or posted here), and the last posted.
+#[derive(Default)]
+struct Checkpoints {
+    known: Vec<Checkpoint>,
+    posted_seq: u64,
+    posted_ms: u64,
+}
+
+impl Engine {
+    /// Checkpoints the transport read back from the audit room: what
+    /// `!audit verify` checks the local log against.
+    pub fn add_checkpoints(&self, found: Vec<Checkpoint>) {
+        let mut c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        c.posted_seq = c
+            .posted_seq
+            .max(found.iter().map(|c| c.seq).max().unwrap_or(0));
+        c.known.extend(found);
+    }
+
+    /// Checkpoints known to be in the audit room.
+    pub fn known_checkpoints(&self) -> Vec<Checkpoint> {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .known
+            .clone()
+    }
+
+    /// Post the audit log's head to the audit room if entries were written
+    /// since the last checkpoint and it is due (`force`: at shutdown).
+    pub fn checkpoint(&self, now: u64, force: bool) -> Vec<Effect> {
+        let (Some(room), Some(head)) = (&self.settings.audit_room, self.audit.checkpoint()) else {
+            return Vec::new();
+        };
+        let mut c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let due = force
+            || head.seq - c.posted_seq.min(head.seq) >= self.settings.checkpoint_entries
+            || now.saturating_sub(c.posted_ms)
+                >= self.settings.checkpoint_interval.as_millis() as u64;
+        if head.seq <= c.posted_seq || !due {
+            return Vec::new();
+        }
+        c.posted_seq = head.seq;
+        c.posted_ms = now;
+        c.known.push(head.clone());
+        vec![Effect::Send(Outgoing {
+            room: room.clone(),
+            reply_to: None,
+            thread: None,
+            message: Message::plain(head.text()),
+            prompt_for: None,
+        })]
+    }
 }
 
 /// What the policy is asked about for `req`.

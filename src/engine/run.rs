@@ -320,10 +320,10 @@ impl Engine {
 
     /// Expire pending requests whose time is up; announce each in its room.
     pub fn tick(&self, now: u64) -> Vec<Effect> {
+        let mut fx = self.checkpoint(now, false);
         let Ok(open) = self.requests.open_requests() else {
-            return Vec::new();
+            return fx;
         };
-        let mut fx = Vec::new();
         let mut entries = Vec::new();
         for r in open.iter().filter(|r| r.state == State::Pending) {
             let Ok(Update::Done(req, ())) = self.requests.update(&r.id, |r| r.expire(now)) else {

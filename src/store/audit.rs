@@ -265,8 +265,9 @@ impl Entry {
         self
     }
 
-    /// SHA-256 over the entry with its own hash blank.
-    fn compute_hash(&self) -> String {
+    /// SHA-256 over the entry with its own hash blank (public so anyone
+    /// can check an exported entry).
+    pub fn compute_hash(&self) -> String {
         let mut copy = self.clone();
         copy.hash.clear();
         let bytes = serde_json::to_vec(&copy).expect("entry serializes");
@@ -450,6 +451,51 @@ struct Head {
     hash: String,
 }
 
+/// The head of the chain at some point, as posted to the audit room: a
+/// copy the local machine cannot rewrite. A history rewritten with every
+/// hash recomputed still chains, but no longer matches its checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The entry.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: String,
+}
+
+impl Checkpoint {
+    /// The message that carries it ("🔏 audit checkpoint seq=120 hash=…").
+    pub fn text(&self) -> String {
+        format!(
+            "🔏 audit checkpoint seq={} hash={} — the audit log's head; `!audit verify` checks the log against these",
+            self.seq, self.hash
+        )
+    }
+
+    /// Every checkpoint in `text` (messages as posted, or an export of
+    /// them: any line with `seq=N hash=<64 hex>`).
+    pub fn parse_all(text: &str) -> Vec<Checkpoint> {
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            while let Some(w) = words.next() {
+                let Some(seq) = w.strip_prefix("seq=").and_then(|n| n.parse().ok()) else {
+                    continue;
+                };
+                let hash = words.next().and_then(|h| h.strip_prefix("hash="));
+                if let Some(hash) =
+                    hash.filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                {
+                    out.push(Checkpoint {
+                        seq,
+                        hash: hash.to_ascii_lowercase(),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
 /// The log, in sled trees `audit` and `audit_index`.
 #[derive(Clone)]
 pub struct AuditLog {
@@ -620,6 +666,52 @@ impl AuditLog {
         }
         out.reverse();
         Ok(out)
+    }
+
+    /// The head now, as a checkpoint (None while the log is empty).
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        let h = self.head();
+        (h.seq > 0).then_some(Checkpoint {
+            seq: h.seq,
+            hash: h.hash,
+        })
+    }
+
+    /// Check the log against `checkpoints` (any order, duplicates fine):
+    /// every entry a checkpoint names must exist with that hash. Returns
+    /// the problems, the first mismatch first, with the range it must lie
+    /// in: after the newest checkpoint that still matches, at or before
+    /// the first that does not.
+    pub fn verify_against(&self, checkpoints: &[Checkpoint]) -> Result<Vec<String>, AuditError> {
+        let mut cps = checkpoints.to_vec();
+        cps.sort_by_key(|c| c.seq);
+        cps.dedup();
+        let mut problems = Vec::new();
+        let mut last_good = 0;
+        for c in &cps {
+            match self.read(c.seq)? {
+                Some(e) if e.hash == c.hash => {
+                    if problems.is_empty() {
+                        last_good = c.seq;
+                    }
+                }
+                Some(_) => problems.push(format!(
+                    "entry {} no longer matches its checkpoint (hash {}…): the history was rewritten {}",
+                    c.seq,
+                    &c.hash[..12],
+                    if last_good == 0 {
+                        format!("at or before entry {}", c.seq)
+                    } else {
+                        format!("between entries {} and {}", last_good + 1, c.seq)
+                    }
+                )),
+                None => problems.push(format!(
+                    "entry {}, which a checkpoint vouches for, is missing",
+                    c.seq
+                )),
+            }
+        }
+        Ok(problems)
     }
 
     /// Walk the whole chain and report every inconsistency.

@@ -174,6 +174,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     }
     bot.clone().apply(bot.engine.take_startup_effects()).await;
+    if let Some(room) = &config.audit_room {
+        let found = bot.read_checkpoints(room).await;
+        tracing::info!("{} audit checkpoint(s) found in {room}", found.len());
+        bot.engine.add_checkpoints(found);
+    }
 
     let ticker = {
         let bot = bot.clone();
@@ -224,6 +229,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         http.abort();
     }
     bot.shutdown().await;
+    // The head as it stands at the end, so the homeserver holds it.
+    let last = bot.engine.checkpoint(crate::clock::now_ms(), true);
+    bot.clone().apply(last).await;
     Ok(())
 }
 

@@ -8,7 +8,14 @@ use matrix_sdk::room::Room;
 use matrix_sdk::ruma::api::client::membership::leave_room;
 use matrix_sdk::ruma::{OwnedRoomAliasId, OwnedUserId, RoomAliasId};
 
+use matrix_sdk::room::MessagesOptions;
+use matrix_sdk::ruma::RoomId;
+use matrix_sdk::ruma::events::{
+    AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
+};
+
 use super::Bot;
+use crate::audit::Checkpoint;
 
 impl Bot {
     pub(super) async fn answer_invite(self: Arc<Self>, room: Room, inviter: OwnedUserId) {
@@ -55,6 +62,47 @@ impl Bot {
             }
         }
         self.engine.set_room_aliases(resolved);
+    }
+
+    /// The audit checkpoints this bot posted in the audit room, read back
+    /// from the homeserver (its copy, which this machine cannot rewrite),
+    /// newest pages first, up to 100 pages of history.
+    pub(super) async fn read_checkpoints(&self, room: &str) -> Vec<Checkpoint> {
+        let Some(room) = RoomId::parse(room)
+            .ok()
+            .and_then(|id| self.client.get_room(&id))
+        else {
+            tracing::warn!("audit room {room} is not joined: no checkpoints to read");
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        let mut from: Option<String> = None;
+        for _ in 0..100 {
+            let page = match room
+                .messages(MessagesOptions::backward().from(from.as_deref()))
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("reading the audit room: {e}");
+                    break;
+                }
+            };
+            for ev in &page.chunk {
+                if let Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+                    SyncMessageLikeEvent::Original(m),
+                ))) = ev.raw().deserialize()
+                    && m.sender == self.me
+                {
+                    found.extend(Checkpoint::parse_all(m.content.body()));
+                }
+            }
+            match page.end {
+                Some(end) if !page.chunk.is_empty() => from = Some(end),
+                _ => break,
+            }
+        }
+        found
     }
 
     pub(super) async fn reload(self: &Arc<Self>) {

@@ -91,6 +91,11 @@ pub struct HttpConfig {
     /// and actions).
     #[serde(default)]
     pub listen: Option<String>,
+    /// Also serve the audit log as JSON lines (`GET /audit.jsonl?since=2h
+    /// &follow=true`), for a log shipper and `airlock audit --follow`
+    /// while the bot runs. Off by default: the log says who ran what.
+    #[serde(default)]
+    pub audit_export: bool,
 }
 
 /// When the audit log's head is posted to the audit room: after `entries`

@@ -116,6 +116,10 @@ enum Cmd {
         /// One JSON object per line.
         #[arg(long)]
         jsonl: bool,
+        /// Keep streaming new entries as JSON lines (from the running bot:
+        /// needs `http.listen` and `http.audit_export`).
+        #[arg(long, conflicts_with = "json")]
+        follow: bool,
     },
 }
 
@@ -198,6 +202,7 @@ fn main() -> ExitCode {
             all,
             json,
             jsonl,
+            follow,
         } => match command {
             Some(AuditCmd::Verify { against }) => cmd_verify(config, against.as_deref()),
             Some(AuditCmd::WhoDeployed { pack }) => cmd_who_deployed(config, &pack),
@@ -221,7 +226,11 @@ fn main() -> ExitCode {
                         limit: if all { None } else { Some(limit.unwrap_or(100)) },
                         event: None,
                     };
-                    cmd_audit(config, &q, json, jsonl)
+                    if follow {
+                        cmd_follow(config, &q, since)
+                    } else {
+                        cmd_audit(config, &q, json, jsonl)
+                    }
                 }),
         },
     };
@@ -662,6 +671,45 @@ fn cmd_audit(arg: ConfigArg, q: &Query, json: bool, jsonl: bool) -> Outcome {
             println!("{}", serde_json::to_string(e).unwrap_or_default());
         } else {
             println!("{}", e.summary_line());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `airlock audit --follow`: stream the running bot's audit log (the store
+/// is the bot's while it runs), matching entries as JSON lines.
+fn cmd_follow(arg: ConfigArg, q: &Query, since: Option<u64>) -> Outcome {
+    use std::io::{BufRead, Write};
+    let cfg = config(&arg)?;
+    let Some(listen) = cfg.http.listen.as_deref().filter(|_| cfg.http.audit_export) else {
+        return Err(fail(
+            "--follow reads from the running bot: set http.listen and http.audit_export: true in its configuration",
+        ));
+    };
+    let mut url = url::Url::parse(&format!("http://{listen}/audit.jsonl"))
+        .map_err(|e| fail(format!("http.listen {listen}: {e}")))?;
+    url.query_pairs_mut().append_pair("follow", "true");
+    if let Some(ms) = since {
+        url.query_pairs_mut()
+            .append_pair("since", &clock::format_ms(ms));
+    }
+    let client = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .map_err(fail)?;
+    let response = client
+        .get(url.clone())
+        .send()
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| fail(format!("{url}: {e}")))?;
+    let mut out = std::io::stdout().lock();
+    for line in std::io::BufReader::new(response).lines() {
+        let line = line.map_err(|e| fail(format!("{url}: {e}")))?;
+        let Ok(entry) = serde_json::from_str::<airlock::audit::Entry>(&line) else {
+            continue;
+        };
+        if q.accepts(&entry) && writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            break; // stdout closed
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -90,7 +90,7 @@ async fn scene(hs: Homeserver) -> Scene {
     std::fs::write(
         dir.path().join("airlock.yaml"),
         format!(
-            "http:\n  listen: \"127.0.0.1:{http_port}\"\nhomeserver: {}\nuser_id: \"{bot}\"\ndevice_name: airlock e2e\ndata_dir: data\npacks: packs\naliases: [{}, extra-aliases, {}]\npolicies: [policies]\nreaction_approvals: true\nrunners:\n  configs: configs\ngit:\n  instead_of:\n    - from: \"{}\"\n      to: \"{}\"\n",
+            "http:\n  listen: \"127.0.0.1:{http_port}\"\n  audit_export: true\nhomeserver: {}\nuser_id: \"{bot}\"\ndevice_name: airlock e2e\ndata_dir: data\npacks: packs\naliases: [{}, extra-aliases, {}]\npolicies: [policies]\nreaction_approvals: true\nrunners:\n  configs: configs\ngit:\n  instead_of:\n    - from: \"{}\"\n      to: \"{}\"\n",
             hs.url,
             common::repo_root().join("aliases").display(),
             common::repo_root().join("tests/packs").display(),
@@ -278,6 +278,25 @@ async fn deploy_with_confirmation_on_synapse() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(body["status"], "ok", "{body}");
+    // A SIEM shipper tails the audit log while the bot runs.
+    let mut follower = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["audit", "--config"])
+        .arg(s.dir.path().join("airlock.yaml"))
+        .args(["--jsonl", "--follow", "--since", "1h"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, followed) = std::sync::mpsc::channel::<serde_json::Value>();
+    let out = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let v = serde_json::from_str(&line).expect("each line is one JSON entry");
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
 
     // Mallory is refused; help lists nothing for her.
     say(&s.mallory, &room, "!flow deploy main").await;
@@ -312,6 +331,20 @@ async fn deploy_with_confirmation_on_synapse() {
             .any(|l| l.starts_with("airlock_reply_latency_seconds_count ") && !l.ends_with(" 0")),
         "{metrics}"
     );
+    // The follower saw the deploy finish, as it was written.
+    let deadline = std::time::Instant::now() + WAIT;
+    let finished = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let e = followed
+            .recv_timeout(left)
+            .expect("the follower saw the deploy finish");
+        if e["event"] == "finished" && e["action"] == "packs.install" {
+            break e;
+        }
+    };
+    assert_eq!(finished["status"], "succeeded", "{finished}");
+    follower.kill().unwrap();
+    follower.wait().unwrap();
     say(&s.alice, &room, "!st2-flow status").await;
     s.alice
         .wait_for(

@@ -359,7 +359,8 @@ pub struct Query {
 }
 
 impl Query {
-    fn accepts(&self, e: &Entry) -> bool {
+    /// Whether `e` matches (the time bound and limit aside).
+    pub fn accepts(&self, e: &Entry) -> bool {
         let eq = |f: &Option<String>, v: &Option<String>| {
             f.as_ref().is_none_or(|f| v.as_ref() == Some(f))
         };
@@ -665,6 +666,24 @@ impl AuditLog {
             }
         }
         out.reverse();
+        Ok(out)
+    }
+
+    /// Up to `limit` entries after entry `seq`, oldest first: how a
+    /// follower reads what is new.
+    pub fn after(&self, seq: u64, limit: usize) -> Result<Vec<Entry>, AuditError> {
+        let mut out = Vec::new();
+        for item in self
+            .tree
+            .range(entry_key(seq.saturating_add(1))..=entry_key(u64::MAX))
+            .take(limit)
+        {
+            let (k, b) = item?;
+            let at = u64::from_be_bytes(k[1..].try_into().unwrap_or([0; 8]));
+            out.push(
+                serde_json::from_slice(&b).map_err(|e| AuditError::Corrupt(at, e.to_string()))?,
+            );
+        }
         Ok(out)
     }
 

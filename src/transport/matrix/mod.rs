@@ -144,6 +144,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 listener,
                 bot.engine.clone(),
                 bot.liveness.clone(),
+                config.http.audit_export,
             )))
         }
         None => None,

@@ -714,6 +714,11 @@ impl AuditLog {
                         last_good = c.seq;
                     }
                 }
+                Some(_) if !problems.is_empty() => problems.push(format!(
+                    "entry {} no longer matches its checkpoint either (hash {}…)",
+                    c.seq,
+                    &c.hash[..12]
+                )),
                 Some(_) => problems.push(format!(
                     "entry {} no longer matches its checkpoint (hash {}…): the history was rewritten {}",
                     c.seq,

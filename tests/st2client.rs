@@ -235,3 +235,40 @@ fn st2_inquiry_respond_answers_a_paused_workflow() {
     let done = s.wait_status(&id, "succeeded");
     assert_eq!(done["result"]["response"]["approved"], true, "{done}");
 }
+
+/// Chat values reach st2 as literals (`airlock::action::st2::literal`):
+/// st2's renderer (the stand-in uses Jinja2 as st2 does) turns each back
+/// into exactly what was typed, and no datastore value leaks.
+#[test]
+fn chat_values_sent_as_literals_come_back_unrendered() {
+    let Some(venv) = venv() else { return };
+    let s = StandIn::start(&venv);
+    let typed = [
+        "{{ st2kv.system.db_password }}",
+        "{{st2kv.system.db_password}}{{",
+        "{% raw %}{{ st2kv.system.db_password }}{% endraw %}",
+        "{%- set x = st2kv.system.db_password %}{{ x }}",
+        "{# comment #}{{ '{{' }}",
+        "{{{ st2kv.system.db_password }}}",
+        "it's \"quoted\" \\ and {{ 7 * 7 }} and {%",
+        "déploiement → {{ st2kv.system.db_password | upper }} ✓",
+        "}} %} #} {",
+    ];
+    for t in typed {
+        let sent = airlock::action::st2::literal(&serde_json::json!(t));
+        let arg = format!("message={}", sent.as_str().unwrap());
+        let (code, out) = s.st2(&["run", "tests.echo", &arg, "-j"]);
+        assert_eq!(code, Some(0), "{t}: {out}");
+        let ex: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(
+            ex["result"]["stdout"], t,
+            "{t} came back as {}",
+            ex["result"]["stdout"]
+        );
+        assert!(
+            !out.contains(DB_PASSWORD),
+            "{t} leaked the datastore: {out}"
+        );
+    }
+}

@@ -12,6 +12,7 @@ pub mod executor;
 pub mod metadata;
 pub mod packs;
 pub mod runners;
+pub mod st2;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::AtomicBool;

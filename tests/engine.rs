@@ -430,22 +430,14 @@ fn cancel_by_requester_only_and_pending_lists_open_requests() {
 #[test]
 fn an_alias_for_an_action_airlock_lacks_is_refused_clearly() {
     let tmp = tempfile::tempdir().unwrap();
-    let aliases = tmp.path().join("aliases");
-    std::fs::create_dir_all(&aliases).unwrap();
-    std::fs::write(
-        aliases.join("remote.yaml"),
-        "name: remote_shell_cmd\npack: examples\naction_ref: core.remote\nformats:\n  - \"run {{cmd}} on {{hosts}}\"\n",
-    )
-    .unwrap();
-    let pol = tmp.path().join("p.yaml");
-    std::fs::write(
-        &pol,
+    let bot = with_aliases(
+        tmp.path(),
+        &[(
+            "remote.yaml",
+            "name: remote_shell_cmd\npack: examples\naction_ref: core.remote\nformats:\n  - \"run {{cmd}} on {{hosts}}\"\n",
+        )],
         "rules:\n  - id: all\n    effect: allow\n    users: ['*']\n    packs: ['*']\n",
-    )
-    .unwrap();
-    let mut s = settings(tmp.path(), &pol, None);
-    s.aliases = vec![aliases];
-    let bot = Bot::open(s);
+    );
     let r = bodies(&bot.say(ALICE, OPS, "!run date on localhost"));
     assert!(
         r.contains("action core.remote is not available in airlock"),
@@ -630,27 +622,20 @@ fn audit_queries_by_user_and_alias_use_the_indexes() {
 #[test]
 fn an_st2_twofactor_alias_asks_a_second_person() {
     let tmp = tempfile::tempdir().unwrap();
-    let aliases = tmp.path().join("aliases");
-    std::fs::create_dir_all(&aliases).unwrap();
-    std::fs::write(
-        aliases.join("restart.yaml"),
-        "name: restart\npack: ops\naction_ref: core.echo\nformats:\n  - \"restart {{ message }}\"\nextra:\n  security:\n    twofactor: true\n",
-    )
-    .unwrap();
-    std::fs::write(
-        aliases.join("status.yaml"),
-        "name: status\npack: ops\naction_ref: core.echo\nformats:\n  - \"status {{ message }}\"\n",
-    )
-    .unwrap();
-    let pol = tmp.path().join("p.yaml");
-    std::fs::write(
-        &pol,
+    let bot = with_aliases(
+        tmp.path(),
+        &[
+            (
+                "restart.yaml",
+                "name: restart\npack: ops\naction_ref: core.echo\nformats:\n  - \"restart {{ message }}\"\nextra:\n  security:\n    twofactor: true\n",
+            ),
+            (
+                "status.yaml",
+                "name: status\npack: ops\naction_ref: core.echo\nformats:\n  - \"status {{ message }}\"\n",
+            ),
+        ],
         "groups:\n  ops: ['@alice:example.org', '@bob:example.org']\nrules:\n  - id: ops\n    effect: allow\n    groups: [ops]\n    packs: [ops]\n",
-    )
-    .unwrap();
-    let mut s = settings(tmp.path(), &pol, None);
-    s.aliases = vec![aliases];
-    let bot = Bot::open(s);
+    );
     // Without the flag, the rule's "no confirmation" stands.
     let r = bodies(&bot.say(ALICE, OPS, "!status web"));
     assert!(!r.contains("Confirmation needed"), "{r}");
@@ -1068,30 +1053,23 @@ rules:
 #[test]
 fn an_alias_change_voids_approvals_but_a_message_change_does_not() {
     let tmp = tempfile::tempdir().unwrap();
-    let aliases = tmp.path().join("aliases");
-    std::fs::create_dir_all(&aliases).unwrap();
     let restart = |target: &str, result: &str| {
-        std::fs::write(
-            aliases.join("restart.yaml"),
-            format!("name: restart\npack: ops\naction_ref: core.echo\nformats:\n  - \"restart\"\nimmutable_parameters:\n  message: \"{target}\"\nresult:\n  format: \"{result}\"\n"),
+        format!(
+            "name: restart\npack: ops\naction_ref: core.echo\nformats:\n  - \"restart\"\nimmutable_parameters:\n  message: \"{target}\"\nresult:\n  format: \"{result}\"\n"
         )
-        .unwrap();
     };
-    restart("web", "done");
-    let pol = tmp.path().join("p.yaml");
-    std::fs::write(
-        &pol,
+    let bot = with_aliases(
+        tmp.path(),
+        &[("restart.yaml", &restart("web", "done"))],
         "groups:\n  ops: ['@alice:example.org', '@bob:example.org', '@carol:example.org']\nrules:\n  - id: ops\n    effect: allow\n    groups: [ops]\n    packs: [ops]\n    confirm: {approvers: {groups: [ops]}, approvals: 2, self_approve: false}\n",
-    )
-    .unwrap();
-    let mut s = settings(tmp.path(), &pol, None);
-    s.aliases = vec![aliases.clone()];
-    let bot = Bot::open(s);
+    );
+    let write =
+        |text: String| std::fs::write(tmp.path().join("aliases/restart.yaml"), text).unwrap();
     let p = prompt(&bot.say(ALICE, OPS, "!restart")).clone();
     bot.reply(BOB, OPS, &p.event_id, "yes");
-    restart("web", "restarted {{ execution.result.stdout }}");
+    write(restart("web", "restarted {{ execution.result.stdout }}"));
     assert!(bot.play(bot.engine.reload(bot.now()).unwrap()).is_empty());
-    restart("db", "done");
+    write(restart("db", "done"));
     let again = prompt(&bot.play(bot.engine.reload(bot.now()).unwrap())).clone();
     assert!(
         again

@@ -287,6 +287,22 @@ pub fn with_policy(dir: &Path, yaml: &str) -> (Bot, PackRepo) {
     (Bot::open(settings(dir, &pol, Some(&repo.path))), repo)
 }
 
+/// A bot with only the alias files `aliases` (name, text) and the policy
+/// `policy`, in `dir` (`dir/aliases`, `dir/p.yaml`: rewrite them and call
+/// `Engine::reload` to change them).
+pub fn with_aliases(dir: &Path, aliases: &[(&str, &str)], policy: &str) -> Bot {
+    let alias_dir = dir.join("aliases");
+    std::fs::create_dir_all(&alias_dir).unwrap();
+    for (name, text) in aliases {
+        std::fs::write(alias_dir.join(name), text).unwrap();
+    }
+    let pol = dir.join("p.yaml");
+    std::fs::write(&pol, policy).unwrap();
+    let mut s = settings(dir, &pol, None);
+    s.aliases = vec![alias_dir];
+    Bot::open(s)
+}
+
 /// `airlock.yaml` in `dir` for the shipped aliases and policy, the seed's
 /// URL fetched from `repo`; returns its path.
 pub fn write_config(dir: &Path, repo: &PackRepo) -> PathBuf {

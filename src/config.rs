@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::action::packs::{GitConfig, PackManager};
 use crate::action::runners::{PackAction, RunnerConfig};
+use crate::action::st2::{St2Action, St2Config};
 use crate::action::{Action, Actions, metadata};
 use crate::audit::AuditLog;
 use crate::diag::{self, Diagnostic, Severity, YamlIndex};
@@ -80,6 +81,9 @@ pub struct Config {
     /// How packs' actions run.
     #[serde(default)]
     pub runners: RunnerConfig,
+    /// Actions that run on a StackStorm cluster instead.
+    #[serde(default)]
+    pub st2: Option<St2Config>,
 }
 
 /// The HTTP listener.
@@ -322,11 +326,17 @@ impl Config {
         let mut runners = self.runners.clone();
         runners.hash_key = secret_key(&self.data_dir)
             .map_err(|e| StartError::Database(self.data_dir.join("secret.key"), e.to_string()))?;
+        // The StackStorm API key is airlock's secret too: no local action
+        // sees it.
+        if let Some(st2) = &self.st2 {
+            runners.secret_env.push(st2.api_key_env.clone());
+        }
         let catalog = Arc::new(Files {
             aliases: self.aliases.clone(),
             policies: self.policies.clone(),
             packs: packs.clone(),
             runners: Arc::new(runners),
+            st2: self.st2.clone().map(Arc::new),
         });
         let engine = Engine::builder(self.settings(), audit, requests)
             .actions(Actions::standard(packs.clone()))
@@ -376,6 +386,7 @@ struct Files {
     policies: Vec<PathBuf>,
     packs: Arc<PackManager>,
     runners: Arc<RunnerConfig>,
+    st2: Option<Arc<St2Config>>,
 }
 
 impl Files {
@@ -413,6 +424,25 @@ impl Catalog for Files {
                 Arc::new(PackAction::new(m, Some(dir.clone()), self.runners.clone()))
                     as Arc<dyn Action>
             }));
+        }
+        // What the st2 configuration routes runs there, whatever a local
+        // pack says: every alias's action it names.
+        if let Some(st2) = &self.st2 {
+            found.retain(|a| !st2.routes(&a.spec().reference));
+            let mut routed: Vec<String> = self
+                .aliases()
+                .aliases
+                .into_iter()
+                .map(|a| a.action_ref)
+                .filter(|r| st2.routes(r))
+                .collect();
+            routed.sort();
+            routed.dedup();
+            found.extend(
+                routed
+                    .iter()
+                    .map(|r| Arc::new(St2Action::new(r, st2.clone())) as Arc<dyn Action>),
+            );
         }
         (found, diags)
     }

@@ -22,28 +22,24 @@ pub fn actions() -> Vec<Arc<dyn Action>> {
 
 /// `core.echo`: say a message.
 pub fn echo_spec() -> ActionSpec {
-    ActionSpec {
-        reference: "core.echo".into(),
-        description: "Return the message given".into(),
-        params: vec![ParamSpec::new("message", ParamType::String, "text to echo").required()],
-    }
+    ActionSpec::new(
+        "core.echo",
+        "Return the message given",
+        vec![ParamSpec::new("message", ParamType::String, "text to echo").required()],
+    )
 }
 
 /// `core.noop`: do nothing, successfully.
 pub fn noop_spec() -> ActionSpec {
-    ActionSpec {
-        reference: "core.noop".into(),
-        description: "Do nothing".into(),
-        params: vec![],
-    }
+    ActionSpec::new("core.noop", "Do nothing", vec![])
 }
 
 /// `core.pause`: wait a number of seconds.
 pub fn pause_spec() -> ActionSpec {
-    ActionSpec {
-        reference: "core.pause".into(),
-        description: "Wait a number of seconds".into(),
-        params: vec![
+    ActionSpec::new(
+        "core.pause",
+        "Wait a number of seconds",
+        vec![
             ParamSpec::new(
                 "max_pause",
                 ParamType::Integer,
@@ -51,7 +47,7 @@ pub fn pause_spec() -> ActionSpec {
             )
             .default(json!(5)),
         ],
-    }
+    )
 }
 
 /// `core.echo`: returns its message as stdout.

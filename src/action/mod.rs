@@ -95,6 +95,9 @@ pub struct ActionSpec {
     pub description: String,
     /// Its parameters, in order.
     pub params: Vec<ParamSpec>,
+    /// The engine that runs it checks its parameters (StackStorm): any
+    /// name passes here, uncast, and nothing is filled in.
+    pub open: bool,
 }
 
 impl ActionSpec {
@@ -104,6 +107,15 @@ impl ActionSpec {
             reference: reference.to_string(),
             description: description.to_string(),
             params,
+            open: false,
+        }
+    }
+
+    /// An action whose parameters the engine running it checks.
+    pub fn open(reference: &str, description: &str) -> Self {
+        ActionSpec {
+            open: true,
+            ..ActionSpec::new(reference, description, Vec::new())
         }
     }
 
@@ -124,6 +136,9 @@ impl ActionSpec {
     /// present, defaults filled in. Templated defaults are left as they
     /// are, for the action to render.
     pub fn validate(&self, params: Params) -> Result<Params, String> {
+        if self.open {
+            return Ok(params.into_iter().filter(|(_, v)| !v.is_null()).collect());
+        }
         let unknown: Vec<&str> = params
             .keys()
             .filter(|k| self.param(k).is_none())
@@ -272,6 +287,9 @@ pub struct Outcome {
     /// Keyed hashes of the secret values it ran with, by parameter: the
     /// audit proves which value ran without holding it.
     pub proofs: Vec<(String, String)>,
+    /// Where another engine ran it, what that engine says: StackStorm's
+    /// execution `id`, `status` and the `parameters` it rendered and ran.
+    pub remote: Option<Value>,
 }
 
 impl Outcome {
@@ -284,6 +302,7 @@ impl Outcome {
             deployed: Vec::new(),
             packs_changed: false,
             proofs: Vec::new(),
+            remote: None,
         }
     }
 
@@ -297,6 +316,7 @@ impl Outcome {
             deployed: Vec::new(),
             packs_changed: false,
             proofs: Vec::new(),
+            remote: None,
         }
     }
 }

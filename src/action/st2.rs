@@ -1,14 +1,33 @@
-//! Handing actions to a StackStorm cluster: what must hold for every value
-//! airlock sends there.
+//! Handing actions to a StackStorm cluster (`st2:` in `airlock.yaml`).
+//!
+//! An action routed there is a [`St2Action`]: when a request is made it
+//! asks st2 for the action's metadata and checks the parameters against it
+//! (off the event path); once approved it submits exactly the parameters
+//! the prompt showed with `POST /api/v1/executions` (never
+//! `/aliasexecution`, which would parse the command again), follows the
+//! execution over st2's event stream, falling back to polling when the
+//! stream drops, cancels it on `!cancel`, and reports st2's result and
+//! execution id.
 //!
 //! StackStorm renders every parameter value that holds Jinja (`{{`, `{%`)
 //! with its datastore in scope (`st2kv.system.*`), before the action runs.
 //! A value typed in chat, sent as is, would be rendered there: `{{
-//! st2kv.system.db_password }}` would come back in the result. So chat
-//! values reach st2 as [`literal`]s: text st2's renderer turns back into
-//! exactly the value typed, and nothing else.
+//! st2kv.system.db_password }}` would come back in the result. So every
+//! value airlock sends is a [`literal`]: text st2's renderer turns back
+//! into exactly the value typed. st2 still renders the action's own
+//! defaults, which airlock does not send.
 
-use serde_json::Value;
+use std::io::BufRead;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Action, ActionSpec, Outcome, Prepared, RunContext, Status};
+use crate::alias::Params;
+use crate::policy::Glob;
 
 /// `value` (a string, or strings inside arrays and objects) written so
 /// that Jinja renders it to itself: every `{{`, `{%` and `{#` becomes an
@@ -41,6 +60,348 @@ fn literal_str(s: &str) -> String {
         }
     }
     out
+}
+
+/// Statuses after which an execution changes no more.
+const DONE: [&str; 5] = ["succeeded", "failed", "timeout", "abandoned", "canceled"];
+
+/// `st2:` in `airlock.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct St2Config {
+    /// st2's base URL (`https://st2.example.org`): the API is under
+    /// `/api/v1`, the stream under `/stream/v1`.
+    pub url: String,
+    /// The environment variable holding the API key (never the file).
+    #[serde(default = "default_key_env")]
+    pub api_key_env: String,
+    /// Action refs (globs: `mypack.*`) that run on StackStorm.
+    #[serde(default)]
+    pub actions: Vec<String>,
+}
+
+fn default_key_env() -> String {
+    "ST2_API_KEY".into()
+}
+
+impl St2Config {
+    /// Whether action `reference` runs on StackStorm.
+    pub fn routes(&self, reference: &str) -> bool {
+        self.actions.iter().any(|g| Glob::new(g).matches(reference))
+    }
+}
+
+/// An action that runs on StackStorm.
+pub struct St2Action {
+    spec: ActionSpec,
+    cfg: Arc<St2Config>,
+}
+
+/// Why talking to st2 failed, in words a person can act on.
+fn explain(cfg: &St2Config, e: &reqwest::Error) -> String {
+    if e.is_connect() || e.is_timeout() {
+        format!("StackStorm at {} cannot be reached ({e})", cfg.url)
+    } else {
+        format!("StackStorm at {}: {e}", cfg.url)
+    }
+}
+
+impl St2Action {
+    /// Action `reference`, run by the st2 `cfg` names.
+    pub fn new(reference: &str, cfg: Arc<St2Config>) -> Self {
+        St2Action {
+            spec: ActionSpec::open(reference, "runs on StackStorm"),
+            cfg,
+        }
+    }
+
+    fn key(&self) -> Result<String, String> {
+        std::env::var(&self.cfg.api_key_env).map_err(|_| {
+            format!(
+                "no StackStorm API key: set {} in airlock's environment",
+                self.cfg.api_key_env
+            )
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.cfg.url.trim_end_matches('/'))
+    }
+
+    fn client(timeout: Option<Duration>) -> Result<reqwest::blocking::Client, String> {
+        reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    /// GET `path` as JSON; st2's `faultstring` on an error status.
+    fn get(&self, path: &str) -> Result<Value, String> {
+        let key = self.key()?;
+        let r = Self::client(Some(Duration::from_secs(15)))?
+            .get(self.url(path))
+            .header("St2-Api-Key", key)
+            .send()
+            .map_err(|e| explain(&self.cfg, &e))?;
+        answer(&self.cfg, r)
+    }
+}
+
+/// The body of st2's answer, or its `faultstring` with the status.
+fn answer(cfg: &St2Config, r: reqwest::blocking::Response) -> Result<Value, String> {
+    let status = r.status();
+    let body: Value = r
+        .bytes()
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    if status.is_success() && body.get("faultstring").is_none() {
+        return Ok(body);
+    }
+    let fault = body
+        .get("faultstring")
+        .and_then(Value::as_str)
+        .unwrap_or("no reason given");
+    Err(match status.as_u16() {
+        401 | 403 => format!("StackStorm at {} refused the API key ({fault})", cfg.url),
+        _ => format!("StackStorm said: {fault} (HTTP {status})"),
+    })
+}
+
+impl Action for St2Action {
+    fn spec(&self) -> &ActionSpec {
+        &self.spec
+    }
+
+    fn prepares_slowly(&self) -> bool {
+        true
+    }
+
+    /// st2's metadata for the action and its runner: unknown parameters
+    /// and missing required ones are refused now, before anyone is asked
+    /// to approve.
+    fn prepare(&self, params: Params) -> Result<Prepared, String> {
+        let reference = &self.spec.reference;
+        let action = self
+            .get(&format!("/api/v1/actions/{reference}"))
+            .map_err(|e| format!("{e} (looking up action {reference})"))?;
+        let runner = action["runner_type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let runners = self.get(&format!("/api/v1/runnertypes/?name={runner}"))?;
+        let mut schema = action["parameters"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        if let Some(r) = runners
+            .get(0)
+            .and_then(|r| r["runner_parameters"].as_object())
+        {
+            for (k, v) in r {
+                schema.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        let unknown: Vec<&str> = params
+            .keys()
+            .filter(|k| !schema.contains_key(*k))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            let mut known: Vec<&str> = schema.keys().map(String::as_str).collect();
+            known.sort();
+            return Err(format!(
+                "StackStorm's {reference} takes no parameter {} (it takes: {})",
+                unknown.join(", "),
+                known.join(", ")
+            ));
+        }
+        for (k, p) in &schema {
+            if p["required"] == true && p.get("default").is_none() && !params.contains_key(k) {
+                return Err(format!("StackStorm's {reference} needs parameter {k}"));
+            }
+            if p["immutable"] == true && params.contains_key(k) {
+                return Err(format!(
+                    "parameter {k} of {reference} is immutable: it cannot be given"
+                ));
+            }
+            if p["secret"] == true && params.contains_key(k) {
+                return Err(format!(
+                    "parameter {k} of {reference} is secret: it cannot be given in chat"
+                ));
+            }
+        }
+        Ok(Prepared {
+            params,
+            shown: vec![format!(
+                "runs on StackStorm at {} ({runner}); st2 fills in its defaults",
+                self.cfg.url
+            )],
+            plan: json!({"st2": self.cfg.url}),
+        })
+    }
+
+    fn run(&self, ctx: &RunContext, params: &Params) -> Outcome {
+        match self.submit(ctx, params) {
+            Ok(id) => self.follow(ctx, &id),
+            Err(e) => Outcome::failed(e),
+        }
+    }
+}
+
+impl St2Action {
+    /// `POST /api/v1/executions`: the parameters as literals, who asked and
+    /// the request id in the context (to find it again). Returns st2's id.
+    fn submit(&self, ctx: &RunContext, params: &Params) -> Result<String, String> {
+        let key = self.key()?;
+        let body = json!({
+            "action": self.spec.reference,
+            "parameters": literal(&Value::Object(params.clone())),
+        });
+        let context = json!({
+            "airlock": {"request_id": ctx.request_id, "requester": ctx.requester},
+            "api_user": ctx.requester,
+        });
+        let r = Self::client(Some(Duration::from_secs(30)))?
+            .post(self.url("/api/v1/executions"))
+            .header("St2-Api-Key", key)
+            .header("st2-context", context.to_string())
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .map_err(|e| explain(&self.cfg, &e))?;
+        let ex = answer(&self.cfg, r)?;
+        ex["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| "StackStorm answered without an execution id".to_string())
+    }
+
+    /// Follow execution `id` to its end: its events over the stream while
+    /// the stream lasts, a poll when it drops or says nothing for a while;
+    /// `!cancel` sends `DELETE` once.
+    fn follow(&self, ctx: &RunContext, id: &str) -> Outcome {
+        let (tx, rx) = std::sync::mpsc::channel::<Value>();
+        self.stream(id, tx);
+        let mut cancelled = false;
+        let mut last_poll = Instant::now();
+        let mut stream_open = true;
+        loop {
+            if ctx.cancel.load(Ordering::Relaxed) && !cancelled {
+                cancelled = true;
+                if let Err(e) = self.cancel(id) {
+                    tracing::warn!("cancelling st2 execution {id}: {e}");
+                }
+            }
+            let event = if stream_open {
+                match rx.recv_timeout(Duration::from_millis(500)) {
+                    Ok(e) => Some(e),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        stream_open = false;
+                        None
+                    }
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(500));
+                None
+            };
+            let ex = match event {
+                Some(e) if e.get("status").is_some() => e,
+                Some(out) => {
+                    if let Some(data) = out["data"].as_str() {
+                        ctx.output.push(data.as_bytes());
+                    }
+                    continue;
+                }
+                // Quiet, or no stream: ask.
+                None if !stream_open || last_poll.elapsed() > Duration::from_secs(5) => {
+                    last_poll = Instant::now();
+                    match self.get(&format!("/api/v1/executions/{id}")) {
+                        Ok(ex) => ex,
+                        Err(e) => {
+                            tracing::warn!("polling st2 execution {id}: {e}");
+                            continue;
+                        }
+                    }
+                }
+                None => continue,
+            };
+            let status = ex["status"].as_str().unwrap_or_default();
+            if DONE.contains(&status) {
+                return outcome(id, &ex);
+            }
+        }
+    }
+
+    /// The event stream for execution `id`, read on its own thread into
+    /// `tx`; the thread ends when the stream does (st2 ends it after the
+    /// execution's last update).
+    fn stream(&self, id: &str, tx: std::sync::mpsc::Sender<Value>) {
+        let Ok(key) = self.key() else { return };
+        let url = self.url(&format!(
+            "/stream/v1/stream?events=st2.execution__update,st2.execution.output__create&execution_ids={id}&end_execution_id={id}&end_event=st2.execution__update"
+        ));
+        std::thread::spawn(move || {
+            let Ok(client) = St2Action::client(None) else {
+                return;
+            };
+            let Ok(r) = client.get(url).header("St2-Api-Key", key).send() else {
+                return;
+            };
+            if !r.status().is_success() {
+                return;
+            }
+            let mut data = String::new();
+            for line in std::io::BufReader::new(r).lines() {
+                let Ok(line) = line else { return };
+                if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                } else if line.is_empty() && !data.is_empty() {
+                    let event = std::mem::take(&mut data);
+                    if let Ok(v) = serde_json::from_str(&event)
+                        && tx.send(v).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    fn cancel(&self, id: &str) -> Result<(), String> {
+        let key = self.key()?;
+        let r = Self::client(Some(Duration::from_secs(15)))?
+            .delete(self.url(&format!("/api/v1/executions/{id}")))
+            .header("St2-Api-Key", key)
+            .send()
+            .map_err(|e| explain(&self.cfg, &e))?;
+        answer(&self.cfg, r).map(|_| ())
+    }
+}
+
+/// How execution `id` ended, as an outcome: st2's result as the result,
+/// its id, status and parameters for the audit and the templates.
+fn outcome(id: &str, ex: &Value) -> Outcome {
+    let status = ex["status"].as_str().unwrap_or("failed");
+    let result = ex.get("result").cloned().unwrap_or(Value::Null);
+    let mut o = if status == "succeeded" {
+        Outcome::ok(format!("StackStorm execution {id} succeeded"), result)
+    } else {
+        let mut f = Outcome::failed(format!("StackStorm execution {id} ended {status}"));
+        f.result = result;
+        f
+    };
+    o.status = if status == "succeeded" {
+        Status::Succeeded
+    } else {
+        Status::Failed
+    };
+    o.remote = Some(json!({
+        "id": id, "status": status, "parameters": ex.get("parameters").cloned().unwrap_or(Value::Null),
+    }));
+    o
 }
 
 #[cfg(test)]

@@ -201,6 +201,9 @@ impl Engine {
         if recovered.is_some() {
             detail["recovered"] = json!(true);
         }
+        if let Some(remote) = &outcome.remote {
+            detail["st2_execution"] = remote.clone();
+        }
         let event = if interrupted {
             Event::Interrupted
         } else {
@@ -487,11 +490,18 @@ fn execution_view(
     started: u64,
     finished: u64,
 ) -> Value {
+    // Run by StackStorm: its execution id and the parameters it ran, as
+    // st2's own execution object would give them to the templates.
+    let remote = outcome.remote.as_ref();
     json!({
-        "id": req.id,
+        "id": remote.and_then(|r| r.get("id")).cloned().unwrap_or_else(|| json!(req.id)),
+        "request_id": req.id,
         "status": status,
         "action": {"ref": req.action},
-        "parameters": req.params,
+        "parameters": remote
+            .and_then(|r| r.get("parameters"))
+            .cloned()
+            .unwrap_or_else(|| json!(req.params)),
         "result": outcome.result,
         "context": {
             "user": req.requester, "api_user": req.requester, "source_channel": req.room,

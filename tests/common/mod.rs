@@ -13,6 +13,8 @@ use airlock::action::packs::{GitConfig, InsteadOf, PackManager};
 use airlock::config::Config;
 use airlock::engine::{Effect, Engine, Incoming};
 
+pub mod st2;
+
 pub const ALICE: &str = "@alice:example.org";
 pub const BOB: &str = "@bob:example.org";
 pub const CAROL: &str = "@carol:example.org";

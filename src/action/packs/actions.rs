@@ -47,10 +47,10 @@ struct Install {
 /// `packs.install`, with both of st2's parameter sets.
 pub fn install_spec() -> ActionSpec {
     use ParamType::*;
-    ActionSpec {
-        reference: "packs.install".into(),
-        description: "Install packs from git".into(),
-        params: vec![
+    ActionSpec::new(
+        "packs.install",
+        "Install packs from git",
+        vec![
             ParamSpec::new(
                 "packs",
                 Array,
@@ -89,34 +89,30 @@ pub fn install_spec() -> ActionSpec {
                 "accepted for compatibility (st2 2.7–3.3)",
             ),
         ],
-    }
+    )
 }
 
 /// `packs.uninstall`.
 pub fn uninstall_spec() -> ActionSpec {
-    ActionSpec {
-        reference: "packs.uninstall".into(),
-        description: "Remove installed packs".into(),
-        params: vec![ParamSpec::new("packs", ParamType::Array, "pack names").required()],
-    }
+    ActionSpec::new(
+        "packs.uninstall",
+        "Remove installed packs",
+        vec![ParamSpec::new("packs", ParamType::Array, "pack names").required()],
+    )
 }
 
 /// `packs.rollback`.
 pub fn rollback_spec() -> ActionSpec {
-    ActionSpec {
-        reference: "packs.rollback".into(),
-        description: "Restore a pack's previous installed version".into(),
-        params: vec![ParamSpec::new("pack", ParamType::String, "pack name").required()],
-    }
+    ActionSpec::new(
+        "packs.rollback",
+        "Restore a pack's previous installed version",
+        vec![ParamSpec::new("pack", ParamType::String, "pack name").required()],
+    )
 }
 
 /// `packs.list`.
 pub fn list_spec() -> ActionSpec {
-    ActionSpec {
-        reference: "packs.list".into(),
-        description: "List installed packs".into(),
-        params: vec![],
-    }
+    ActionSpec::new("packs.list", "List installed packs", vec![])
 }
 
 const REGISTER_KINDS: [&str; 11] = [
@@ -302,6 +298,7 @@ fn installed_outcome(installed: &[(PackRecord, Fetched)], packs_changed: bool) -
             .collect(),
         packs_changed,
         proofs: Vec::new(),
+        remote: None,
     }
 }
 
@@ -463,6 +460,7 @@ impl Action for Rollback {
                 }],
                 packs_changed: true,
                 proofs: Vec::new(),
+                remote: None,
             },
             Err(e) => Outcome::failed(e.to_string()),
         }
@@ -490,6 +488,7 @@ impl Action for Rollback {
             }],
             packs_changed: true,
             proofs: Vec::new(),
+            remote: None,
         })
     }
 }

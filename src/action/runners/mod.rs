@@ -474,6 +474,7 @@ impl Action for PackAction {
                 deployed: Vec::new(),
                 packs_changed: false,
                 proofs: Vec::new(),
+                remote: None,
             }
         };
         for p in self.meta.spec.params.iter().filter(|p| p.secret) {

@@ -1,0 +1,190 @@
+//! Actions routed to StackStorm (`st2:` in the config), run by the engine
+//! against the st2 API stand-in (`tests/st2/stand_in.py`, itself checked
+//! with st2client in `tests/st2client.rs`). Needs AIRLOCK_TEST_ST2_VENV
+//! (scripts/test sets it); SKIPPED without.
+
+mod common;
+
+use airlock::action::st2::St2Config;
+use common::st2::{DB_PASSWORD, KEY, StandIn, venv};
+use common::*;
+
+/// The environment variable the bot reads the API key from (this file has
+/// one test, so setting it races with nothing).
+const KEY_ENV: &str = "AIRLOCK_TEST_ST2_API_KEY";
+
+const POLICY: &str = r#"
+groups:
+  ops: ["@alice:example.org", "@bob:example.org"]
+rules:
+  - id: st2-ops
+    effect: allow
+    groups: [ops]
+    packs: [st2ops]
+    confirm: {approvers: {groups: [ops]}, self_approve: false}
+  - id: tools
+    effect: allow
+    groups: [ops]
+    builtins: ["*"]
+"#;
+
+fn alias(name: &str, action: &str, format: &str) -> String {
+    format!(
+        "name: {name}\npack: st2ops\naction_ref: {action}\nformats:\n  - \"{format}\"\nresult:\n  format: \"st2 {{{{ execution.id }}}} {{{{ execution.status }}}}: {{{{ execution.result.stdout }}}}\"\n"
+    )
+}
+
+fn bot(dir: &std::path::Path, url: &str) -> Bot {
+    let aliases = [
+        (
+            "echo.yaml",
+            alias("echo", "tests.echo", "st2 echo {{ message }}"),
+        ),
+        ("fail.yaml", alias("fail", "tests.fail", "st2 fail")),
+        (
+            "slow.yaml",
+            alias("slow", "tests.slow", "st2 slow {{ seconds }}"),
+        ),
+        ("nope.yaml", alias("nope", "tests.nope", "st2 nope")),
+        (
+            "local.yaml",
+            alias("local", "core.echo", "local echo {{ message }}"),
+        ),
+    ];
+    let alias_dir = dir.join("aliases");
+    std::fs::create_dir_all(&alias_dir).unwrap();
+    for (f, t) in &aliases {
+        std::fs::write(alias_dir.join(f), t).unwrap();
+    }
+    std::fs::write(dir.join("p.yaml"), POLICY).unwrap();
+    let mut s = settings(dir, &dir.join("p.yaml"), None);
+    s.aliases = vec![alias_dir];
+    s.st2 = Some(
+        serde_yaml::from_str::<St2Config>(&format!(
+            "url: {url}\napi_key_env: {KEY_ENV}\nactions: [\"tests.*\"]\n"
+        ))
+        .unwrap(),
+    );
+    Bot::open(s)
+}
+
+fn approved(bot: &Bot, cmd: &str) -> String {
+    let p = prompt(&bot.say(ALICE, OPS, cmd)).clone();
+    bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"))
+}
+
+#[test]
+fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
+    let Some(venv) = venv() else { return };
+    let st2 = StandIn::start(&venv);
+    // SAFETY: the only test in this binary, before any thread reads it.
+    unsafe { std::env::set_var(KEY_ENV, KEY) };
+    let tmp = tempfile::tempdir().unwrap();
+    let bot = bot(tmp.path(), &st2.url);
+
+    // The prompt says where it runs; the approved run reports st2's
+    // execution and its result through the alias's template.
+    let p = prompt(&bot.say(ALICE, OPS, "!st2 echo hello")).clone();
+    assert!(
+        p.body.contains("runs on StackStorm at http://127.0.0.1:"),
+        "{}",
+        p.body
+    );
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    let id = r
+        .split_whitespace()
+        .find(|w| w.len() == 24 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no st2 execution id in {r}"));
+    assert!(r.contains(&format!("st2 {id} succeeded: hello")), "{r}");
+    let ex = st2.execution(id);
+    assert_eq!(ex["parameters"]["message"], "hello");
+    let (_, ctx) = st2.st2(&["execution", "get", id, "-j", "--attr", "context"]);
+    let ctx: serde_json::Value =
+        serde_json::from_str(&ctx).unwrap_or_else(|e| panic!("{e}: {ctx}"));
+    assert_eq!(ctx["context"]["airlock"]["requester"], ALICE, "{ctx}");
+    assert_eq!(ctx["context"]["api_user"], ALICE, "{ctx}");
+    // The audit holds st2's execution id and the parameters st2 ran.
+    let finished = bot
+        .engine
+        .audit_log()
+        .query(&airlock::audit::Query {
+            event: Some("finished".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let last = finished.last().unwrap();
+    assert_eq!(last.detail["st2_execution"]["id"], id, "{:?}", last.detail);
+    assert_eq!(
+        last.detail["st2_execution"]["parameters"]["message"],
+        "hello"
+    );
+
+    // A chat value holding Jinja reaches st2 as data: st2 renders it back
+    // to the text typed, and the datastore stays out of the result.
+    let r = approved(&bot, "!st2 echo {{ st2kv.system.db_password }}");
+    assert!(
+        r.contains("succeeded: {{ st2kv.system.db_password }}"),
+        "{r}"
+    );
+    assert!(!r.contains(DB_PASSWORD), "{r}");
+
+    // Failures say so; an action st2 lacks, or parameters it does not
+    // take, are refused before anyone is asked to approve.
+    let r = approved(&bot, "!st2 fail");
+    assert!(r.contains("failed"), "{r}");
+    let r = bodies(&bot.say(ALICE, OPS, "!st2 nope"));
+    assert!(r.contains("cannot run") && r.contains("tests.nope"), "{r}");
+    let r = bodies(&bot.say(ALICE, OPS, "!st2 echo hi colour=blue"));
+    assert!(r.contains("takes no parameter colour"), "{r}");
+    // Actions not routed still run here.
+    let r = approved(&bot, "!local echo here");
+    assert!(!r.contains("StackStorm"), "{r}");
+
+    // `!cancel` on a running st2 execution cancels it there; its output
+    // shows in `!status` while it runs.
+    let bot = std::sync::Arc::new(bot);
+    let p = prompt(&bot.say(ALICE, OPS, "!st2 slow 30")).clone();
+    let request = p
+        .body
+        .split("request ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let runner = {
+        let (bot, event) = (bot.clone(), p.event_id.clone());
+        std::thread::spawn(move || bodies(&bot.reply(BOB, OPS, &event, "yes")))
+    };
+    loop {
+        let status = bodies(&bot.say(ALICE, OPS, &format!("!status {request}")));
+        if status.contains("│ tick") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let r = bodies(&bot.say(BOB, OPS, &format!("!cancel {request}")));
+    assert!(r.contains("Stopping request"), "{r}");
+    let done = runner.join().unwrap();
+    assert!(done.contains("canceled"), "{done}");
+    let cancelled = st2
+        .st2(&[
+            "execution",
+            "list",
+            "-j",
+            "-n",
+            "1",
+            "--action",
+            "tests.slow",
+        ])
+        .1;
+    assert!(cancelled.contains("\"canceled\""), "{cancelled}");
+
+    // A wrong key: a message naming the problem, nothing run.
+    // SAFETY: as above; nothing else runs now.
+    unsafe { std::env::set_var(KEY_ENV, "wrong-key") };
+    let r = bodies(&bot.say(ALICE, OPS, "!st2 echo hi"));
+    assert!(r.contains("refused the API key"), "{r}");
+    unsafe { std::env::set_var(KEY_ENV, KEY) };
+}

@@ -35,6 +35,24 @@ fn alias(name: &str, action: &str, format: &str) -> String {
 }
 
 fn bot(dir: &std::path::Path, url: &str) -> Bot {
+    write_aliases(dir);
+    reopen(dir, url)
+}
+
+/// The bot over what `bot` wrote in `dir`, as a restart finds it.
+fn reopen(dir: &std::path::Path, url: &str) -> Bot {
+    let mut s = settings(dir, &dir.join("p.yaml"), None);
+    s.aliases = vec![dir.join("aliases")];
+    s.st2 = Some(
+        serde_yaml::from_str::<St2Config>(&format!(
+            "url: {url}\napi_key_env: {KEY_ENV}\nactions: [\"tests.*\"]\n"
+        ))
+        .unwrap(),
+    );
+    Bot::open(s)
+}
+
+fn write_aliases(dir: &std::path::Path) {
     let aliases = [
         (
             "echo.yaml",
@@ -57,15 +75,6 @@ fn bot(dir: &std::path::Path, url: &str) -> Bot {
         std::fs::write(alias_dir.join(f), t).unwrap();
     }
     std::fs::write(dir.join("p.yaml"), POLICY).unwrap();
-    let mut s = settings(dir, &dir.join("p.yaml"), None);
-    s.aliases = vec![alias_dir];
-    s.st2 = Some(
-        serde_yaml::from_str::<St2Config>(&format!(
-            "url: {url}\napi_key_env: {KEY_ENV}\nactions: [\"tests.*\"]\n"
-        ))
-        .unwrap(),
-    );
-    Bot::open(s)
 }
 
 fn approved(bot: &Bot, cmd: &str) -> String {
@@ -180,6 +189,75 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         ])
         .1;
     assert!(cancelled.contains("\"canceled\""), "{cancelled}");
+
+    // airlock stops while an execution runs on st2: it is not cancelled
+    // there, and the next start re-attaches by the request id in its
+    // context and reports it once, never submitting it again.
+    let p = prompt(&bot.say(ALICE, OPS, "!st2 slow 3")).clone();
+    let request = p
+        .body
+        .split("request ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let runner = {
+        let (bot, event) = (bot.clone(), p.event_id.clone());
+        std::thread::spawn(move || bodies(&bot.reply(BOB, OPS, &event, "yes")))
+    };
+    while !bodies(&bot.say(ALICE, OPS, &format!("!status {request}"))).contains("│ tick") {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    bot.engine.begin_shutdown();
+    let said = runner.join().unwrap();
+    assert!(
+        !said.contains("slow"),
+        "nothing reported at shutdown: {said}"
+    );
+    bot.engine.interrupt_running(bot.now());
+    assert_eq!(
+        bot.engine
+            .requests()
+            .get(&request)
+            .unwrap()
+            .unwrap()
+            .state
+            .name(),
+        "running",
+        "left running for the next start"
+    );
+    drop(bot);
+    let bot = std::sync::Arc::new(reopen(tmp.path(), &st2.url));
+    let r = bodies(&bot.play(bot.engine.take_startup_effects()));
+    assert!(
+        r.contains(&format!("♻️ airlock restarted while request {request}"))
+            && r.contains("re-attached, not run again")
+            && r.contains("succeeded: done"),
+        "{r}"
+    );
+    let (_, list) = st2.st2(&[
+        "execution",
+        "list",
+        "-j",
+        "--action",
+        "tests.slow",
+        "--attr",
+        "context",
+        "id",
+    ]);
+    assert_eq!(list.matches(&request).count(), 1, "submitted once: {list}");
+    assert_eq!(
+        bot.engine
+            .requests()
+            .get(&request)
+            .unwrap()
+            .unwrap()
+            .state
+            .name(),
+        "succeeded"
+    );
 
     // A wrong key: a message naming the problem, nothing run.
     // SAFETY: as above; nothing else runs now.

@@ -29,6 +29,9 @@ pub struct Job {
     pub plan: Value,
     /// When it started (ms since the epoch, the engine's clock).
     pub started: u64,
+    /// Re-attach to a run that went on while airlock was down
+    /// ([`Action::resume`]) instead of starting one.
+    pub resume: bool,
 }
 
 /// How a followed job ended.
@@ -135,11 +138,16 @@ impl Executor for Embedded {
             requester: &job.requester,
             plan: &job.plan,
             cancel: &cancel,
+            stopping: &self.stopping,
             output: &output,
         };
         // An action that panics is a failed run, not a dead bot.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            job.action.run(&ctx, &job.params)
+            if job.resume {
+                job.action.resume(&ctx, &job.params)
+            } else {
+                job.action.run(&ctx, &job.params)
+            }
         }))
         .unwrap_or_else(|_| Outcome::failed("the action crashed"));
         let cancelled_by = self.lock().remove(request_id).and_then(|s| s.cancelled_by);
@@ -173,6 +181,7 @@ impl Executor for Embedded {
             requester: &job.requester,
             plan: &job.plan,
             cancel: &AtomicBool::new(false),
+            stopping: &AtomicBool::new(false),
             output: &Arc::default(),
         };
         job.action.recover(&ctx, &job.params)

@@ -365,6 +365,10 @@ pub struct RunContext<'a> {
     /// Set on shutdown or `!cancel`: long actions should stop at the next
     /// safe point.
     pub cancel: &'a AtomicBool,
+    /// Set on shutdown only: a run that [continues
+    /// elsewhere](Action::continues_elsewhere) stops following (it is
+    /// re-attached at the next start) instead of being cancelled.
+    pub stopping: &'a AtomicBool,
     /// The last lines it printed, for `!status`.
     pub output: &'a Arc<OutputTail>,
 }
@@ -432,6 +436,20 @@ pub trait Action: Send + Sync {
     /// happened). None: it did not, and the request is reported interrupted.
     fn recover(&self, _ctx: &RunContext, _params: &Params) -> Option<Outcome> {
         None
+    }
+
+    /// Whether a run goes on elsewhere while airlock is down (StackStorm):
+    /// after a restart it is re-attached with [`Action::resume`], not
+    /// reported interrupted.
+    fn continues_elsewhere(&self) -> bool {
+        false
+    }
+
+    /// After a restart, a run that [continues
+    /// elsewhere](Action::continues_elsewhere): find it and follow it to
+    /// its end (blocking), submitting it only if it was never received.
+    fn resume(&self, ctx: &RunContext, params: &Params) -> Outcome {
+        self.run(ctx, params)
     }
 
     /// The request's outcome is in the audit log: whatever the action kept

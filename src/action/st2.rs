@@ -248,9 +248,47 @@ impl Action for St2Action {
             Err(e) => Outcome::failed(e),
         }
     }
+
+    fn continues_elsewhere(&self) -> bool {
+        true
+    }
+
+    /// After a restart: the execution st2 has for this request (found by
+    /// the request id airlock put in its context), followed again; only if
+    /// st2 never received it is it submitted now.
+    fn resume(&self, ctx: &RunContext, params: &Params) -> Outcome {
+        loop {
+            match self.find(ctx.request_id) {
+                Ok(Some(id)) => return self.follow(ctx, &id),
+                Ok(None) => return self.run(ctx, params),
+                // Unknown: never submit twice; ask again until st2 answers
+                // or airlock stops.
+                Err(e) => {
+                    tracing::warn!("looking up request {} on StackStorm: {e}", ctx.request_id);
+                    if ctx.stopping.load(Ordering::Relaxed) {
+                        return Outcome::failed(e);
+                    }
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            }
+        }
+    }
 }
 
 impl St2Action {
+    /// The id of the execution st2 has for airlock request `request`.
+    fn find(&self, request: &str) -> Result<Option<String>, String> {
+        let list = self.get(&format!(
+            "/api/v1/executions?action={}&limit=200",
+            self.spec.reference
+        ))?;
+        Ok(list.as_array().and_then(|l| {
+            l.iter()
+                .find(|e| e["context"]["airlock"]["request_id"] == request)
+                .and_then(|e| e["id"].as_str().map(str::to_string))
+        }))
+    }
+
     /// `POST /api/v1/executions`: the parameters as literals, who asked and
     /// the request id in the context (to find it again). Returns st2's id.
     fn submit(&self, ctx: &RunContext, params: &Params) -> Result<String, String> {
@@ -288,6 +326,11 @@ impl St2Action {
         let mut last_poll = Instant::now();
         let mut stream_open = true;
         loop {
+            if ctx.stopping.load(Ordering::Relaxed) {
+                // airlock is stopping: the execution goes on, and the next
+                // start follows it again.
+                return Outcome::failed(format!("no longer followed: StackStorm execution {id}"));
+            }
             if ctx.cancel.load(Ordering::Relaxed) && !cancelled {
                 cancelled = true;
                 if let Err(e) = self.cancel(id) {

@@ -207,6 +207,9 @@ pub enum Effect {
     Prepare(String),
     /// Run this approved request off the event loop with [`Engine::execute`].
     Execute(String),
+    /// Re-attach to this request's run, which went on elsewhere while
+    /// airlock was down, off the event loop with [`Engine::resume`].
+    Resume(String),
 }
 
 /// Why the engine could not start.

@@ -66,6 +66,7 @@ impl Engine {
                 Outcome::failed(format!("action {} is not available in airlock", req.action));
             return self.complete(req, outcome, Ending::Ran, started, now(), None);
         };
+        let action_elsewhere = action.continues_elsewhere();
         let job = self.job(&req, action, started);
         let followed = match self.executor.submit(job) {
             Ok(()) => self.executor.follow(&req.id),
@@ -74,6 +75,11 @@ impl Engine {
                 cancelled_by: None,
             },
         };
+        if self.cancel.load(Ordering::Relaxed) && action_elsewhere {
+            // Shut down while it runs elsewhere: not ended, only no longer
+            // followed. The next start re-attaches.
+            return Vec::new();
+        }
         let outcome = followed.outcome;
         let ending = match followed.cancelled_by {
             Some(user) if outcome.status == RunStatus::Failed => Ending::CancelledBy(user),
@@ -120,6 +126,51 @@ impl Engine {
         ])
     }
 
+    /// Follow request `id`'s run, which went on elsewhere (StackStorm)
+    /// while airlock was down, to its end, and report it once; blocks like
+    /// [`Self::execute`].
+    pub fn resume(&self, id: &str, now: impl Fn() -> u64) -> Vec<Effect> {
+        let Ok(Some(req)) = self.requests.get(id) else {
+            return Vec::new();
+        };
+        let Some(action) = self
+            .action(&req.action)
+            .filter(|_| req.state == State::Running)
+        else {
+            return Vec::new();
+        };
+        let started = req.started_ms.unwrap_or(req.created_ms);
+        let mut job = self.job(&req, action, started);
+        job.resume = true;
+        let followed = match self.executor.submit(job) {
+            Ok(()) => self.executor.follow(&req.id),
+            Err(e) => Followed {
+                outcome: Outcome::failed(e),
+                cancelled_by: None,
+            },
+        };
+        if self.cancel.load(Ordering::Relaxed) {
+            return Vec::new(); // shut down again: the next start re-attaches
+        }
+        let ending = match followed.cancelled_by {
+            Some(user) if followed.outcome.status == RunStatus::Failed => Ending::CancelledBy(user),
+            _ => Ending::Ran,
+        };
+        let text = format!(
+            "♻️ airlock restarted while request {} ({}) was running on {}; re-attached, not run again.",
+            req.id,
+            req.alias.as_deref().unwrap_or(&req.action),
+            followed
+                .outcome
+                .remote
+                .as_ref()
+                .and_then(|r| r["id"].as_str())
+                .map(|x| format!("StackStorm as execution {x}"))
+                .unwrap_or_else(|| "another engine".to_string()),
+        );
+        self.complete(req, followed.outcome, ending, started, now(), Some(text))
+    }
+
     /// What the executor gets for `req`.
     fn job(&self, req: &Request, action: Arc<dyn Action>, started: u64) -> Job {
         Job {
@@ -129,6 +180,7 @@ impl Engine {
             params: req.params.clone(),
             plan: req.plan.clone(),
             started,
+            resume: false,
         }
     }
 
@@ -378,7 +430,25 @@ impl Engine {
     /// interrupted in the audit log (they are not re-run on restart).
     /// Final states are stored here (runs do not flush them).
     pub fn interrupt_running(&self, now: u64) {
-        self.interrupt(&[State::Running], "airlock was shut down while it ran", now);
+        // Runs that go on elsewhere stay running: the next start follows
+        // them again.
+        let elsewhere: Vec<String> = self
+            .requests
+            .open_requests()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| {
+                self.action(&r.action)
+                    .is_some_and(|a| a.continues_elsewhere())
+            })
+            .map(|r| r.id)
+            .collect();
+        self.interrupt(
+            &[State::Running],
+            "airlock was shut down while it ran",
+            &elsewhere,
+            now,
+        );
         if let Err(e) = self.requests.flush() {
             tracing::error!("cannot store the requests' final states: {e}");
         }
@@ -393,9 +463,17 @@ impl Engine {
     pub(super) fn recover(&self, now: u64) {
         let open = self.requests.open_requests().unwrap_or_default();
         let mut startup = Vec::new();
+        // Runs that went on elsewhere are re-attached, not interrupted.
+        let mut resumed = Vec::new();
         for req in open.iter().filter(|r| r.state == State::Running) {
             if let Some(fx) = self.settle_recorded(req, now) {
                 startup.extend(fx);
+            } else if self
+                .action(&req.action)
+                .is_some_and(|a| a.continues_elsewhere())
+            {
+                resumed.push(req.id.clone());
+                startup.push(Effect::Resume(req.id.clone()));
             } else if let Some(fx) = self.recover_run(req, now) {
                 startup.extend(fx);
             }
@@ -415,6 +493,7 @@ impl Engine {
         for (req, was) in self.interrupt(
             &[State::Running, State::Approved, State::Preparing],
             "airlock stopped before it finished; not re-run",
+            &resumed,
             now,
         ) {
             startup.push(Effect::Send(reply_to_request(
@@ -441,12 +520,21 @@ impl Engine {
 
     /// Move every open request in one of `states` to `interrupted`, with an
     /// audit entry giving `reason`. Returns them with their former state.
-    fn interrupt(&self, states: &[State], reason: &str, now: u64) -> Vec<(Request, State)> {
+    fn interrupt(
+        &self,
+        states: &[State],
+        reason: &str,
+        keep: &[String],
+        now: u64,
+    ) -> Vec<(Request, State)> {
         let Ok(open) = self.requests.open_requests() else {
             return Vec::new();
         };
         let mut done = Vec::new();
-        for r in open.into_iter().filter(|r| states.contains(&r.state)) {
+        for r in open
+            .into_iter()
+            .filter(|r| states.contains(&r.state) && !keep.contains(&r.id))
+        {
             if let Ok(Update::Done(req, was)) =
                 self.requests.update(&r.id, |r| r.interrupt(states, now))
             {

@@ -255,6 +255,7 @@ fn apply(engine: &Arc<Engine>, shared: &Arc<Shared>, effects: Vec<Effect>) {
             // and a piped script's reply must find the prompt it answers.
             Effect::Prepare(id) => apply(engine, shared, engine.prepare(&id, now_ms)),
             Effect::Execute(id) => background(engine, shared, move |e| e.execute(&id, now_ms)),
+            Effect::Resume(id) => background(engine, shared, move |e| e.resume(&id, now_ms)),
         }
     }
     let _ = std::io::stdout().flush();

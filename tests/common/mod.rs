@@ -234,6 +234,10 @@ impl Bot {
                     let more = self.engine.execute(&id, || self.now());
                     sent.extend(self.play(more));
                 }
+                Effect::Resume(id) => {
+                    let more = self.engine.resume(&id, || self.now());
+                    sent.extend(self.play(more));
+                }
             }
         }
         sent

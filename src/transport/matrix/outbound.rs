@@ -117,6 +117,9 @@ impl Bot {
                     Effect::Execute(id) => self
                         .clone()
                         .background(move |e| e.execute(&id, crate::clock::now_ms)),
+                    Effect::Resume(id) => self
+                        .clone()
+                        .background(move |e| e.resume(&id, crate::clock::now_ms)),
                 }
             }
             for (room, content) in reactions {

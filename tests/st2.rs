@@ -259,6 +259,27 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         "succeeded"
     );
 
+    // st2 answers 503 twice as the request is submitted: airlock asks
+    // whether it arrived, tries again, and the run succeeds once.
+    let p = prompt(&bot.say(ALICE, OPS, "!st2 echo after an outage")).clone();
+    st2.control("/_test/fail?status=503&count=2");
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    assert!(r.contains("succeeded: after an outage"), "{r}");
+    let (_, list) = st2.st2(&[
+        "execution",
+        "list",
+        "-j",
+        "--action",
+        "tests.echo",
+        "--attr",
+        "parameters",
+    ]);
+    assert_eq!(
+        list.matches("after an outage").count(),
+        1,
+        "submitted once: {list}"
+    );
+
     // A wrong key: a message naming the problem, nothing run.
     // SAFETY: as above; nothing else runs now.
     unsafe { std::env::set_var(KEY_ENV, "wrong-key") };

@@ -62,6 +62,18 @@ fn literal_str(s: &str) -> String {
     out
 }
 
+/// How many times a submission is tried while st2 cannot be reached
+/// (1 + 2 + 4 + 8 + 16 s of waiting between them).
+const SUBMIT_ATTEMPTS: u32 = 6;
+
+/// Why a submission did not happen.
+enum Submit {
+    /// st2 cannot be reached or failed (5xx): worth another try.
+    Unreachable(String),
+    /// st2 said no (bad parameters, the key): final.
+    Refused(String),
+}
+
 /// Statuses after which an execution changes no more.
 const DONE: [&str; 5] = ["succeeded", "failed", "timeout", "abandoned", "canceled"];
 
@@ -242,11 +254,34 @@ impl Action for St2Action {
         })
     }
 
+    /// Submit, and follow. While st2 cannot be reached (or answers 5xx)
+    /// the submission is retried with backoff, each retry only after
+    /// asking st2 whether the last one arrived after all; `!status` shows
+    /// the retries. A refusal (4xx) is final.
     fn run(&self, ctx: &RunContext, params: &Params) -> Outcome {
-        match self.submit(ctx, params) {
-            Ok(id) => self.follow(ctx, &id),
-            Err(e) => Outcome::failed(e),
+        let mut wait = Duration::from_secs(1);
+        for attempt in 1..=SUBMIT_ATTEMPTS {
+            let e = match self.submit(ctx, params) {
+                Ok(id) => return self.follow(ctx, &id),
+                Err(Submit::Refused(e)) => return Outcome::failed(e),
+                Err(Submit::Unreachable(e)) => e,
+            };
+            if let Ok(Some(id)) = self.find(ctx.request_id) {
+                return self.follow(ctx, &id);
+            }
+            let stop = ctx.cancel.load(Ordering::Relaxed) || ctx.stopping.load(Ordering::Relaxed);
+            if attempt == SUBMIT_ATTEMPTS || stop {
+                return Outcome::failed(format!(
+                    "{e}; not submitted after {attempt} attempt{}",
+                    if attempt == 1 { "" } else { "s" }
+                ));
+            }
+            ctx.output
+                .push(format!("{e}; trying again in {}s\n", wait.as_secs()).as_bytes());
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_secs(30));
         }
+        unreachable!("the last attempt returns")
     }
 
     fn continues_elsewhere(&self) -> bool {
@@ -291,8 +326,8 @@ impl St2Action {
 
     /// `POST /api/v1/executions`: the parameters as literals, who asked and
     /// the request id in the context (to find it again). Returns st2's id.
-    fn submit(&self, ctx: &RunContext, params: &Params) -> Result<String, String> {
-        let key = self.key()?;
+    fn submit(&self, ctx: &RunContext, params: &Params) -> Result<String, Submit> {
+        let key = self.key().map_err(Submit::Refused)?;
         let body = json!({
             "action": self.spec.reference,
             "parameters": literal(&Value::Object(params.clone())),
@@ -301,19 +336,26 @@ impl St2Action {
             "airlock": {"request_id": ctx.request_id, "requester": ctx.requester},
             "api_user": ctx.requester,
         });
-        let r = Self::client(Some(Duration::from_secs(30)))?
+        let r = Self::client(Some(Duration::from_secs(30)))
+            .map_err(Submit::Refused)?
             .post(self.url("/api/v1/executions"))
             .header("St2-Api-Key", key)
             .header("st2-context", context.to_string())
             .header("Content-Type", "application/json")
             .body(body.to_string())
             .send()
-            .map_err(|e| explain(&self.cfg, &e))?;
-        let ex = answer(&self.cfg, r)?;
-        ex["id"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| "StackStorm answered without an execution id".to_string())
+            .map_err(|e| Submit::Unreachable(explain(&self.cfg, &e)))?;
+        let server_error = r.status().is_server_error();
+        let ex = answer(&self.cfg, r).map_err(|e| {
+            if server_error {
+                Submit::Unreachable(e)
+            } else {
+                Submit::Refused(e)
+            }
+        })?;
+        ex["id"].as_str().map(str::to_string).ok_or_else(|| {
+            Submit::Refused("StackStorm answered without an execution id".to_string())
+        })
     }
 
     /// Follow execution `id` to its end: its events over the stream while

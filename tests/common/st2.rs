@@ -67,6 +67,24 @@ impl StandIn {
         }
     }
 
+    /// POST to one of the stand-in's test controls (`/_test/fail?…`).
+    pub fn control(&self, path: &str) {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("http://");
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            c,
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+            "{answer}"
+        );
+    }
+
     /// `st2 <args>` against the stand-in with API key `key`.
     pub fn st2_with(&self, key: &str, args: &[&str]) -> (Option<i32>, String) {
         let o: Output = Command::new(self.venv.join("bin/st2"))

@@ -951,3 +951,116 @@ async fn only_cross_signed_devices_approve_under_verified_devices() {
         .await;
     assert!(bot.stop().success());
 }
+
+/// Actions routed to StackStorm (the stand-in) from a real room: alice
+/// asks, bob approves, st2 runs it; airlock stops mid-run and, started
+/// again, re-attaches and reports the result once, without submitting it
+/// again; the audit holds st2's execution id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn actions_run_on_stackstorm_and_survive_a_restart() {
+    let Some(hs) = Homeserver::from_env() else {
+        return;
+    };
+    let Some(venv) = common::st2::venv() else {
+        return;
+    };
+    let st2 = common::st2::StandIn::start(&venv);
+    let s = scene(hs).await;
+    let dir = s.dir.path();
+    let mut cfg = std::fs::read_to_string(dir.join("airlock.yaml")).unwrap();
+    cfg.push_str(&format!(
+        "st2:\n  url: {}\n  api_key_env: AIRLOCK_TEST_ST2_API_KEY\n  actions: [\"tests.*\"]\n",
+        st2.url
+    ));
+    std::fs::write(dir.join("airlock.yaml"), cfg).unwrap();
+    std::fs::write(
+        dir.join("extra-aliases/st2slow.yaml"),
+        "name: slow\npack: st2ops\naction_ref: tests.slow\nformats: ['st2 slow {{ seconds }}']\nresult:\n  format: 'st2 {{ execution.id }} {{ execution.status }}: {{ execution.result.stdout }}'\n",
+    )
+    .unwrap();
+    let mut policy = std::fs::read_to_string(dir.join("policies/ops.yaml")).unwrap();
+    policy.push_str(&format!(
+        "\n  - id: st2-ops\n    effect: allow\n    groups: [ops]\n    rooms: [\"{}\"]\n    packs: [st2ops]\n    confirm:\n      approvers: {{groups: [ops]}}\n      self_approve: false\n",
+        s.alias
+    ));
+    std::fs::write(dir.join("policies/ops.yaml"), policy).unwrap();
+
+    let mut bot = s.start();
+    let room = s.room(true, false).await;
+    s.bot_joined(&room).await;
+    let cmd = say(&s.alice, &room, "!st2 slow 4").await;
+    let prompt = s
+        .alice
+        .wait_for("the prompt", WAIT, answer_to(&s.bot, &cmd))
+        .await;
+    assert!(
+        prompt.body.contains("runs on StackStorm at"),
+        "{}",
+        prompt.body
+    );
+    reply(&s.bob, &room, &prompt.event_id, "yes").await;
+    let list = || {
+        st2.st2(&[
+            "execution",
+            "list",
+            "-j",
+            "--action",
+            "tests.slow",
+            "--attr",
+            "id",
+            "status",
+        ])
+        .1
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while !list().contains("\"running\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ran on st2: {}",
+            list()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Stopped mid-run: st2's execution goes on.
+    assert!(bot.stop().success());
+    let mut bot = s.start();
+    let done = s
+        .alice
+        .wait_for(
+            "the result after the restart",
+            WAIT,
+            from_bot(&s.bot, &room, "succeeded: done"),
+        )
+        .await;
+    let listed = list();
+    assert_eq!(
+        listed.matches("\"id\"").count(),
+        1,
+        "submitted once: {listed}"
+    );
+    let id = done.body.split_whitespace().nth(1).unwrap().to_string();
+    assert!(listed.contains(&id), "{id} in {listed}");
+    s.alice
+        .wait_for(
+            "the re-attach notice",
+            WAIT,
+            from_bot(&s.bot, &room, "re-attached, not run again"),
+        )
+        .await;
+    assert!(bot.stop().success());
+    // The audit names st2's execution.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["audit", "--config"])
+        .arg(dir.join("airlock.yaml"))
+        .args(["--jsonl", "--all", "--status", "succeeded"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            e["detail"]["st2_execution"]["id"] == id.as_str()
+        }),
+        "{text}"
+    );
+}

@@ -265,6 +265,9 @@ impl Airlock {
             .args(["run", "--config"])
             .arg(config)
             .env("AIRLOCK_PASSWORD", password)
+            // The st2 stand-in's key (common::st2::KEY), for a scene that
+            // routes actions there.
+            .env("AIRLOCK_TEST_ST2_API_KEY", "st2-test-api-key")
             .env(
                 "AIRLOCK_LOG",
                 "warn,airlock=debug,matrix_sdk::http_client=off,matrix_sdk_crypto::backups=error",

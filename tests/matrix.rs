@@ -969,7 +969,7 @@ async fn actions_run_on_stackstorm_and_survive_a_restart() {
     let dir = s.dir.path();
     let mut cfg = std::fs::read_to_string(dir.join("airlock.yaml")).unwrap();
     cfg.push_str(&format!(
-        "st2:\n  url: {}\n  api_key_env: AIRLOCK_TEST_ST2_API_KEY\n  actions: [\"tests.*\"]\n",
+        "st2:\n  url: {}\n  api_key_env: AIRLOCK_TEST_ST2_API_KEY\n  actions: [\"tests.*\"]\n  announce_as: \"@st2:example.org\"\n",
         st2.url
     ));
     std::fs::write(dir.join("airlock.yaml"), cfg).unwrap();
@@ -979,6 +979,10 @@ async fn actions_run_on_stackstorm_and_survive_a_restart() {
     )
     .unwrap();
     let mut policy = std::fs::read_to_string(dir.join("policies/ops.yaml")).unwrap();
+    policy.push_str(&format!(
+        "\n  - id: st2-announces\n    effect: allow\n    users: [\"@st2:example.org\"]\n    rooms: [\"{}\"]\n    builtins: [announce]\n",
+        s.alias
+    ));
     policy.push_str(&format!(
         "\n  - id: st2-ops\n    effect: allow\n    groups: [ops]\n    rooms: [\"{}\"]\n    packs: [st2ops]\n    confirm:\n      approvers: {{groups: [ops]}}\n      self_approve: false\n",
         s.alias
@@ -1045,6 +1049,32 @@ async fn actions_run_on_stackstorm_and_survive_a_restart() {
             "the re-attach notice",
             WAIT,
             from_bot(&s.bot, &room, "re-attached, not run again"),
+        )
+        .await;
+    // A workflow's chatops.post_message reaches this room (the policy lets
+    // st2 post here), and not another.
+    let (code, out) = st2.st2(&[
+        "run",
+        "tests.announce",
+        &format!("channel={room}"),
+        "message=deploy window opens in 5 minutes",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    st2.st2(&[
+        "run",
+        "tests.announce",
+        "channel=!elsewhere:example.org",
+        "message=psst",
+    ]);
+    s.alice
+        .wait_for(
+            "the announcement",
+            WAIT,
+            from_bot(
+                &s.bot,
+                &room,
+                "📣 StackStorm: deploy window opens in 5 minutes",
+            ),
         )
         .await;
     assert!(bot.stop().success());

@@ -26,6 +26,11 @@ rules:
     effect: allow
     groups: [ops]
     builtins: ["*"]
+  - id: st2-announces
+    effect: allow
+    users: ["@st2:example.org"]
+    rooms: ["!ops:example.org"]
+    builtins: [announce]
 "#;
 
 fn alias(name: &str, action: &str, format: &str) -> String {
@@ -278,6 +283,28 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         list.matches("after an outage").count(),
         1,
         "submitted once: {list}"
+    );
+
+    // st2's announcements reach the rooms the policy lets it post to, and
+    // only those.
+    let sent = bot.play(bot.engine.announce(
+        "@st2:example.org",
+        &serde_json::json!({"channel": OPS, "message": "v2 is live"}),
+        bot.now(),
+    ));
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].room, OPS);
+    assert_eq!(sent[0].body, "📣 StackStorm: v2 is live");
+    let sent = bot.play(bot.engine.announce(
+        "@st2:example.org",
+        &serde_json::json!({"channel": "!elsewhere:example.org", "message": "psst"}),
+        bot.now(),
+    ));
+    assert!(sent.is_empty(), "{sent:?}");
+    let events = bot.audit_events();
+    assert!(
+        events.ends_with(&["announced".to_string(), "announced".to_string()]),
+        "{events:?}"
     );
 
     // A wrong key: a message naming the problem, nothing run.

@@ -90,6 +90,11 @@ pub struct St2Config {
     /// Action refs (globs: `mypack.*`) that run on StackStorm.
     #[serde(default)]
     pub actions: Vec<String>,
+    /// The Matrix user ID StackStorm's announcements (`chatops.post_message`)
+    /// are judged as: the policy must let it use the `announce` built-in
+    /// in a room before st2 may post there. None: no announcements.
+    #[serde(default)]
+    pub announce_as: Option<String>,
 }
 
 fn default_key_env() -> String {
@@ -435,22 +440,8 @@ impl St2Action {
             let Ok(r) = client.get(url).header("St2-Api-Key", key).send() else {
                 return;
             };
-            if !r.status().is_success() {
-                return;
-            }
-            let mut data = String::new();
-            for line in std::io::BufReader::new(r).lines() {
-                let Ok(line) = line else { return };
-                if let Some(d) = line.strip_prefix("data:") {
-                    data.push_str(d.trim_start());
-                } else if line.is_empty() && !data.is_empty() {
-                    let event = std::mem::take(&mut data);
-                    if let Ok(v) = serde_json::from_str(&event)
-                        && tx.send(v).is_err()
-                    {
-                        return;
-                    }
-                }
+            if r.status().is_success() {
+                read_events(r, |v| tx.send(v).is_ok());
             }
         });
     }
@@ -463,6 +454,68 @@ impl St2Action {
             .send()
             .map_err(|e| explain(&self.cfg, &e))?;
         answer(&self.cfg, r).map(|_| ())
+    }
+}
+
+/// Each event's `data` in an SSE stream, parsed, to `f` until it returns
+/// false or the stream ends.
+fn read_events(stream: impl std::io::Read, mut f: impl FnMut(Value) -> bool) {
+    let mut data = String::new();
+    for line in std::io::BufReader::new(stream).lines() {
+        let Ok(line) = line else { return };
+        if let Some(d) = line.strip_prefix("data:") {
+            data.push_str(d.trim_start());
+        } else if line.is_empty() && !data.is_empty() {
+            let event = std::mem::take(&mut data);
+            if let Ok(v) = serde_json::from_str(&event)
+                && !f(v)
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// StackStorm's `chatops.post_message` announcements, for ever: each
+/// event's body to `f` (which returns false to stop). The stream is
+/// opened again, with backoff, whenever it drops.
+pub fn listen_announcements(cfg: &St2Config, mut f: impl FnMut(Value) -> bool) {
+    let url = format!(
+        "{}/stream/v1/stream?events=st2.announcement__chatops",
+        cfg.url.trim_end_matches('/')
+    );
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let Ok(key) = std::env::var(&cfg.api_key_env) else {
+            tracing::warn!(
+                "no StackStorm API key in {}: no announcements",
+                cfg.api_key_env
+            );
+            return;
+        };
+        let started = Instant::now();
+        let mut go_on = true;
+        match St2Action::client(None).and_then(|c| {
+            c.get(&url)
+                .header("St2-Api-Key", key)
+                .send()
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(r) if r.status().is_success() => read_events(r, |v| {
+                go_on = f(v);
+                go_on
+            }),
+            Ok(r) => tracing::warn!("StackStorm's stream answered {}", r.status()),
+            Err(e) => tracing::warn!("StackStorm's stream: {e}"),
+        }
+        if !go_on {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            wait = Duration::from_secs(1);
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_secs(60));
     }
 }
 

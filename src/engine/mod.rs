@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use crate::action::executor::{Embedded, Executor};
 use crate::action::{Action, Actions};
-use crate::alias::{self, AliasSet};
+use crate::alias::{self, AliasSet, Params};
 use crate::audit::{AuditLog, Checkpoint, Entry, Event, Query};
 use crate::diag::Diagnostic;
 use crate::metrics::Metrics;
@@ -602,6 +602,61 @@ fn request_entry(event: Event, req: &Request, now: u64) -> Entry {
         .request(&req.id)
         .alias(req.alias.as_deref())
         .action(&req.action)
+}
+
+impl Engine {
+    /// A `chatops.post_message` announcement from StackStorm's stream
+    /// (`st2.announcement__chatops`: `channel`, `message`), judged as
+    /// `as_user`: posted only where the policy lets that identity use the
+    /// `announce` built-in; recorded either way.
+    pub fn announce(&self, as_user: &str, event: &serde_json::Value, now: u64) -> Vec<Effect> {
+        let channel = event["channel"].as_str().unwrap_or_default();
+        let message = event["message"].as_str().unwrap_or_default();
+        let policy = self.policy();
+        // A channel may be a room alias the transport resolved.
+        let room = policy
+            .resolved_room_aliases()
+            .get(channel)
+            .map(String::as_str)
+            .unwrap_or(channel);
+        let who = Subject {
+            user: as_user,
+            room,
+            power_level: None,
+            at: now,
+        };
+        let decision = policy.decide(&who, &Target::Builtin("announce"), &Params::new(), &[]);
+        let entry = Entry::new(Event::Announced, now)
+            .room(room)
+            .sender(as_user)
+            .rule(decision.rule());
+        if let policy::Decision::Deny { reason, .. } = decision {
+            tracing::warn!("StackStorm announcement to {channel} refused: {reason}");
+            self.record(vec![
+                entry
+                    .status(crate::audit::Status::Denied)
+                    .detail(serde_json::json!({"channel": channel, "reason": reason})),
+            ]);
+            return Vec::new();
+        }
+        if message.is_empty() || !crate::ids::is_room(room) {
+            return Vec::new();
+        }
+        if !self.record(vec![
+            entry
+                .status(crate::audit::Status::Ok)
+                .detail(serde_json::json!({"channel": channel, "message": message})),
+        ]) {
+            return Vec::new();
+        }
+        vec![Effect::Send(Outgoing {
+            room: room.to_string(),
+            reply_to: None,
+            thread: None,
+            message: Message::plain(format!("📣 StackStorm: {message}")),
+            prompt_for: None,
+        })]
+    }
 }
 
 /// Audit checkpoints: those in the audit room (read back by the transport

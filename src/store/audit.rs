@@ -112,6 +112,8 @@ names!(
         BreakGlass = "break_glass",
         /// Someone else reviewed a break-glass run.
         Reviewed = "reviewed",
+        /// StackStorm posted a message to a room (`chatops.post_message`).
+        Announced = "announced",
     }
 );
 

@@ -30,7 +30,7 @@ pub use load::{load, parse_texts};
 pub use window::Window;
 
 /// Commands the bot answers itself, which rules can grant.
-pub const BUILTINS: [&str; 5] = ["help", "audit", "pending", "cancel", "review"];
+pub const BUILTINS: [&str; 6] = ["help", "audit", "pending", "cancel", "review", "announce"];
 
 /// How long a confirmation stays open unless a rule says otherwise.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(600);

@@ -175,6 +175,27 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     }
     bot.clone().apply(bot.engine.take_startup_effects()).await;
+    // StackStorm's announcements, posted where the policy allows.
+    if let Some((st2, as_user)) = config
+        .st2
+        .clone()
+        .and_then(|c| c.announce_as.clone().map(|u| (c, u)))
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let engine = bot.engine.clone();
+        std::thread::spawn(move || {
+            crate::action::st2::listen_announcements(&st2, |event| {
+                tx.send(engine.announce(&as_user, &event, crate::clock::now_ms()))
+                    .is_ok()
+            })
+        });
+        let bot = bot.clone();
+        tokio::spawn(async move {
+            while let Some(fx) = rx.recv().await {
+                bot.clone().apply(fx).await;
+            }
+        });
+    }
     if let Some(room) = &config.audit_room {
         let found = bot.read_checkpoints(room).await;
         tracing::info!("{} audit checkpoint(s) found in {room}", found.len());

@@ -565,11 +565,20 @@ fn cmd_explain(
                         clock::human(c.expires)
                     ),
                 }
-                if !eval.action_available {
-                    println!(
+                match cfg
+                    .st2
+                    .as_ref()
+                    .filter(|s| s.routes(&eval.alias.action_ref))
+                {
+                    Some(st2) => println!(
+                        "runs on StackStorm at {} (st2 checks its parameters when the request is made)",
+                        st2.url
+                    ),
+                    None if !eval.action_available => println!(
                         "note: action {} is not available in airlock; it would be refused",
                         eval.alias.action_ref
-                    );
+                    ),
+                    None => {}
                 }
             }
         }

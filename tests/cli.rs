@@ -564,3 +564,47 @@ fn console_deploys_the_example_pack_and_its_secret_is_found_nowhere() {
     let (out, _) = text(&o);
     assert!(out.contains("hmac-sha256:"), "{out}");
 }
+
+/// `policy explain` says where an action routed to StackStorm runs.
+#[test]
+fn policy_explain_names_stackstorm_for_routed_actions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("al")).unwrap();
+    std::fs::write(
+        dir.join("al/e.yaml"),
+        "name: echo\npack: st2ops\naction_ref: tests.echo\nformats: [\"st2 echo {{ message }}\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.yaml"),
+        "rules:\n  - id: a\n    effect: allow\n    users: [\"*\"]\n    packs: [st2ops]\n",
+    )
+    .unwrap();
+    let cfg = dir.join("airlock.yaml");
+    std::fs::write(
+        &cfg,
+        "aliases: [al]\npolicies: [p.yaml]\nst2:\n  url: https://st2.example.org\n  actions: [\"tests.*\"]\n",
+    )
+    .unwrap();
+    let o = airlock(
+        &[
+            "policy",
+            "explain",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--user",
+            ALICE,
+            "--room",
+            OPS,
+            "st2 echo hi",
+        ],
+        dir,
+    );
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("runs on StackStorm at https://st2.example.org")
+            && !out.contains("not available in airlock"),
+        "{out}"
+    );
+}

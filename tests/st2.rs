@@ -70,6 +70,10 @@ fn write_aliases(dir: &std::path::Path) {
         ),
         ("nope.yaml", alias("nope", "tests.nope", "st2 nope")),
         (
+            "ask.yaml",
+            alias("ask", "tests.ask", "st2 ask {{ question }}"),
+        ),
+        (
             "local.yaml",
             alias("local", "core.echo", "local echo {{ message }}"),
         ),
@@ -284,6 +288,47 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         1,
         "submitted once: {list}"
     );
+
+    // A workflow stops to ask (core.ask): its question becomes a prompt
+    // in the room, answered under the same approver rules (not by the
+    // requester), and the answer goes back to st2, which goes on.
+    let p = prompt(&bot.say(ALICE, OPS, "!st2 ask Deploy to prod now?")).clone();
+    let runner = {
+        let (bot, event) = (bot.clone(), p.event_id.clone());
+        std::thread::spawn(move || bodies(&bot.reply(BOB, OPS, &event, "yes")))
+    };
+    let question = loop {
+        let sent = bot.play(bot.engine.tick(bot.now()));
+        if let Some(q) = sent
+            .iter()
+            .find(|m| m.body.starts_with("❓ StackStorm asks"))
+        {
+            break q.clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        question.body.contains("Deploy to prod now?")
+            && question.body.contains("not the requester"),
+        "{}",
+        question.body
+    );
+    let r = bodies(&bot.reply(ALICE, OPS, &question.event_id, "yes"));
+    assert!(r.contains("someone else must approve it"), "{r}");
+    let r = bodies(&bot.reply(BOB, OPS, &question.event_id, "yes"));
+    assert!(r.contains("answered yes to StackStorm's question"), "{r}");
+    let done = runner.join().unwrap();
+    assert!(done.contains("succeeded"), "{done}");
+    let (_, asked) = st2.st2(&[
+        "execution",
+        "list",
+        "-j",
+        "--action",
+        "tests.ask",
+        "--attr",
+        "result",
+    ]);
+    assert!(asked.contains("\"approved\": true"), "{asked}");
 
     // st2's announcements reach the rooms the policy lets it post to, and
     // only those.

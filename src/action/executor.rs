@@ -32,6 +32,8 @@ pub struct Job {
     /// Re-attach to a run that went on while airlock was down
     /// ([`Action::resume`]) instead of starting one.
     pub resume: bool,
+    /// How it asks the request's approvers a question mid-run.
+    pub ask: Arc<super::Ask>,
 }
 
 /// How a followed job ended.
@@ -140,6 +142,7 @@ impl Executor for Embedded {
             cancel: &cancel,
             stopping: &self.stopping,
             output: &output,
+            ask: &*job.ask,
         };
         // An action that panics is a failed run, not a dead bot.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -183,6 +186,7 @@ impl Executor for Embedded {
             cancel: &AtomicBool::new(false),
             stopping: &AtomicBool::new(false),
             output: &Arc::default(),
+            ask: &super::nobody,
         };
         job.action.recover(&ctx, &job.params)
     }

@@ -371,6 +371,18 @@ pub struct RunContext<'a> {
     pub stopping: &'a AtomicBool,
     /// The last lines it printed, for `!status`.
     pub output: &'a Arc<OutputTail>,
+    /// Put a yes/no question to the people who may approve the request, in
+    /// its room, and wait for the answer (blocking): `Some(true)` yes,
+    /// `Some(false)` no, `None` no answer (it expired, or airlock stops).
+    pub ask: &'a Ask,
+}
+
+/// How a running action asks the request's approvers a question.
+pub type Ask = dyn Fn(&str) -> Option<bool> + Send + Sync;
+
+/// For runs with nobody to ask.
+pub fn nobody(_: &str) -> Option<bool> {
+    None
 }
 
 /// The last lines a running action printed.

@@ -370,6 +370,7 @@ impl St2Action {
         let (tx, rx) = std::sync::mpsc::channel::<Value>();
         self.stream(id, tx);
         let mut cancelled = false;
+        let mut asked: Vec<String> = Vec::new();
         let mut last_poll = Instant::now();
         let mut stream_open = true;
         loop {
@@ -422,6 +423,22 @@ impl St2Action {
             if DONE.contains(&status) {
                 return outcome(id, &ex);
             }
+            // A workflow waiting on a question (`core.ask`): the request's
+            // approvers answer it in the room, and the answer goes back.
+            if matches!(status, "pending" | "paused")
+                && let Some((inquiry, question, field)) = self.inquiry_of(id, &ex)
+                && !asked.contains(&inquiry)
+            {
+                asked.push(inquiry.clone());
+                ctx.output
+                    .push(format!("StackStorm asks: {question}\n").as_bytes());
+                if let Some(answer) = (ctx.ask)(&question)
+                    && let Err(e) = self.respond(&inquiry, &field, answer)
+                {
+                    ctx.output
+                        .push(format!("the answer did not reach StackStorm: {e}\n").as_bytes());
+                }
+            }
         }
     }
 
@@ -444,6 +461,49 @@ impl St2Action {
                 read_events(r, |v| tx.send(v).is_ok());
             }
         });
+    }
+
+    /// The open inquiry execution `id` waits on: its id, its question and
+    /// the boolean field a yes or no answers.
+    fn inquiry_of(&self, id: &str, ex: &Value) -> Option<(String, String, String)> {
+        let mut candidates: Vec<String> = ex["result"]["inquiry"]
+            .as_str()
+            .map(str::to_string)
+            .into_iter()
+            .collect();
+        if let Ok(children) = self.get(&format!("/api/v1/executions/{id}/children")) {
+            candidates.extend(
+                children
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["id"].as_str().map(str::to_string)),
+            );
+        }
+        candidates.into_iter().find_map(|c| {
+            let inq = self.get(&format!("/api/v1/inquiries/{c}")).ok()?;
+            let props = inq["schema"]["properties"].as_object()?;
+            let (field, schema) = props.iter().find(|(_, s)| s["type"] == "boolean")?;
+            let question = schema["description"]
+                .as_str()
+                .unwrap_or("StackStorm asks whether to go on")
+                .to_string();
+            Some((c, question, field.clone()))
+        })
+    }
+
+    /// `PUT /api/v1/inquiries/{id}` with `{field: answer}`.
+    fn respond(&self, inquiry: &str, field: &str, yes: bool) -> Result<(), String> {
+        let key = self.key()?;
+        let body = json!({"id": inquiry, "response": {field: yes}});
+        let r = Self::client(Some(Duration::from_secs(15)))?
+            .put(self.url(&format!("/api/v1/inquiries/{inquiry}")))
+            .header("St2-Api-Key", key)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .map_err(|e| explain(&self.cfg, &e))?;
+        answer(&self.cfg, r).map(|_| ())
     }
 
     fn cancel(&self, id: &str) -> Result<(), String> {

@@ -269,6 +269,20 @@ impl Engine {
                     req.id
                 ));
             }
+            Step::Approved if super::inquiry::is_inquiry(&req) => {
+                // A question a running action asked: the answer goes back to
+                // it (it waits on the request's state); nothing runs here.
+                out.log(
+                    request_entry(Event::Approval, &req, now)
+                        .sender(user)
+                        .status(Status::Approved)
+                        .detail(json!({"answer": "yes"})),
+                );
+                out.say(format!(
+                    "👍 {user} answered yes to StackStorm's question ({}).",
+                    req.id
+                ));
+            }
             Step::Approved => {
                 out.log(
                     request_entry(Event::Approval, &req, now)

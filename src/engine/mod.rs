@@ -40,6 +40,7 @@ use crate::requests::{Request, Requests, State};
 mod approval;
 mod builtins;
 mod events;
+mod inquiry;
 mod recheck;
 mod request;
 mod run;
@@ -369,6 +370,7 @@ impl EngineBuilder {
             warned: Mutex::new(HashMap::new()),
             cancel: AtomicBool::new(false),
             checkpoints: Mutex::new(Checkpoints::default()),
+            outbox: Arc::default(),
             startup: Mutex::new(Vec::new()),
         };
         engine.reload_actions();
@@ -404,6 +406,9 @@ pub struct Engine {
     /// Audit checkpoints known to be in the audit room, and when the last
     /// was posted.
     checkpoints: Mutex<Checkpoints>,
+    /// Effects produced off any event (a running action's question), for
+    /// the next `tick` to hand out.
+    outbox: Arc<Mutex<Vec<Effect>>>,
     startup: Mutex<Vec<Effect>>,
 }
 

@@ -181,6 +181,18 @@ impl Engine {
             plan: req.plan.clone(),
             started,
             resume: false,
+            ask: {
+                let inquirer = super::inquiry::Inquirer {
+                    requests: self.requests.clone(),
+                    audit: self.audit.clone(),
+                    metrics: self.metrics.clone(),
+                    outbox: self.outbox.clone(),
+                    prefix: self.settings.prefix.clone(),
+                    parent: req.clone(),
+                    started: (started, std::time::Instant::now()),
+                };
+                Arc::new(move |q: &str| inquirer.ask(q))
+            },
         }
     }
 
@@ -375,7 +387,9 @@ impl Engine {
 
     /// Expire pending requests whose time is up; announce each in its room.
     pub fn tick(&self, now: u64) -> Vec<Effect> {
-        let mut fx = self.checkpoint(now, false);
+        let mut fx: Vec<Effect> =
+            std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|e| e.into_inner()));
+        fx.extend(self.checkpoint(now, false));
         let Ok(open) = self.requests.open_requests() else {
             return fx;
         };

@@ -74,6 +74,14 @@ fn write_aliases(dir: &std::path::Path) {
             alias("ask", "tests.ask", "st2 ask {{ question }}"),
         ),
         (
+            "timeout.yaml",
+            alias("timeout", "tests.timeout", "st2 timeout"),
+        ),
+        (
+            "abandon.yaml",
+            alias("abandon", "tests.abandon", "st2 abandon"),
+        ),
+        (
             "local.yaml",
             alias("local", "core.echo", "local echo {{ message }}"),
         ),
@@ -121,6 +129,11 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         serde_json::from_str(&ctx).unwrap_or_else(|e| panic!("{e}: {ctx}"));
     assert_eq!(ctx["context"]["airlock"]["requester"], ALICE, "{ctx}");
     assert_eq!(ctx["context"]["api_user"], ALICE, "{ctx}");
+    assert_eq!(
+        ctx["context"]["airlock"]["approvers"],
+        serde_json::json!([BOB]),
+        "{ctx}"
+    );
     // The audit holds st2's execution id and the parameters st2 ran.
     let finished = bot
         .engine
@@ -146,6 +159,12 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
     );
     assert!(!r.contains(DB_PASSWORD), "{r}");
 
+    // st2's other endings: timeout, abandoned.
+    let r = approved(&bot, "!st2 timeout");
+    assert!(r.contains(" timeout:"), "{r}");
+    let r = approved(&bot, "!st2 abandon");
+    assert!(r.contains(" abandoned:"), "{r}");
+
     // Failures say so; an action st2 lacks, or parameters it does not
     // take, are refused before anyone is asked to approve.
     let r = approved(&bot, "!st2 fail");
@@ -157,6 +176,31 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
     // Actions not routed still run here.
     let r = approved(&bot, "!local echo here");
     assert!(!r.contains("StackStorm"), "{r}");
+
+    // The stream is cut mid-run: airlock polls, and the result still
+    // arrives, once.
+    let bot = std::sync::Arc::new(bot);
+    let p = prompt(&bot.say(ALICE, OPS, "!st2 slow 2")).clone();
+    let request = p
+        .body
+        .split("request ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let runner = {
+        let (bot, event) = (bot.clone(), p.event_id.clone());
+        std::thread::spawn(move || bodies(&bot.reply(BOB, OPS, &event, "yes")))
+    };
+    while !bodies(&bot.say(ALICE, OPS, &format!("!status {request}"))).contains("│ tick") {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    st2.control("/_test/cut_streams");
+    let done = runner.join().unwrap();
+    assert_eq!(done.matches("succeeded: done").count(), 1, "{done}");
+    let bot = std::sync::Arc::try_unwrap(bot).ok().unwrap();
 
     // `!cancel` on a running st2 execution cancels it there; its output
     // shows in `!status` while it runs.

@@ -21,6 +21,8 @@ pub struct Job {
     pub request_id: String,
     /// Who asked for it.
     pub requester: String,
+    /// Who approved it.
+    pub approvers: Vec<String>,
     /// What runs.
     pub action: Arc<dyn Action>,
     /// Exactly the parameters the prompt showed.
@@ -138,6 +140,7 @@ impl Executor for Embedded {
         let ctx = RunContext {
             request_id,
             requester: &job.requester,
+            approvers: &job.approvers,
             plan: &job.plan,
             cancel: &cancel,
             stopping: &self.stopping,
@@ -182,6 +185,7 @@ impl Executor for Embedded {
         let ctx = RunContext {
             request_id: &job.request_id,
             requester: &job.requester,
+            approvers: &job.approvers,
             plan: &job.plan,
             cancel: &AtomicBool::new(false),
             stopping: &AtomicBool::new(false),

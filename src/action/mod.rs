@@ -360,6 +360,8 @@ pub struct RunContext<'a> {
     pub request_id: &'a str,
     /// Who asked for it.
     pub requester: &'a str,
+    /// Who approved it.
+    pub approvers: &'a [String],
     /// What `prepare` planned ([`Prepared::plan`]).
     pub plan: &'a Value,
     /// Set on shutdown or `!cancel`: long actions should stop at the next

@@ -338,7 +338,10 @@ impl St2Action {
             "parameters": literal(&Value::Object(params.clone())),
         });
         let context = json!({
-            "airlock": {"request_id": ctx.request_id, "requester": ctx.requester},
+            "airlock": {
+                "request_id": ctx.request_id, "requester": ctx.requester,
+                "approvers": ctx.approvers,
+            },
             "api_user": ctx.requester,
         });
         let r = Self::client(Some(Duration::from_secs(30)))

@@ -176,6 +176,7 @@ impl Engine {
         Job {
             request_id: req.id.clone(),
             requester: req.requester.clone(),
+            approvers: req.approvals.iter().map(|a| a.user.clone()).collect(),
             action,
             params: req.params.clone(),
             plan: req.plan.clone(),
@@ -598,7 +599,7 @@ fn execution_view(
     json!({
         "id": remote.and_then(|r| r.get("id")).cloned().unwrap_or_else(|| json!(req.id)),
         "request_id": req.id,
-        "status": status,
+        "status": remote.and_then(|r| r.get("status")).cloned().unwrap_or_else(|| json!(status)),
         "action": {"ref": req.action},
         "parameters": remote
             .and_then(|r| r.get("parameters"))

@@ -78,6 +78,10 @@ fn write_aliases(dir: &std::path::Path) {
             alias("timeout", "tests.timeout", "st2 timeout"),
         ),
         (
+            "queued.yaml",
+            alias("queued", "tests.queued", "st2 queued {{ message }}"),
+        ),
+        (
             "abandon.yaml",
             alias("abandon", "tests.abandon", "st2 abandon"),
         ),
@@ -158,6 +162,17 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         "{r}"
     );
     assert!(!r.contains(DB_PASSWORD), "{r}");
+
+    // Slow scheduling: st2 holds it `scheduled` for a while; it is
+    // followed until it runs and ends.
+    let r = approved(&bot, "!st2 queued eventually");
+    assert!(r.contains("succeeded: eventually"), "{r}");
+    // st2 itself refuses a value (400): its faultstring reaches the room.
+    let r = approved(&bot, "!st2 slow soon");
+    assert!(
+        r.contains("StackStorm said: 'soon' is not of type 'integer' (HTTP 400"),
+        "{r}"
+    );
 
     // st2's other endings: timeout, abandoned.
     let r = approved(&bot, "!st2 timeout");

@@ -313,6 +313,20 @@ impl Engine {
         if let Some(text) = recovered {
             fx.push(Effect::Send(reply_to_request(&req, Message::plain(text))));
         }
+        // Handed elsewhere (StackStorm) but never run there: the alias's
+        // result template knows nothing of why, so the room is told.
+        let handed_off = self
+            .action(&req.action)
+            .is_some_and(|a| a.continues_elsewhere());
+        if handed_off && outcome.remote.is_none() && state == State::Failed {
+            fx.push(Effect::Send(reply_to_request(
+                &req,
+                Message::plain(format!(
+                    "⚠️ Request {} did not run: {}",
+                    req.id, outcome.summary
+                )),
+            )));
+        }
         if let Some(text) = render::result(alias.as_deref(), &execution) {
             fx.push(Effect::Send(reply_to_request(
                 &req,

@@ -63,6 +63,12 @@ ACTIONS = {
         "parameters": {"seconds": {"type": "integer", "default": 3}},
         "behaviour": "slow",
     },
+    "tests.queued": {
+        "runner_type": "python-script",
+        "parameters": {"message": {"type": "string", "required": True}},
+        "behaviour": "echo",
+        "schedule_delay": 2.0,
+    },
     "tests.timeout": {
         "runner_type": "local-shell-cmd",
         "parameters": {},
@@ -165,7 +171,7 @@ def render(params, datastore):
 def run(state, ex, behaviour):
     """What an action does, on its own thread, as st2's runners would."""
     params = ex["parameters"]
-    delay = float(ex["context"].get("stand_in", {}).get("schedule_delay", 0.1))
+    delay = float(ACTIONS[ex["action"]["ref"]].get("schedule_delay", 0.1))
     time.sleep(delay)
     if ex["status"] == "canceled":
         return
@@ -411,6 +417,10 @@ class Handler(BaseHTTPRequestHandler):
         missing = [k for k, v in schema.items() if v.get("required") and k not in params]
         if missing:
             return fault(self, 400, "'%s' is a required property" % missing[0])
+        for k, v in params.items():
+            kind = schema[k].get("type")
+            if kind == "integer" and not (isinstance(v, int) or (isinstance(v, str) and v.lstrip("-").isdigit())):
+                return fault(self, 400, "%r is not of type 'integer'" % v)
         try:
             params = render(params, s.datastore)
         except jinja2.TemplateError as e:

@@ -516,7 +516,13 @@ fn cmd_explain(
                 explanation.matched.join(", ")
             }
         );
-        for (rule, window, state) in &explanation.windows {
+        let reference = eval.alias.reference();
+        let target = policy::Target::Alias {
+            reference: &reference,
+            pack: &eval.alias.pack,
+            action_ref: &eval.alias.action_ref,
+        };
+        for (rule, window, state) in loaded.policy.windows(&who, &target) {
             println!("window of rule {rule}: {window}; {state}");
         }
         match &explanation.decision {

@@ -778,14 +778,7 @@ fn an_approval_given_before_a_freeze_does_not_start_a_run_inside_it() {
         "{events:?}"
     );
     assert!(!events.contains(&"started".to_string()), "{events:?}");
-    let id = p
-        .body
-        .split("request ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
+    let id = request_id(&p.body);
     let r = bodies(&bot.say(ALICE, OPS, &format!("!status {id}")));
     assert!(r.contains("refused"), "{r}");
 }
@@ -892,14 +885,7 @@ rules:
     );
     let events = bot.audit_events();
     assert!(events.contains(&"break_glass".to_string()), "{events:?}");
-    let id = r
-        .split("Request ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let id = request_id(&r);
 
     let r = bodies(&bot.say(BOB, OPS, "!audit unreviewed"));
     assert!(r.contains(&id) && r.contains("“prod is down”"), "{r}");

@@ -364,15 +364,7 @@ async fn deploy_with_confirmation_on_synapse() {
                 && x.body.contains("Confirmation needed")
         })
         .await;
-    let id = prompt
-        .body
-        .split("request ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let id = common::request_id(&prompt.body);
     reply(
         &s.bob,
         &room,

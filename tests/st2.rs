@@ -7,6 +7,8 @@ mod common;
 
 use airlock::action::st2::St2Config;
 use common::st2::{DB_PASSWORD, KEY, StandIn, venv};
+use std::sync::Arc;
+
 use common::*;
 
 /// The environment variable the bot reads the API key from (this file has
@@ -96,6 +98,22 @@ fn write_aliases(dir: &std::path::Path) {
         std::fs::write(alias_dir.join(f), t).unwrap();
     }
     std::fs::write(dir.join("p.yaml"), POLICY).unwrap();
+}
+
+/// `cmd` from alice, approved by bob on another thread (the run blocks
+/// it), once its output shows in `!status`: the request id and the thread
+/// that ends with the bot's answers.
+fn running(bot: &Arc<Bot>, cmd: &str) -> (String, std::thread::JoinHandle<String>) {
+    let p = prompt(&bot.say(ALICE, OPS, cmd)).clone();
+    let request = request_id(&p.body);
+    let runner = {
+        let (bot, event) = (bot.clone(), p.event_id.clone());
+        std::thread::spawn(move || bodies(&bot.reply(BOB, OPS, &event, "yes")))
+    };
+    while !bodies(&bot.say(ALICE, OPS, &format!("!status {request}"))).contains("│ tick") {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (request, runner)
 }
 
 fn approved(bot: &Bot, cmd: &str) -> String {
@@ -194,53 +212,15 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
 
     // The stream is cut mid-run: airlock polls, and the result still
     // arrives, once.
-    let bot = std::sync::Arc::new(bot);
-    let p = prompt(&bot.say(ALICE, OPS, "!st2 slow 2")).clone();
-    let request = p
-        .body
-        .split("request ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let runner = {
-        let (bot, event) = (bot.clone(), p.event_id.clone());
-        std::thread::spawn(move || bodies(&bot.reply(BOB, OPS, &event, "yes")))
-    };
-    while !bodies(&bot.say(ALICE, OPS, &format!("!status {request}"))).contains("│ tick") {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let bot = Arc::new(bot);
+    let (_, runner) = running(&bot, "!st2 slow 2");
     st2.control("/_test/cut_streams");
     let done = runner.join().unwrap();
     assert_eq!(done.matches("succeeded: done").count(), 1, "{done}");
-    let bot = std::sync::Arc::try_unwrap(bot).ok().unwrap();
 
     // `!cancel` on a running st2 execution cancels it there; its output
     // shows in `!status` while it runs.
-    let bot = std::sync::Arc::new(bot);
-    let p = prompt(&bot.say(ALICE, OPS, "!st2 slow 30")).clone();
-    let request = p
-        .body
-        .split("request ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let runner = {
-        let (bot, event) = (bot.clone(), p.event_id.clone());
-        std::thread::spawn(move || bodies(&bot.reply(BOB, OPS, &event, "yes")))
-    };
-    loop {
-        let status = bodies(&bot.say(ALICE, OPS, &format!("!status {request}")));
-        if status.contains("│ tick") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let (request, runner) = running(&bot, "!st2 slow 30");
     let r = bodies(&bot.say(BOB, OPS, &format!("!cancel {request}")));
     assert!(r.contains("Stopping request"), "{r}");
     let done = runner.join().unwrap();
@@ -261,23 +241,7 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
     // airlock stops while an execution runs on st2: it is not cancelled
     // there, and the next start re-attaches by the request id in its
     // context and reports it once, never submitting it again.
-    let p = prompt(&bot.say(ALICE, OPS, "!st2 slow 3")).clone();
-    let request = p
-        .body
-        .split("request ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let runner = {
-        let (bot, event) = (bot.clone(), p.event_id.clone());
-        std::thread::spawn(move || bodies(&bot.reply(BOB, OPS, &event, "yes")))
-    };
-    while !bodies(&bot.say(ALICE, OPS, &format!("!status {request}"))).contains("│ tick") {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (request, runner) = running(&bot, "!st2 slow 3");
     bot.engine.begin_shutdown();
     let said = runner.join().unwrap();
     assert!(
@@ -297,7 +261,7 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         "left running for the next start"
     );
     drop(bot);
-    let bot = std::sync::Arc::new(reopen(tmp.path(), &st2.url));
+    let bot = Arc::new(reopen(tmp.path(), &st2.url));
     let r = bodies(&bot.play(bot.engine.take_startup_effects()));
     assert!(
         r.contains(&format!("♻️ airlock restarted while request {request}"))

@@ -344,6 +344,20 @@ pub fn prompt(sent: &[Sent]) -> &Sent {
         .unwrap_or_else(|| panic!("no prompt in {sent:#?}"))
 }
 
+/// The request id a bot message names ("… request k3x9pz …").
+pub fn request_id(text: &str) -> String {
+    let after = text
+        .split_once("request ")
+        .or_else(|| text.split_once("Request "))
+        .unwrap_or_else(|| panic!("no request id in {text}"))
+        .1;
+    after
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 pub fn bodies(sent: &[Sent]) -> String {
     sent.iter()
         .map(|s| s.body.as_str())

@@ -338,9 +338,6 @@ pub struct Explanation {
     pub decision: Decision,
     /// Every rule that matched, in order.
     pub matched: Vec<String>,
-    /// Rules for this target, user and room that have a change window:
-    /// `(rule, window, its state now)`.
-    pub windows: Vec<(String, String, String)>,
 }
 
 /// The whole policy: groups and rules.
@@ -615,15 +612,6 @@ impl Policy {
             .filter(|r| self.rule_applies(r, who, target))
             .collect();
         let matched = applicable.iter().map(|r| r.id.clone()).collect();
-        let windows = self
-            .rules
-            .iter()
-            .filter(|r| self.rule_applies_at_any_time(r, who, target))
-            .filter_map(|r| {
-                let w = r.when.as_ref()?;
-                Some((r.id.clone(), w.describe(), w.state(who.at)))
-            })
-            .collect();
         if let Some(deny) = applicable.iter().find(|r| r.effect == Effect::Deny) {
             return Explanation {
                 decision: Decision::Deny {
@@ -631,7 +619,6 @@ impl Policy {
                     reason: deny_reason(deny, who.at),
                 },
                 matched,
-                windows,
             };
         }
         // The first allow rule that matches governs: its constraints and
@@ -665,11 +652,22 @@ impl Policy {
                 },
             },
         };
-        Explanation {
-            decision,
-            matched,
-            windows,
-        }
+        Explanation { decision, matched }
+    }
+
+    /// Rules for this target, user and room that have a change window:
+    /// `(rule, window, its state at who.at)`, for `policy explain`. Kept
+    /// out of [`Self::explain`]: finding when a window next changes scans
+    /// ahead, which no decision needs.
+    pub fn windows(&self, who: &Subject, target: &Target) -> Vec<(String, String, String)> {
+        self.rules
+            .iter()
+            .filter(|r| self.rule_applies_at_any_time(r, who, target))
+            .filter_map(|r| {
+                let w = r.when.as_ref()?;
+                Some((r.id.clone(), w.describe(), w.state(who.at)))
+            })
+            .collect()
     }
 
     /// The first allow rule that would let `who` run `target` but for its

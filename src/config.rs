@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::action::packs::{GitConfig, PackManager};
 use crate::action::runners::{PackAction, RunnerConfig};
 use crate::action::st2::{St2Action, St2Config};
+use crate::action::temporal::TemporalConfig;
 use crate::action::{Action, Actions, metadata};
 use crate::audit::AuditLog;
 use crate::diag::{self, Diagnostic, Severity, YamlIndex};
@@ -84,6 +85,10 @@ pub struct Config {
     /// Actions that run on a StackStorm cluster instead.
     #[serde(default)]
     pub st2: Option<St2Config>,
+    /// Actions that run on Temporal workers instead (`airlock worker`;
+    /// needs the `temporal` cargo feature).
+    #[serde(default)]
+    pub temporal: Option<TemporalConfig>,
 }
 
 /// The HTTP listener.
@@ -323,6 +328,17 @@ impl Config {
             .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
         let packs = PackManager::new(&self.packs, &db, self.git.clone())
             .map_err(|e| StartError::Packs(e.to_string()))?;
+        #[cfg(feature = "temporal")]
+        let temporal = self
+            .temporal
+            .clone()
+            .map(crate::action::temporal::TemporalClient::new);
+        #[cfg(not(feature = "temporal"))]
+        if self.temporal.is_some() {
+            return Err(StartError::Packs(
+                "temporal: in the configuration, but this airlock was built without the temporal feature (cargo build --features temporal)".into(),
+            ));
+        }
         let mut runners = self.runners.clone();
         runners.hash_key = secret_key(&self.data_dir)
             .map_err(|e| StartError::Database(self.data_dir.join("secret.key"), e.to_string()))?;
@@ -337,6 +353,8 @@ impl Config {
             packs: packs.clone(),
             runners: Arc::new(runners),
             st2: self.st2.clone().map(Arc::new),
+            #[cfg(feature = "temporal")]
+            temporal,
         });
         let engine = Engine::builder(self.settings(), audit, requests)
             .actions(Actions::standard(packs.clone()))
@@ -346,6 +364,43 @@ impl Config {
         // packs kept to recover them is no longer needed.
         packs.forget_switches(None);
         Ok(Opened { engine, packs })
+    }
+}
+
+#[cfg(feature = "temporal")]
+impl Config {
+    /// What `airlock worker --task-queue <queue>` runs with: the Temporal
+    /// server, runner settings (with this machine's `secret.key` for the
+    /// audit's proofs), the pack directories of `aliases:`, and a packs
+    /// directory of its own (`data_dir/worker-packs`) that versions are
+    /// fetched into by commit. It shares no database with a bot.
+    pub fn worker_setup(
+        &self,
+        queue: &str,
+    ) -> Result<crate::action::temporal::worker::WorkerSetup, String> {
+        let temporal = self
+            .temporal
+            .clone()
+            .ok_or("the configuration has no temporal: section")?;
+        std::fs::create_dir_all(&self.data_dir)
+            .map_err(|e| format!("{}: {e}", self.data_dir.display()))?;
+        let mut runners = self.runners.clone();
+        runners.hash_key = secret_key(&self.data_dir)
+            .map_err(|e| format!("{}: {e}", self.data_dir.join("secret.key").display()))?;
+        // Its packs directory needs no records: nothing is switched there.
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .map_err(|e| e.to_string())?;
+        let packs = PackManager::new(&self.data_dir.join("worker-packs"), &db, self.git.clone())
+            .map_err(|e| e.to_string())?;
+        Ok(crate::action::temporal::worker::WorkerSetup {
+            temporal,
+            queue: queue.to_string(),
+            runners,
+            dirs: metadata::pack_dirs(&self.aliases),
+            packs,
+        })
     }
 }
 
@@ -387,6 +442,8 @@ struct Files {
     packs: Arc<PackManager>,
     runners: Arc<RunnerConfig>,
     st2: Option<Arc<St2Config>>,
+    #[cfg(feature = "temporal")]
+    temporal: Option<Arc<crate::action::temporal::TemporalClient>>,
 }
 
 impl Files {
@@ -443,6 +500,25 @@ impl Catalog for Files {
                     .iter()
                     .map(|r| Arc::new(St2Action::new(r, st2.clone())) as Arc<dyn Action>),
             );
+        }
+        // What the Temporal configuration routes runs on its workers,
+        // prepared here as it would be locally.
+        #[cfg(feature = "temporal")]
+        if let Some(t) = &self.temporal {
+            for a in found.iter_mut() {
+                let reference = &a.spec().reference;
+                if self.st2.as_ref().is_some_and(|s| s.routes(reference)) {
+                    continue;
+                }
+                if let Some(queue) = t.config().queue_of(reference) {
+                    *a = Arc::new(crate::action::temporal::TemporalAction::new(
+                        a.clone(),
+                        queue,
+                        t.clone(),
+                        self.packs.clone(),
+                    ));
+                }
+            }
         }
         (found, diags)
     }

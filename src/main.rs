@@ -84,6 +84,14 @@ enum Cmd {
     },
     /// List open requests (pending, approved, running).
     Pending,
+    /// Run approved requests' actions on this machine, for a bot whose
+    /// configuration routes them to Temporal (`temporal.queues`).
+    #[cfg(feature = "temporal")]
+    Worker {
+        /// The task queue to take requests from (one per environment).
+        #[arg(long)]
+        task_queue: String,
+    },
     /// Query the audit log, or verify its hash chain.
     Audit {
         #[command(subcommand)]
@@ -189,6 +197,8 @@ fn main() -> ExitCode {
         Cmd::Run => cmd_run(config),
         Cmd::Console { user, room } => cmd_console(config, &user, &room),
         Cmd::Pending => cmd_pending(config),
+        #[cfg(feature = "temporal")]
+        Cmd::Worker { task_queue } => cmd_worker(config, &task_queue),
         Cmd::Audit {
             command,
             user,
@@ -627,6 +637,18 @@ fn cmd_run(arg: ConfigArg) -> Outcome {
         .build()
         .map_err(fail)?;
     rt.block_on(airlock::matrix::run(cfg)).map_err(fail)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "temporal")]
+fn cmd_worker(arg: ConfigArg, queue: &str) -> Outcome {
+    let setup = config(&arg)?.worker_setup(queue).map_err(fail)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(fail)?;
+    rt.block_on(airlock::action::temporal::worker::run(setup))
+        .map_err(fail)?;
     Ok(ExitCode::SUCCESS)
 }
 

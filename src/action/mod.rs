@@ -13,6 +13,7 @@ pub mod metadata;
 pub mod packs;
 pub mod runners;
 pub mod st2;
+pub mod temporal;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::AtomicBool;
@@ -287,9 +288,8 @@ pub struct Outcome {
     /// Keyed hashes of the secret values it ran with, by parameter: the
     /// audit proves which value ran without holding it.
     pub proofs: Vec<(String, String)>,
-    /// Where another engine ran it, what that engine says: StackStorm's
-    /// execution `id`, `status` and the `parameters` it rendered and ran.
-    pub remote: Option<Value>,
+    /// Where another engine ran it, and what that engine says.
+    pub remote: Option<Remote>,
 }
 
 impl Outcome {
@@ -319,6 +319,18 @@ impl Outcome {
             remote: None,
         }
     }
+}
+
+/// Where another engine (StackStorm, Temporal) ran a request.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// The key its view has in the `finished` audit entry.
+    pub audit_key: &'static str,
+    /// Where it ran, in words ("StackStorm as execution 5f3c…").
+    pub place: String,
+    /// What that engine says: its `id` and `status`, and the `parameters`
+    /// it ran if it renders them itself; what result templates see.
+    pub view: Value,
 }
 
 /// A pack at a commit, as a run left it.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Action, ActionSpec, Outcome, Prepared, RunContext, Status};
+use super::{Action, ActionSpec, Outcome, Prepared, Remote, RunContext, Status};
 use crate::alias::Params;
 use crate::policy::Glob;
 
@@ -599,9 +599,13 @@ fn outcome(id: &str, ex: &Value) -> Outcome {
     } else {
         Status::Failed
     };
-    o.remote = Some(json!({
-        "id": id, "status": status, "parameters": ex.get("parameters").cloned().unwrap_or(Value::Null),
-    }));
+    o.remote = Some(Remote {
+        audit_key: "st2_execution",
+        place: format!("StackStorm as execution {id}"),
+        view: json!({
+            "id": id, "status": status, "parameters": ex.get("parameters").cloned().unwrap_or(Value::Null),
+        }),
+    });
     o
 }
 

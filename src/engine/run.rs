@@ -164,9 +164,7 @@ impl Engine {
                 .outcome
                 .remote
                 .as_ref()
-                .and_then(|r| r["id"].as_str())
-                .map(|x| format!("StackStorm as execution {x}"))
-                .unwrap_or_else(|| "another engine".to_string()),
+                .map_or("another engine", |r| r.place.as_str()),
         );
         self.complete(req, followed.outcome, ending, started, now(), Some(text))
     }
@@ -267,7 +265,7 @@ impl Engine {
             detail["recovered"] = json!(true);
         }
         if let Some(remote) = &outcome.remote {
-            detail["st2_execution"] = remote.clone();
+            detail[remote.audit_key] = remote.view.clone();
         }
         let event = if interrupted {
             Event::Interrupted
@@ -609,7 +607,7 @@ fn execution_view(
 ) -> Value {
     // Run by StackStorm: its execution id and the parameters it ran, as
     // st2's own execution object would give them to the templates.
-    let remote = outcome.remote.as_ref();
+    let remote = outcome.remote.as_ref().map(|r| &r.view);
     json!({
         "id": remote.and_then(|r| r.get("id")).cloned().unwrap_or_else(|| json!(req.id)),
         "request_id": req.id,

@@ -14,6 +14,8 @@ use airlock::config::Config;
 use airlock::engine::{Effect, Engine, Incoming};
 
 pub mod st2;
+#[cfg(feature = "temporal")]
+pub mod temporal;
 
 pub const ALICE: &str = "@alice:example.org";
 pub const BOB: &str = "@bob:example.org";

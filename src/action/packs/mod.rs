@@ -308,6 +308,52 @@ impl PackManager {
         Ok((version_dir, result?, stats))
     }
 
+    /// Pack `name` at `commit`, from `url`, in its version directory,
+    /// fetched if it is not there yet; no link is switched and no record
+    /// written (a Temporal worker's copy of what a request was approved
+    /// for). Everything is checked as for an install: the name, the URL,
+    /// the commit, the tree. Returns the directory.
+    pub fn materialize(
+        self: &Arc<Self>,
+        name: &str,
+        url: &str,
+        commit: &str,
+    ) -> Result<PathBuf, PackError> {
+        if !valid_pack_name(name) || !valid_url(url) {
+            return Err(PackError::Invalid(format!(
+                "pack {name:?} from {url:?} is not something airlock installs"
+            )));
+        }
+        if commit.len() != 40 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(PackError::Invalid(format!("{commit:?} is not a commit")));
+        }
+        let dir = self.version_dir(name, commit);
+        if dir.join("pack.yaml").is_file() {
+            return Ok(dir);
+        }
+        let mut src = Source {
+            pack: name.to_string(),
+            url: url.to_string(),
+            fetch_url: source::fetch_url(&self.git, url),
+            reference: None,
+            commit: commit.to_string(),
+            subtree: false,
+        };
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let never = AtomicBool::new(false);
+        // Which layout the install used is not recorded: a repository that
+        // is not the pack itself may hold it in packs/<name> (st2 1.x).
+        match self.fetch(&src, &never, deadline) {
+            Err(PackError::NotAPack(first)) => {
+                src.subtree = true;
+                self.fetch(&src, &never, deadline)
+                    .map(|(d, _, _)| d)
+                    .map_err(|_| PackError::NotAPack(first))
+            }
+            other => other.map(|(d, _, _)| d),
+        }
+    }
+
     fn rollback(
         self: &Arc<Self>,
         name: &str,

@@ -7,6 +7,8 @@
 //! README): a script gets its arguments as an argv, never through
 //! `sh -c`; every process runs in its own process group, and a timeout or
 //! a cancel sends SIGTERM to the group, then SIGKILL after a grace period;
+//! the group dies with the thread that started it, so a killed bot or
+//! worker leaves no command running (a guard process, see `guard`);
 //! output is capped per stream, and the cut is visible in the result; the
 //! child's environment never carries airlock's own secrets.
 
@@ -239,6 +241,12 @@ pub fn run(spawn: &Spawn, cancel: &AtomicBool, output: &Arc<OutputTail>) -> std:
         .stderr(Stdio::piped())
         // Its own group, so everything it starts can be stopped with it.
         .process_group(0);
+    // SAFETY: `guard` makes only async-signal-safe calls (fork, sigaction,
+    // prctl, close, waitpid, kill, _exit), as code between fork and exec
+    // must.
+    unsafe {
+        cmd.pre_exec(guard);
+    }
     for k in WITHHELD_ENV
         .iter()
         .copied()
@@ -330,6 +338,66 @@ pub fn run(spawn: &Spawn, cancel: &AtomicBool, output: &Arc<OutputTail>) -> std:
         dropped: (out_dropped, err_dropped),
         invalid_utf8,
     })
+}
+
+/// Runs in the child between fork and exec. It forks once more: the new
+/// child goes on to exec the command, and this process stays behind as
+/// the group's guard. The guard asks the kernel for SIGUSR1 when the thread
+/// that started it dies (`PR_SET_PDEATHSIG`), and then kills the whole
+/// group: a parent-death signal on the command alone would reach only the
+/// shell, never what the shell started. Until then it waits for the
+/// command and ends the way the command ended, so exit codes and signals
+/// read as before. It shrugs off the group's SIGTERM (a timeout or
+/// cancel), which is the command's to answer.
+fn guard() -> std::io::Result<()> {
+    extern "C" fn kill_group_now(_: libc::c_int) {
+        // SAFETY: kill(2) is async-signal-safe; 0 is this process group.
+        unsafe {
+            libc::kill(0, libc::SIGKILL);
+        }
+    }
+    extern "C" fn shrug(_: libc::c_int) {}
+    // SAFETY: see the call site; nothing here allocates or takes a lock.
+    unsafe {
+        let starter = libc::getppid();
+        let pid = libc::fork();
+        if pid < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if pid == 0 {
+            return Ok(()); // the command
+        }
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = kill_group_now as *const () as usize;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+        sa.sa_sigaction = shrug as *const () as usize;
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR1);
+        if libc::getppid() != starter {
+            kill_group_now(0); // the starter died before prctl
+        }
+        // Its copies of the pipes would hold the readers open, and its copy
+        // of std's exec-error pipe would hold `spawn` until the command ends.
+        for fd in 1..1024 {
+            libc::close(fd);
+        }
+        let mut status = 0;
+        loop {
+            let r = libc::waitpid(pid, &mut status, 0);
+            if r == pid {
+                break;
+            }
+            if r < 0 && *libc::__errno_location() != libc::EINTR {
+                libc::_exit(127);
+            }
+        }
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            libc::signal(sig, libc::SIG_DFL);
+            libc::kill(libc::getpid(), sig);
+        }
+        libc::_exit(libc::WEXITSTATUS(status));
+    }
 }
 
 /// SIGTERM or SIGKILL to process group `pgid`.

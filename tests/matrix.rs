@@ -1086,3 +1086,94 @@ async fn actions_run_on_stackstorm_and_survive_a_restart() {
         "{text}"
     );
 }
+
+/// Alice asks on Matrix, bob approves, a Temporal worker runs it; `airlock
+/// run` is stopped mid-run and started again, and the result arrives
+/// once, with the worker and queue in the audit.
+#[cfg(feature = "temporal")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn actions_run_on_a_temporal_worker_and_survive_a_restart() {
+    let Some(hs) = Homeserver::from_env() else {
+        return;
+    };
+    let Some(bin) = common::temporal::binary() else {
+        return;
+    };
+    let s = scene(hs).await;
+    let dir = s.dir.path();
+    let server = common::temporal::Server::start(&bin, dir);
+    let temporal = format!(
+        "temporal:\n  url: {}\n  heartbeat_seconds: 5\n  queues:\n    prod: [\"core.local\"]\n",
+        server.url()
+    );
+    let mut cfg = std::fs::read_to_string(dir.join("airlock.yaml")).unwrap();
+    cfg.push_str(&temporal);
+    std::fs::write(dir.join("airlock.yaml"), cfg).unwrap();
+    let worker_cfg = dir.join("worker.yaml");
+    std::fs::write(&worker_cfg, format!("data_dir: worker-data\n{temporal}")).unwrap();
+    let _worker = common::temporal::Worker::start(&worker_cfg, "prod", &[]);
+    std::fs::write(
+        dir.join("extra-aliases/tdeploy.yaml"),
+        "name: tdeploy\npack: remote\naction_ref: core.local\nformats: ['remote deploy']\nimmutable_parameters:\n  cmd: 'sleep 3; echo deployed from $WHERE'\nresult:\n  format: '{{ execution.status }}: {{ execution.result.stdout }}'\n",
+    )
+    .unwrap();
+    let mut policy = std::fs::read_to_string(dir.join("policies/ops.yaml")).unwrap();
+    policy.push_str(&format!(
+        "\n  - id: remote-ops\n    effect: allow\n    groups: [ops]\n    rooms: [\"{}\"]\n    actions: [core.local]\n    confirm:\n      approvers: {{groups: [ops]}}\n      self_approve: false\n",
+        s.alias
+    ));
+    std::fs::write(dir.join("policies/ops.yaml"), policy).unwrap();
+
+    let mut bot = s.start();
+    let room = s.room(true, false).await;
+    s.bot_joined(&room).await;
+    let cmd = say(&s.alice, &room, "!remote deploy").await;
+    let prompt = s
+        .alice
+        .wait_for("the prompt", WAIT, answer_to(&s.bot, &cmd))
+        .await;
+    assert!(
+        prompt.body.contains("runs on Temporal, task queue prod"),
+        "{}",
+        prompt.body
+    );
+    let request = common::request_id(&prompt.body);
+    reply(&s.bob, &room, &prompt.event_id, "yes").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while server.describe(&request).is_none() {
+        assert!(std::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Stopped mid-run: the workflow goes on.
+    assert!(bot.stop().success());
+    let mut bot = s.start();
+    s.alice
+        .wait_for(
+            "the result after the restart",
+            WAIT,
+            from_bot(&s.bot, &room, "succeeded: deployed from prod"),
+        )
+        .await;
+    s.alice
+        .wait_for(
+            "the re-attach notice",
+            WAIT,
+            from_bot(&s.bot, &room, "re-attached, not run again"),
+        )
+        .await;
+    assert!(bot.stop().success());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["audit", "--config"])
+        .arg(dir.join("airlock.yaml"))
+        .args(["--jsonl", "--all", "--request", &request])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let finished: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "finished")
+        .collect();
+    assert_eq!(finished.len(), 1, "reported once: {text}");
+    assert_eq!(finished[0]["detail"]["temporal"]["task_queue"], "prod");
+}

@@ -1,8 +1,9 @@
 //! Latency and memory of `airlock run` on a real Synapse: the time from
 //! alice sending a command to her client seeing airlock's first reply (200
 //! commands, median and p99; one at a time and back to back), the same
-//! while a long action runs, and airlock's RSS idle and after 1,000
-//! commands, beside a bare matrix-sdk echo bot as the floor. Prints figures.
+//! while a long action runs, and airlock's RSS idle and along 10,000 more
+//! commands (AIRLOCK_BENCH_COMMANDS to change), beside a bare matrix-sdk
+//! echo bot as the floor. Prints figures.
 //!
 //! Needs a homeserver: `scripts/synapse start DIR`, then
 //! `AIRLOCK_TEST_HOMESERVER=$(cat DIR/url) AIRLOCK_TEST_SYNAPSE_DIR=DIR cargo bench --bench matrix`.
@@ -73,14 +74,16 @@ async fn round_trip(
     took
 }
 
-fn report(what: &str, lat: Vec<Duration>) {
+/// Print the figures; returns the median.
+fn report(what: &str, lat: Vec<Duration>) -> Duration {
+    let p50 = pct(lat.clone(), 0.5);
     println!(
-        "{what}, {} commands: median {:?}, p99 {:?}, max {:?}",
+        "{what}, {} commands: median {p50:?}, p99 {:?}, max {:?}",
         lat.len(),
-        pct(lat.clone(), 0.5),
         pct(lat.clone(), 0.99),
         pct(lat, 1.0)
     );
+    p50
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +121,7 @@ async fn main() {
 
     // The floor on this machine: a bare matrix-sdk echo bot, E2EE and SQLite
     // store like airlock, replying from its own sync_once loop.
-    {
+    let floor = {
         let echo_id = hs.register(&format!("echo-bench-{tag}"), PW).await;
         let echo = User::login(&hs, &echo_id, PW, &dir.path().join("echo")).await;
         let me = echo_id.clone();
@@ -149,8 +152,8 @@ async fn main() {
         for _ in 0..200 {
             lat.push(round_trip(&alice, &room, &echo_id, "!ping", false).await);
         }
-        report("bare echo bot (the floor)", lat);
-    }
+        report("bare echo bot (the floor)", lat)
+    };
     let airlock = Airlock::start(&cfg, PW);
     let mut req = CreateRoom::new();
     req.invite = vec![bot.clone()];
@@ -174,14 +177,22 @@ async fn main() {
     for _ in 0..200 {
         lat.push(round_trip(&alice, &room, &bot, "!ping", true).await);
     }
-    report("airlock first reply, one command at a time", lat);
+    let one = report("airlock first reply, one command at a time", lat);
+    println!(
+        "  {:.2}× the floor",
+        one.as_secs_f64() / floor.as_secs_f64()
+    );
     // Back to back: each command follows the previous reply at once, while
     // the bot is still sending that command's status reactions.
     let mut lat = Vec::new();
     for _ in 0..200 {
         lat.push(round_trip(&alice, &room, &bot, "!ping", false).await);
     }
-    report("airlock first reply, back to back", lat);
+    let b2b = report("airlock first reply, back to back", lat);
+    println!(
+        "  {:.2}× the floor",
+        b2b.as_secs_f64() / floor.as_secs_f64()
+    );
 
     // A long action runs on its own thread; commands are still answered.
     round_trip(&alice, &room, &bot, "!pause 30", false).await;
@@ -191,15 +202,25 @@ async fn main() {
     }
     report("airlock first reply while a 30 s action runs", during);
 
-    for _ in 0..1000 {
+    println!("airlock RSS idle: {:.1} MiB", idle as f64 / 1024.0);
+    let commands: usize = std::env::var("AIRLOCK_BENCH_COMMANDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    for i in 1..=commands {
         round_trip(&alice, &room, &bot, "!ping", false).await;
+        if i % 2_500 == 0 || i == commands {
+            println!(
+                "airlock RSS after {i} more commands: {:.1} MiB",
+                rss_kib(airlock.pid()) as f64 / 1024.0
+            );
+        }
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(airlock.pid());
+    // Idle again, once the status reactions have gone out.
+    tokio::time::sleep(Duration::from_secs(35)).await;
     println!(
-        "airlock RSS: idle {:.1} MiB, after 1,000 more commands {:.1} MiB",
-        idle as f64 / 1024.0,
-        after as f64 / 1024.0
+        "airlock RSS idle again: {:.1} MiB",
+        rss_kib(airlock.pid()) as f64 / 1024.0
     );
     if std::env::var_os("AIRLOCK_BENCH_KEEP").is_some() {
         println!("airlock's log: {}", airlock.log.display());

@@ -23,7 +23,7 @@ use crate::{alias, clock, ids, policy};
 
 /// sled's page cache (its default is 1 GiB): the bot reads little beyond
 /// recent entries, and a long-running process should not grow toward that.
-const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+const SLED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// `airlock.yaml`.
 #[derive(Debug, Clone, Deserialize)]

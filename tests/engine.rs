@@ -1066,3 +1066,41 @@ fn an_alias_change_voids_approvals_but_a_message_change_does_not() {
         again.body
     );
 }
+
+/// Status reactions: 👀 only when nothing answers at once (an ack already
+/// says the command was seen, and a reaction first would hold it up); ⏳
+/// on a prompt; ✅ when it ran.
+#[test]
+fn seen_is_said_once_and_only_when_nothing_answers_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = "rules:\n  - id: all\n    effect: allow\n    users: [\"@alice:example.org\"]\n    packs: [t]\n";
+    let bot = with_aliases(
+        tmp.path(),
+        &[
+            (
+                "acked.yaml",
+                "name: acked\npack: t\naction_ref: core.noop\nformats: ['acked']\nack:\n  format: on it\nresult:\n  enabled: false\n",
+            ),
+            (
+                "quiet.yaml",
+                "name: quiet\npack: t\naction_ref: core.noop\nformats: ['quiet']\nack:\n  enabled: false\nresult:\n  enabled: false\n",
+            ),
+        ],
+        policy,
+    );
+    let keys = |event: &str| -> Vec<&'static str> {
+        bot.reactions
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(e, _)| e == event)
+            .map(|(_, k)| *k)
+            .collect()
+    };
+    let (acked, sent) = bot.say_with_id(ALICE, OPS, "!acked");
+    assert!(bodies(&sent).contains("on it"), "{}", bodies(&sent));
+    assert_eq!(keys(&acked), ["✅"]);
+    let (quiet, sent) = bot.say_with_id(ALICE, OPS, "!quiet");
+    assert!(bodies(&sent).is_empty(), "{}", bodies(&sent));
+    assert_eq!(keys(&quiet), ["👀", "✅"]);
+}

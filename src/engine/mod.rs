@@ -290,11 +290,17 @@ impl<'a> Out<'a> {
     }
 
     fn react(&mut self, key: &'static str) {
-        self.effects.push(Effect::React {
+        let r = self.reaction(key);
+        self.effects.push(r);
+    }
+
+    /// Reaction `key` on this event.
+    fn reaction(&self, key: &'static str) -> Effect {
+        Effect::React {
             room: self.m.room.clone(),
             event_id: self.m.event_id.clone(),
             key,
-        });
+        }
     }
 
     /// A new audit entry at this event's time.

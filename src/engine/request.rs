@@ -299,11 +299,20 @@ impl Engine {
             }));
             out.react(WAITING);
         } else {
-            out.react(SEEN);
             if let Some(glass) = &req.break_glass {
                 self.announce_break_glass(out, &req, &glass.reason);
             }
+            let at = out.effects.len();
             self.accept(out, &req);
+            // 👀 says "seen, working on it"; an ack already says so, and a
+            // reaction sent first would hold up the answer.
+            let acked = out.effects[at..]
+                .iter()
+                .any(|e| matches!(e, Effect::Send(_)));
+            if !acked {
+                let seen = out.reaction(SEEN);
+                out.effects.insert(at, seen);
+            }
         }
     }
 

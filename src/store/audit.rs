@@ -604,6 +604,21 @@ impl AuditLog {
         }
     }
 
+    /// Entries `seqs`, in that order; a long list on two threads.
+    fn read_many(&self, seqs: &[u64]) -> Result<Vec<Option<Entry>>, AuditError> {
+        if seqs.len() < 1024 {
+            return seqs.iter().map(|s| self.read(*s)).collect();
+        }
+        let (first, second) = seqs.split_at(seqs.len() / 2);
+        let (a, b) = std::thread::scope(|s| {
+            let other = s.spawn(|| first.iter().map(|s| self.read(*s)).collect::<Vec<_>>());
+            let mine: Vec<_> = second.iter().map(|s| self.read(*s)).collect();
+            (other.join(), mine)
+        });
+        let a = a.map_err(|_| AuditError::Corrupt(0, "a reading thread panicked".into()))?;
+        a.into_iter().chain(b).collect()
+    }
+
     /// How many entries.
     pub fn len(&self) -> u64 {
         self.head().seq
@@ -639,21 +654,40 @@ impl AuditLog {
         };
         match q.index() {
             Some((tag, value)) => {
-                'chunks: for chunk in self
+                // Entries are read in batches, newest first, each batch
+                // twice the last: a `-n 100` query reads little, and a
+                // query for everything reads big batches on two threads
+                // (reading and parsing entries is the whole cost).
+                let mut batch: Vec<u64> = Vec::new();
+                let mut size = 128;
+                let mut seqs = self
                     .index
                     .scan_prefix(index_prefix(tag, value))
                     .values()
                     .rev()
-                {
-                    let chunk = chunk?;
-                    for seq in chunk.chunks_exact(8).rev() {
-                        let seq = u64::from_be_bytes(seq.try_into().expect("8-byte seq"));
-                        if let Some(e) = self.read(seq)?
-                            && !take(e)
-                        {
-                            break 'chunks;
+                    .map(|chunk| {
+                        chunk.map(|c| {
+                            c.chunks_exact(8)
+                                .rev()
+                                .map(|s| u64::from_be_bytes(s.try_into().expect("8-byte seq")))
+                                .collect::<Vec<u64>>()
+                        })
+                    })
+                    .peekable();
+                'batches: while seqs.peek().is_some() || !batch.is_empty() {
+                    while batch.len() < size {
+                        match seqs.next() {
+                            Some(chunk) => batch.extend(chunk?),
+                            None => break,
                         }
                     }
+                    for e in self.read_many(&batch)?.into_iter().flatten() {
+                        if !take(e) {
+                            break 'batches;
+                        }
+                    }
+                    batch.clear();
+                    size = (size * 2).min(16_384);
                 }
             }
             None => {

@@ -165,7 +165,21 @@ impl Bot {
     pub fn open(config: Config) -> Self {
         let dir = config.data_dir.parent().unwrap().to_path_buf();
         let now = airlock::clock::now_ms();
-        let opened = config.open(now).unwrap_or_else(|e| panic!("engine: {e}"));
+        // A restart in the same process: the last engine's threads (a run
+        // noticing the shutdown) may hold the database a moment longer.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let opened = loop {
+            match config.open(now) {
+                Ok(o) => break o,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("engine: {e}"),
+            }
+        };
         Bot {
             engine: Arc::new(opened.engine),
             packs: opened.packs,

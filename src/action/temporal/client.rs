@@ -192,7 +192,16 @@ impl TemporalAction {
             let started = block(async move { start(&client, job, &queue).await })
                 .unwrap_or_else(|| Err(Start::Refused("the Temporal client stopped".into())));
             let e = match started {
-                Ok(()) => return self.follow(ctx),
+                Ok(()) => {
+                    ctx.output.push(
+                        format!(
+                            "on Temporal as workflow {}, task queue {}\n",
+                            ctx.request_id, self.queue
+                        )
+                        .as_bytes(),
+                    );
+                    return self.follow(ctx);
+                }
                 Err(Start::Refused(e)) => return Outcome::failed(e),
                 Err(Start::Unreachable(e)) => e,
             };

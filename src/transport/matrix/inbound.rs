@@ -336,6 +336,8 @@ impl Bot {
     }
 
     async fn handle(self: Arc<Self>, m: Incoming) {
+        // Status reactions wait until this command is answered.
+        let _busy = self.reactions.busy();
         let engine = self.engine.clone();
         // Latency breakdown for the log: homeserver to us, engine, sending.
         let (event, seen_ms, m_ts) = (

@@ -80,6 +80,8 @@ struct Bot {
     finished: tokio::sync::Mutex<mpsc::Receiver<()>>,
     /// When a sync last succeeded, for `/healthz`.
     liveness: Arc<Liveness>,
+    /// Status reactions, sent once the bot is quiet.
+    reactions: outbound::Reactions,
 }
 
 /// Log in (or restore the saved session), sync, and serve until SIGTERM or
@@ -111,7 +113,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
         // The configured URL stays authoritative: a login response's
         // well-known would switch to the public URL on the first start only.
         .respect_login_well_known(false)
-        .sqlite_store(&store, passphrase.as_deref())
+        // A bot syncs a handful of rooms: the default store keeps eight
+        // connections with 2 MiB of page cache each, per database.
+        .sqlite_store_with_config_and_cache_path(
+            matrix_sdk::SqliteStoreConfig::with_low_memory_config(&store)
+                .passphrase(passphrase.as_deref()),
+            None::<PathBuf>,
+        )
         .build()
         .await?;
     login(
@@ -124,6 +132,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     .await?;
 
     let (running, finished) = mpsc::channel(1);
+    let (reactions, reactions_rx) = outbound::Reactions::new();
     let bot = Arc::new(Bot {
         client: client.clone(),
         engine,
@@ -133,7 +142,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         running: std::sync::Mutex::new(Some(running)),
         finished: tokio::sync::Mutex::new(finished),
         liveness: Arc::new(Liveness::default()),
+        reactions,
     });
+    let lane = tokio::spawn(bot.clone().send_reactions(reactions_rx));
     let http = match &config.http.listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -206,8 +217,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
         let bot = bot.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
-            loop {
+            for n in 0u64.. {
                 every.tick().await;
+                // What the allocator holds free goes back to the system now
+                // and then, so a burst of commands leaves no lasting growth.
+                #[cfg(target_env = "gnu")]
+                if n % 30 == 29 {
+                    // SAFETY: malloc_trim only returns free memory.
+                    let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+                }
                 let engine = bot.engine.clone();
                 if let Ok(fx) =
                     tokio::task::spawn_blocking(move || engine.tick(crate::clock::now_ms())).await
@@ -254,6 +272,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
     // The head as it stands at the end, so the homeserver holds it.
     let last = bot.engine.checkpoint(crate::clock::now_ms(), true);
     bot.clone().apply(last).await;
+    bot.reactions.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), lane).await;
     Ok(())
 }
 

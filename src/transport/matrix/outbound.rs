@@ -3,7 +3,8 @@
 //! translation of an [`Outgoing`] into Matrix content is the pure
 //! [`to_content`].
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -14,6 +15,8 @@ use matrix_sdk::ruma::events::reaction::ReactionEventContent;
 use matrix_sdk::ruma::events::relation::{Annotation, InReplyTo, Reply, Thread};
 use matrix_sdk::ruma::events::room::message::{Relation, RoomMessageEventContent};
 use matrix_sdk::ruma::{OwnedEventId, RoomId, TransactionId};
+
+use tokio::sync::mpsc;
 
 use super::Bot;
 use crate::engine::{Effect, Engine, Outgoing};
@@ -61,6 +64,93 @@ where
     }
 }
 
+/// How long the bot must have been quiet (no command being handled, none
+/// newly arrived) before a status reaction goes out.
+const REACTION_QUIET: Duration = Duration::from_millis(250);
+
+/// Status reactions (👀 ⏳ ✅ ❌), sent on their own lane once the bot is
+/// quiet. The homeserver orders a room's events one by one, and every
+/// client wakes for each: a reaction sent while the next command is being
+/// answered would be ordered ahead of that answer and delay it. Reactions
+/// decorate; answers are what people wait for.
+pub(super) struct Reactions {
+    tx: Mutex<Option<mpsc::UnboundedSender<(Room, ReactionEventContent)>>>,
+    /// Commands being handled now.
+    handling: AtomicUsize,
+    /// Commands seen so far: one arriving during the quiet period restarts it.
+    arrived: AtomicU64,
+    /// Shutting down: what is queued goes out without waiting.
+    draining: AtomicBool,
+}
+
+/// A command being handled, for [`Reactions`]; dropped when its answers
+/// are sent.
+pub(super) struct Busy<'a>(&'a Reactions);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.handling.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Reactions {
+    /// A lane, and what its sender task reads.
+    pub(super) fn new() -> (Self, mpsc::UnboundedReceiver<(Room, ReactionEventContent)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let lane = Reactions {
+            tx: Mutex::new(Some(tx)),
+            handling: AtomicUsize::new(0),
+            arrived: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+        };
+        (lane, rx)
+    }
+
+    /// A command arrived and is being handled until the guard drops.
+    pub(super) fn busy(&self) -> Busy<'_> {
+        self.arrived.fetch_add(1, Ordering::Relaxed);
+        self.handling.fetch_add(1, Ordering::Relaxed);
+        Busy(self)
+    }
+
+    /// Queue a reaction; once the lane is closed it comes back, to be
+    /// sent directly.
+    fn push(
+        &self,
+        room: Room,
+        content: ReactionEventContent,
+    ) -> Option<(Room, ReactionEventContent)> {
+        match &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(tx) => tx.send((room, content)).err().map(|e| e.0),
+            None => Some((room, content)),
+        }
+    }
+
+    /// Stop queueing; what is queued goes out without waiting.
+    pub(super) fn close(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Wait until no command is being handled and none has arrived for
+    /// [`REACTION_QUIET`].
+    async fn quiet(&self) {
+        while !self.draining.load(Ordering::Relaxed) {
+            let seen = self.arrived.load(Ordering::Relaxed);
+            if self.handling.load(Ordering::Relaxed) == 0 {
+                tokio::time::sleep(REACTION_QUIET).await;
+                if self.arrived.load(Ordering::Relaxed) == seen
+                    && self.handling.load(Ordering::Relaxed) == 0
+                {
+                    return;
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 /// A notice for `o`: plain, or plain with escaped HTML; a reply, in its
 /// thread when it has one (a thread reply keeps the reply fallback for
 /// clients without threads).
@@ -89,14 +179,24 @@ pub fn to_reaction(event_id: &str, key: &str) -> Option<ReactionEventContent> {
 }
 
 impl Bot {
+    /// The reaction lane's sender: one reaction at a time, each once the
+    /// bot is quiet; ends when the lane is closed and emptied.
+    pub(super) async fn send_reactions(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<(Room, ReactionEventContent)>,
+    ) {
+        while let Some((room, content)) = rx.recv().await {
+            self.reactions.quiet().await;
+            if let Err(e) = send_retrying(&room, content, self.engine.metrics()).await {
+                tracing::warn!("reaction in {}: {e}", room.room_id());
+            }
+        }
+    }
+
     /// Carry out effects: messages and reactions now, executions on
     /// blocking threads (they never hold up the sync loop).
     pub(super) fn apply(self: Arc<Self>, effects: Vec<Effect>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            // Status reactions go out after this batch's messages: sent first,
-            // they would queue ahead of the reply in the homeserver's per-room
-            // event order and wake every client's sync once more before it.
-            let mut reactions = Vec::new();
             for fx in effects {
                 match fx {
                     Effect::Send(o) => self.send(o).await,
@@ -107,8 +207,11 @@ impl Bot {
                     } => {
                         if let (Some(room), Some(content)) =
                             (self.room(&room), to_reaction(&event_id, key))
+                            && let Some((room, content)) = self.reactions.push(room, content)
+                            && let Err(e) =
+                                send_retrying(&room, content, self.engine.metrics()).await
                         {
-                            reactions.push((room, content));
+                            tracing::warn!("reaction in {}: {e}", room.room_id());
                         }
                     }
                     Effect::Prepare(id) => self
@@ -120,11 +223,6 @@ impl Bot {
                     Effect::Resume(id) => self
                         .clone()
                         .background(move |e| e.resume(&id, crate::clock::now_ms)),
-                }
-            }
-            for (room, content) in reactions {
-                if let Err(e) = send_retrying(&room, content, self.engine.metrics()).await {
-                    tracing::warn!("reaction in {}: {e}", room.room_id());
                 }
             }
         })

@@ -959,27 +959,25 @@ async fn actions_run_on_stackstorm_and_survive_a_restart() {
     let st2 = common::st2::StandIn::start(&venv);
     let s = scene(hs).await;
     let dir = s.dir.path();
-    let mut cfg = std::fs::read_to_string(dir.join("airlock.yaml")).unwrap();
-    cfg.push_str(&format!(
-        "st2:\n  url: {}\n  api_key_env: AIRLOCK_TEST_ST2_API_KEY\n  actions: [\"tests.*\"]\n  announce_as: \"@st2:example.org\"\n",
-        st2.url
-    ));
-    std::fs::write(dir.join("airlock.yaml"), cfg).unwrap();
+    common::append(
+        &dir.join("airlock.yaml"),
+        &format!(
+            "st2:\n  url: {}\n  api_key_env: AIRLOCK_TEST_ST2_API_KEY\n  actions: [\"tests.*\"]\n  announce_as: \"@st2:example.org\"\n",
+            st2.url
+        ),
+    );
     std::fs::write(
         dir.join("extra-aliases/st2slow.yaml"),
         "name: slow\npack: st2ops\naction_ref: tests.slow\nformats: ['st2 slow {{ seconds }}']\nresult:\n  format: 'st2 {{ execution.id }} {{ execution.status }}: {{ execution.result.stdout }}'\n",
     )
     .unwrap();
-    let mut policy = std::fs::read_to_string(dir.join("policies/ops.yaml")).unwrap();
-    policy.push_str(&format!(
-        "\n  - id: st2-announces\n    effect: allow\n    users: [\"@st2:example.org\"]\n    rooms: [\"{}\"]\n    builtins: [announce]\n",
-        s.alias
-    ));
-    policy.push_str(&format!(
-        "\n  - id: st2-ops\n    effect: allow\n    groups: [ops]\n    rooms: [\"{}\"]\n    packs: [st2ops]\n    confirm:\n      approvers: {{groups: [ops]}}\n      self_approve: false\n",
-        s.alias
-    ));
-    std::fs::write(dir.join("policies/ops.yaml"), policy).unwrap();
+    common::append(
+        &dir.join("policies/ops.yaml"),
+        &format!(
+            "\n  - id: st2-announces\n    effect: allow\n    users: [\"@st2:example.org\"]\n    rooms: [\"{a}\"]\n    builtins: [announce]\n\n  - id: st2-ops\n    effect: allow\n    groups: [ops]\n    rooms: [\"{a}\"]\n    packs: [st2ops]\n    confirm:\n      approvers: {{groups: [ops]}}\n      self_approve: false\n",
+            a = s.alias
+        ),
+    );
 
     let mut bot = s.start();
     let room = s.room(true, false).await;
@@ -1106,9 +1104,7 @@ async fn actions_run_on_a_temporal_worker_and_survive_a_restart() {
         "temporal:\n  url: {}\n  heartbeat_seconds: 5\n  queues:\n    prod: [\"core.local\"]\n",
         server.url()
     );
-    let mut cfg = std::fs::read_to_string(dir.join("airlock.yaml")).unwrap();
-    cfg.push_str(&temporal);
-    std::fs::write(dir.join("airlock.yaml"), cfg).unwrap();
+    common::append(&dir.join("airlock.yaml"), &temporal);
     let worker_cfg = dir.join("worker.yaml");
     std::fs::write(&worker_cfg, format!("data_dir: worker-data\n{temporal}")).unwrap();
     let _worker = common::temporal::Worker::start(&worker_cfg, "prod", &[]);
@@ -1117,12 +1113,13 @@ async fn actions_run_on_a_temporal_worker_and_survive_a_restart() {
         "name: tdeploy\npack: remote\naction_ref: core.local\nformats: ['remote deploy']\nimmutable_parameters:\n  cmd: 'sleep 3; echo deployed from $WHERE'\nresult:\n  format: '{{ execution.status }}: {{ execution.result.stdout }}'\n",
     )
     .unwrap();
-    let mut policy = std::fs::read_to_string(dir.join("policies/ops.yaml")).unwrap();
-    policy.push_str(&format!(
-        "\n  - id: remote-ops\n    effect: allow\n    groups: [ops]\n    rooms: [\"{}\"]\n    actions: [core.local]\n    confirm:\n      approvers: {{groups: [ops]}}\n      self_approve: false\n",
-        s.alias
-    ));
-    std::fs::write(dir.join("policies/ops.yaml"), policy).unwrap();
+    common::append(
+        &dir.join("policies/ops.yaml"),
+        &format!(
+            "\n  - id: remote-ops\n    effect: allow\n    groups: [ops]\n    rooms: [\"{}\"]\n    actions: [core.local]\n    confirm:\n      approvers: {{groups: [ops]}}\n      self_approve: false\n",
+            s.alias
+        ),
+    );
 
     let mut bot = s.start();
     let room = s.room(true, false).await;

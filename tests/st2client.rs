@@ -68,11 +68,14 @@ fn the_stand_in_renders_parameters_with_the_datastore_as_st2_does() {
 fn st2_execution_tail_and_cancel_follow_the_event_stream() {
     let Some(venv) = venv() else { return };
     let s = StandIn::start(&venv);
-    let id = s.run_async(&["tests.slow", "seconds=2"]);
+    // Long enough that the client (a Python start, slow on a busy
+    // machine) is tailing before the last ticks: tail shows only what
+    // comes after it starts.
+    let id = s.run_async(&["tests.slow", "seconds=8"]);
     let (code, out) = s.st2(&["execution", "tail", &id]);
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains("tick 1"),
+        out.contains("tick 7"),
         "the output came over the stream: {out}"
     );
     assert!(

@@ -391,6 +391,50 @@ pub struct RunContext<'a> {
     pub ask: &'a Ask,
 }
 
+/// Why handing a run to another engine did not work this time.
+pub enum Handover {
+    /// It cannot be reached (or failed on its side): worth another try.
+    Unreachable(String),
+    /// It said no: final.
+    Refused(String),
+}
+
+/// How many times a run is handed to another engine (StackStorm,
+/// Temporal) while it cannot be reached: 1 + 2 + 4 + 8 + 16 s of waiting
+/// between the attempts.
+pub const HANDOVER_ATTEMPTS: u32 = 6;
+
+/// Try `hand_over` until it works, is refused, or has been tried
+/// [`HANDOVER_ATTEMPTS`] times (a cancel or shutdown ends it early); the
+/// waits are shown in `!status`. Whoever calls it makes a repeat safe
+/// (StackStorm: look the run up first; Temporal: the workflow ID).
+pub fn hand_over<T>(
+    ctx: &RunContext,
+    mut hand_over: impl FnMut() -> Result<T, Handover>,
+) -> Result<T, String> {
+    let mut wait = std::time::Duration::from_secs(1);
+    for attempt in 1..=HANDOVER_ATTEMPTS {
+        let e = match hand_over() {
+            Ok(t) => return Ok(t),
+            Err(Handover::Refused(e)) => return Err(e),
+            Err(Handover::Unreachable(e)) => e,
+        };
+        let stop = ctx.cancel.load(std::sync::atomic::Ordering::Relaxed)
+            || ctx.stopping.load(std::sync::atomic::Ordering::Relaxed);
+        if attempt == HANDOVER_ATTEMPTS || stop {
+            return Err(format!(
+                "{e}; not handed over after {attempt} attempt{}",
+                if attempt == 1 { "" } else { "s" }
+            ));
+        }
+        ctx.output
+            .push(format!("{e}; trying again in {}s\n", wait.as_secs()).as_bytes());
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(std::time::Duration::from_secs(30));
+    }
+    unreachable!("the last attempt returns")
+}
+
 /// How a running action asks the request's approvers a question.
 pub type Ask = dyn Fn(&str) -> Option<bool> + Send + Sync;
 

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Action, ActionSpec, Outcome, Prepared, Remote, RunContext, Status};
+use super::{
+    Action, ActionSpec, Handover, Outcome, Prepared, Remote, RunContext, Status, hand_over,
+};
 use crate::alias::Params;
 use crate::policy::Glob;
 
@@ -60,18 +62,6 @@ fn literal_str(s: &str) -> String {
         }
     }
     out
-}
-
-/// How many times a submission is tried while st2 cannot be reached
-/// (1 + 2 + 4 + 8 + 16 s of waiting between them).
-const SUBMIT_ATTEMPTS: u32 = 6;
-
-/// Why a submission did not happen.
-enum Submit {
-    /// st2 cannot be reached or failed (5xx): worth another try.
-    Unreachable(String),
-    /// st2 said no (bad parameters, the key): final.
-    Refused(String),
 }
 
 /// Statuses after which an execution changes no more.
@@ -264,29 +254,18 @@ impl Action for St2Action {
     /// asking st2 whether the last one arrived after all; `!status` shows
     /// the retries. A refusal (4xx) is final.
     fn run(&self, ctx: &RunContext, params: &Params) -> Outcome {
-        let mut wait = Duration::from_secs(1);
-        for attempt in 1..=SUBMIT_ATTEMPTS {
-            let e = match self.submit(ctx, params) {
-                Ok(id) => return self.follow(ctx, &id),
-                Err(Submit::Refused(e)) => return Outcome::failed(e),
-                Err(Submit::Unreachable(e)) => e,
-            };
-            if let Ok(Some(id)) = self.find(ctx.request_id) {
-                return self.follow(ctx, &id);
-            }
-            let stop = ctx.cancel.load(Ordering::Relaxed) || ctx.stopping.load(Ordering::Relaxed);
-            if attempt == SUBMIT_ATTEMPTS || stop {
-                return Outcome::failed(format!(
-                    "{e}; not submitted after {attempt} attempt{}",
-                    if attempt == 1 { "" } else { "s" }
-                ));
-            }
-            ctx.output
-                .push(format!("{e}; trying again in {}s\n", wait.as_secs()).as_bytes());
-            std::thread::sleep(wait);
-            wait = (wait * 2).min(Duration::from_secs(30));
+        let submitted = hand_over(ctx, || match self.submit(ctx, params) {
+            // Did the last one arrive after all?
+            Err(Handover::Unreachable(e)) => match self.find(ctx.request_id) {
+                Ok(Some(id)) => Ok(id),
+                _ => Err(Handover::Unreachable(e)),
+            },
+            other => other,
+        });
+        match submitted {
+            Ok(id) => self.follow(ctx, &id),
+            Err(e) => Outcome::failed(e),
         }
-        unreachable!("the last attempt returns")
     }
 
     fn continues_elsewhere(&self) -> bool {
@@ -331,8 +310,8 @@ impl St2Action {
 
     /// `POST /api/v1/executions`: the parameters as literals, who asked and
     /// the request id in the context (to find it again). Returns st2's id.
-    fn submit(&self, ctx: &RunContext, params: &Params) -> Result<String, Submit> {
-        let key = self.key().map_err(Submit::Refused)?;
+    fn submit(&self, ctx: &RunContext, params: &Params) -> Result<String, Handover> {
+        let key = self.key().map_err(Handover::Refused)?;
         let body = json!({
             "action": self.spec.reference,
             "parameters": literal(&Value::Object(params.clone())),
@@ -345,24 +324,24 @@ impl St2Action {
             "api_user": ctx.requester,
         });
         let r = Self::client(Some(Duration::from_secs(30)))
-            .map_err(Submit::Refused)?
+            .map_err(Handover::Refused)?
             .post(self.url("/api/v1/executions"))
             .header("St2-Api-Key", key)
             .header("st2-context", context.to_string())
             .header("Content-Type", "application/json")
             .body(body.to_string())
             .send()
-            .map_err(|e| Submit::Unreachable(explain(&self.cfg, &e)))?;
+            .map_err(|e| Handover::Unreachable(explain(&self.cfg, &e)))?;
         let server_error = r.status().is_server_error();
         let ex = answer(&self.cfg, r).map_err(|e| {
             if server_error {
-                Submit::Unreachable(e)
+                Handover::Unreachable(e)
             } else {
-                Submit::Refused(e)
+                Handover::Refused(e)
             }
         })?;
         ex["id"].as_str().map(str::to_string).ok_or_else(|| {
-            Submit::Refused("StackStorm answered without an execution id".to_string())
+            Handover::Refused("StackStorm answered without an execution id".to_string())
         })
     }
 

@@ -343,6 +343,12 @@ pub fn write_config(dir: &Path, repo: &PackRepo) -> PathBuf {
     cfg
 }
 
+/// Add `text` to the end of the file at `path`.
+pub fn append(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
 /// The `airlock` binary with `args`, in `dir`.
 pub fn airlock(args: &[&str], dir: &Path) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))

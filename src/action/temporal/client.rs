@@ -18,12 +18,10 @@ use temporalio_client::{
 use super::worker::AirlockRequest;
 use super::{Dispatch, PackAt, Ran, TemporalConfig};
 use crate::action::packs::PackManager;
-use crate::action::{Action, ActionSpec, Outcome, Prepared, Remote, RunContext, Status};
+use crate::action::{
+    Action, ActionSpec, Handover, Outcome, Prepared, Remote, RunContext, Status, hand_over,
+};
 use crate::alias::Params;
-
-/// How many times a start is tried while Temporal cannot be reached
-/// (1 + 2 + 4 + 8 + 16 s of waiting between them).
-const START_ATTEMPTS: u32 = 6;
 
 /// A connection to Temporal for `airlock worker` or the bot.
 pub(super) async fn connect(cfg: &TemporalConfig) -> Result<Client, String> {
@@ -93,14 +91,6 @@ impl TemporalClient {
         *slot = Some(c.clone());
         Ok(c)
     }
-}
-
-/// Why a start did not happen.
-enum Start {
-    /// Temporal cannot be reached: worth another try.
-    Unreachable(String),
-    /// Temporal said no: final.
-    Refused(String),
 }
 
 /// An action that runs on a Temporal worker: prepared here as it would be
@@ -185,39 +175,25 @@ impl TemporalAction {
     /// workflow ID is the request ID and a second start is refused.
     fn start_and_follow(&self, ctx: &RunContext, params: &Params) -> Outcome {
         let job = self.dispatch(ctx, params);
-        let mut wait = Duration::from_secs(1);
-        for attempt in 1..=START_ATTEMPTS {
+        let started = hand_over(ctx, || {
             let client = self.client.clone();
             let (job, queue) = (job.clone(), self.queue.clone());
-            let started = block(async move { start(&client, job, &queue).await })
-                .unwrap_or_else(|| Err(Start::Refused("the Temporal client stopped".into())));
-            let e = match started {
-                Ok(()) => {
-                    ctx.output.push(
-                        format!(
-                            "on Temporal as workflow {}, task queue {}\n",
-                            ctx.request_id, self.queue
-                        )
-                        .as_bytes(),
-                    );
-                    return self.follow(ctx);
-                }
-                Err(Start::Refused(e)) => return Outcome::failed(e),
-                Err(Start::Unreachable(e)) => e,
-            };
-            let stop = ctx.cancel.load(Ordering::Relaxed) || ctx.stopping.load(Ordering::Relaxed);
-            if attempt == START_ATTEMPTS || stop {
-                return Outcome::failed(format!(
-                    "{e}; not started after {attempt} attempt{}",
-                    if attempt == 1 { "" } else { "s" }
-                ));
+            block(async move { start(&client, job, &queue).await })
+                .unwrap_or_else(|| Err(Handover::Refused("the Temporal client stopped".into())))
+        });
+        match started {
+            Ok(()) => {
+                ctx.output.push(
+                    format!(
+                        "on Temporal as workflow {}, task queue {}\n",
+                        ctx.request_id, self.queue
+                    )
+                    .as_bytes(),
+                );
+                self.follow(ctx)
             }
-            ctx.output
-                .push(format!("{e}; trying again in {}s\n", wait.as_secs()).as_bytes());
-            std::thread::sleep(wait);
-            wait = (wait * 2).min(Duration::from_secs(30));
+            Err(e) => Outcome::failed(e),
         }
-        unreachable!("the last attempt returns")
     }
 
     /// Follow workflow `ctx.request_id` to its end; `!cancel` cancels it
@@ -319,8 +295,8 @@ impl TemporalAction {
 
 /// Start `job`'s workflow on `queue`; an existing one with its ID counts
 /// as started (a retry, or a restart).
-async fn start(client: &TemporalClient, job: Dispatch, queue: &str) -> Result<(), Start> {
-    let c = client.get().await.map_err(Start::Unreachable)?;
+async fn start(client: &TemporalClient, job: Dispatch, queue: &str) -> Result<(), Handover> {
+    let c = client.get().await.map_err(Handover::Unreachable)?;
     let options = WorkflowStartOptions::new(queue.to_string(), job.request_id.clone())
         // Never a second run of a request, even after the first finished.
         .id_reuse_policy(WorkflowIdReusePolicy::RejectDuplicate)
@@ -333,13 +309,15 @@ async fn start(client: &TemporalClient, job: Dispatch, queue: &str) -> Result<()
                 Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
             ) =>
         {
-            Err(Start::Unreachable(format!(
+            Err(Handover::Unreachable(format!(
                 "Temporal at {} cannot be reached ({})",
                 client.cfg.url,
                 s.message()
             )))
         }
-        Err(e) => Err(Start::Refused(format!("Temporal refused the request: {e}"))),
+        Err(e) => Err(Handover::Refused(format!(
+            "Temporal refused the request: {e}"
+        ))),
     }
 }
 

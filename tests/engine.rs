@@ -542,7 +542,7 @@ fn audit_chain_detects_altered_and_removed_entries() {
         assert!(v.entries >= 6);
         tmp.path().join("data/airlock.sled")
     };
-    let db = sled::open(&s).unwrap();
+    let db = open_db(&s);
     let log = airlock::audit::AuditLog::open(&db).unwrap();
     let tree = db.open_tree("audit").unwrap();
     // Alter: mallory becomes alice in entry 4.

@@ -159,7 +159,7 @@ fn a_rewritten_history_with_recomputed_hashes_is_caught_by_the_checkpoints() {
 
     // The forgery: entry 2 now says bob did it, and every hash after it is
     // recomputed, the head record too.
-    let db = sled::open(tmp.path().join("data/airlock.sled")).unwrap();
+    let db = open_db(&tmp.path().join("data/airlock.sled"));
     let tree = db.open_tree("audit").unwrap();
     let read = |seq: u64| -> Entry {
         serde_json::from_slice(&tree.get(entry_key(seq)).unwrap().unwrap()).unwrap()

@@ -343,6 +343,25 @@ pub fn write_config(dir: &Path, repo: &PackRepo) -> PathBuf {
     cfg
 }
 
+/// The database at `path`, once the engine that had it open has let go:
+/// a thread of its (a fetch's, a run's) may hold it a moment after the
+/// engine is dropped.
+pub fn open_db(path: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("{}: {e}", path.display()),
+        }
+    }
+}
+
 /// Add `text` to the end of the file at `path`.
 pub fn append(path: &Path, text: &str) {
     let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();

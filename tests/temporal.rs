@@ -400,3 +400,45 @@ fn cancel_restart_and_an_outage_lose_nothing() {
         "succeeded"
     );
 }
+
+/// The console (`airlock console`, piped) with a worker: the same prompt,
+/// approval and result as in-process.
+#[test]
+fn the_console_runs_requests_on_a_worker() {
+    let Some(bin) = binary() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_ops_pack(dir);
+    let server = Server::start(&bin, dir);
+    let _worker = Worker::start(&worker_config(dir, "prod", &server.url()), "prod", &[]);
+    std::fs::write(dir.join("policy.yaml"), POLICY).unwrap();
+    std::fs::write(
+        dir.join("airlock.yaml"),
+        format!(
+            "data_dir: data\npacks: packs\naliases: [src]\npolicies: [policy.yaml]\ntemporal:\n{}",
+            temporal_yaml(&server.url())
+                .lines()
+                .map(|l| format!("  {l}\n"))
+                .collect::<String>()
+        ),
+    )
+    .unwrap();
+    let mut console = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["--config", "airlock.yaml", "console"])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    console
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"!prod say console\n/user @bob:example.org\n/reply m1 yes\n/wait\n")
+        .unwrap();
+    let out = console.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("runs on Temporal, task queue prod"), "{text}");
+    assert!(text.contains("succeeded: console from prod"), "{text}");
+}

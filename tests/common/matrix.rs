@@ -287,6 +287,12 @@ impl Airlock {
         self.child.wait().unwrap()
     }
 
+    /// SIGKILL: no shutdown, as a crash or the OOM killer would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -41,6 +41,16 @@ fn port() -> u16 {
         .port()
 }
 
+/// A child process killed when this goes, panics included.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -78,24 +88,26 @@ fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let grpc = port();
     let url = format!("http://127.0.0.1:{grpc}");
-    let mut server = Command::new(&bin)
-        .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1"])
-        .args([
-            "--port",
-            &grpc.to_string(),
-            "--http-port",
-            &port().to_string(),
-        ])
-        .args([
-            "--metrics-port",
-            &port().to_string(),
-            "--log-level",
-            "error",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _server = Killed(
+        Command::new(&bin)
+            .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1"])
+            .args([
+                "--port",
+                &grpc.to_string(),
+                "--http-port",
+                &port().to_string(),
+            ])
+            .args([
+                "--metrics-port",
+                &port().to_string(),
+                "--log-level",
+                "error",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let cfg_text = format!("url: {url}\nqueues:\n  bench: [\"core.local\"]\n");
     let config = tmp.path().join("worker.yaml");
     std::fs::write(
@@ -107,7 +119,7 @@ fn main() {
     )
     .unwrap();
     // The worker retries its connection until the server serves.
-    let mut worker = loop {
+    let _worker = loop {
         let mut w = Command::new(env!("CARGO_BIN_EXE_airlock"))
             .arg("--config")
             .arg(&config)
@@ -122,7 +134,7 @@ fn main() {
             .read_line(&mut line)
             .unwrap();
         if line.contains("on task queue") {
-            break w;
+            break Killed(w);
         }
         let _ = w.wait();
         std::thread::sleep(Duration::from_millis(200));
@@ -170,8 +182,4 @@ fn main() {
     report("on a Temporal worker, submit → result", &total);
     report("  submit → command starts on the worker", &to_start);
     report("  command starts → result in the bot", &to_result);
-    let _ = worker.kill();
-    let _ = server.kill();
-    let _ = worker.wait();
-    let _ = server.wait();
 }

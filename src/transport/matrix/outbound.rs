@@ -3,7 +3,7 @@
 //! translation of an [`Outgoing`] into Matrix content is the pure
 //! [`to_content`].
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,8 +77,8 @@ pub(super) struct Reactions {
     tx: Mutex<Option<mpsc::UnboundedSender<(Room, ReactionEventContent)>>>,
     /// Commands being handled now.
     handling: AtomicUsize,
-    /// Commands seen so far: one arriving during the quiet period restarts it.
-    arrived: AtomicU64,
+    /// When a command last arrived or was last answered.
+    last_busy: Mutex<tokio::time::Instant>,
     /// Shutting down: what is queued goes out without waiting.
     draining: AtomicBool,
 }
@@ -89,6 +89,7 @@ pub(super) struct Busy<'a>(&'a Reactions);
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
+        self.0.touch();
         self.0.handling.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -100,7 +101,7 @@ impl Reactions {
         let lane = Reactions {
             tx: Mutex::new(Some(tx)),
             handling: AtomicUsize::new(0),
-            arrived: AtomicU64::new(0),
+            last_busy: Mutex::new(tokio::time::Instant::now()),
             draining: AtomicBool::new(false),
         };
         (lane, rx)
@@ -108,9 +109,13 @@ impl Reactions {
 
     /// A command arrived and is being handled until the guard drops.
     pub(super) fn busy(&self) -> Busy<'_> {
-        self.arrived.fetch_add(1, Ordering::Relaxed);
+        self.touch();
         self.handling.fetch_add(1, Ordering::Relaxed);
         Busy(self)
+    }
+
+    fn touch(&self) {
+        *self.last_busy.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
     }
 
     /// Queue a reaction; once the lane is closed it comes back, to be
@@ -132,21 +137,20 @@ impl Reactions {
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
-    /// Wait until no command is being handled and none has arrived for
-    /// [`REACTION_QUIET`].
+    /// Wait until no command is being handled and none has arrived or
+    /// been answered for [`REACTION_QUIET`] (at once if that is so now).
     async fn quiet(&self) {
         while !self.draining.load(Ordering::Relaxed) {
-            let seen = self.arrived.load(Ordering::Relaxed);
-            if self.handling.load(Ordering::Relaxed) == 0 {
-                tokio::time::sleep(REACTION_QUIET).await;
-                if self.arrived.load(Ordering::Relaxed) == seen
-                    && self.handling.load(Ordering::Relaxed) == 0
-                {
-                    return;
-                }
-            } else {
+            if self.handling.load(Ordering::Relaxed) > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
             }
+            let last = *self.last_busy.lock().unwrap_or_else(|e| e.into_inner());
+            let quiet_at = last + REACTION_QUIET;
+            if tokio::time::Instant::now() >= quiet_at {
+                return;
+            }
+            tokio::time::sleep_until(quiet_at).await;
         }
     }
 }

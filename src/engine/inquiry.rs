@@ -89,14 +89,7 @@ impl Inquirer {
             created_ms: now,
             confirmation: Some(confirmation),
             break_glass: None,
-            basis: None,
-            approvals: Vec::new(),
-            prompt_event: None,
-            decided_by: None,
-            result: None,
-            summary: None,
-            started_ms: None,
-            finished_ms: None,
+            ..Request::default()
         };
         let req = match self.requests.create(req) {
             Ok(r) => r,

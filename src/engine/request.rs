@@ -204,14 +204,7 @@ impl Engine {
             created_ms: now,
             confirmation,
             break_glass,
-            basis: None,
-            approvals: Vec::new(),
-            prompt_event: None,
-            decided_by: None,
-            result: None,
-            summary: None,
-            started_ms: None,
-            finished_ms: None,
+            ..Request::default()
         };
         let req = match self.requests.create(req) {
             Ok(r) => r,

@@ -23,11 +23,12 @@ use crate::action::Prepared;
 use crate::alias::Params;
 
 /// Where a request is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// Allowed; its action is resolving what exactly will run (a git ref
-    /// to a commit) off the event path.
+    /// to a commit) off the event path. Where every request's life begins.
+    #[default]
     Preparing,
     /// Waiting for approvals.
     Pending,
@@ -258,8 +259,9 @@ pub struct Approval {
 }
 
 /// One command on its way to execution: exactly what will run, who asked,
-/// and who approved.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// and who approved. `..Request::default()` fills what a new request has
+/// not yet: approvals, decisions, results.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Request {
     /// Six readable characters.
     pub id: String,
@@ -742,13 +744,7 @@ mod tests {
                 quorum: Vec::new(),
                 verified_devices: false,
             }),
-            approvals: Vec::new(),
-            prompt_event: None,
-            decided_by: None,
-            result: None,
-            summary: None,
-            started_ms: None,
-            finished_ms: None,
+            ..Request::default()
         }
     }
 

@@ -171,7 +171,7 @@ fn check_invariants(
         "{point}: pack record vs live link"
     );
     assert_eq!(
-        last.detail["commit"].as_str(),
+        last.details()["commit"].as_str(),
         Some(live.as_str()),
         "{point}: last finished entry vs live link"
     );
@@ -220,7 +220,7 @@ fn check_invariants(
         let restart_output = restart_output.unwrap_or_default();
         let recovered = settled.iter().any(|e| {
             e.request.as_deref() == Some(&r.id)
-                && (e.event == "interrupted" || e.detail.get("recovered").is_some())
+                && (e.event == "interrupted" || e.details().get("recovered").is_some())
         });
         let reprompted =
             r.state == State::Pending && restart_output.contains("Confirmation needed");

@@ -605,7 +605,7 @@ fn audit_queries_by_user_and_alias_use_the_indexes() {
         ..Default::default()
     });
     assert_eq!(deploys.len(), 1);
-    assert!(deploys[0].detail["commit"].as_str().unwrap().len() == 40);
+    assert!(deploys[0].details()["commit"].as_str().unwrap().len() == 40);
     let r = bodies(&bot.say(ALICE, OPS, "!audit who deployed st2-flow"));
     assert!(
         r.contains("deployed st2-flow by @alice:example.org (approved by @bob:example.org)"),

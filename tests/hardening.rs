@@ -364,5 +364,5 @@ fn a_wall_clock_that_steps_back_during_a_run_is_no_panic() {
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(finished[0].detail["elapsed_ms"], 0);
+    assert_eq!(finished[0].details()["elapsed_ms"], 0);
 }

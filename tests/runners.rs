@@ -131,15 +131,15 @@ fn a_script_deploy_runs_after_approval_and_its_json_reaches_the_result_template(
         .rfind(|e| e.event == "finished")
         .unwrap();
     assert!(
-        finished.detail["secrets"]["token"]
+        finished.details()["secrets"]["token"]
             .as_str()
             .unwrap()
             .starts_with("hmac-sha256:"),
         "{}",
-        finished.detail
+        finished.details()
     );
     // The full result is in the audit entry.
-    assert_eq!(finished.detail["result"]["stdout"]["service"], "api");
+    assert_eq!(finished.details()["result"]["stdout"]["service"], "api");
     drop(bot);
     assert_eq!(
         files_containing(&tmp.path().join("data"), SECRET),

@@ -166,9 +166,14 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         })
         .unwrap();
     let last = finished.last().unwrap();
-    assert_eq!(last.detail["st2_execution"]["id"], id, "{:?}", last.detail);
     assert_eq!(
-        last.detail["st2_execution"]["parameters"]["message"],
+        last.details()["st2_execution"]["id"],
+        id,
+        "{:?}",
+        last.details()
+    );
+    assert_eq!(
+        last.details()["st2_execution"]["parameters"]["message"],
         "hello"
     );
 

@@ -180,8 +180,7 @@ fn finished_detail(bot: &Bot, request: &str) -> serde_json::Value {
         .unwrap()
         .last()
         .unwrap_or_else(|| panic!("no finished entry for {request}"))
-        .detail
-        .clone()
+        .details()
 }
 
 #[test]

@@ -379,7 +379,7 @@ pub fn who_deployed(
         };
         // What the run reported it put in place (`Outcome::deployed`).
         let deployed: Vec<Deployed> = e
-            .detail
+            .details()
             .get("deployed")
             .cloned()
             .and_then(|v| serde_json::from_value(v).ok())

@@ -357,11 +357,12 @@ impl Engine {
             Some(Status::Cancelled) => State::Cancelled,
             _ => State::Failed,
         };
-        let summary = entry.detail["summary"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let result = entry.detail.get("result").cloned().unwrap_or(Value::Null);
+        let mut detail = entry.details();
+        let summary = detail["summary"].as_str().unwrap_or_default().to_string();
+        let result = detail
+            .get_mut("result")
+            .map(Value::take)
+            .unwrap_or(Value::Null);
         let _ = self
             .requests
             .update(&req.id, |r| r.finish(state, result.clone(), &summary, now));

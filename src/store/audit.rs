@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::clock;
@@ -195,9 +196,10 @@ pub struct Entry {
     /// How it stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
-    /// Event-specific details (parameters, reasons, commits…).
-    #[serde(default, skip_serializing_if = "Value::is_null")]
-    pub detail: Value,
+    /// Event-specific details (parameters, reasons, commits…), as stored;
+    /// [`Entry::details`] reads them.
+    #[serde(default, skip_serializing_if = "Detail::is_none")]
+    pub detail: Detail,
     /// The hash of the previous entry.
     #[serde(default)]
     pub prev: String,
@@ -220,7 +222,7 @@ impl Entry {
             action: None,
             rule: None,
             status: None,
-            detail: Value::Null,
+            detail: Detail::default(),
             prev: String::new(),
             hash: String::new(),
         }
@@ -263,8 +265,13 @@ impl Entry {
     }
     /// With details `v`.
     pub fn detail(mut self, v: Value) -> Self {
-        self.detail = v;
+        self.detail = Detail::new(&v);
         self
+    }
+
+    /// The details, parsed (`Value::Null` when there are none).
+    pub fn details(&self) -> Value {
+        self.detail.value()
     }
 
     /// SHA-256 over the entry with its own hash blank (public so anyone
@@ -319,7 +326,7 @@ impl Entry {
             "builtin",
             "query",
         ];
-        if let Some(obj) = self.detail.as_object() {
+        if let Value::Object(obj) = self.details() {
             for (k, v) in obj.iter().filter(|(k, _)| SHOWN.contains(&k.as_str())) {
                 let v = match v {
                     Value::String(s) => s.clone(),
@@ -329,6 +336,45 @@ impl Entry {
             }
         }
         s
+    }
+}
+
+/// An entry's details as the JSON text they are stored as. A query hands
+/// back thousands of entries and few callers look inside their details;
+/// keeping the text (one allocation) instead of a map (several, each key
+/// hashed) made parsing an entry about a third cheaper (measured on the
+/// core bench's entries). The text is compact JSON, exactly what a
+/// `Value` would serialize to, so hashes are the same either way.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Detail(Option<Box<RawValue>>);
+
+impl Detail {
+    /// The details `v` (none for `null`).
+    pub fn new(v: &Value) -> Self {
+        if v.is_null() {
+            return Detail(None);
+        }
+        Detail(serde_json::value::to_raw_value(v).ok())
+    }
+
+    /// Whether there are none.
+    pub fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The details, parsed (`Value::Null` when there are none).
+    pub fn value(&self) -> Value {
+        self.0
+            .as_ref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for Detail {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_ref().map(|r| r.get()) == other.0.as_ref().map(|r| r.get())
     }
 }
 
@@ -604,57 +650,42 @@ impl AuditLog {
         }
     }
 
-    /// Entries `seqs`, in that order. A long list is a pipeline: sled's
-    /// reads do not get faster on two threads (measured: 10,000 reads take
-    /// as long split in two), parsing does; so this thread reads while
-    /// another parses what it has read, and both parse once reading is
-    /// done.
+    /// Entries `seqs`, in that order. A long list is read on two threads,
+    /// each taking the next chunk of 256 until none is left, and reading
+    /// and parsing it (measured on 10,000 of 1,000,000 entries: 20–25%
+    /// faster than one thread reading while another parses).
     fn read_many(&self, seqs: &[u64]) -> Result<Vec<Option<Entry>>, AuditError> {
-        if seqs.len() < 1024 {
+        if seqs.len() < 512 {
             return seqs.iter().map(|s| self.read(*s)).collect();
         }
-        type Raw = Vec<(u64, Result<Option<sled::IVec>, sled::Error>)>;
-        let parse = |raw: Raw| -> Vec<Result<Option<Entry>, AuditError>> {
-            raw.into_iter()
-                .map(|(seq, r)| match r? {
-                    None => Ok(None),
-                    Some(b) => serde_json::from_slice(&b)
-                        .map(Some)
-                        .map_err(|e| AuditError::Corrupt(seq, e.to_string())),
-                })
-                .collect()
-        };
-        let (tx, rx) = std::sync::mpsc::channel::<(usize, Raw)>();
-        let rx = Mutex::new(rx);
-        let parse_all = || {
+        let chunks: Vec<&[u64]> = seqs.chunks(256).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        type Read = Vec<(usize, Result<Vec<Option<Entry>>, AuditError>)>;
+        let work = || -> Read {
             let mut done = Vec::new();
             loop {
-                let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                match next {
-                    Ok((i, raw)) => done.push((i, parse(raw))),
-                    Err(_) => return done,
-                }
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(chunk) = chunks.get(i) else {
+                    return done;
+                };
+                done.push((i, chunk.iter().map(|s| self.read(*s)).collect()));
             }
         };
-        let mut parsed = std::thread::scope(|s| {
-            let helper = s.spawn(parse_all);
-            for (i, chunk) in seqs.chunks(256).enumerate() {
-                let raw: Raw = chunk
-                    .iter()
-                    .map(|s| (*s, self.tree.get(entry_key(*s))))
-                    .collect();
-                let _ = tx.send((i, raw));
-            }
-            drop(tx);
-            let mut mine = parse_all();
+        let mut read = std::thread::scope(|s| {
+            let helper = s.spawn(work);
+            let mut mine = work();
             let theirs = helper
                 .join()
-                .map_err(|_| AuditError::Corrupt(0, "a parsing thread panicked".into()))?;
+                .map_err(|_| AuditError::Corrupt(0, "a reading thread panicked".into()))?;
             mine.extend(theirs);
             Ok::<_, AuditError>(mine)
         })?;
-        parsed.sort_unstable_by_key(|(i, _)| *i);
-        parsed.into_iter().flat_map(|(_, v)| v).collect()
+        read.sort_unstable_by_key(|(i, _)| *i);
+        let mut out = Vec::with_capacity(seqs.len());
+        for (_, chunk) in read {
+            out.extend(chunk?);
+        }
+        Ok(out)
     }
 
     /// How many entries.
@@ -874,6 +905,32 @@ mod tests {
         Entry::new(Event::Received, 1_700_000_000_000 + i)
             .sender(&format!("@u{}:example.org", i % 3))
             .room("!r:example.org")
+    }
+
+    /// Details are kept as text, but an entry serializes (and so hashes)
+    /// byte for byte as it did when they were a `Value`, and reads back
+    /// equal, key order kept.
+    #[test]
+    fn details_are_stored_as_a_value_would_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let log = AuditLog::open(&db).unwrap();
+        let detail = serde_json::json!({"z": 1, "a": {"y": [1, "two", null], "b": "ü \" {{"}});
+        let stored = log.record(entry(1).detail(detail.clone())).unwrap();
+        let mut as_value = serde_json::to_value(&stored).unwrap();
+        as_value["detail"] = detail.clone();
+        assert_eq!(
+            serde_json::to_vec(&as_value).unwrap(),
+            serde_json::to_vec(&stored).unwrap()
+        );
+        let read = log.query(&Query::default()).unwrap().remove(0);
+        assert_eq!(read, stored);
+        assert_eq!(read.details(), detail);
+        assert_eq!(read.details()["a"]["b"], "ü \" {{");
+        assert!(log.verify().unwrap().ok());
+        let none = log.record(entry(2)).unwrap();
+        assert!(!serde_json::to_string(&none).unwrap().contains("detail"));
+        assert_eq!(none.details(), serde_json::Value::Null);
     }
 
     #[test]

@@ -218,7 +218,7 @@ impl Metrics {
                         status: status.into(),
                     })
                     .inc();
-                if let Some(ms) = e.details().get("elapsed_ms").and_then(|v| v.as_u64()) {
+                if let Some(ms) = e.detail_field::<u64>("elapsed_ms") {
                     self.durations
                         .get_or_create(&ActionLabel { action })
                         .observe(ms as f64 / 1000.0);

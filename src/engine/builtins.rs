@@ -378,12 +378,7 @@ pub fn who_deployed(
             continue;
         };
         // What the run reported it put in place (`Outcome::deployed`).
-        let deployed: Vec<Deployed> = e
-            .details()
-            .get("deployed")
-            .cloned()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default();
+        let deployed: Vec<Deployed> = e.detail_field("deployed").unwrap_or_default();
         let Some(this) = deployed.iter().find(|d| d.pack == pack) else {
             continue;
         };

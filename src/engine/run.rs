@@ -357,12 +357,8 @@ impl Engine {
             Some(Status::Cancelled) => State::Cancelled,
             _ => State::Failed,
         };
-        let mut detail = entry.details();
-        let summary = detail["summary"].as_str().unwrap_or_default().to_string();
-        let result = detail
-            .get_mut("result")
-            .map(Value::take)
-            .unwrap_or(Value::Null);
+        let summary: String = entry.detail_field("summary").unwrap_or_default();
+        let result: Value = entry.detail_field("result").unwrap_or(Value::Null);
         let _ = self
             .requests
             .update(&req.id, |r| r.finish(state, result.clone(), &summary, now));

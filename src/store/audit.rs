@@ -271,7 +271,21 @@ impl Entry {
 
     /// The details, parsed (`Value::Null` when there are none).
     pub fn details(&self) -> Value {
-        self.detail.value()
+        self.detail
+            .0
+            .as_ref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// The detail `key` as a `T`, if there is one of that shape. Only that
+    /// value is built: a `finished` entry's details hold the whole result,
+    /// and the metrics read just its `elapsed_ms`.
+    pub fn detail_field<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let raw = self.detail.0.as_ref()?;
+        let fields: std::collections::HashMap<String, &RawValue> =
+            serde_json::from_str(raw.get()).ok()?;
+        serde_json::from_str(fields.get(key)?.get()).ok()
     }
 
     /// SHA-256 over the entry with its own hash blank (public so anyone
@@ -361,14 +375,6 @@ impl Detail {
     /// Whether there are none.
     pub fn is_none(&self) -> bool {
         self.0.is_none()
-    }
-
-    /// The details, parsed (`Value::Null` when there are none).
-    pub fn value(&self) -> Value {
-        self.0
-            .as_ref()
-            .and_then(|raw| serde_json::from_str(raw.get()).ok())
-            .unwrap_or(Value::Null)
     }
 }
 
@@ -927,6 +933,9 @@ mod tests {
         assert_eq!(read, stored);
         assert_eq!(read.details(), detail);
         assert_eq!(read.details()["a"]["b"], "ü \" {{");
+        assert_eq!(read.detail_field::<u64>("z"), Some(1));
+        assert_eq!(read.detail_field::<String>("z"), None);
+        assert_eq!(read.detail_field::<Value>("a"), Some(detail["a"].clone()));
         assert!(log.verify().unwrap().ok());
         let none = log.record(entry(2)).unwrap();
         assert!(!serde_json::to_string(&none).unwrap().contains("detail"));

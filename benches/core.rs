@@ -39,10 +39,8 @@ fn percentile(mut v: Vec<Duration>, q: f64) -> Duration {
 }
 
 fn audit(dir: &std::path::Path) {
-    let db = sled::Config::new()
-        .path(dir.join("audit.sled"))
-        .open()
-        .unwrap();
+    // With the bot's cache: the query figures are what `!audit` costs.
+    let db = airlock::config::open_store(&dir.join("audit.sled")).unwrap();
     let log = AuditLog::open(&db).unwrap();
 
     // One entry per append, flushed each time: a command's worst case.

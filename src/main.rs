@@ -677,7 +677,7 @@ fn open_db(arg: &ConfigArg) -> Result<sled::Db, ExitCode> {
             path.display()
         )));
     }
-    sled::Config::new().path(&path).open().map_err(|e| {
+    airlock::config::open_store(&path).map_err(|e| {
         fail(format!(
             "cannot open {}: {e}\n(the database is locked while the bot runs; stop it, or ask in chat with !audit / !pending)",
             path.display()

@@ -158,7 +158,8 @@ fn a_rewritten_history_with_recomputed_hashes_is_caught_by_the_checkpoints() {
     drop(bot);
 
     // The forgery: entry 2 now says bob did it, and every hash after it is
-    // recomputed, the head record too.
+    // recomputed, the head record too; the index, whose copies would
+    // still say alice, is dropped (airlock rebuilds it from the log).
     let db = open_db(&tmp.path().join("data/airlock.sled"));
     let tree = db.open_tree("audit").unwrap();
     let read = |seq: u64| -> Entry {
@@ -185,6 +186,7 @@ fn a_rewritten_history_with_recomputed_hashes_is_caught_by_the_checkpoints() {
         serde_json::to_vec(&serde_json::json!({"seq": last, "hash": prev})).unwrap(),
     )
     .unwrap();
+    db.open_tree("audit_index").unwrap().clear().unwrap();
     db.flush().unwrap();
     drop(tree);
     drop(db);

@@ -21,16 +21,29 @@ use mx::{Airlock, Homeserver, User, unique};
 
 const PW: &str = "bench password";
 
-fn rss_kib(pid: u32) -> u64 {
+/// A /proc/<pid>/status figure, in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(str::to_string)
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
+        .map(|kib: u64| kib as f64 / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// RSS, split into what the process allocated (heap, stacks) and the
+/// file pages it maps (its binary and libraries: clean, shared with the
+/// page cache, reclaimable).
+fn rss(pid: u32) -> String {
+    format!(
+        "{:.1} MiB (anonymous {:.1}, file-backed {:.1})",
+        status_mib(pid, "VmRSS:"),
+        status_mib(pid, "RssAnon:"),
+        status_mib(pid, "RssFile:")
+    )
 }
 
 fn pct(mut v: Vec<Duration>, q: f64) -> Duration {
@@ -170,7 +183,7 @@ async fn main() {
         round_trip(&alice, &room, &bot, "!ping", true).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle = rss_kib(airlock.pid());
+    let idle = rss(airlock.pid());
 
     // Each command meets a bot done with the previous one (a person's pace).
     let mut lat = Vec::new();
@@ -202,7 +215,7 @@ async fn main() {
     }
     report("airlock first reply while a 30 s action runs", during);
 
-    println!("airlock RSS idle: {:.1} MiB", idle as f64 / 1024.0);
+    println!("airlock RSS idle: {idle}");
     let commands: usize = std::env::var("AIRLOCK_BENCH_COMMANDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -211,17 +224,14 @@ async fn main() {
         round_trip(&alice, &room, &bot, "!ping", false).await;
         if i % 2_500 == 0 || i == commands {
             println!(
-                "airlock RSS after {i} more commands: {:.1} MiB",
-                rss_kib(airlock.pid()) as f64 / 1024.0
+                "airlock RSS after {i} more commands: {}",
+                rss(airlock.pid())
             );
         }
     }
     // Idle again, once the status reactions have gone out.
     tokio::time::sleep(Duration::from_secs(35)).await;
-    println!(
-        "airlock RSS idle again: {:.1} MiB",
-        rss_kib(airlock.pid()) as f64 / 1024.0
-    );
+    println!("airlock RSS idle again: {}", rss(airlock.pid()));
     if std::env::var_os("AIRLOCK_BENCH_KEEP").is_some() {
         println!("airlock's log: {}", airlock.log.display());
         std::mem::forget(dir);

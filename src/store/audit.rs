@@ -487,7 +487,8 @@ fn copy_key(sender: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-/// The seq at the end of an index key.
+/// The seq in the last 8 bytes of a key (an entry's, a copy's) or of
+/// a stored seq (the watermark, a posting).
 fn key_seq(key: &[u8]) -> u64 {
     key.len()
         .checked_sub(8)
@@ -634,11 +635,7 @@ impl AuditLog {
         if !current {
             self.index.clear()?;
         }
-        let mut indexed = self
-            .index
-            .get(WATERMARK)?
-            .map(|b| u64::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 8])))
-            .unwrap_or(0);
+        let mut indexed = self.index.get(WATERMARK)?.map(|b| key_seq(&b)).unwrap_or(0);
         let head = self.head().seq;
         if head > indexed && !current {
             tracing::info!("indexing the audit log's {head} entries (index from another version)");
@@ -648,8 +645,7 @@ impl AuditLog {
             let (mut entries, mut stored) = (Vec::new(), Vec::new());
             for item in self.tree.range(entry_key(indexed + 1)..=entry_key(last)) {
                 let (k, b) = item?;
-                let seq = u64::from_be_bytes(k[1..].try_into().unwrap_or([0; 8]));
-                entries.push(parse(seq, &b)?);
+                entries.push(parse(key_seq(&k), &b)?);
                 stored.push(b);
             }
             self.index.apply_batch(index_batch(&entries, &stored))?;
@@ -762,11 +758,9 @@ impl AuditLog {
                 in_batches(&mut seqs, |s| self.read(*s), &mut take)?;
             }
             None => {
-                for item in self.tree.scan_prefix(b"e").values().rev() {
-                    let b = item?;
-                    let e: Entry = serde_json::from_slice(&b)
-                        .map_err(|err| AuditError::Corrupt(0, err.to_string()))?;
-                    if !take(e) {
+                for item in self.tree.scan_prefix(b"e").rev() {
+                    let (k, b) = item?;
+                    if !take(parse(key_seq(&k), &b)?) {
                         break;
                     }
                 }
@@ -786,10 +780,7 @@ impl AuditLog {
             .take(limit)
         {
             let (k, b) = item?;
-            let at = u64::from_be_bytes(k[1..].try_into().unwrap_or([0; 8]));
-            out.push(
-                serde_json::from_slice(&b).map_err(|e| AuditError::Corrupt(at, e.to_string()))?,
-            );
+            out.push(parse(key_seq(&k), &b)?);
         }
         Ok(out)
     }
@@ -856,7 +847,7 @@ impl AuditLog {
         let mut copies: Vec<(u64, u128)> = Vec::new();
         for item in self.tree.scan_prefix(b"e") {
             let (k, b) = item?;
-            let seq = u64::from_be_bytes(k[1..].try_into().unwrap_or([0; 8]));
+            let seq = key_seq(&k);
             let e = match parse(seq, &b) {
                 Ok(e) => e,
                 Err(err) => {

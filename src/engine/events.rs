@@ -19,6 +19,10 @@ const MAX_COMMAND_CHARS: usize = 4000;
 /// How long an undecryptable-message warning is not repeated.
 const WARN_AGAIN_MS: u64 = 300_000;
 
+/// How many answered edits and warned senders are remembered: what a room
+/// sends must not grow the bot's memory without bound.
+const REMEMBERED: usize = 4096;
+
 impl Engine {
     /// Handle one event from a room that arrived at `now`.
     pub fn handle(&self, m: &Incoming, now: u64) -> Vec<Effect> {
@@ -115,13 +119,17 @@ impl Engine {
         if command_text(&self.settings, &m.body, m.addressed).is_none() && !approving {
             return;
         }
-        if !self
-            .noticed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(format!("edit:{original}"))
         {
-            return;
+            let mut noticed = self.noticed.lock().unwrap_or_else(|e| e.into_inner());
+            // Edits come soon after their message: forgetting old ones keeps
+            // the set small however many edits a room sends, at worst
+            // answering a very late edit twice.
+            if noticed.len() >= REMEMBERED {
+                noticed.clear();
+            }
+            if !noticed.insert(format!("edit:{original}")) {
+                return;
+            }
         }
         let e = out
             .entry(Event::IgnoredEdit)
@@ -141,6 +149,9 @@ impl Engine {
                 .is_some_and(|t| now.saturating_sub(*t) < WARN_AGAIN_MS)
             {
                 return;
+            }
+            if warned.len() >= REMEMBERED {
+                warned.retain(|_, t| now.saturating_sub(*t) < WARN_AGAIN_MS);
             }
             warned.insert(key, now);
         }

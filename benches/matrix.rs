@@ -21,28 +21,24 @@ use mx::{Airlock, Homeserver, User, unique};
 
 const PW: &str = "bench password";
 
-/// A /proc/<pid>/status figure, in MiB.
-fn status_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .map(|kib: u64| kib as f64 / 1024.0)
-        .unwrap_or(0.0)
-}
-
 /// RSS, split into what the process allocated (heap, stacks) and the
 /// file pages it maps (its binary and libraries: clean, shared with the
-/// page cache, reclaimable).
+/// page cache, reclaimable), from one read of /proc/<pid>/status.
 fn rss(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mib = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0.0, |kib| kib as f64 / 1024.0)
+    };
     format!(
         "{:.1} MiB (anonymous {:.1}, file-backed {:.1})",
-        status_mib(pid, "VmRSS:"),
-        status_mib(pid, "RssAnon:"),
-        status_mib(pid, "RssFile:")
+        mib("VmRSS:"),
+        mib("RssAnon:"),
+        mib("RssFile:")
     )
 }
 

@@ -127,7 +127,7 @@ impl Engine {
             if noticed.len() >= REMEMBERED {
                 noticed.clear();
             }
-            if !noticed.insert(format!("edit:{original}")) {
+            if !noticed.insert(original.clone()) {
                 return;
             }
         }

@@ -1,5 +1,6 @@
 //! The safe core's costs: audit appends with durable flushes, audit queries
-//! over a million entries, policy decisions. Prints figures; asserts none.
+//! over a million entries, the open requests among many closed ones, policy
+//! decisions. Prints figures; asserts none.
 //!
 //! `cargo bench --bench core` (AIRLOCK_BENCH_ENTRIES to change the million).
 
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use airlock::audit::{AuditLog, Entry, Event, Query, Status};
 use airlock::policy::{self, Subject, Target};
+use airlock::requests::{Request, Requests};
 use serde_json::json;
 
 fn entry(i: u64, users: u64) -> Entry {
@@ -172,9 +174,59 @@ fn policy_decisions() {
     }
 }
 
+/// What the bot asks on every tick: the open requests, here 5 among
+/// 100,000 closed ones, with the bot's cache; and what keeping them
+/// indexed costs a request's life (create, then close, one transaction
+/// each).
+fn open_requests(dir: &std::path::Path) {
+    let db = airlock::config::open_store(&dir.join("requests.sled")).unwrap();
+    let requests = Requests::open(&db).unwrap();
+    let closed = 100_000u64;
+    let t = Instant::now();
+    for i in 0..closed {
+        let r = requests
+            .create(Request {
+                created_ms: 1_700_000_000_000 + i,
+                requester: format!("@user{}:example.org", i % 100),
+                command: format!("flow deploy branch-{i}"),
+                ..Request::default()
+            })
+            .unwrap();
+        requests
+            .update(&r.id, |r| r.unprepared("bench", 1_700_000_000_000 + i))
+            .unwrap();
+    }
+    println!(
+        "request created and closed: {:?} each",
+        t.elapsed() / closed as u32
+    );
+    for i in 0..5 {
+        requests
+            .create(Request {
+                created_ms: 1_800_000_000_000 + i,
+                ..Request::default()
+            })
+            .unwrap();
+    }
+    requests.flush().unwrap();
+    let lat: Vec<Duration> = (0..1_000)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(requests.open_requests().unwrap());
+            t.elapsed()
+        })
+        .collect();
+    let max = *lat.iter().max().unwrap();
+    println!(
+        "open requests, 5 among {closed} closed: median {:?}, max {max:?}",
+        percentile(lat, 0.5)
+    );
+}
+
 fn main() {
     // cargo bench passes --bench; this harness has no options of its own.
     let dir = tempfile::tempdir().unwrap();
     policy_decisions();
+    open_requests(dir.path());
     audit(dir.path());
 }

@@ -19,8 +19,8 @@ use crate::clock;
 use crate::requests::State;
 
 // Tree `audit`: `e` + seq → entry and `h` → head, written in one atomic
-// batch. Tree `audit_index`: posting lists, one chunk per (field, value)
-// per append: tag + value + 0 + first seq → the seqs, 8 bytes each; copies
+// batch. Tree `audit_index`: posting lists in chunks of up to 128 seqs
+// (CHUNK_BYTES): tag + value + 0 + first seq → the seqs, 8 bytes each; copies
 // of entries filed by sender: `U` + sender + 0 + seq → the entry's stored
 // bytes; the watermark, the last seq indexed; and the index's format. The
 // index is derived: if the process dies between the two writes, `open`
@@ -497,9 +497,21 @@ fn key_seq(key: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
-/// Index writes for `entries` (in seq order), stored as `stored`: one
-/// chunk per field value, and each entry's copy under its sender.
-fn index_batch(entries: &[Entry], stored: &[sled::IVec]) -> sled::Batch {
+/// A posting chunk grows to this many bytes (128 seqs) before the next
+/// starts. Every sled page stays in memory for the life of the process,
+/// a page holding at most 16 keys: a chunk per (field, value) per append
+/// was three quarters of the keys a command wrote, and the bot's memory
+/// grew with them.
+const CHUNK_BYTES: usize = 1024;
+
+/// Index writes for `entries` (in seq order), stored as `stored`: each
+/// field value's seqs added to its newest chunk in `index` while that has
+/// room, and each entry's copy under its sender.
+fn index_batch(
+    index: &sled::Tree,
+    entries: &[Entry],
+    stored: &[sled::IVec],
+) -> sled::Result<sled::Batch> {
     let mut chunks: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
     let mut batch = sled::Batch::default();
     for (e, bytes) in entries.iter().zip(stored) {
@@ -513,14 +525,26 @@ fn index_batch(entries: &[Entry], stored: &[sled::IVec]) -> sled::Batch {
             batch.insert(copy_key(sender, e.seq), bytes.clone());
         }
     }
-    for (mut key, seqs) in chunks {
-        key.extend_from_slice(&seqs[..8]);
-        batch.insert(key, seqs);
+    for (prefix, seqs) in chunks {
+        let newest = index.scan_prefix(&prefix).next_back().transpose()?;
+        let mut pending = seqs.as_slice();
+        if let Some((key, old)) = newest.filter(|(_, old)| old.len() < CHUNK_BYTES) {
+            let take = pending.len().min(CHUNK_BYTES - old.len());
+            let mut grown = old.to_vec();
+            grown.extend_from_slice(&pending[..take]);
+            batch.insert(key, grown);
+            pending = &pending[take..];
+        }
+        for part in pending.chunks(CHUNK_BYTES) {
+            let mut key = prefix.clone();
+            key.extend_from_slice(&part[..8]);
+            batch.insert(key, part);
+        }
     }
     if let Some(last) = entries.last() {
         batch.insert(WATERMARK, &last.seq.to_be_bytes());
     }
-    batch
+    Ok(batch)
 }
 
 /// Why the log could not be read or written.
@@ -648,7 +672,8 @@ impl AuditLog {
                 entries.push(parse(key_seq(&k), &b)?);
                 stored.push(b);
             }
-            self.index.apply_batch(index_batch(&entries, &stored))?;
+            self.index
+                .apply_batch(index_batch(&self.index, &entries, &stored)?)?;
             indexed = last;
         }
         if !current {
@@ -680,7 +705,8 @@ impl AuditLog {
         }
         writes.insert(HEAD, serde_json::to_vec(&head).expect("head serializes"));
         self.tree.apply_batch(writes)?;
-        self.index.apply_batch(index_batch(&batch, &stored))?;
+        self.index
+            .apply_batch(index_batch(&self.index, &batch, &stored)?)?;
         crate::crash::point("audit_before_flush");
         self.db.flush()?;
         crate::crash::point("audit_after_flush");
@@ -1078,6 +1104,35 @@ mod tests {
         let seqs: Vec<u64> = log.query(&q).unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![2, 5, 8]);
         assert!(log.verify().unwrap().ok());
+    }
+
+    /// Appends one at a time (as the bot makes them) add to a value's
+    /// newest posting chunk until it is full: 300 appends in one room are
+    /// three keys, not 300, and a query still finds every entry in order.
+    #[test]
+    fn appends_fill_a_posting_chunk_before_starting_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let log = AuditLog::open(&db).unwrap();
+        for i in 0..299 {
+            log.record(entry(i)).unwrap();
+        }
+        // One append crossing a chunk's end fills it and starts the next.
+        log.append(vec![entry(299), entry(300)]).unwrap();
+        let index = db.open_tree("audit_index").unwrap();
+        let chunks: Vec<(u64, usize)> = index
+            .scan_prefix(index_prefix(b'r', "!r:example.org"))
+            .map(|kv| kv.unwrap())
+            .map(|(k, v)| (key_seq(&k), v.len() / 8))
+            .collect();
+        assert_eq!(chunks, [(1, 128), (129, 128), (257, 45)]);
+        let q = Query {
+            room: Some("!r:example.org".into()),
+            limit: Some(1_000),
+            ..Default::default()
+        };
+        let seqs: Vec<u64> = log.query(&q).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=301).collect::<Vec<u64>>());
     }
 
     /// An index written by an older airlock (posting lists for senders,

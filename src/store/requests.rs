@@ -9,10 +9,12 @@
 //!
 //! [`Request`] owns the machine: each transition is a method that takes
 //! `now` and refuses from a wrong state, so no caller can skip a step. The
-//! store applies a transition with a compare-and-swap on the stored
-//! record ([`Requests::update`]), so two approvals racing each other cannot
-//! both move a request to `approved`, and only one caller ever moves
-//! `approved` to `running`.
+//! store applies a transition in a sled transaction on the stored record
+//! ([`Requests::update`]), so two approvals racing each other cannot both
+//! move a request to `approved`, and only one caller ever moves `approved`
+//! to `running`. sled runs transactions one at a time, holding off every
+//! other write meanwhile: a transition must stay a pure function of the
+//! request, never touching a store itself.
 
 use std::time::Duration;
 
@@ -571,6 +573,12 @@ pub enum Update<T> {
 pub struct Requests {
     requests: sled::Tree,
     prompts: sled::Tree,
+    /// The open requests' keys, oldest first ([`open_key`]), written in the
+    /// same transaction as the record. The bot asks for open requests on
+    /// every tick; scanning every request ever made grew its time and
+    /// memory with the store's age (each scan pulled the whole tree into
+    /// sled's cache).
+    open: sled::Tree,
 }
 
 fn prompt_key(room: &str, event_id: &str) -> Vec<u8> {
@@ -580,25 +588,73 @@ fn prompt_key(room: &str, event_id: &str) -> Vec<u8> {
     k
 }
 
+/// `o` + creation time (big-endian, so keys sort oldest first) + id.
+fn open_key(req: &Request) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + req.id.len());
+    k.push(b'o');
+    k.extend_from_slice(&req.created_ms.to_be_bytes());
+    k.extend_from_slice(req.id.as_bytes());
+    k
+}
+
+/// Present once the `open` tree covers every stored request: a store
+/// written before it existed is indexed once, on open.
+const OPEN_INDEXED: &[u8] = b"format";
+
+fn parse(id: &str, bytes: &[u8]) -> Result<Request, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(id.to_string(), e.to_string()))
+}
+
+/// A transaction's outcome as the store's error.
+fn settled<A>(r: sled::transaction::TransactionResult<A, StoreError>) -> Result<A, StoreError> {
+    r.map_err(|e| match e {
+        sled::transaction::TransactionError::Abort(e) => e,
+        sled::transaction::TransactionError::Storage(e) => StoreError::Storage(e),
+    })
+}
+
 impl Requests {
     /// The store in `db`.
     pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
-        Ok(Requests {
+        let store = Requests {
             requests: db.open_tree("requests")?,
             prompts: db.open_tree("prompts")?,
-        })
+            open: db.open_tree("open_requests")?,
+        };
+        if store.open.get(OPEN_INDEXED)?.is_none() {
+            let mut batch = sled::Batch::default();
+            for item in store.requests.iter() {
+                let (id, bytes) = item?;
+                let req = parse(&String::from_utf8_lossy(&id), &bytes)?;
+                if req.state.is_open() {
+                    batch.insert(open_key(&req), &[]);
+                }
+            }
+            batch.insert(OPEN_INDEXED, &[]);
+            store.open.apply_batch(batch)?;
+        }
+        Ok(store)
     }
 
     /// Store a new request under a fresh short id.
     pub fn create(&self, mut req: Request) -> Result<Request, StoreError> {
+        use sled::Transactional;
         loop {
             req.id = short_id();
             let bytes = serde_json::to_vec(&req).expect("request serializes");
-            if self
-                .requests
-                .compare_and_swap(req.id.as_bytes(), None as Option<&[u8]>, Some(bytes))?
-                .is_ok()
-            {
+            let created = settled(
+                (&self.requests, &self.open).transaction(|(requests, open)| {
+                    if requests.get(req.id.as_bytes())?.is_some() {
+                        return Ok(false);
+                    }
+                    requests.insert(req.id.as_bytes(), bytes.as_slice())?;
+                    if req.state.is_open() {
+                        open.insert(open_key(&req), &[])?;
+                    }
+                    Ok(true)
+                }),
+            )?;
+            if created {
                 return Ok(req);
             }
         }
@@ -615,40 +671,51 @@ impl Requests {
     pub fn get(&self, id: &str) -> Result<Option<Request>, StoreError> {
         match self.requests.get(id.as_bytes())? {
             None => Ok(None),
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt(id.to_string(), e.to_string())),
+            Some(b) => parse(id, &b).map(Some),
         }
     }
 
-    /// Apply `f` to the stored request atomically: re-read and retry when
-    /// another writer got there first, so `f` always sees the latest state.
+    /// Apply `f` to the stored request atomically: sled re-runs the
+    /// transaction when another writer got there first, so `f` always sees
+    /// the latest state. A request leaving the open states leaves the open
+    /// index in the same write.
     pub fn update<T>(
         &self,
         id: &str,
-        mut f: impl FnMut(&mut Request) -> Result<T, Refusal>,
+        f: impl FnMut(&mut Request) -> Result<T, Refusal>,
     ) -> Result<Update<T>, StoreError> {
-        loop {
-            let Some(old_bytes) = self.requests.get(id.as_bytes())? else {
-                return Err(StoreError::NotFound(id.to_string()));
-            };
-            let old: Request = serde_json::from_slice(&old_bytes)
-                .map_err(|e| StoreError::Corrupt(id.to_string(), e.to_string()))?;
-            let mut new = old.clone();
-            match f(&mut new) {
-                Err(reason) => return Ok(Update::Refused(old, reason)),
-                Ok(out) => {
-                    let bytes = serde_json::to_vec(&new).expect("request serializes");
-                    if self
-                        .requests
-                        .compare_and_swap(id.as_bytes(), Some(old_bytes), Some(bytes))?
-                        .is_ok()
-                    {
-                        return Ok(Update::Done(new, out));
+        use sled::Transactional;
+        use sled::transaction::abort;
+        // sled's transactions take `Fn`; a retry calls `f` again.
+        let f = std::cell::RefCell::new(f);
+        settled(
+            (&self.requests, &self.open).transaction(|(requests, open)| {
+                let Some(old_bytes) = requests.get(id.as_bytes())? else {
+                    return abort(StoreError::NotFound(id.to_string()));
+                };
+                let old = match parse(id, &old_bytes) {
+                    Ok(old) => old,
+                    Err(e) => return abort(e),
+                };
+                let mut new = old.clone();
+                match (f.borrow_mut())(&mut new) {
+                    Err(reason) => Ok(Update::Refused(old, reason)),
+                    Ok(out) => {
+                        let bytes = serde_json::to_vec(&new).expect("request serializes");
+                        requests.insert(id.as_bytes(), bytes)?;
+                        let (was, is) = (open_key(&old), open_key(&new));
+                        let moved = was != is;
+                        if old.state.is_open() && (moved || !new.state.is_open()) {
+                            open.remove(was)?;
+                        }
+                        if new.state.is_open() && (moved || !old.state.is_open()) {
+                            open.insert(is, &[])?;
+                        }
+                        Ok(Update::Done(new, out))
                     }
                 }
-            }
-        }
+            }),
+        )
     }
 
     /// Remember which message is a request's prompt, so a reply to it finds
@@ -672,18 +739,21 @@ impl Requests {
         }
     }
 
-    /// Requests still open (pending, approved, running), oldest first.
+    /// Requests still open (preparing, pending, approved, running), oldest
+    /// first. Reads only the open ones, however many closed ones the store
+    /// holds.
     pub fn open_requests(&self) -> Result<Vec<Request>, StoreError> {
         let mut v = Vec::new();
-        for item in self.requests.iter().values() {
-            let b = item?;
-            match serde_json::from_slice::<Request>(&b) {
-                Ok(r) if r.state.is_open() => v.push(r),
-                Ok(_) => {}
-                Err(e) => return Err(StoreError::Corrupt("?".into(), e.to_string())),
+        for key in self.open.scan_prefix(b"o").keys() {
+            let key = key?;
+            let id = String::from_utf8_lossy(&key[9..]);
+            // The index and the records are written in one transaction;
+            // an entry whose request is gone or closed (a store edited
+            // behind our back) only names nothing to do.
+            if let Some(r) = self.get(&id)?.filter(|r| r.state.is_open()) {
+                v.push(r);
             }
         }
-        v.sort_by_key(|r| r.created_ms);
         Ok(v)
     }
 }
@@ -863,5 +933,84 @@ mod tests {
             Err(Refusal::PartComplete("1 from group security".into()))
         );
         assert_eq!(r2.approve("@dave:x", 2_000), Ok(Step::Approved));
+    }
+
+    fn store() -> (tempfile::TempDir, sled::Db, Requests) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let requests = Requests::open(&db).unwrap();
+        (dir, db, requests)
+    }
+
+    fn stored(requests: &Requests, created_ms: u64) -> Request {
+        requests
+            .create(Request {
+                created_ms,
+                ..request(1)
+            })
+            .unwrap()
+    }
+
+    fn ids(v: &[Request]) -> Vec<&str> {
+        v.iter().map(|r| r.id.as_str()).collect()
+    }
+
+    #[test]
+    fn open_requests_are_the_open_ones_oldest_first_however_many_closed() {
+        let (_dir, _db, requests) = store();
+        let late = stored(&requests, 3_000);
+        let early = stored(&requests, 1_000);
+        let closed: Vec<Request> = (0..50).map(|i| stored(&requests, 2_000 + i)).collect();
+        for r in &closed {
+            let Update::Done(r, ()) = requests
+                .update(&r.id, |r| r.unprepared("no such commit", 4_000))
+                .unwrap()
+            else {
+                panic!("a preparing request fails");
+            };
+            assert_eq!(r.state, State::Failed);
+        }
+        // Closing takes a request out of the index, not just out of the
+        // answer: the ticks read two entries, not fifty-two.
+        assert_eq!(requests.open.scan_prefix(b"o").count(), 2);
+        assert_eq!(
+            ids(&requests.open_requests().unwrap()),
+            [early.id.as_str(), late.id.as_str()]
+        );
+        // Open to open keeps it listed, with its new state; a refused
+        // transition changes nothing.
+        requests
+            .update(&late.id, |r| {
+                r.prepared(Prepared::plain(Params::new()), 5_000)
+            })
+            .unwrap();
+        assert!(matches!(
+            requests.update(&late.id, |r| r.start(5_001)).unwrap(),
+            Update::Refused(_, Refusal::State(State::Pending))
+        ));
+        let open = requests.open_requests().unwrap();
+        assert_eq!(ids(&open), [early.id.as_str(), late.id.as_str()]);
+        assert_eq!(open[1].state, State::Pending);
+        requests.update(&late.id, |r| r.expire(700_000)).unwrap();
+        assert_eq!(ids(&requests.open_requests().unwrap()), [early.id.as_str()]);
+    }
+
+    #[test]
+    fn a_store_from_before_the_open_index_is_indexed_once_on_open() {
+        let (_dir, db, requests) = store();
+        let open = stored(&requests, 2_000);
+        let closed = stored(&requests, 1_000);
+        requests
+            .update(&closed.id, |r| r.unprepared("gone", 3_000))
+            .unwrap();
+        // As an older airlock left it: records only, no index.
+        drop(requests);
+        db.drop_tree("open_requests").unwrap();
+        let requests = Requests::open(&db).unwrap();
+        assert_eq!(ids(&requests.open_requests().unwrap()), [open.id.as_str()]);
+        assert_eq!(
+            requests.get(&closed.id).unwrap().unwrap().state,
+            State::Failed
+        );
     }
 }

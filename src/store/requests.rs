@@ -590,12 +590,15 @@ fn prompt_key(room: &str, event_id: &str) -> Vec<u8> {
 
 /// `o` + creation time (big-endian, so keys sort oldest first) + id.
 fn open_key(req: &Request) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9 + req.id.len());
+    let mut k = Vec::with_capacity(OPEN_ID_AT + req.id.len());
     k.push(b'o');
     k.extend_from_slice(&req.created_ms.to_be_bytes());
     k.extend_from_slice(req.id.as_bytes());
     k
 }
+
+/// Where the id starts in an [`open_key`].
+const OPEN_ID_AT: usize = 1 + 8;
 
 /// Present once the `open` tree covers every stored request: a store
 /// written before it existed is indexed once, on open.
@@ -703,13 +706,17 @@ impl Requests {
                     Ok(out) => {
                         let bytes = serde_json::to_vec(&new).expect("request serializes");
                         requests.insert(id.as_bytes(), bytes)?;
-                        let (was, is) = (open_key(&old), open_key(&new));
-                        let moved = was != is;
-                        if old.state.is_open() && (moved || !new.state.is_open()) {
-                            open.remove(was)?;
-                        }
-                        if new.state.is_open() && (moved || !old.state.is_open()) {
-                            open.insert(is, &[])?;
+                        // The index entry follows from the record (`prepared`
+                        // restarts `created_ms`): rewrite it only if it changed.
+                        let was = old.state.is_open().then(|| open_key(&old));
+                        let is = new.state.is_open().then(|| open_key(&new));
+                        if was != is {
+                            if let Some(key) = was {
+                                open.remove(key)?;
+                            }
+                            if let Some(key) = is {
+                                open.insert(key, &[])?;
+                            }
                         }
                         Ok(Update::Done(new, out))
                     }
@@ -746,7 +753,7 @@ impl Requests {
         let mut v = Vec::new();
         for key in self.open.scan_prefix(b"o").keys() {
             let key = key?;
-            let id = String::from_utf8_lossy(&key[9..]);
+            let id = String::from_utf8_lossy(&key[OPEN_ID_AT..]);
             // The index and the records are written in one transaction;
             // an entry whose request is gone or closed (a store edited
             // behind our back) only names nothing to do.

@@ -65,6 +65,7 @@ pub struct Metrics {
     syncs: Family<OutcomeLabel, Counter>,
     sync_lag: Gauge<f64, AtomicU64>,
     send_retries: Counter,
+    reactions_dropped: Counter,
     pending: Gauge,
     audit_entries: Counter,
 }
@@ -90,6 +91,7 @@ impl Metrics {
             syncs: Family::default(),
             sync_lag: Gauge::default(),
             send_retries: Counter::default(),
+            reactions_dropped: Counter::default(),
             pending: Gauge::default(),
             audit_entries: Counter::default(),
             registry: Registry::default(),
@@ -143,6 +145,11 @@ impl Metrics {
             "send_retries",
             "Messages sent again after a failure",
             m.send_retries.clone(),
+        );
+        registry.register(
+            "reactions_dropped",
+            "Status reactions dropped because too many were waiting",
+            m.reactions_dropped.clone(),
         );
         registry.register(
             "pending_requests",
@@ -248,6 +255,11 @@ impl Metrics {
     /// A message had to be sent again.
     pub fn send_retry(&self) {
         self.send_retries.inc();
+    }
+
+    /// `n` status reactions were dropped, too many waiting.
+    pub fn reactions_dropped(&self, n: usize) {
+        self.reactions_dropped.inc_by(n as u64);
     }
 
     /// The Prometheus text exposition, with the pending requests as of

@@ -38,7 +38,7 @@ mod rooms;
 mod session;
 
 pub use inbound::{message_to_incoming, reaction_to_incoming, strip_reply_fallback};
-pub use outbound::{to_content, to_reaction};
+pub use outbound::to_content;
 use session::{login, retry_after, sync_with_retry};
 
 /// How long a shutdown waits for running actions before marking them
@@ -132,7 +132,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
     .await?;
 
     let (running, finished) = mpsc::channel(1);
-    let (reactions, reactions_rx) = outbound::Reactions::new();
     let bot = Arc::new(Bot {
         client: client.clone(),
         engine,
@@ -142,9 +141,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         running: std::sync::Mutex::new(Some(running)),
         finished: tokio::sync::Mutex::new(finished),
         liveness: Arc::new(Liveness::default()),
-        reactions,
+        reactions: outbound::Reactions::new(),
     });
-    let lane = tokio::spawn(bot.clone().send_reactions(reactions_rx));
+    let lane = tokio::spawn(bot.clone().send_reactions());
     let http = match &config.http.listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)

@@ -3,6 +3,7 @@
 //! translation of an [`Outgoing`] into Matrix content is the pure
 //! [`to_content`].
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,9 +15,9 @@ use matrix_sdk::ruma::events::MessageLikeEventContent;
 use matrix_sdk::ruma::events::reaction::ReactionEventContent;
 use matrix_sdk::ruma::events::relation::{Annotation, InReplyTo, Reply, Thread};
 use matrix_sdk::ruma::events::room::message::{Relation, RoomMessageEventContent};
-use matrix_sdk::ruma::{OwnedEventId, RoomId, TransactionId};
-
-use tokio::sync::mpsc;
+use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, RoomId, TransactionId};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::Bot;
 use crate::engine::{Effect, Engine, Outgoing};
@@ -68,19 +69,81 @@ where
 /// newly arrived) before a status reaction goes out.
 const REACTION_QUIET: Duration = Duration::from_millis(250);
 
+/// A reaction waits for a quiet moment at most this long: under a steady
+/// stream of commands, reactions then go out between the answers instead
+/// of piling up until the stream stops.
+const REACTION_MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// At most this many reactions wait; past it the oldest is dropped (and
+/// counted): a storm of commands must not grow the bot's memory, and each
+/// command's answer already says what its reaction would.
+const REACTION_BACKLOG: usize = 1000;
+
+/// A status reaction waiting for its turn.
+#[derive(Debug, Clone, PartialEq)]
+struct Queued {
+    room: OwnedRoomId,
+    event: OwnedEventId,
+    key: &'static str,
+    since: Instant,
+}
+
+/// The reactions waiting, oldest first; time is passed in.
+#[derive(Default)]
+struct Backlog(VecDeque<Queued>);
+
+impl Backlog {
+    /// Queue `r`; how many were dropped to make room. A status for the same
+    /// event not yet sent is replaced where it waits: the newer one (✅
+    /// after 👀) says more, and the older would go out only to be outdated.
+    fn push(&mut self, r: Queued) -> usize {
+        if let Some(q) = self
+            .0
+            .iter_mut()
+            .find(|q| q.event == r.event && q.room == r.room)
+        {
+            q.key = r.key;
+            return 0;
+        }
+        self.0.push_back(r);
+        let over = self.0.len().saturating_sub(REACTION_BACKLOG);
+        self.0.drain(..over);
+        over
+    }
+
+    /// The oldest reaction, if it may go out now: the bot is quiet, or it
+    /// has waited [`REACTION_MAX_DELAY`].
+    fn pop(&mut self, quiet: bool, now: Instant) -> Option<Queued> {
+        let due = self.0.front()?.since + REACTION_MAX_DELAY <= now;
+        if quiet || due {
+            self.0.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// When the oldest may go out however busy the bot is.
+    fn due_at(&self) -> Option<Instant> {
+        self.0.front().map(|q| q.since + REACTION_MAX_DELAY)
+    }
+}
+
 /// Status reactions (👀 ⏳ ✅ ❌), sent on their own lane once the bot is
 /// quiet. The homeserver orders a room's events one by one, and every
 /// client wakes for each: a reaction sent while the next command is being
 /// answered would be ordered ahead of that answer and delay it. Reactions
 /// decorate; answers are what people wait for.
 pub(super) struct Reactions {
-    tx: Mutex<Option<mpsc::UnboundedSender<(Room, ReactionEventContent)>>>,
+    backlog: Mutex<Backlog>,
+    /// Woken when a reaction is queued or the lane closes.
+    queued: Notify,
     /// Commands being handled now.
     handling: AtomicUsize,
     /// When a command last arrived or was last answered.
-    last_busy: Mutex<tokio::time::Instant>,
-    /// Shutting down: what is queued goes out without waiting.
-    draining: AtomicBool,
+    last_busy: Mutex<Instant>,
+    /// Shutting down: nothing more is queued, and what is queued goes out
+    /// without waiting.
+    closed: AtomicBool,
 }
 
 /// A command being handled, for [`Reactions`]; dropped when its answers
@@ -95,16 +158,14 @@ impl Drop for Busy<'_> {
 }
 
 impl Reactions {
-    /// A lane, and what its sender task reads.
-    pub(super) fn new() -> (Self, mpsc::UnboundedReceiver<(Room, ReactionEventContent)>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let lane = Reactions {
-            tx: Mutex::new(Some(tx)),
+    pub(super) fn new() -> Self {
+        Reactions {
+            backlog: Mutex::new(Backlog::default()),
+            queued: Notify::new(),
             handling: AtomicUsize::new(0),
-            last_busy: Mutex::new(tokio::time::Instant::now()),
-            draining: AtomicBool::new(false),
-        };
-        (lane, rx)
+            last_busy: Mutex::new(Instant::now()),
+            closed: AtomicBool::new(false),
+        }
     }
 
     /// A command arrived and is being handled until the guard drops.
@@ -115,42 +176,59 @@ impl Reactions {
     }
 
     fn touch(&self) {
-        *self.last_busy.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+        *self.last_busy.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
 
-    /// Queue a reaction; once the lane is closed it comes back, to be
-    /// sent directly.
-    fn push(
-        &self,
-        room: Room,
-        content: ReactionEventContent,
-    ) -> Option<(Room, ReactionEventContent)> {
-        match &*self.tx.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(tx) => tx.send((room, content)).err().map(|e| e.0),
-            None => Some((room, content)),
+    /// Queue a reaction; how many older ones were dropped for it. Once the
+    /// lane is closed it comes back, to be sent directly.
+    fn push(&self, r: Queued) -> Result<usize, Queued> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(r);
         }
+        let dropped = self
+            .backlog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(r);
+        self.queued.notify_one();
+        Ok(dropped)
     }
 
     /// Stop queueing; what is queued goes out without waiting.
     pub(super) fn close(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.closed.store(true, Ordering::Relaxed);
+        self.queued.notify_one();
     }
 
-    /// Wait until no command is being handled and none has arrived or
-    /// been answered for [`REACTION_QUIET`] (at once if that is so now).
-    async fn quiet(&self) {
-        while !self.draining.load(Ordering::Relaxed) {
-            if self.handling.load(Ordering::Relaxed) > 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
+    /// The next reaction to send, once the bot is quiet (no command being
+    /// handled, none arrived or answered for [`REACTION_QUIET`]) or it is
+    /// overdue; `None` when the lane is closed and empty.
+    async fn next(&self) -> Option<Queued> {
+        loop {
+            let now = Instant::now();
+            let closed = self.closed.load(Ordering::Relaxed);
+            // While a command is handled, look again shortly.
+            let quiet_at = if self.handling.load(Ordering::Relaxed) > 0 {
+                now + Duration::from_millis(20)
+            } else {
+                *self.last_busy.lock().unwrap_or_else(|e| e.into_inner()) + REACTION_QUIET
+            };
+            let wake = {
+                let mut backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(q) = backlog.pop(closed || quiet_at <= now, now) {
+                    return Some(q);
+                }
+                if closed {
+                    return None;
+                }
+                backlog.due_at().map(|due| due.min(quiet_at))
+            };
+            match wake {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at, self.queued.notified()).await;
+                }
+                None => self.queued.notified().await,
             }
-            let last = *self.last_busy.lock().unwrap_or_else(|e| e.into_inner());
-            let quiet_at = last + REACTION_QUIET;
-            if tokio::time::Instant::now() >= quiet_at {
-                return;
-            }
-            tokio::time::sleep_until(quiet_at).await;
         }
     }
 }
@@ -173,27 +251,22 @@ pub fn to_content(o: &Outgoing) -> RoomMessageEventContent {
     content
 }
 
-/// A reaction `key` on `event_id`, if that is an event ID.
-pub fn to_reaction(event_id: &str, key: &str) -> Option<ReactionEventContent> {
-    let event_id = OwnedEventId::try_from(event_id).ok()?;
-    Some(ReactionEventContent::new(Annotation::new(
-        event_id,
-        key.to_string(),
-    )))
-}
-
 impl Bot {
     /// The reaction lane's sender: one reaction at a time, each once the
     /// bot is quiet; ends when the lane is closed and emptied.
-    pub(super) async fn send_reactions(
-        self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<(Room, ReactionEventContent)>,
-    ) {
-        while let Some((room, content)) = rx.recv().await {
-            self.reactions.quiet().await;
-            if let Err(e) = send_retrying(&room, content, self.engine.metrics()).await {
-                tracing::warn!("reaction in {}: {e}", room.room_id());
-            }
+    pub(super) async fn send_reactions(self: Arc<Self>) {
+        while let Some(q) = self.reactions.next().await {
+            self.react(q).await;
+        }
+    }
+
+    async fn react(&self, q: Queued) {
+        let Some(room) = self.client.get_room(&q.room) else {
+            return;
+        };
+        let content = ReactionEventContent::new(Annotation::new(q.event, q.key.to_string()));
+        if let Err(e) = send_retrying(&room, content, self.engine.metrics()).await {
+            tracing::warn!("reaction in {}: {e}", q.room);
         }
     }
 
@@ -209,13 +282,28 @@ impl Bot {
                         event_id,
                         key,
                     } => {
-                        if let (Some(room), Some(content)) =
-                            (self.room(&room), to_reaction(&event_id, key))
-                            && let Some((room, content)) = self.reactions.push(room, content)
-                            && let Err(e) =
-                                send_retrying(&room, content, self.engine.metrics()).await
-                        {
-                            tracing::warn!("reaction in {}: {e}", room.room_id());
+                        let (Ok(room), Ok(event)) = (
+                            OwnedRoomId::try_from(room),
+                            OwnedEventId::try_from(event_id),
+                        ) else {
+                            continue;
+                        };
+                        let since = Instant::now();
+                        match self.reactions.push(Queued {
+                            room,
+                            event,
+                            key,
+                            since,
+                        }) {
+                            Ok(0) => {}
+                            Ok(dropped) => {
+                                tracing::warn!(
+                                    "{dropped} status reaction(s) dropped: \
+                                     more than {REACTION_BACKLOG} waiting"
+                                );
+                                self.engine.metrics().reactions_dropped(dropped);
+                            }
+                            Err(q) => self.react(q).await,
                         }
                     }
                     Effect::Prepare(id) => self
@@ -359,9 +447,58 @@ mod tests {
         assert!(c.get("m.relates_to").is_none());
     }
 
+    fn queued(event: &str, key: &'static str, since: Instant) -> Queued {
+        Queued {
+            room: OwnedRoomId::try_from("!e4_-U62puWxh0xAHKLfXe4uO7XcTuwkfltgSmxR3iho").unwrap(),
+            event: OwnedEventId::try_from(event).unwrap(),
+            key,
+            since,
+        }
+    }
+
+    fn keys(b: &Backlog) -> Vec<(&str, &str)> {
+        b.0.iter().map(|q| (q.event.as_str(), q.key)).collect()
+    }
+
     #[test]
-    fn reactions_need_an_event_id() {
-        assert!(to_reaction("$abc", "✅").is_some());
-        assert!(to_reaction("not an event", "✅").is_none());
+    fn a_newer_status_replaces_one_not_yet_sent_in_its_place() {
+        let t0 = Instant::now();
+        let mut b = Backlog::default();
+        b.push(queued("$a", "👀", t0));
+        b.push(queued("$b", "👀", t0));
+        b.push(queued("$a", "✅", t0 + Duration::from_secs(1)));
+        assert_eq!(keys(&b), [("$a", "✅"), ("$b", "👀")]);
+        // It keeps the age of the one it replaced.
+        assert_eq!(b.due_at(), Some(t0 + REACTION_MAX_DELAY));
+    }
+
+    #[test]
+    fn reactions_wait_for_quiet_until_overdue() {
+        let t0 = Instant::now();
+        let mut b = Backlog::default();
+        b.push(queued("$a", "✅", t0));
+        b.push(queued("$b", "✅", t0 + Duration::from_secs(1)));
+        assert_eq!(b.pop(false, t0 + Duration::from_secs(59)), None);
+        let first = b.pop(false, t0 + REACTION_MAX_DELAY).unwrap();
+        assert_eq!(first.event.as_str(), "$a");
+        // The next is not overdue yet, but the bot is quiet.
+        assert_eq!(b.pop(false, t0 + REACTION_MAX_DELAY), None);
+        assert_eq!(
+            b.pop(true, t0 + REACTION_MAX_DELAY).unwrap().event.as_str(),
+            "$b"
+        );
+        assert_eq!(b.pop(true, t0 + REACTION_MAX_DELAY), None);
+    }
+
+    #[test]
+    fn past_the_backlog_the_oldest_are_dropped() {
+        let t0 = Instant::now();
+        let mut b = Backlog::default();
+        let dropped: usize = (0..REACTION_BACKLOG + 3)
+            .map(|i| b.push(queued(&format!("$e{i}"), "✅", t0)))
+            .sum();
+        assert_eq!(dropped, 3);
+        assert_eq!(b.0.len(), REACTION_BACKLOG);
+        assert_eq!(b.0.front().unwrap().event.as_str(), "$e3");
     }
 }

@@ -80,7 +80,7 @@ const REACTION_MAX_DELAY: Duration = Duration::from_secs(60);
 const REACTION_BACKLOG: usize = 1000;
 
 /// A status reaction waiting for its turn.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 struct Queued {
     room: OwnedRoomId,
     event: OwnedEventId,
@@ -182,20 +182,20 @@ impl Reactions {
     /// Queue a reaction; how many older ones were dropped for it. Once the
     /// lane is closed it comes back, to be sent directly.
     fn push(&self, r: Queued) -> Result<usize, Queued> {
+        // `closed` is read and set under the backlog's lock: a reaction
+        // queued as the lane closes would otherwise never go out.
+        let mut backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
         if self.closed.load(Ordering::Relaxed) {
             return Err(r);
         }
-        let dropped = self
-            .backlog
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(r);
+        let dropped = backlog.push(r);
         self.queued.notify_one();
         Ok(dropped)
     }
 
     /// Stop queueing; what is queued goes out without waiting.
     pub(super) fn close(&self) {
+        let _backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
         self.closed.store(true, Ordering::Relaxed);
         self.queued.notify_one();
     }
@@ -206,7 +206,6 @@ impl Reactions {
     async fn next(&self) -> Option<Queued> {
         loop {
             let now = Instant::now();
-            let closed = self.closed.load(Ordering::Relaxed);
             // While a command is handled, look again shortly.
             let quiet_at = if self.handling.load(Ordering::Relaxed) > 0 {
                 now + Duration::from_millis(20)
@@ -215,6 +214,7 @@ impl Reactions {
             };
             let wake = {
                 let mut backlog = self.backlog.lock().unwrap_or_else(|e| e.into_inner());
+                let closed = self.closed.load(Ordering::Relaxed);
                 if let Some(q) = backlog.pop(closed || quiet_at <= now, now) {
                     return Some(q);
                 }
@@ -253,7 +253,8 @@ pub fn to_content(o: &Outgoing) -> RoomMessageEventContent {
 
 impl Bot {
     /// The reaction lane's sender: one reaction at a time, each once the
-    /// bot is quiet; ends when the lane is closed and emptied.
+    /// bot is quiet or it is overdue; ends when the lane is closed and
+    /// emptied.
     pub(super) async fn send_reactions(self: Arc<Self>) {
         while let Some(q) = self.reactions.next().await {
             self.react(q).await;

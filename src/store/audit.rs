@@ -1052,6 +1052,15 @@ fn on_two_threads<T: Sync, R: Send>(
 mod tests {
     use super::*;
 
+    /// An empty log in a store of its own (the directory lives as long as
+    /// the first value).
+    fn fresh() -> (tempfile::TempDir, sled::Db, AuditLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let log = AuditLog::open(&db).unwrap();
+        (dir, db, log)
+    }
+
     fn entry(i: u64) -> Entry {
         Entry::new(Event::Received, 1_700_000_000_000 + i)
             .sender(&format!("@u{}:example.org", i % 3))
@@ -1063,9 +1072,7 @@ mod tests {
     /// equal, key order kept.
     #[test]
     fn details_are_stored_as_a_value_would_be() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let log = AuditLog::open(&db).unwrap();
+        let (_dir, _db, log) = fresh();
         let detail = serde_json::json!({"z": 1, "a": {"y": [1, "two", null], "b": "ü \" {{"}});
         let stored = log.record(entry(1).detail(detail.clone())).unwrap();
         let mut as_value = serde_json::to_value(&stored).unwrap();
@@ -1089,9 +1096,7 @@ mod tests {
 
     #[test]
     fn index_is_rebuilt_when_an_append_was_cut_short() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let log = AuditLog::open(&db).unwrap();
+        let (_dir, db, log) = fresh();
         log.append((0..10).map(entry).collect()).unwrap();
         // As if the process died after the log write, before the index's.
         let index = db.open_tree("audit_index").unwrap();
@@ -1111,9 +1116,7 @@ mod tests {
     /// three keys, not 300, and a query still finds every entry in order.
     #[test]
     fn appends_fill_a_posting_chunk_before_starting_the_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let log = AuditLog::open(&db).unwrap();
+        let (_dir, db, log) = fresh();
         for i in 0..299 {
             log.record(entry(i)).unwrap();
         }
@@ -1140,9 +1143,7 @@ mod tests {
     /// every entry, and nothing of the old index is left.
     #[test]
     fn an_index_of_an_older_format_is_rebuilt() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let log = AuditLog::open(&db).unwrap();
+        let (_dir, db, log) = fresh();
         log.append((0..25).map(entry).collect()).unwrap();
         let index = db.open_tree("audit_index").unwrap();
         for k in index.scan_prefix([BY_SENDER]).keys() {
@@ -1167,9 +1168,7 @@ mod tests {
     /// user, and one removed are each reported.
     #[test]
     fn verify_catches_a_copy_that_differs_from_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let log = AuditLog::open(&db).unwrap();
+        let (_dir, db, log) = fresh();
         log.append((0..9).map(entry).collect()).unwrap();
         assert!(log.verify().unwrap().ok());
         let index = db.open_tree("audit_index").unwrap();
@@ -1214,9 +1213,7 @@ mod tests {
     /// `since` still cut at the newest.
     #[test]
     fn large_queries_read_on_two_threads_miss_and_reorder_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let log = AuditLog::open(&db).unwrap();
+        let (_dir, _db, log) = fresh();
         for start in (0..30_000).step_by(1000) {
             log.append((start..start + 1000).map(entry).collect())
                 .unwrap();
@@ -1249,9 +1246,7 @@ mod tests {
 
     #[test]
     fn queries_return_the_newest_matches_oldest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let log = AuditLog::open(&db).unwrap();
+        let (_dir, _db, log) = fresh();
         for i in 0..30 {
             log.record(entry(i)).unwrap();
         }

@@ -483,7 +483,8 @@ impl Catalog for Files {
             .collect();
         let mut diags = Vec::new();
         for (dir, name) in self.pack_dirs() {
-            let (metas, mut d) = metadata::load_pack(&dir, &name);
+            let routed = |r: &str| self.st2.as_ref().is_some_and(|s| s.routes(r));
+            let (metas, mut d) = metadata::load_pack(&dir, &name, &routed);
             diags.append(&mut d);
             found.extend(metas.into_iter().map(|m| {
                 Arc::new(PackAction::new(m, Some(dir.clone()), self.runners.clone()))

@@ -151,6 +151,59 @@ fn check_validates_pack_actions_and_flags_unquoted_cmd_values() {
 }
 
 #[test]
+fn check_does_not_warn_about_an_action_the_configuration_routes_to_st2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pack = tmp.path().join("packs/shop");
+    std::fs::create_dir_all(pack.join("actions")).unwrap();
+    std::fs::write(pack.join("pack.yaml"), "name: shop\n").unwrap();
+    for name in ["py", "flow"] {
+        std::fs::write(
+            pack.join(format!("actions/{name}.yaml")),
+            format!("name: {name}\nrunner_type: python-script\nentry_point: {name}.py\n"),
+        )
+        .unwrap();
+    }
+    std::fs::create_dir_all(pack.join("aliases")).unwrap();
+    std::fs::write(
+        pack.join("aliases/flow.yaml"),
+        "name: flow\npack: shop\naction_ref: shop.flow\nformats: ['flow {{ branch }}']\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("p.yaml"),
+        "rules:\n  - id: flow\n    effect: allow\n    users: ['@alice:example.org']\n    actions: [shop.flow]\n",
+    )
+    .unwrap();
+    let check = |extra: &[&str]| {
+        let mut args = vec!["check", "--aliases", "packs", "--policies", "p.yaml"];
+        args.extend_from_slice(extra);
+        let o = airlock(&args, tmp.path());
+        text(&o).0
+    };
+    let out = check(&[]);
+    assert!(
+        out.contains("actions: airlock has no action matching \"shop.flow\""),
+        "{out}"
+    );
+    for name in ["py", "flow"] {
+        assert!(
+            out.contains(&format!(
+                "warning: runner_type: shop.{name} runs on python-script"
+            )),
+            "{out}"
+        );
+    }
+    std::fs::write(
+        tmp.path().join("airlock.yaml"),
+        "st2:\n  url: https://st2.example.org\n  actions: [\"shop.flow\"]\n",
+    )
+    .unwrap();
+    let out = check(&["--config", "airlock.yaml"]);
+    assert!(out.contains("shop.py runs on python-script"), "{out}");
+    assert!(!out.contains("shop.flow"), "{out}");
+}
+
+#[test]
 fn policy_explain_shows_decision_rules_and_confirmation() {
     let root = repo_root();
     let o = airlock(

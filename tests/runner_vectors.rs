@@ -304,6 +304,7 @@ fn validated(v: &Value) -> Result<Map<String, Value>, String> {
         std::path::Path::new("vector.yaml"),
         &meta.to_string(),
         "vectors",
+        &|_| false,
     )
     .map_err(|e| format!("{e:?}"))?
     .ok_or("not loaded")?;
@@ -330,6 +331,7 @@ fn cmd_case(v: &Value) -> Result<(String, Map<String, Value>), String> {
         std::path::Path::new("vector.yaml"),
         &meta.to_string(),
         "vectors",
+        &|_| false,
     )
     .map_err(|e| format!("{e:?}"))?
     .ok_or("not loaded")?;

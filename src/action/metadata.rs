@@ -160,9 +160,14 @@ impl ActionMeta {
 }
 
 /// Every action in `pack_dir/actions/*.yaml` of pack `pack`, with the
-/// problems found. Actions on runners airlock does not run are reported
-/// as warnings and left out (an alias over one is refused when used).
-pub fn load_pack(pack_dir: &Path, pack: &str) -> (Vec<ActionMeta>, Vec<Diagnostic>) {
+/// problems found. Actions on runners airlock does not run are left out,
+/// with a warning (an alias over one is refused when used) unless
+/// `routed` says they run elsewhere (StackStorm).
+pub fn load_pack(
+    pack_dir: &Path,
+    pack: &str,
+    routed: &dyn Fn(&str) -> bool,
+) -> (Vec<ActionMeta>, Vec<Diagnostic>) {
     let mut found = Vec::new();
     let mut diags = Vec::new();
     let dir = pack_dir.join("actions");
@@ -183,7 +188,7 @@ pub fn load_pack(pack_dir: &Path, pack: &str) -> (Vec<ActionMeta>, Vec<Diagnosti
                 continue;
             }
         };
-        match parse(&file, &text, pack) {
+        match parse(&file, &text, pack, routed) {
             Ok(Some(meta)) => found.push(meta),
             Ok(None) => {}
             Err(mut d) => diags.append(&mut d),
@@ -240,10 +245,15 @@ pub fn unquoted_cmd_params(meta: &ActionMeta) -> Vec<String> {
 }
 
 /// Parse one action file of pack `pack`. `Ok(None)`: a valid action that
-/// airlock does not run here (disabled, or another runner: reported as a
-/// warning in the `Err` of [`load_pack`]'s caller only when it is not
-/// disabled).
-pub fn parse(file: &Path, text: &str, pack: &str) -> Result<Option<ActionMeta>, Vec<Diagnostic>> {
+/// airlock does not run here: disabled, or on another runner and
+/// `routed` elsewhere. On another runner and not routed, the `Err` holds
+/// a warning saying aliases over it are refused.
+pub fn parse(
+    file: &Path,
+    text: &str,
+    pack: &str,
+    routed: &dyn Fn(&str) -> bool,
+) -> Result<Option<ActionMeta>, Vec<Diagnostic>> {
     let idx = YamlIndex::parse(text);
     let raw: Value = match serde_yaml::from_str::<Option<Value>>(text) {
         Ok(Some(v)) => v,
@@ -274,15 +284,20 @@ pub fn parse(file: &Path, text: &str, pack: &str) -> Result<Option<ActionMeta>, 
             format!("action declares pack \"{p}\" but is in pack \"{pack}\""),
         );
     }
-    if raw.get("enabled") == Some(&Value::Bool(false)) {
+    let runner_name = str_field("runner_type").unwrap_or_default();
+    let runner = Runner::named(runner_name);
+    // Not run here, and nothing to warn about: disabled, or on a runner
+    // airlock lacks but routed to StackStorm, which has it.
+    let elsewhere =
+        runner.is_none() && !runner_name.is_empty() && routed(&format!("{pack}.{name}"));
+    if raw.get("enabled") == Some(&Value::Bool(false)) || elsewhere {
         return if errors.is_empty() {
             Ok(None)
         } else {
             Err(errors)
         };
     }
-    let runner_name = str_field("runner_type").unwrap_or_default();
-    let Some(runner) = Runner::named(runner_name) else {
+    let Some(runner) = runner else {
         if runner_name.is_empty() {
             err("runner_type", "is required".into());
             return Err(errors);
@@ -441,7 +456,11 @@ fn param(name: &str, schema: &Value, runner: Runner) -> Result<ParamSpec, (&'sta
 pub fn core_actions() -> Vec<ActionMeta> {
     [CORE_LOCAL, CORE_LOCAL_SUDO, CORE_HTTP]
         .iter()
-        .filter_map(|text| parse(Path::new(""), text, "core").ok().flatten())
+        .filter_map(|text| {
+            parse(Path::new(""), text, "core", &|_| false)
+                .ok()
+                .flatten()
+        })
         .collect()
 }
 
@@ -556,7 +575,7 @@ mod tests {
     #[test]
     fn problems_name_file_line_and_field() {
         let text = "name: deploy\nrunner_type: local-shell-script\nentry_point: ../../etc/x.sh\nparameters:\n  env_name:\n    type: strin\n  token:\n    default: \"{{ st2kv.system.token }}\"\n";
-        let errs = parse(Path::new("a.yaml"), text, "p").unwrap_err();
+        let errs = parse(Path::new("a.yaml"), text, "p", &|_| false).unwrap_err();
         let fields: Vec<(&str, usize)> = errs.iter().map(|d| (d.field.as_str(), d.line)).collect();
         assert_eq!(
             fields,

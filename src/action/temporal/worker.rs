@@ -207,7 +207,7 @@ impl Runners {
 
 /// Action `reference`'s metadata in the pack at `dir`.
 fn find_meta(dir: &Path, pack: &str, reference: &str) -> Result<ActionMeta, String> {
-    let (metas, _) = metadata::load_pack(dir, pack);
+    let (metas, _) = metadata::load_pack(dir, pack, &|_| false);
     metas
         .into_iter()
         .find(|m| m.spec.reference == reference)

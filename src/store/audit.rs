@@ -21,8 +21,9 @@ use crate::requests::State;
 // Tree `audit`: `e` + seq → entry and `h` → head, written in one atomic
 // batch. Tree `audit_index`: posting lists in chunks of up to 128 seqs
 // (CHUNK_BYTES): tag + value + 0 + first seq → the seqs, 8 bytes each; copies
-// of entries filed by sender: `U` + sender + 0 + seq → the entry's stored
-// bytes; the watermark, the last seq indexed; and the index's format. The
+// of entries filed by sender, in chunks too (COPY_CHUNK_BYTES): `U` + sender
+// + 0 + first seq → for each entry its seq, its length (4 bytes) and its
+// stored bytes; the watermark, the last seq indexed; and the index's format. The
 // index is derived: if the process dies between the two writes, `open`
 // indexes what the watermark lacks, and an index of another format is
 // rebuilt.
@@ -35,7 +36,7 @@ use crate::requests::State;
 const HEAD: &[u8] = b"h";
 const WATERMARK: &[u8] = b"#watermark";
 const FORMAT: &[u8] = b"#format";
-const INDEX_FORMAT: &[u8] = b"2";
+const INDEX_FORMAT: &[u8] = b"3";
 const BY_SENDER: u8 = b'U';
 /// Entries indexed per batch when an index is rebuilt.
 const REBUILD_BATCH: u64 = 10_000;
@@ -480,7 +481,8 @@ fn index_prefix(tag: u8, value: &str) -> Vec<u8> {
     k
 }
 
-/// The key of entry `seq`'s copy filed under `sender`.
+/// What names entry `seq`'s copy filed under `sender` (its chunk's prefix
+/// and its seq): a copy moved to another sender no longer matches.
 fn copy_key(sender: &str, seq: u64) -> Vec<u8> {
     let mut k = index_prefix(BY_SENDER, sender);
     k.extend_from_slice(&seq.to_be_bytes());
@@ -498,48 +500,109 @@ fn key_seq(key: &[u8]) -> u64 {
 }
 
 /// A posting chunk grows to this many bytes (128 seqs) before the next
-/// starts. Every sled page stays in memory for the life of the process,
-/// a page holding at most 16 keys: a chunk per (field, value) per append
-/// was three quarters of the keys a command wrote, and the bot's memory
-/// grew with them.
+/// starts. sled keeps a record of every page for the life of the process
+/// (and rebuilds it at every start), a page holding at most 16 keys: a
+/// chunk per (field, value) per append was three quarters of the keys a
+/// command wrote, and the bot's memory grew with them.
 const CHUNK_BYTES: usize = 1024;
 
+/// A chunk of copies grows to about this many bytes (some eight entries)
+/// before the next starts, for the same reason: a key per copy was five
+/// keys a command. Each append rewrites the sender's newest chunk, so a
+/// bigger chunk costs more bytes written.
+const COPY_CHUNK_BYTES: usize = 4096;
+
+/// A copy as its chunk holds it: seq, length, the entry's stored bytes.
+fn copy_record(seq: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(12 + bytes.len());
+    r.extend_from_slice(&seq.to_be_bytes());
+    r.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    r.extend_from_slice(bytes);
+    r
+}
+
+/// The copies in `chunk`: (seq, where its bytes lie), oldest first; None
+/// if the chunk does not parse (cut or altered).
+fn copies_in(chunk: &[u8]) -> Option<Vec<(u64, std::ops::Range<usize>)>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < chunk.len() {
+        let head = chunk.get(at..at + 12)?;
+        let seq = u64::from_be_bytes(head[..8].try_into().ok()?);
+        let len = u32::from_be_bytes(head[8..].try_into().ok()?) as usize;
+        let body = at + 12..at + 12 + len;
+        chunk.get(body.clone())?;
+        out.push((seq, body.clone()));
+        at = body.end;
+    }
+    Some(out)
+}
+
+/// Add `records` (seq, bytes; in seq order) to the chunks under `prefix`:
+/// to the newest while it is under `cap` bytes, then to new ones keyed by
+/// their first seq.
+fn add_to_chunks(
+    index: &sled::Tree,
+    batch: &mut sled::Batch,
+    prefix: &[u8],
+    records: &[(u64, Vec<u8>)],
+    cap: usize,
+) -> sled::Result<()> {
+    let newest = index.scan_prefix(prefix).next_back().transpose()?;
+    let mut open = newest
+        .filter(|(_, old)| old.len() < cap)
+        .map(|(key, old)| (key.to_vec(), old.to_vec()));
+    for (seq, record) in records {
+        let chunk = match open.as_mut() {
+            Some((_, bytes)) if bytes.len() < cap => bytes,
+            _ => {
+                if let Some((key, bytes)) = open.take() {
+                    batch.insert(key, bytes);
+                }
+                let mut key = prefix.to_vec();
+                key.extend_from_slice(&seq.to_be_bytes());
+                &mut open.insert((key, Vec::new())).1
+            }
+        };
+        chunk.extend_from_slice(record);
+    }
+    if let Some((key, bytes)) = open {
+        batch.insert(key, bytes);
+    }
+    Ok(())
+}
+
 /// Index writes for `entries` (in seq order), stored as `stored`: each
-/// field value's seqs added to its newest chunk in `index` while that has
-/// room, and each entry's copy under its sender.
+/// field value's seqs and each sender's copies added to their newest
+/// chunks in `index`.
 fn index_batch(
     index: &sled::Tree,
     entries: &[Entry],
     stored: &[sled::IVec],
 ) -> sled::Result<sled::Batch> {
-    let mut chunks: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
-    let mut batch = sled::Batch::default();
+    type Records = Vec<(u64, Vec<u8>)>;
+    let mut postings: std::collections::BTreeMap<Vec<u8>, Records> = Default::default();
+    let mut copies: std::collections::BTreeMap<Vec<u8>, Records> = Default::default();
     for (e, bytes) in entries.iter().zip(stored) {
         for (tag, value) in indexed(e) {
-            chunks
+            postings
                 .entry(index_prefix(tag, value))
                 .or_default()
-                .extend_from_slice(&e.seq.to_be_bytes());
+                .push((e.seq, e.seq.to_be_bytes().to_vec()));
         }
         if let Some(sender) = &e.sender {
-            batch.insert(copy_key(sender, e.seq), bytes.clone());
+            copies
+                .entry(index_prefix(BY_SENDER, sender))
+                .or_default()
+                .push((e.seq, copy_record(e.seq, bytes)));
         }
     }
-    for (prefix, seqs) in chunks {
-        let newest = index.scan_prefix(&prefix).next_back().transpose()?;
-        let mut pending = seqs.as_slice();
-        if let Some((key, old)) = newest.filter(|(_, old)| old.len() < CHUNK_BYTES) {
-            let take = pending.len().min(CHUNK_BYTES - old.len());
-            let mut grown = old.to_vec();
-            grown.extend_from_slice(&pending[..take]);
-            batch.insert(key, grown);
-            pending = &pending[take..];
-        }
-        for part in pending.chunks(CHUNK_BYTES) {
-            let mut key = prefix.clone();
-            key.extend_from_slice(&part[..8]);
-            batch.insert(key, part);
-        }
+    let mut batch = sled::Batch::default();
+    for (prefix, records) in postings {
+        add_to_chunks(index, &mut batch, &prefix, &records, CHUNK_BYTES)?;
+    }
+    for (prefix, records) in copies {
+        add_to_chunks(index, &mut batch, &prefix, &records, COPY_CHUNK_BYTES)?;
     }
     if let Some(last) = entries.last() {
         batch.insert(WATERMARK, &last.seq.to_be_bytes());
@@ -764,10 +827,20 @@ impl AuditLog {
                     .index
                     .scan_prefix(index_prefix(BY_SENDER, user))
                     .rev()
-                    .map(|kv| kv.map_err(AuditError::from));
+                    .flat_map(|kv| match kv {
+                        Ok((k, chunk)) => match copies_in(&chunk) {
+                            Some(v) => v
+                                .into_iter()
+                                .rev()
+                                .map(|(seq, at)| Ok((seq, chunk.clone(), at)))
+                                .collect(),
+                            None => vec![Err(unreadable_copies(key_seq(&k)))],
+                        },
+                        Err(e) => vec![Err(AuditError::from(e))],
+                    });
                 in_batches(
                     &mut copies,
-                    |(k, b)| parse(key_seq(k), b).map(Some),
+                    |(seq, chunk, at)| parse(*seq, &chunk[at.clone()]).map(Some),
                     &mut take,
                 )?;
             }
@@ -935,20 +1008,28 @@ impl AuditLog {
         let mut seen = vec![false; expected.len()];
         let mut wrong = 0usize;
         for item in self.index.scan_prefix([BY_SENDER]) {
-            let (k, b) = item?;
-            let seq = key_seq(&k);
-            let at = expected.binary_search_by_key(&seq, |(s, _)| *s).ok();
-            if let Some(i) = at {
-                seen[i] = true;
-                if expected[i].1 == copy_digest(&k, &b) {
-                    continue;
+            let (k, chunk) = item?;
+            let Some(copies) = copies_in(&chunk) else {
+                problems.push(unreadable_copies(key_seq(&k)).to_string());
+                continue;
+            };
+            let prefix = &k[..k.len().saturating_sub(8)];
+            for (seq, at) in copies {
+                let mut key = prefix.to_vec();
+                key.extend_from_slice(&seq.to_be_bytes());
+                let found = expected.binary_search_by_key(&seq, |(s, _)| *s).ok();
+                if let Some(i) = found {
+                    seen[i] = true;
+                    if expected[i].1 == copy_digest(&key, &chunk[at]) {
+                        continue;
+                    }
                 }
-            }
-            wrong += 1;
-            if wrong <= SHOWN {
-                problems.push(format!(
-                    "the copy of entry {seq} that queries by user read differs from the log (altered or misfiled)"
-                ));
+                wrong += 1;
+                if wrong <= SHOWN {
+                    problems.push(format!(
+                        "the copy of entry {seq} that queries by user read differs from the log (altered or misfiled)"
+                    ));
+                }
             }
         }
         if wrong > SHOWN {
@@ -965,6 +1046,14 @@ impl AuditLog {
         }
         Ok(())
     }
+}
+
+/// A chunk of copies, the first of them `seq`, that does not parse.
+fn unreadable_copies(seq: u64) -> AuditError {
+    AuditError::Corrupt(
+        seq,
+        "the chunk of copies for queries by user starting here is cut or altered".into(),
+    )
 }
 
 /// Entry `seq` from its stored bytes.
@@ -1163,9 +1252,67 @@ mod tests {
         assert!(log.verify().unwrap().ok());
     }
 
+    /// Take entry `seq`'s copy out of `sender`'s chunks, as someone
+    /// editing the store would: its stored bytes, the chunk rewritten
+    /// without it.
+    fn take_copy(index: &sled::Tree, sender: &str, seq: u64) -> Vec<u8> {
+        for kv in index.scan_prefix(index_prefix(BY_SENDER, sender)) {
+            let (k, chunk) = kv.unwrap();
+            let copies = copies_in(&chunk).unwrap();
+            if let Some(i) = copies.iter().position(|(s, _)| *s == seq) {
+                let mut rest = Vec::new();
+                for (s, at) in copies.iter().filter(|(s, _)| *s != seq) {
+                    rest.extend(copy_record(*s, &chunk[at.clone()]));
+                }
+                index.insert(k, rest).unwrap();
+                return chunk[copies[i].1.clone()].to_vec();
+            }
+        }
+        panic!("no copy of {seq} under {sender}")
+    }
+
+    /// File `bytes` as entry `seq`'s copy under `sender`, in a chunk of
+    /// its own.
+    fn put_copy(index: &sled::Tree, sender: &str, seq: u64, bytes: &[u8]) {
+        index
+            .insert(copy_key(sender, seq), copy_record(seq, bytes))
+            .unwrap();
+    }
+
+    /// A bot's appends, one entry each, fill a sender's chunk of copies
+    /// before starting the next: a few keys, not one per entry.
+    #[test]
+    fn copies_fill_a_chunk_before_starting_the_next() {
+        let (_dir, db, log) = fresh();
+        for i in 0..60 {
+            log.record(entry(i * 3)).unwrap();
+        }
+        let index = db.open_tree("audit_index").unwrap();
+        let chunks: Vec<(usize, usize, usize)> = index
+            .scan_prefix(index_prefix(BY_SENDER, "@u0:example.org"))
+            .map(|kv| {
+                let chunk = kv.unwrap().1;
+                let copies = copies_in(&chunk).unwrap();
+                let last = copies.last().unwrap().1.len() + 12;
+                (copies.len(), chunk.len(), last)
+            })
+            .collect();
+        assert_eq!(chunks.iter().map(|c| c.0).sum::<usize>(), 60);
+        // Filled, not overfilled: each but the newest reached the size
+        // with its last copy.
+        for &(_, len, last) in &chunks[..chunks.len() - 1] {
+            assert!(
+                len >= COPY_CHUNK_BYTES && len - last < COPY_CHUNK_BYTES,
+                "{chunks:?}"
+            );
+        }
+        assert!(chunks.len() <= 5, "{chunks:?}");
+        assert!(log.verify().unwrap().ok());
+    }
+
     /// Queries by user read the copies, so `verify` checks them too: a
     /// copy rewritten with a consistent hash, one filed under another
-    /// user, and one removed are each reported.
+    /// user, one removed and a chunk cut short are each reported.
     #[test]
     fn verify_catches_a_copy_that_differs_from_the_log() {
         let (_dir, db, log) = fresh();
@@ -1173,17 +1320,17 @@ mod tests {
         assert!(log.verify().unwrap().ok());
         let index = db.open_tree("audit_index").unwrap();
 
-        let key = copy_key("@u1:example.org", 5);
-        let mut e = parse(5, &index.get(&key).unwrap().unwrap()).unwrap();
+        let mut e = parse(5, &take_copy(&index, "@u1:example.org", 5)).unwrap();
         e.detail = Detail::new(&serde_json::json!({"command": "something else"}));
-        index.insert(&key, e.seal()).unwrap();
+        put_copy(&index, "@u1:example.org", 5, &e.seal());
         let seen = log
             .query(&Query {
                 user: Some("@u1:example.org".into()),
                 ..Default::default()
             })
             .unwrap();
-        assert_eq!(seen[1].details()["command"], "something else");
+        let altered = seen.iter().find(|e| e.seq == 5).unwrap();
+        assert_eq!(altered.details()["command"], "something else");
         let v = log.verify().unwrap();
         assert_eq!(
             v.problems,
@@ -1192,12 +1339,9 @@ mod tests {
             ]
         );
 
-        index.remove(&key).unwrap();
-        let moved = index
-            .remove(copy_key("@u2:example.org", 6))
-            .unwrap()
-            .unwrap();
-        index.insert(copy_key("@u0:example.org", 6), moved).unwrap();
+        take_copy(&index, "@u1:example.org", 5);
+        let moved = take_copy(&index, "@u2:example.org", 6);
+        put_copy(&index, "@u0:example.org", 6, &moved);
         let v = log.verify().unwrap();
         assert_eq!(
             v.problems,
@@ -1205,6 +1349,25 @@ mod tests {
                 "the copy of entry 6 that queries by user read differs from the log (altered or misfiled)",
                 "1 entry has no copy for queries by user (it would not show)",
             ]
+        );
+
+        let (k, chunk) = index
+            .scan_prefix(index_prefix(BY_SENDER, "@u2:example.org"))
+            .next()
+            .unwrap()
+            .unwrap();
+        index.insert(k, &chunk[..chunk.len() - 1]).unwrap();
+        let q = Query {
+            user: Some("@u2:example.org".into()),
+            ..Default::default()
+        };
+        let err = log.query(&q).unwrap_err().to_string();
+        assert!(err.contains("is cut or altered"), "{err}");
+        let v = log.verify().unwrap();
+        assert!(
+            v.problems.iter().any(|p| p.contains("is cut or altered")),
+            "{:?}",
+            v.problems
         );
     }
 

@@ -126,7 +126,7 @@ fn metrics_count_commands_decisions_approvals_and_runs() {
 /// the chain alone still verifies, the checkpoints do not.
 #[test]
 fn a_rewritten_history_with_recomputed_hashes_is_caught_by_the_checkpoints() {
-    use airlock::audit::{Entry, entry_key};
+    use airlock::audit::{AuditLog, edit_stored};
     use common::*;
     const AUDIT_ROOM: &str = "!audit:example.org";
     let tmp = tempfile::tempdir().unwrap();
@@ -161,16 +161,11 @@ fn a_rewritten_history_with_recomputed_hashes_is_caught_by_the_checkpoints() {
     // recomputed, the head record too; the index, whose copies would
     // still say alice, is dropped (airlock rebuilds it from the log).
     let db = open_db(&tmp.path().join("data/airlock.sled"));
-    let tree = db.open_tree("audit").unwrap();
-    let read = |seq: u64| -> Entry {
-        serde_json::from_slice(&tree.get(entry_key(seq)).unwrap().unwrap()).unwrap()
-    };
-    let head: serde_json::Value =
-        serde_json::from_slice(&tree.get(b"h").unwrap().unwrap()).unwrap();
-    let last = head["seq"].as_u64().unwrap();
-    let mut prev = read(1).hash;
-    for seq in 2..=last {
-        let mut e = read(seq);
+    let entries = AuditLog::open(&db).unwrap().after(0, usize::MAX).unwrap();
+    let last = entries.len() as u64;
+    let mut prev = entries[0].hash.clone();
+    for mut e in entries.into_iter().skip(1) {
+        let seq = e.seq;
         if seq == 2 {
             assert_eq!(e.sender.as_deref(), Some(ALICE), "{e:?}");
             e.sender = Some(BOB.into());
@@ -178,9 +173,9 @@ fn a_rewritten_history_with_recomputed_hashes_is_caught_by_the_checkpoints() {
         e.prev = prev;
         e.hash = e.compute_hash();
         prev = e.hash.clone();
-        tree.insert(entry_key(seq), serde_json::to_vec(&e).unwrap())
-            .unwrap();
+        edit_stored(&db, seq, |_| Some(serde_json::to_vec(&e).unwrap())).unwrap();
     }
+    let tree = db.open_tree("audit").unwrap();
     tree.insert(
         b"h",
         serde_json::to_vec(&serde_json::json!({"seq": last, "hash": prev})).unwrap(),

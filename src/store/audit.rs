@@ -21,13 +21,14 @@ use crate::requests::State;
 // Tree `audit`: the entries in chunks of about ENTRY_CHUNK_BYTES, `c` +
 // first seq → for each entry its seq, its length (4 bytes) and its bytes;
 // and `h` → head; written in one atomic batch. (An older airlock stored
-// `e` + seq → entry, a key each; `open` moves those into chunks.) Tree `audit_index`: posting lists in chunks of up to 128 seqs
-// (CHUNK_BYTES): tag + value + 0 + first seq → the seqs, 8 bytes each; copies
-// of entries filed by sender, chunked as the log is: `U` + sender + 0 +
-// first seq → the entries; the watermark, the last seq indexed; and the index's format. The
-// index is derived: if the process dies between the two writes, `open`
-// indexes what the watermark lacks, and an index of another format is
-// rebuilt.
+// `e` + seq → entry, a key each; `open` moves those into chunks.)
+// Tree `audit_index`: posting lists in chunks of up to 128 seqs
+// (CHUNK_BYTES): tag + value + 0 + first seq → the seqs, 8 bytes each;
+// copies of entries filed by sender, chunked as the log is: `U` + sender
+// + 0 + first seq → the entries; the watermark, the last seq indexed; and
+// the index's format. The index is derived: if the process dies between
+// the two writes, `open` indexes what the watermark lacks, and an index
+// of another format is rebuilt.
 //
 // Why copies for senders: "everything @alice did" is the query people
 // ask, and her entries lie spread across the whole log. Read through a

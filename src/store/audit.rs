@@ -45,10 +45,13 @@ const REBUILD_BATCH: u64 = 10_000;
 
 /// The key of the chunk of entries that starts at `seq`.
 fn chunk_key(seq: u64) -> [u8; 9] {
-    let mut k = [b'c'; 9];
+    let mut k = [CHUNK[0]; 9];
     k[1..].copy_from_slice(&seq.to_be_bytes());
     k
 }
+
+/// The prefix of the log's chunks of entries.
+const CHUNK: &[u8] = b"c";
 
 /// An older airlock's entries, a key each: `e` + seq.
 const OLD_ENTRY: &[u8] = b"e";
@@ -550,13 +553,13 @@ fn framed_in(chunk: &[u8]) -> Option<Vec<(u64, std::ops::Range<usize>)>> {
 /// to the newest while it is under `cap` bytes, then to new ones keyed by
 /// their first seq.
 fn add_to_chunks(
-    index: &sled::Tree,
+    tree: &sled::Tree,
     batch: &mut sled::Batch,
     prefix: &[u8],
     records: &[(u64, Vec<u8>)],
     cap: usize,
 ) -> sled::Result<()> {
-    let newest = index.scan_prefix(prefix).next_back().transpose()?;
+    let newest = tree.scan_prefix(prefix).next_back().transpose()?;
     let mut open = newest
         .filter(|(_, old)| old.len() < cap)
         .map(|(key, old)| (key.to_vec(), old.to_vec()));
@@ -748,7 +751,7 @@ impl AuditLog {
                 .map(|(k, b)| (key_seq(k), framed(key_seq(k), b)))
                 .collect();
             let mut batch = sled::Batch::default();
-            add_to_chunks(&self.tree, &mut batch, b"c", &records, ENTRY_CHUNK_BYTES)?;
+            add_to_chunks(&self.tree, &mut batch, CHUNK, &records, ENTRY_CHUNK_BYTES)?;
             for (k, _) in &old {
                 batch.remove(k);
             }
@@ -767,12 +770,7 @@ impl AuditLog {
         first: u64,
     ) -> Result<impl DoubleEndedIterator<Item = sled::Result<(sled::IVec, sled::IVec)>>, AuditError>
     {
-        let start = self
-            .tree
-            .range(chunk_key(0)..=chunk_key(first))
-            .next_back()
-            .transpose()?
-            .map_or(0, |(k, _)| key_seq(&k));
+        let start = holder(&self.tree, first)?.map_or(0, |(k, _)| key_seq(&k));
         Ok(self.tree.range(chunk_key(start)..=chunk_key(u64::MAX)))
     }
 
@@ -783,9 +781,14 @@ impl AuditLog {
     ) -> Result<impl Iterator<Item = Result<Stored, AuditError>>, AuditError> {
         Ok(self
             .chunks_from(first)?
-            .flat_map(|kv| match kv.map_err(AuditError::from).and_then(unchunk) {
-                Ok(v) => v.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
+            .flat_map(|kv| {
+                match kv
+                    .map_err(AuditError::from)
+                    .and_then(|kv| unchunk(kv, ENTRIES))
+                {
+                    Ok(v) => v.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                }
             })
             .filter(move |r| r.as_ref().map_or(true, |(seq, _, _)| *seq >= first)))
     }
@@ -846,7 +849,7 @@ impl AuditLog {
                 hash: e.hash.clone(),
             };
         }
-        add_to_chunks(&self.tree, &mut writes, b"c", &records, ENTRY_CHUNK_BYTES)?;
+        add_to_chunks(&self.tree, &mut writes, CHUNK, &records, ENTRY_CHUNK_BYTES)?;
         writes.insert(HEAD, serde_json::to_vec(&head).expect("head serializes"));
         self.tree.apply_batch(writes)?;
         self.index
@@ -863,10 +866,13 @@ impl AuditLog {
     }
 
     fn read(&self, seq: u64) -> Result<Option<Entry>, AuditError> {
-        let Some(kv) = self.tree.range(chunk_key(0)..=chunk_key(seq)).next_back() else {
+        let Some(kv) = holder(&self.tree, seq)? else {
             return Ok(None);
         };
-        match unchunk(kv?)?.into_iter().find(|(s, _, _)| *s == seq) {
+        match unchunk(kv, ENTRIES)?
+            .into_iter()
+            .find(|(s, _, _)| *s == seq)
+        {
             None => Ok(None),
             Some((_, chunk, at)) => parse(seq, &chunk[at]).map(Some),
         }
@@ -911,16 +917,14 @@ impl AuditLog {
                     .index
                     .scan_prefix(index_prefix(BY_SENDER, user))
                     .rev()
-                    .flat_map(|kv| match kv {
-                        Ok((k, chunk)) => match framed_in(&chunk) {
-                            Some(v) => v
-                                .into_iter()
-                                .rev()
-                                .map(|(seq, at)| Ok((seq, chunk.clone(), at)))
-                                .collect(),
-                            None => vec![Err(unreadable_copies(key_seq(&k)))],
-                        },
-                        Err(e) => vec![Err(AuditError::from(e))],
+                    .flat_map(|kv| {
+                        match kv
+                            .map_err(AuditError::from)
+                            .and_then(|kv| unchunk(kv, COPIES))
+                        {
+                            Ok(v) => v.into_iter().rev().map(Ok).collect(),
+                            Err(e) => vec![Err(e)],
+                        }
                     });
                 in_batches(
                     &mut copies,
@@ -942,7 +946,7 @@ impl AuditLog {
             }
             None => {
                 'chunks: for kv in self.chunks_from(0)?.rev() {
-                    for (seq, chunk, at) in unchunk(kv?)?.into_iter().rev() {
+                    for (seq, chunk, at) in unchunk(kv?, ENTRIES)?.into_iter().rev() {
                         if !take(parse(seq, &chunk[at])?) {
                             break 'chunks;
                         }
@@ -1101,13 +1105,16 @@ impl AuditLog {
         let mut wrong = 0usize;
         for item in self.index.scan_prefix([BY_SENDER]) {
             let (k, chunk) = item?;
-            let Some(copies) = framed_in(&chunk) else {
-                problems.push(unreadable_copies(key_seq(&k)).to_string());
-                continue;
+            let prefix = k[..k.len().saturating_sub(8)].to_vec();
+            let copies = match unchunk((k, chunk), COPIES) {
+                Ok(copies) => copies,
+                Err(e) => {
+                    problems.push(e.to_string());
+                    continue;
+                }
             };
-            let prefix = &k[..k.len().saturating_sub(8)];
-            for (seq, at) in copies {
-                let mut key = prefix.to_vec();
+            for (seq, chunk, at) in copies {
+                let mut key = prefix.clone();
                 key.extend_from_slice(&seq.to_be_bytes());
                 let found = expected.binary_search_by_key(&seq, |(s, _)| *s).ok();
                 if let Some(i) = found {
@@ -1140,30 +1147,36 @@ impl AuditLog {
     }
 }
 
-/// A chunk of copies, the first of them `seq`, that does not parse.
-fn unreadable_copies(seq: u64) -> AuditError {
-    AuditError::Corrupt(
-        seq,
-        "the chunk of copies for queries by user starting here is cut or altered".into(),
-    )
-}
-
 /// An entry as stored: its seq, the chunk that holds it, where its bytes
 /// lie in the chunk.
 type Stored = (u64, sled::IVec, std::ops::Range<usize>);
 
-/// The entries in chunk `(key, chunk)` of the log, oldest first.
-fn unchunk((key, chunk): (sled::IVec, sled::IVec)) -> Result<Vec<Stored>, AuditError> {
+/// What a chunk of the log holds, as its errors name it.
+const ENTRIES: &str = "entries";
+/// What a chunk filed under a sender holds.
+const COPIES: &str = "copies for queries by user";
+
+/// The entries in chunk `(key, chunk)` (of the log, or of copies: `what`),
+/// oldest first.
+fn unchunk((key, chunk): (sled::IVec, sled::IVec), what: &str) -> Result<Vec<Stored>, AuditError> {
     let framed = framed_in(&chunk).ok_or_else(|| {
         AuditError::Corrupt(
             key_seq(&key),
-            "the chunk of entries starting here is cut or altered".into(),
+            format!("the chunk of {what} starting here is cut or altered"),
         )
     })?;
     Ok(framed
         .into_iter()
         .map(|(seq, at)| (seq, chunk.clone(), at))
         .collect())
+}
+
+/// The chunk of the log that holds entry `seq`, if any: the last to start
+/// at or before it.
+fn holder(tree: &sled::Tree, seq: u64) -> sled::Result<Option<(sled::IVec, sled::IVec)>> {
+    tree.range(chunk_key(0)..=chunk_key(seq))
+        .next_back()
+        .transpose()
 }
 
 /// Entry `seq`'s stored bytes replaced, in place, by what `edit` makes of
@@ -1176,12 +1189,8 @@ pub fn edit_stored(
     edit: impl FnOnce(Option<&[u8]>) -> Option<Vec<u8>>,
 ) -> Result<(), AuditError> {
     let tree = db.open_tree("audit")?;
-    let holder = tree
-        .range(chunk_key(0)..=chunk_key(seq))
-        .next_back()
-        .transpose()?;
-    let (key, entries) = match holder {
-        Some(kv) => (kv.0.clone(), unchunk(kv)?),
+    let (key, entries) = match holder(&tree, seq)? {
+        Some(kv) => (kv.0.clone(), unchunk(kv, ENTRIES)?),
         None => (sled::IVec::default(), Vec::new()),
     };
     let Some((_, chunk, at)) = entries.iter().find(|(s, _, _)| *s == seq) else {

@@ -173,12 +173,18 @@ fn main() -> ExitCode {
     // SAFETY: the first thing the process does; no thread exists yet.
     unsafe { action::packs::set_git_timeouts() };
     // glibc gives every thread that allocates an arena of its own, up to
-    // eight per core, each keeping what it freed: two hold the bot's load,
-    // and its memory stays flat.
+    // eight per core, each keeping what it freed: two hold the bot's load.
+    // And glibc raises its mmap threshold to the size of each large block
+    // freed, up to 32 MiB: once sled has freed one of its write buffers,
+    // every buffer and page image below that size comes from the arenas
+    // instead, and the holes they leave between long-lived objects are
+    // never returned. A fixed threshold (the default's starting value)
+    // keeps large blocks mapped on their own and unmapped when freed.
     #[cfg(target_env = "gnu")]
-    // SAFETY: no thread exists yet; mallopt only sets a tunable.
+    // SAFETY: no thread exists yet; mallopt only sets tunables.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
     let cli = Cli::parse();
     let config = ConfigArg { config: cli.config };

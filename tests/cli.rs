@@ -417,7 +417,10 @@ fn console_session_deploy_confirm_rollback_audit() {
         c.send("!flow deploy main");
         let prompt = c.expect("Confirmation needed");
         c.send("/user @bob:example.org");
-        c.send(&format!("/reply {} yes", Console::reference(&prompt)));
+        let r = Console::reference(&prompt);
+        c.send(&format!("/reply {r} yes"));
+        // A reply is shown with the reference of what it answers.
+        c.expect(&format!("@bob:example.org ↪ [{r}]: yes"));
         c.expect("Successfully deployed flow");
     };
     deploy(&mut c);

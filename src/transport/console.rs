@@ -16,7 +16,6 @@
 //! /quit                       leave (also end of input), after running actions finish
 //! ```
 
-use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -35,16 +34,19 @@ struct Printer {
     /// run never lands on a prompt a previous run stored under `$m1`.
     run: u64,
     next_bot: u64,
-    /// Event ID → display reference.
-    refs: HashMap<String, String>,
 }
 
 impl Printer {
+    /// An event ID as the reference it was shown with: this run's IDs are
+    /// `$<run>.<ref>`, so the reference is read off the ID rather than kept
+    /// in a map that would grow with every message.
     fn show(&self, event_id: &str) -> String {
-        self.refs
-            .get(event_id)
-            .cloned()
-            .unwrap_or_else(|| event_id.to_string())
+        event_id
+            .strip_prefix('$')
+            .and_then(|id| id.split_once('.'))
+            .filter(|(run, _)| run.parse() == Ok(self.run))
+            .map_or(event_id, |(_, reference)| reference)
+            .to_string()
     }
 }
 
@@ -67,7 +69,6 @@ impl Console {
                 out: Mutex::new(Printer {
                     run: now_ms(),
                     next_bot: 1,
-                    refs: HashMap::new(),
                 }),
                 running: Mutex::new(0),
                 idle: Condvar::new(),
@@ -155,8 +156,7 @@ impl Console {
             m.relates_to = rel;
             m.power_level = c.power;
             {
-                let mut p = c.shared.out.lock().unwrap_or_else(|e| e.into_inner());
-                p.refs.insert(id.clone(), reference.clone());
+                let p = c.shared.out.lock().unwrap_or_else(|e| e.into_inner());
                 let mut shown = format!("[{reference}] {}", c.user);
                 if let Some(r) = &m.reply_to {
                     shown.push_str(&format!(" ↪ [{}]", p.show(r)));
@@ -228,7 +228,6 @@ fn apply(engine: &Arc<Engine>, shared: &Arc<Shared>, effects: Vec<Effect>) {
                 let id = format!("${}.m{}", p.run, p.next_bot);
                 let reference = format!("m{}", p.next_bot);
                 p.next_bot += 1;
-                p.refs.insert(id.clone(), reference.clone());
                 let to = o
                     .reply_to
                     .as_deref()

@@ -21,25 +21,39 @@ use mx::{Airlock, Homeserver, User, unique};
 
 const PW: &str = "bench password";
 
-/// RSS, split into what the process allocated (heap, stacks) and the
-/// file pages it maps (its binary and libraries: clean, shared with the
-/// page cache, reclaimable), from one read of /proc/<pid>/status.
-fn rss(pid: u32) -> String {
+/// RSS, anonymous and file-backed, in MiB, from one read of
+/// /proc/<pid>/status. Anonymous is what the process allocated (heap,
+/// stacks); file-backed is the pages it maps of its binary and libraries
+/// (clean, shared with the page cache, reclaimable).
+fn rss(pid: u32) -> [f64; 3] {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let mib = |field: &str| {
+    ["VmRSS:", "RssAnon:", "RssFile:"].map(|field| {
         status
             .lines()
             .find(|l| l.starts_with(field))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(0.0, |kib| kib as f64 / 1024.0)
-    };
-    format!(
-        "{:.1} MiB (anonymous {:.1}, file-backed {:.1})",
-        mib("VmRSS:"),
-        mib("RssAnon:"),
-        mib("RssFile:")
-    )
+    })
+}
+
+fn show([total, anon, file]: [f64; 3]) -> String {
+    format!("{total:.1} MiB (anonymous {anon:.1}, file-backed {file:.1})")
+}
+
+/// The least-squares slope of `points` (commands, MiB), in MB per 1,000
+/// commands: one number for "does it keep growing", which single readings
+/// cannot give when sled's cache and write buffers swing by a megabyte or
+/// two from one moment to the next.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let (mx, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(x, y), p| (x + p.0 / n, y + p.1 / n));
+    let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(a, b), p| {
+        (a + (p.0 - mx) * (p.1 - my), b + (p.0 - mx).powi(2))
+    });
+    sxy / sxx * 1000.0 * 1.048_576
 }
 
 fn pct(mut v: Vec<Duration>, q: f64) -> Duration {
@@ -179,7 +193,7 @@ async fn main() {
         round_trip(&alice, &room, &bot, "!ping", true).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle = rss(airlock.pid());
+    let idle = show(rss(airlock.pid()));
 
     // Each command meets a bot done with the previous one (a person's pace).
     let mut lat = Vec::new();
@@ -216,18 +230,32 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    // Anonymous RSS every 100 commands. Over the first 2,500 the caches
+    // fill (sled's, the Matrix stores'); what follows should not grow.
+    let mut samples = Vec::new();
     for i in 1..=commands {
         round_trip(&alice, &room, &bot, "!ping", false).await;
+        if i % 100 == 0 {
+            samples.push((i as f64, rss(airlock.pid())[1]));
+        }
         if i % 2_500 == 0 || i == commands {
             println!(
                 "airlock RSS after {i} more commands: {}",
-                rss(airlock.pid())
+                show(rss(airlock.pid()))
             );
         }
     }
+    let settled: Vec<_> = samples.iter().copied().filter(|s| s.0 > 2_500.0).collect();
+    if settled.len() > 1 {
+        println!(
+            "airlock anonymous RSS after the first 2,500 commands: {:.2} MB per 1,000 more commands (least squares over {} readings)",
+            slope(&settled),
+            settled.len()
+        );
+    }
     // Idle again, once the status reactions have gone out.
     tokio::time::sleep(Duration::from_secs(35)).await;
-    println!("airlock RSS idle again: {}", rss(airlock.pid()));
+    println!("airlock RSS idle again: {}", show(rss(airlock.pid())));
     if std::env::var_os("AIRLOCK_BENCH_KEEP").is_some() {
         println!("airlock's log: {}", airlock.log.display());
         std::mem::forget(dir);

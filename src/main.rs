@@ -177,8 +177,8 @@ fn main() -> ExitCode {
     // And glibc raises its mmap threshold to the size of each large block
     // freed, up to 32 MiB: once sled has freed one of its write buffers,
     // every buffer and page image below that size comes from the arenas
-    // instead, and the holes they leave between long-lived objects are
-    // never returned. A fixed threshold (the default's starting value)
+    // instead, and the holes they leave between long-lived objects stay
+    // resident. A fixed threshold (the default's starting value)
     // keeps large blocks mapped on their own and unmapped when freed.
     #[cfg(target_env = "gnu")]
     // SAFETY: no thread exists yet; mallopt only sets tunables.

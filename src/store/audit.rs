@@ -1424,7 +1424,7 @@ mod tests {
         }
         log.append((40..47).map(entry).collect()).unwrap();
         let tree = db.open_tree("audit").unwrap();
-        let chunks = tree.scan_prefix(b"c").count();
+        let chunks = tree.scan_prefix(CHUNK).count();
         assert!((2..=10).contains(&chunks), "{chunks} chunks");
         for seq in [1, 8, 9, 20, 47] {
             assert_eq!(log.read(seq).unwrap().unwrap().seq, seq);
@@ -1494,7 +1494,7 @@ mod tests {
             log.record(entry(i)).unwrap();
         }
         let tree = db.open_tree("audit").unwrap();
-        let (k, chunk) = tree.scan_prefix(b"c").next().unwrap().unwrap();
+        let (k, chunk) = tree.scan_prefix(CHUNK).next().unwrap().unwrap();
         tree.insert(k, &chunk[..chunk.len() - 1]).unwrap();
         let v = log.verify().unwrap();
         assert!(

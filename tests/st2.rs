@@ -358,6 +358,83 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
     ]);
     assert!(asked.contains("\"approved\": true"), "{asked}");
 
+    // airlock stops while the question waits: the next start follows the
+    // same workflow and waits on the prompt already in the room; it does
+    // not ask again, and the answer to that prompt is the one st2 gets.
+    let p = prompt(&bot.say(ALICE, OPS, "!st2 ask Roll back now?")).clone();
+    let request = request_id(&p.body);
+    let runner = {
+        let (bot, event) = (bot.clone(), p.event_id.clone());
+        std::thread::spawn(move || bodies(&bot.reply(BOB, OPS, &event, "yes")))
+    };
+    let question = loop {
+        let sent = bot.play(bot.engine.tick(bot.now()));
+        if let Some(q) = sent.iter().find(|m| m.body.contains("Roll back now?")) {
+            break q.clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    bot.engine.begin_shutdown();
+    let said = runner.join().unwrap();
+    assert!(
+        !said.contains("Roll back"),
+        "nothing reported at shutdown: {said}"
+    );
+    bot.engine.interrupt_running(bot.now());
+    drop(bot);
+    let bot = Arc::new(reopen(tmp.path(), &st2.url));
+    let (done_tx, done) = std::sync::mpsc::channel();
+    {
+        let bot = bot.clone();
+        std::thread::spawn(move || {
+            let fx = bot.engine.take_startup_effects();
+            let _ = done_tx.send(bodies(&bot.play(fx)));
+        });
+    }
+    // The re-attached run reached the question once its output says so.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !bodies(&bot.say(ALICE, OPS, &format!("!status {request}")))
+        .contains("│ StackStorm asks: Roll back now?")
+    {
+        assert!(std::time::Instant::now() < deadline, "never re-attached");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let r = bodies(&bot.reply(BOB, OPS, &question.event_id, "yes"));
+    assert!(r.contains("answered yes to StackStorm's question"), "{r}");
+    let mut again = Vec::new();
+    let resumed = loop {
+        again.extend(bot.play(bot.engine.tick(bot.now())));
+        match done.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(r) => break r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => assert!(
+                std::time::Instant::now() < deadline,
+                "the answer never reached the re-attached run: {again:?}"
+            ),
+            Err(e) => panic!("the resumed run ended without an answer: {e}"),
+        }
+    };
+    assert!(
+        resumed.contains(&format!("♻️ airlock restarted while request {request}"))
+            && resumed.contains("succeeded"),
+        "{resumed}"
+    );
+    assert!(
+        !again.iter().any(|m| m.body.contains("❓")),
+        "asked again: {again:?}"
+    );
+    let (_, asked) = st2.st2(&[
+        "execution",
+        "list",
+        "-j",
+        "-n",
+        "1",
+        "--action",
+        "tests.ask",
+        "--attr",
+        "result",
+    ]);
+    assert!(asked.contains("\"approved\": true"), "{asked}");
+
     // st2's announcements reach the rooms the policy lets it post to, and
     // only those.
     let sent = bot.play(bot.engine.announce(

@@ -2,8 +2,11 @@
 //! each becomes a request of its own, prompted in the room its request
 //! came from and answered by reply under the same approver rules. The
 //! action waits for the answer on its own thread; the prompt goes out
-//! through the engine's outbox, which `tick` empties.
+//! through the engine's outbox, which `tick` empties. A question still
+//! open when airlock stops stays open: the next start, following the
+//! same workflow, waits on that prompt instead of asking again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +37,8 @@ pub(super) struct Inquirer {
     /// The engine's time when the run started, and the instant it was read:
     /// the inquirer's clock is that time plus what has passed since.
     pub started: (u64, Instant),
+    /// Set when airlock stops: the wait ends, the question stays open.
+    pub stopping: Arc<AtomicBool>,
 }
 
 impl Inquirer {
@@ -48,8 +53,33 @@ impl Inquirer {
         }
     }
 
-    /// Ask `question`; block until it is answered (see `RunContext::ask`).
+    /// Ask `question`; block until it is answered (see `RunContext::ask`),
+    /// or until airlock stops (None).
     pub fn ask(&self, question: &str) -> Option<bool> {
+        let id = match self.open_question(question) {
+            Some(id) => id,
+            None => self.put(question)?,
+        };
+        self.answer_to(&id)
+    }
+
+    /// The question `question` this request's action asked before airlock
+    /// last stopped, still unanswered: the workflow now asking is the same
+    /// one, re-attached, and its prompt is already in the room.
+    fn open_question(&self, question: &str) -> Option<String> {
+        let open = self.requests.open_requests().ok()?;
+        let (parent, question) = (json!(self.parent.id), json!(question));
+        open.into_iter()
+            .find(|r| {
+                is_inquiry(r)
+                    && r.params.get("request") == Some(&parent)
+                    && r.params.get("question") == Some(&question)
+            })
+            .map(|r| r.id)
+    }
+
+    /// Store `question` as a request of its own and prompt it; its id.
+    fn put(&self, question: &str) -> Option<String> {
         let p = &self.parent;
         let now = self.now();
         // The approvers of the request it runs for; with none, anyone
@@ -128,9 +158,17 @@ impl Inquirer {
                 message: Message::plain(text),
                 prompt_for: Some(req.id.clone()),
             }));
+        Some(req.id)
+    }
+
+    /// Wait for request `id`'s answer.
+    fn answer_to(&self, id: &str) -> Option<bool> {
         loop {
+            if self.stopping.load(Ordering::Relaxed) {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(200));
-            let state = match self.requests.get(&req.id) {
+            let state = match self.requests.get(id) {
                 Ok(Some(r)) => r.state,
                 _ => return None,
             };
@@ -139,7 +177,7 @@ impl Inquirer {
                 State::Approved => {
                     // Answered: the question's request ends here.
                     let now = self.now();
-                    let _ = self.requests.update(&req.id, |r| {
+                    let _ = self.requests.update(id, |r| {
                         r.start(now)?;
                         r.finish(
                             State::Succeeded,

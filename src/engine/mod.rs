@@ -374,7 +374,7 @@ impl EngineBuilder {
             policy: RwLock::new(Arc::new(loaded.policy)),
             noticed: Mutex::new(HashSet::new()),
             warned: Mutex::new(HashMap::new()),
-            cancel: AtomicBool::new(false),
+            cancel: Arc::new(AtomicBool::new(false)),
             checkpoints: Mutex::new(Checkpoints::default()),
             outbox: Arc::default(),
             startup: Mutex::new(Vec::new()),
@@ -407,8 +407,9 @@ pub struct Engine {
     /// last sent per (room, sender): say each once, not on every event.
     noticed: Mutex<HashSet<String>>,
     warned: Mutex<HashMap<(String, String), u64>>,
-    /// Set on shutdown; running actions stop at their next safe point.
-    cancel: AtomicBool,
+    /// Set on shutdown; running actions stop at their next safe point, and
+    /// so does a question they wait on (shared with the inquirers).
+    cancel: Arc<AtomicBool>,
     /// Audit checkpoints known to be in the audit room, and when the last
     /// was posted.
     checkpoints: Mutex<Checkpoints>,

@@ -189,6 +189,7 @@ impl Engine {
                     prefix: self.settings.prefix.clone(),
                     parent: req.clone(),
                     started: (started, std::time::Instant::now()),
+                    stopping: self.cancel.clone(),
                 };
                 Arc::new(move |q: &str| inquirer.ask(q))
             },

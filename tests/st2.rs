@@ -116,6 +116,29 @@ fn running(bot: &Arc<Bot>, cmd: &str) -> (String, std::thread::JoinHandle<String
     (request, runner)
 }
 
+/// airlock stops while `runner` waits on a run (`what` names it): nothing
+/// is reported at shutdown. The bot as the next start finds it.
+fn restart(
+    bot: Arc<Bot>,
+    runner: std::thread::JoinHandle<String>,
+    what: &str,
+    dir: &std::path::Path,
+    url: &str,
+) -> Arc<Bot> {
+    bot.engine.begin_shutdown();
+    let said = runner.join().unwrap();
+    assert!(!said.contains(what), "nothing reported at shutdown: {said}");
+    bot.engine.interrupt_running(bot.now());
+    drop(bot);
+    Arc::new(reopen(dir, url))
+}
+
+/// `st2 execution list -j --action <action>` with `more` arguments.
+fn executions(st2: &StandIn, action: &str, more: &[&str]) -> String {
+    let args = [&["execution", "list", "-j", "--action", action], more].concat();
+    st2.st2(&args).1
+}
+
 fn approved(bot: &Bot, cmd: &str) -> String {
     let p = prompt(&bot.say(ALICE, OPS, cmd)).clone();
     bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"))
@@ -230,30 +253,14 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
     assert!(r.contains("Stopping request"), "{r}");
     let done = runner.join().unwrap();
     assert!(done.contains("canceled"), "{done}");
-    let cancelled = st2
-        .st2(&[
-            "execution",
-            "list",
-            "-j",
-            "-n",
-            "1",
-            "--action",
-            "tests.slow",
-        ])
-        .1;
+    let cancelled = executions(&st2, "tests.slow", &["-n", "1"]);
     assert!(cancelled.contains("\"canceled\""), "{cancelled}");
 
     // airlock stops while an execution runs on st2: it is not cancelled
     // there, and the next start re-attaches by the request id in its
     // context and reports it once, never submitting it again.
     let (request, runner) = running(&bot, "!st2 slow 3");
-    bot.engine.begin_shutdown();
-    let said = runner.join().unwrap();
-    assert!(
-        !said.contains("slow"),
-        "nothing reported at shutdown: {said}"
-    );
-    bot.engine.interrupt_running(bot.now());
+    let bot = restart(bot, runner, "slow", tmp.path(), &st2.url);
     assert_eq!(
         bot.engine
             .requests()
@@ -265,8 +272,6 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         "running",
         "left running for the next start"
     );
-    drop(bot);
-    let bot = Arc::new(reopen(tmp.path(), &st2.url));
     let r = bodies(&bot.play(bot.engine.take_startup_effects()));
     assert!(
         r.contains(&format!("♻️ airlock restarted while request {request}"))
@@ -274,16 +279,7 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
             && r.contains("succeeded: done"),
         "{r}"
     );
-    let (_, list) = st2.st2(&[
-        "execution",
-        "list",
-        "-j",
-        "--action",
-        "tests.slow",
-        "--attr",
-        "context",
-        "id",
-    ]);
+    let list = executions(&st2, "tests.slow", &["--attr", "context", "id"]);
     assert_eq!(list.matches(&request).count(), 1, "submitted once: {list}");
     assert_eq!(
         bot.engine
@@ -302,15 +298,7 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
     st2.control("/_test/fail?status=503&count=2");
     let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
     assert!(r.contains("succeeded: after an outage"), "{r}");
-    let (_, list) = st2.st2(&[
-        "execution",
-        "list",
-        "-j",
-        "--action",
-        "tests.echo",
-        "--attr",
-        "parameters",
-    ]);
+    let list = executions(&st2, "tests.echo", &["--attr", "parameters"]);
     assert_eq!(
         list.matches("after an outage").count(),
         1,
@@ -347,15 +335,7 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
     assert!(r.contains("answered yes to StackStorm's question"), "{r}");
     let done = runner.join().unwrap();
     assert!(done.contains("succeeded"), "{done}");
-    let (_, asked) = st2.st2(&[
-        "execution",
-        "list",
-        "-j",
-        "--action",
-        "tests.ask",
-        "--attr",
-        "result",
-    ]);
+    let asked = executions(&st2, "tests.ask", &["--attr", "result"]);
     assert!(asked.contains("\"approved\": true"), "{asked}");
 
     // airlock stops while the question waits: the next start follows the
@@ -374,15 +354,7 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    bot.engine.begin_shutdown();
-    let said = runner.join().unwrap();
-    assert!(
-        !said.contains("Roll back"),
-        "nothing reported at shutdown: {said}"
-    );
-    bot.engine.interrupt_running(bot.now());
-    drop(bot);
-    let bot = Arc::new(reopen(tmp.path(), &st2.url));
+    let bot = restart(bot, runner, "Roll back", tmp.path(), &st2.url);
     let (done_tx, done) = std::sync::mpsc::channel();
     {
         let bot = bot.clone();
@@ -422,17 +394,7 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         !again.iter().any(|m| m.body.contains("❓")),
         "asked again: {again:?}"
     );
-    let (_, asked) = st2.st2(&[
-        "execution",
-        "list",
-        "-j",
-        "-n",
-        "1",
-        "--action",
-        "tests.ask",
-        "--attr",
-        "result",
-    ]);
+    let asked = executions(&st2, "tests.ask", &["-n", "1", "--attr", "result"]);
     assert!(asked.contains("\"approved\": true"), "{asked}");
 
     // st2's announcements reach the rooms the policy lets it post to, and

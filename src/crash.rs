@@ -9,7 +9,9 @@
 //! `pack_intent_written`, `pack_switched`, `pack_recorded`,
 //! `outcome_recorded` (the finished entry is flushed, the request's final
 //! state not yet written), and on every audit append `audit_before_flush`
-//! / `audit_after_flush`.
+//! / `audit_after_flush`. `airlock compact` has `compact_copied` (the
+//! fresh copy written and checked) and `compact_moved` (the database moved
+//! aside, the copy not yet in its place).
 
 /// Stop here if the crash tests asked for this point.
 #[cfg(feature = "crash-points")]

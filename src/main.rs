@@ -84,6 +84,9 @@ enum Cmd {
     },
     /// List open requests (pending, approved, running).
     Pending,
+    /// Rewrite the database into a fresh copy of what it holds now, giving
+    /// back the disk sled's log keeps for old versions (stop the bot first).
+    Compact,
     /// Run approved requests' actions on this machine, for a bot whose
     /// configuration routes them to Temporal (`temporal.queues`).
     #[cfg(feature = "temporal")]
@@ -211,6 +214,7 @@ fn main() -> ExitCode {
         Cmd::Run => cmd_run(config),
         Cmd::Console { user, room } => cmd_console(config, &user, &room),
         Cmd::Pending => cmd_pending(config),
+        Cmd::Compact => cmd_compact(config),
         #[cfg(feature = "temporal")]
         Cmd::Worker { task_queue } => cmd_worker(config, &task_queue),
         Cmd::Audit {
@@ -753,7 +757,7 @@ mod malloc {
 fn open_db(arg: &ConfigArg) -> Result<sled::Db, ExitCode> {
     let cfg = config(arg)?;
     let path = cfg.data_dir.join("airlock.sled");
-    if !path.exists() {
+    if !airlock::config::store_exists(&path) {
         return Err(fail(format!(
             "no database at {} (nothing has run yet?)",
             path.display()
@@ -765,6 +769,23 @@ fn open_db(arg: &ConfigArg) -> Result<sled::Db, ExitCode> {
             path.display()
         ))
     })
+}
+
+fn cmd_compact(arg: ConfigArg) -> Outcome {
+    let path = config(&arg)?.data_dir.join("airlock.sled");
+    if !airlock::config::store_exists(&path) {
+        return Err(fail(format!("no database at {}", path.display())));
+    }
+    let done = airlock::config::compact_store(&path).map_err(fail)?;
+    let mb = |b: u64| b as f64 / 1e6;
+    println!(
+        "{}: {:.1} MB → {:.1} MB on disk ({} keys, checked against the original)",
+        path.display(),
+        mb(done.before),
+        mb(done.after),
+        done.keys
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_pending(arg: ConfigArg) -> Outcome {

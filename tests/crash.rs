@@ -49,17 +49,12 @@ impl Site {
     }
 
     fn console(&self, crash_at: Option<&str>) -> Child {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_airlock"));
-        c.args(["console", "--config"])
-            .arg(&self.cfg)
+        self.command(&["console"], crash_at)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env_remove("AIRLOCK_CRASH_AT");
-        if let Some(p) = crash_at {
-            c.env("AIRLOCK_CRASH_AT", p);
-        }
-        c.spawn().unwrap()
+            .spawn()
+            .unwrap()
     }
 
     /// Run the console on `script` to the end; its output.
@@ -85,35 +80,33 @@ impl Site {
         let mut child = self.console(Some(point));
         let mut stdin = child.stdin.take().unwrap();
         stdin.write_all(script.as_bytes()).unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            std::io::copy(&mut BufReader::new(stdout), &mut std::io::sink())
-        });
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let reached = line.contains("crash point");
-                let _ = tx.send(line);
-                if reached {
-                    break;
-                }
-            }
-        });
-        let mut seen = Vec::new();
-        loop {
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(l) if l.contains("crash point") => break,
-                Ok(l) => seen.push(l),
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("{point} was never reached; stderr:\n{}", seen.join("\n"));
-                }
-            }
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        kill_at(child, point);
         drop(stdin);
+    }
+
+    /// `airlock <args> --config …`, crashing at `crash_at` if given.
+    fn command(&self, args: &[&str], crash_at: Option<&str>) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_airlock"));
+        c.args(args).arg("--config").arg(&self.cfg);
+        c.env_remove("AIRLOCK_CRASH_AT");
+        if let Some(p) = crash_at {
+            c.env("AIRLOCK_CRASH_AT", p);
+        }
+        c
+    }
+
+    /// The whole audit log as `airlock audit --jsonl --all` prints it.
+    fn export(&self) -> String {
+        let out = self
+            .command(&["audit", "--jsonl", "--all"], None)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn db(&self) -> sled::Db {
@@ -127,6 +120,39 @@ impl Site {
     }
 }
 
+/// Wait until `child` reaches crash point `point`, then SIGKILL it.
+fn kill_at(mut child: Child, point: &str) {
+    let stderr = child.stderr.take().unwrap();
+    if let Some(stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            std::io::copy(&mut BufReader::new(stdout), &mut std::io::sink())
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let reached = line.contains("crash point");
+            let _ = tx.send(line);
+            if reached {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) if l.contains("crash point") => break,
+            Ok(l) => seen.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("{point} was never reached; stderr:\n{}", seen.join("\n"));
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
 /// The invariants after a restart; returns the deploy request's final
 /// state and the live commit.
 fn check_invariants(
@@ -134,11 +160,7 @@ fn check_invariants(
     restart_output: Option<&str>,
     point: &str,
 ) -> (Option<State>, String) {
-    let verify = Command::new(env!("CARGO_BIN_EXE_airlock"))
-        .args(["audit", "verify", "--config"])
-        .arg(&site.cfg)
-        .output()
-        .unwrap();
+    let verify = site.command(&["audit", "verify"], None).output().unwrap();
     assert!(
         verify.status.success(),
         "{point}: audit verify: {}",
@@ -295,4 +317,81 @@ fn sigkill_at_every_durable_step_leaves_one_truth() {
         let (_, live) = check_invariants(&site, None, point);
         assert_eq!(live, v2, "{point}: a fresh deploy after the restart");
     }
+}
+
+/// `airlock compact` killed after the copy, and between its two renames:
+/// the next command finds the whole database, the old one, with nothing
+/// left beside it; a compaction run to its end keeps every entry and
+/// gives disk back; and it refuses a database the bot holds open.
+#[test]
+fn compaction_killed_at_each_step_leaves_the_whole_database() {
+    let site = Site::new();
+    for _ in 0..3 {
+        let out = site.run(DEPLOY);
+        assert!(out.contains("Successfully deployed flow"), "{out}");
+    }
+    let log = site.export();
+    assert!(log.lines().count() > 20, "{log}");
+    let data = site.dir.join("data");
+    let beside = || {
+        let mut names: Vec<String> = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("airlock.sled"))
+            .collect();
+        names.sort();
+        names
+    };
+    for point in ["compact_copied", "compact_moved"] {
+        let child = site
+            .command(&["compact"], Some(point))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        kill_at(child, point);
+        assert!(!beside().is_empty(), "{point}: {:?}", beside());
+        assert!(
+            site.export() == log,
+            "{point}: the log changed in the crash"
+        );
+        assert_eq!(beside(), ["airlock.sled"], "{point}: left beside it");
+    }
+
+    // While the bot runs, the database is its own.
+    let mut bot = site.console(None);
+    let mut stdin = bot.stdin.take().unwrap();
+    stdin.write_all(b"!pack list\n").unwrap();
+    let mut stdout = BufReader::new(bot.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap(); // the bot is up: the lock is held
+    let refused = site.command(&["compact"], None).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("is the bot running"), "{why}");
+    drop(stdin);
+    bot.wait().unwrap();
+    let log = site.export(); // with the bot's `!pack list`
+
+    let done = site.command(&["compact"], None).output().unwrap();
+    let said = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let mb: Vec<f64> = said
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(mb.len() >= 2 && mb[1] < mb[0], "smaller on disk: {said}");
+    assert!(
+        site.export() == log,
+        "compacted: not every entry, byte for byte"
+    );
+    assert_eq!(beside(), ["airlock.sled"]);
+    let (_, live) = check_invariants(&site, None, "compacted");
+    assert_eq!(live, site.repo.head());
+    let again = site.run(DEPLOY);
+    assert!(again.contains("Successfully deployed flow"), "{again}");
 }

@@ -56,10 +56,12 @@ pub fn open_store(path: &Path) -> sled::Result<sled::Db> {
         .flush_every_ms(None)
         .open()?;
     // Ours now (sled holds a lock on it): what a cut-short compaction
-    // left beside it goes.
+    // left beside it goes. Failing that costs only disk, not the start.
     for leftover in [moved, copy] {
-        if leftover.exists() {
-            std::fs::remove_dir_all(leftover)?;
+        if leftover.exists()
+            && let Err(e) = std::fs::remove_dir_all(&leftover)
+        {
+            tracing::warn!("cannot remove {}: {e}", leftover.display());
         }
     }
     Ok(db)
@@ -72,14 +74,15 @@ pub fn store_exists(path: &Path) -> bool {
 }
 
 /// Where a compaction of the database at `path` moves it aside, and where
-/// it writes the fresh copy.
+/// it writes the fresh copy: names of its own, since `open_store` removes
+/// what it finds there (an operator's `airlock.sled.old` backup is safe).
 fn compaction_paths(path: &Path) -> (PathBuf, PathBuf) {
     let beside = |suffix: &str| {
         let mut p = path.as_os_str().to_owned();
         p.push(suffix);
         PathBuf::from(p)
     };
-    (beside(".old"), beside(".compacting"))
+    (beside(".compact-old"), beside(".compact-new"))
 }
 
 /// What a compaction did: the database's size on disk before and after,

@@ -116,34 +116,23 @@ pub fn compact_store(path: &Path) -> Result<Compacted, String> {
     let failed = |e: &dyn std::fmt::Display| format!("compacting {}: {e}", path.display());
     let before = old.size_on_disk().map_err(|e| failed(&e))?;
     let new = open_store(&copy).map_err(|e| failed(&e))?;
-    let mut keys = 0u64;
-    for name in old.tree_names() {
-        let (from, to) = (
-            old.open_tree(&name).map_err(|e| failed(&e))?,
-            new.open_tree(&name).map_err(|e| failed(&e))?,
-        );
-        let mut batch = sled::Batch::default();
-        for (n, kv) in from.iter().enumerate() {
-            let (k, v) = kv.map_err(|e| failed(&e))?;
-            batch.insert(k, v);
-            keys += 1;
-            if n % 1000 == 999 {
-                to.apply_batch(std::mem::take(&mut batch))
-                    .map_err(|e| failed(&e))?;
-            }
-        }
-        to.apply_batch(batch).map_err(|e| failed(&e))?;
-    }
-    new.flush().map_err(|e| failed(&e))?;
-    let same = old.checksum().map_err(|e| failed(&e))? == new.checksum().map_err(|e| failed(&e))?;
-    let after = new.size_on_disk().map_err(|e| failed(&e))?;
+    let copied = copy_store(&old, &new);
     drop((old, new));
-    if !same {
-        let _ = std::fs::remove_dir_all(&copy);
-        return Err(failed(
-            &"the copy does not match the database; nothing was changed",
-        ));
-    }
+    let (keys, after) = match copied {
+        Ok(Some(done)) => done,
+        // A copy that failed or differs goes now: a full disk wants its
+        // space back.
+        Ok(None) => {
+            let _ = std::fs::remove_dir_all(&copy);
+            return Err(failed(
+                &"the copy does not match the database; nothing was changed",
+            ));
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&copy);
+            return Err(failed(&format!("{e}; nothing was changed")));
+        }
+    };
     crate::crash::point("compact_copied");
     std::fs::rename(path, &moved).map_err(|e| failed(&e))?;
     crate::crash::point("compact_moved");
@@ -159,6 +148,28 @@ pub fn compact_store(path: &Path) -> Result<Compacted, String> {
         after,
         keys,
     })
+}
+
+/// Every tree of `from` into `to`, flushed: the keys copied and `to`'s
+/// size on disk, or None if the two do not hold the same (sled's checksum
+/// of every key and value).
+fn copy_store(from: &sled::Db, to: &sled::Db) -> sled::Result<Option<(u64, u64)>> {
+    let mut keys = 0u64;
+    for name in from.tree_names() {
+        let (source, dest) = (from.open_tree(&name)?, to.open_tree(&name)?);
+        let mut batch = sled::Batch::default();
+        for (n, kv) in source.iter().enumerate() {
+            let (k, v) = kv?;
+            batch.insert(k, v);
+            keys += 1;
+            if n % 1000 == 999 {
+                dest.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        dest.apply_batch(batch)?;
+    }
+    to.flush()?;
+    Ok((from.checksum()? == to.checksum()?).then_some((keys, to.size_on_disk()?)))
 }
 
 /// `airlock.yaml`.

@@ -134,6 +134,19 @@ enum Cmd {
     },
 }
 
+impl Cmd {
+    /// The processes that run until stopped (the bot, a Temporal worker),
+    /// for whom glibc's per-thread caches are memory held for good.
+    fn long_running(&self) -> bool {
+        match self {
+            Cmd::Run => true,
+            #[cfg(feature = "temporal")]
+            Cmd::Worker { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum PolicyCmd {
     /// The decision for a command, the rules behind it, and the confirmation it would need.
@@ -179,7 +192,7 @@ fn main() -> ExitCode {
     malloc::tune();
     let cli = Cli::parse();
     #[cfg(target_env = "gnu")]
-    if matches!(cli.command, Cmd::Run) {
+    if cli.command.long_running() {
         malloc::without_thread_caches();
     }
     let config = ConfigArg { config: cli.config };
@@ -716,7 +729,8 @@ mod malloc {
     /// (tokio's workers and blocking pool, sled's). glibc reads the switch
     /// only from the environment, as the process starts: so the bot runs
     /// itself again with it, once. On Synapse this took 3.5 MB off the
-    /// bot's memory after 10,000 commands (README, figures). An
+    /// bot's memory after 10,000 commands (README, figures). A Temporal
+    /// worker, as long-lived, does the same (not measured on its own). An
     /// operator's own `glibc.malloc.tcache_count` is kept.
     pub fn without_thread_caches() {
         if let Some(was) = std::env::var_os(WAS) {

@@ -816,17 +816,9 @@ async fn a_room_named_by_its_v12_id() {
     let mut bot = s.start();
     s.bot_joined(&room).await;
     deploy_flow(&s, &room, "main").await;
-    // The bot ran itself again with glibc's per-thread caches off (they
-    // hold memory no trim returns; see `malloc` in main.rs), once: the
-    // same process, the environment it was given otherwise.
-    let environ = std::fs::read(format!("/proc/{}/environ", bot.pid())).unwrap();
-    let environ = String::from_utf8_lossy(&environ);
-    assert!(
-        environ
-            .split('\0')
-            .any(|v| v == "GLIBC_TUNABLES=glibc.malloc.tcache_count=0"),
-        "{environ}"
-    );
+    // The bot ran itself again with glibc's per-thread caches off, once:
+    // the same process, the environment it was given otherwise.
+    common::assert_without_thread_caches(bot.pid());
     // `!approve <id>` from a room where mallory has no rights leaks nothing.
     let cmd = say(&s.alice, &room, "!flow deploy main").await;
     let prompt = s

@@ -205,7 +205,9 @@ fn each_request_runs_on_its_queues_worker_once_at_the_approved_commit() {
         "staging",
         &[],
     );
-    let _prod = Worker::start(&worker_config(dir, "prod", &server.url()), "prod", &[]);
+    let prod = Worker::start(&worker_config(dir, "prod", &server.url()), "prod", &[]);
+    // A worker runs until stopped, like the bot: no per-thread caches.
+    assert_without_thread_caches(prod.pid());
     let bot = bot(dir, &server.url());
 
     // Same prompt as a local run, plus where it runs; each action on the

@@ -17,6 +17,20 @@ pub mod st2;
 #[cfg(feature = "temporal")]
 pub mod temporal;
 
+/// Process `pid` (the bot, a worker) ran itself again with glibc's
+/// per-thread caches off (they hold memory no trim returns; see `malloc`
+/// in main.rs), once: the environment its exec was given says so.
+pub fn assert_without_thread_caches(pid: u32) {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        environ
+            .split('\0')
+            .any(|v| v == "GLIBC_TUNABLES=glibc.malloc.tcache_count=0"),
+        "{environ}"
+    );
+}
+
 pub const ALICE: &str = "@alice:example.org";
 pub const BOB: &str = "@bob:example.org";
 pub const CAROL: &str = "@carol:example.org";

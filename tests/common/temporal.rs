@@ -162,6 +162,11 @@ impl Worker {
         Worker { child }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as a machine failure would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -457,13 +457,18 @@ impl Config {
         }
     }
 
+    /// Where the database lives: `airlock.sled` under `data_dir`.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("airlock.sled")
+    }
+
     /// The composition root: open the database under `data_dir`, the packs
     /// directory, the alias and policy files, and build the engine over
     /// them (`now` stamps what the recovery of the last run records).
     pub fn open(&self, now: u64) -> Result<Opened, StartError> {
         std::fs::create_dir_all(&self.data_dir)
             .map_err(|e| StartError::Database(self.data_dir.clone(), e.to_string()))?;
-        let db_path = self.data_dir.join("airlock.sled");
+        let db_path = self.store_path();
         let db = open_store(&db_path)
             .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
         let audit = AuditLog::open(&db)

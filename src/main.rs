@@ -767,16 +767,22 @@ mod malloc {
     }
 }
 
-/// The database alone, for the read-only commands.
-fn open_db(arg: &ConfigArg) -> Result<sled::Db, ExitCode> {
-    let cfg = config(arg)?;
-    let path = cfg.data_dir.join("airlock.sled");
+/// Where the database is, if there is one (one a compaction cut short
+/// moved aside counts: opening it puts it back).
+fn store_path(arg: &ConfigArg) -> Result<PathBuf, ExitCode> {
+    let path = config(arg)?.store_path();
     if !airlock::config::store_exists(&path) {
         return Err(fail(format!(
             "no database at {} (nothing has run yet?)",
             path.display()
         )));
     }
+    Ok(path)
+}
+
+/// The database alone, for the read-only commands.
+fn open_db(arg: &ConfigArg) -> Result<sled::Db, ExitCode> {
+    let path = store_path(arg)?;
     airlock::config::open_store(&path).map_err(|e| {
         fail(format!(
             "cannot open {}: {e}\n(the database is locked while the bot runs; stop it, or ask in chat with !audit / !pending)",
@@ -786,10 +792,7 @@ fn open_db(arg: &ConfigArg) -> Result<sled::Db, ExitCode> {
 }
 
 fn cmd_compact(arg: ConfigArg) -> Outcome {
-    let path = config(&arg)?.data_dir.join("airlock.sled");
-    if !airlock::config::store_exists(&path) {
-        return Err(fail(format!("no database at {}", path.display())));
-    }
+    let path = store_path(&arg)?;
     let done = airlock::config::compact_store(&path).map_err(fail)?;
     let mb = |b: u64| b as f64 / 1e6;
     println!(

@@ -165,7 +165,7 @@ fn policy_decisions() {
         let n = 20_000;
         let t = Instant::now();
         for _ in 0..n {
-            black_box(p.decide(black_box(&who), &target, params, &[]));
+            black_box(p.decide(black_box(&who), &target, params, &Default::default()));
         }
         println!(
             "policy decision, {name}: {:?} per decision",

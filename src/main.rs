@@ -398,13 +398,20 @@ fn cmd_check(dirs: &[PathBuf], policies: &[PathBuf], routed: &dyn Fn(&str) -> bo
         // every rule that lets someone run the action.
         for m in &metas {
             for name in action::metadata::unquoted_cmd_params(m) {
+                // Every way a rule reaches it counts: by action, alias or pack.
                 let unconstrained = p.rules.iter().any(|r| {
                     r.effect == policy::Effect::Allow
-                        && (r.actions.iter().any(|g| g.matches(&m.spec.reference))
-                            || set.aliases().iter().any(|a| {
-                                a.action_ref == m.spec.reference
-                                    && r.aliases.iter().any(|g| g.matches(&a.reference()))
-                            }))
+                        && set
+                            .aliases()
+                            .iter()
+                            .filter(|a| a.action_ref == m.spec.reference)
+                            .any(|a| {
+                                r.targets(&policy::Target::Alias {
+                                    reference: &a.reference(),
+                                    pack: &a.pack,
+                                    action_ref: &a.action_ref,
+                                })
+                            })
                         && !r.params.contains_key(&name)
                 });
                 if unconstrained {

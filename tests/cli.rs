@@ -533,7 +533,7 @@ fn console_deploys_the_example_pack_and_its_secret_is_found_nowhere() {
     .unwrap();
     std::fs::write(
         dir.join("policy.yaml"),
-        "groups:\n  ops: ['@alice:example.org', '@bob:example.org']\nrules:\n  - id: deploys\n    effect: allow\n    groups: [ops]\n    aliases: [deploy_example.deploy]\n    confirm:\n      approvers: {groups: [ops]}\n      approvals: 1\n  - id: tools\n    effect: allow\n    groups: [ops]\n    builtins: ['*']\n",
+        "groups:\n  ops: ['@alice:example.org', '@bob:example.org']\nrules:\n  - id: deploys\n    effect: allow\n    groups: [ops]\n    aliases: [deploy_example.deploy]\n    extra_params: true\n    confirm:\n      approvers: {groups: [ops]}\n      approvals: 1\n  - id: tools\n    effect: allow\n    groups: [ops]\n    builtins: ['*']\n",
     )
     .unwrap();
     let cfg = dir.join("airlock.yaml");

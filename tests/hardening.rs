@@ -209,7 +209,6 @@ fn chat_pairs_cannot_set_what_the_rule_does_not_constrain() {
         ("subtree=true", "subtree"),
         ("force=true", "force"),
         ("timeout=1", "timeout"),
-        ("register=none", "register"),
     ] {
         let r = bodies(&bot.say(ALICE, OPS, &format!("!flow deploy main {pair}")));
         assert!(

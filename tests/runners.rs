@@ -23,6 +23,8 @@ rules:
     effect: allow
     groups: [ops]
     aliases: [deploy_example.deploy]
+    # The format does not capture environment: a chat pair sets it.
+    extra_params: true
     confirm:
       approvers: {groups: [ops]}
       approvals: 1
@@ -160,7 +162,6 @@ fn chat_values_are_data_never_code_nor_templates() {
         format!("a' ; touch {m}; echo 'b"),
         format!("a\" ; touch {m}; echo \"b"),
         format!("a\ntouch {m}"),
-        "--help".to_string(),
         "{{ config_context }}".to_string(),
         "{% for x in [1,2] %}{{ x }}{% endfor %}".to_string(),
     ] {
@@ -168,6 +169,9 @@ fn chat_values_are_data_never_code_nor_templates() {
         assert!(r.contains(&format!("said: {payload}")), "{payload}: {r}");
         assert!(!marker.exists(), "{payload} ran something");
     }
+    // A value the command would read as an option needs the rule's say-so.
+    let r = bodies(&bot.say(ALICE, OPS, "!say --help"));
+    assert!(r.contains("parameter text=--help starts with -"), "{r}");
     // Through the script runner too: one argument each, as given.
     for payload in [
         format!("x;touch {m}"),

@@ -352,15 +352,58 @@ pub fn parse(
             params.push(rp);
         }
     }
-    if runner == Runner::ShellCmd && !params.iter().any(|p| p.name == "cmd") {
-        err("parameters.cmd", "local-shell-cmd needs a cmd".into());
+    match params.iter().find(|p| p.name == "cmd") {
+        None if runner == Runner::ShellCmd => {
+            err("parameters.cmd", "local-shell-cmd needs a cmd".into());
+        }
+        Some(ParamSpec {
+            default: Some(Value::String(template)),
+            ..
+        }) if runner == Runner::ShellCmd => {
+            for (placeholder, line, where_) in
+                super::runners::shell::unsupported_placeholders(template)
+            {
+                err(
+                    "parameters.cmd.default",
+                    format!(
+                        "{placeholder} (line {line} of the template) stands {where_}, where no value can be written so the shell reads it as data; move it into a plain word or quotes"
+                    ),
+                );
+            }
+        }
+        _ => {}
     }
     if !errors.is_empty() {
         return Err(errors);
     }
     let description = str_field("description").unwrap_or_default();
+    let mut spec = ActionSpec::new(&format!("{pack}.{name}"), description, params);
+    spec.controls = runner
+        .param_names()
+        .iter()
+        .filter(|n| !matches!(**n, "cmd" | "url"))
+        .map(|n| n.to_string())
+        .collect();
+    spec.arguments = match runner {
+        Runner::ShellCmd => match spec.param("cmd").and_then(|p| p.default.as_ref()) {
+            Some(Value::String(t)) => spec
+                .params
+                .iter()
+                .filter(|p| p.name != "cmd" && super::runners::params::mentions(t, &p.name))
+                .map(|p| p.name.clone())
+                .collect(),
+            _ => Vec::new(),
+        },
+        Runner::ShellScript => spec
+            .params
+            .iter()
+            .filter(|p| p.position.is_some())
+            .map(|p| p.name.clone())
+            .collect(),
+        Runner::Http => Vec::new(),
+    };
     Ok(Some(ActionMeta {
-        spec: ActionSpec::new(&format!("{pack}.{name}"), description, params),
+        spec,
         runner,
         pack: pack.to_string(),
         entry_point,

@@ -99,7 +99,46 @@ pub struct ActionSpec {
     /// The engine that runs it checks its parameters (StackStorm): any
     /// name passes here, uncast, and nothing is filled in.
     pub open: bool,
+    /// Parameters that change how it runs rather than what it works on (a
+    /// runner's `env`, `cwd`, `sudo`, `timeout`…): chat sets them only
+    /// where a policy rule names them.
+    pub controls: Vec<String>,
+    /// Parameters that become a command's arguments (in a `cmd` template,
+    /// or positional): a chat value starting with `-` there is an option.
+    pub arguments: Vec<String>,
 }
+
+/// The parameters of StackStorm's runners that change how an action runs
+/// (`runner.yaml` of local, remote, python and http runners): what an
+/// action run elsewhere (StackStorm, a Temporal worker) may take.
+pub const RUNNER_CONTROLS: &[&str] = &[
+    "env",
+    "cwd",
+    "sudo",
+    "sudo_password",
+    "timeout",
+    "kwarg_op",
+    "hosts",
+    "username",
+    "password",
+    "private_key",
+    "passphrase",
+    "port",
+    "bastion_host",
+    "parallel",
+    "dir",
+    "debug",
+    "log_level",
+    "content_version",
+    "headers",
+    "cookies",
+    "http_proxy",
+    "https_proxy",
+    "verify_ssl_cert",
+    "allow_redirects",
+    "url_hosts_blacklist",
+    "url_hosts_whitelist",
+];
 
 impl ActionSpec {
     /// An action with these parameters.
@@ -109,6 +148,8 @@ impl ActionSpec {
             description: description.to_string(),
             params,
             open: false,
+            controls: Vec::new(),
+            arguments: Vec::new(),
         }
     }
 
@@ -116,6 +157,7 @@ impl ActionSpec {
     pub fn open(reference: &str, description: &str) -> Self {
         ActionSpec {
             open: true,
+            controls: RUNNER_CONTROLS.iter().map(|s| s.to_string()).collect(),
             ..ActionSpec::new(reference, description, Vec::new())
         }
     }
@@ -443,33 +485,74 @@ pub fn nobody(_: &str) -> Option<bool> {
     None
 }
 
-/// The last lines a running action printed.
+/// The last lines a running action printed, shown by `!pending` and
+/// `!status` while it runs: masked when read, so a secret split across
+/// two reads of a pipe is still whole when it is looked for.
 #[derive(Debug, Default)]
-pub struct OutputTail(Mutex<VecDeque<String>>);
+pub struct OutputTail(Mutex<Tail>);
+
+#[derive(Debug, Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    /// The line still being written (no newline yet).
+    partial: String,
+    secrets: runners::secrets::Secrets,
+}
 
 impl OutputTail {
     /// Lines kept.
     pub const LINES: usize = 5;
+    /// Characters kept of a line (after masking).
+    const LINE_CHARS: usize = 200;
+    /// Characters of one line held before masking: room for a secret at
+    /// the end of a long line.
+    const RAW_CHARS: usize = 4096;
+
+    /// What to mask in the lines from now on.
+    pub fn mask(&self, secrets: runners::secrets::Secrets) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).secrets = secrets;
+    }
 
     /// Add output (a chunk of a stream; split into lines).
     pub fn push(&self, chunk: &[u8]) {
-        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let text = String::from_utf8_lossy(chunk);
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            if lines.len() == Self::LINES {
-                lines.pop_front();
+        let mut parts = text.split('\n').peekable();
+        while let Some(part) = parts.next() {
+            if t.partial.chars().count() < Self::RAW_CHARS {
+                t.partial.push_str(part);
             }
-            lines.push_back(line.chars().take(200).collect());
+            if parts.peek().is_none() {
+                break; // no newline after it yet
+            }
+            let line = std::mem::take(&mut t.partial);
+            if line.trim().is_empty() {
+                continue;
+            }
+            if t.lines.len() == Self::LINES {
+                t.lines.pop_front();
+            }
+            t.lines.push_back(line);
         }
     }
 
-    /// The lines kept, oldest first.
+    /// The lines kept, oldest first (the one still being written last),
+    /// secrets masked.
     pub fn lines(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let partial = (!t.partial.trim().is_empty()).then_some(&t.partial);
+        let skip = (t.lines.len() + usize::from(partial.is_some())).saturating_sub(Self::LINES);
+        t.lines
             .iter()
-            .cloned()
+            .chain(partial)
+            .skip(skip)
+            .map(|l| {
+                t.secrets
+                    .text(l.trim_end_matches('\r'))
+                    .chars()
+                    .take(Self::LINE_CHARS)
+                    .collect()
+            })
             .collect()
     }
 }

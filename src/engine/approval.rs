@@ -98,7 +98,12 @@ impl Engine {
         };
         if self
             .policy()
-            .decide(&who, &target, &req.params, &req.set_in_chat)
+            .decide(
+                &who,
+                &target,
+                &req.params,
+                &crate::policy::FromChat::pairs(&req.set_in_chat),
+            )
             .is_allowed()
         {
             Ok(())

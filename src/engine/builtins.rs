@@ -7,7 +7,7 @@ use crate::action::Deployed;
 use crate::alias::Params;
 use crate::audit::{AuditLog, Entry, Event, Query, Status};
 use crate::clock;
-use crate::policy::{Decision, Target};
+use crate::policy::{Decision, FromChat, Target};
 use crate::render::Message;
 use crate::requests::{Request, Requests, State, Update};
 
@@ -18,7 +18,7 @@ impl Engine {
             &self.subject(out),
             &Target::Builtin(builtin),
             &Params::new(),
-            &[],
+            &FromChat::default(),
         );
         if let Decision::Deny { rule, reason } = d {
             let e = out

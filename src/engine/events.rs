@@ -84,7 +84,7 @@ impl Engine {
         }
         let e = out
             .entry(Event::Received)
-            .detail(json!({"command": cmd, "event": m.event_id}));
+            .detail(json!({"command": self.masked_command(&cmd), "event": m.event_id}));
         out.log(e);
         if cmd.chars().count() > MAX_COMMAND_CHARS {
             out.say(format!(

@@ -637,7 +637,12 @@ impl Engine {
             power_level: None,
             at: now,
         };
-        let decision = policy.decide(&who, &Target::Builtin("announce"), &Params::new(), &[]);
+        let decision = policy.decide(
+            &who,
+            &Target::Builtin("announce"),
+            &Params::new(),
+            &crate::policy::FromChat::default(),
+        );
         let entry = Entry::new(Event::Announced, now)
             .room(room)
             .sender(as_user)

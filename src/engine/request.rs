@@ -14,7 +14,7 @@ use crate::action::{ActionSpec, Prepared};
 use crate::alias::{self, Alias, AliasSet, Params};
 use crate::audit::{Event, Status};
 use crate::clock;
-use crate::policy::{self, ConfirmPolicy, Decision, Policy, Subject, Target};
+use crate::policy::{self, ConfirmPolicy, Decision, FromChat, Policy, Subject, Target};
 use crate::render::{self, Message};
 use crate::requests::{BreakGlass, Confirmation, QuorumPart, Request, State, Update};
 
@@ -27,6 +27,28 @@ impl Engine {
             power_level: out.m.power_level,
             at: out.now,
         }
+    }
+
+    /// `cmd` as the audit may keep it: the values it gives secret
+    /// parameters masked. Such a command is refused, but what was typed is
+    /// recorded before that is known.
+    pub(super) fn masked_command(&self, cmd: &str) -> String {
+        let (bare, _) = split_break_glass(cmd);
+        let Ok(matched) = self.aliases().match_command(&bare) else {
+            return cmd.to_string();
+        };
+        let Some(action) = self.action(&matched.alias.action_ref) else {
+            return cmd.to_string();
+        };
+        let secrets: Vec<String> = matched
+            .parameters
+            .iter()
+            .flat_map(|p| p.iter())
+            .filter(|(k, _)| action.spec().param(k).is_some_and(|p| p.secret))
+            .map(|(_, v)| crate::action::runners::python::str_of(v))
+            .filter(|v| !v.is_empty())
+            .collect();
+        crate::action::runners::secrets::Secrets::new(secrets).text(cmd)
     }
 
     pub(super) fn run_alias(&self, out: &mut Out, cmd: &str) {
@@ -54,13 +76,19 @@ impl Engine {
             }
         };
         let alias = matched.alias.clone();
+        let shown: Vec<Params> = match self.action(&alias.action_ref) {
+            Some(a) => matched
+                .parameters
+                .iter()
+                .map(|p| a.spec().masked(p))
+                .collect(),
+            None => matched.parameters.clone(),
+        };
         let entry = out
             .entry(Event::Matched)
             .alias(Some(&alias.reference()))
             .action(&alias.action_ref)
-            .detail(
-                json!({"representation": matched.representation, "parameters": matched.parameters}),
-            );
+            .detail(json!({"representation": matched.representation, "parameters": shown}));
         out.log(entry);
         for params in matched.parameters {
             self.request(
@@ -104,6 +132,7 @@ impl Engine {
         let reference = alias.reference();
         let action = self.action(&alias.action_ref);
         let spec = action.as_ref().map(|a| a.spec());
+        let chat = from_chat(alias, spec, &parsed, set_in_chat);
         let (asked, params) = match asked_params(alias, spec, &self.subject(out), parsed)
             .and_then(|asked| Ok((asked.clone(), validated(spec, asked)?)))
         {
@@ -117,7 +146,7 @@ impl Engine {
         };
         let decision = self
             .policy()
-            .decide(&self.subject(out), &target, &params, set_in_chat);
+            .decide(&self.subject(out), &target, &params, &chat);
         let (rule, confirm, may_break_glass) = match decision {
             Decision::Deny { rule, reason } => {
                 let entry = out
@@ -198,7 +227,7 @@ impl Engine {
             params,
             shown: Vec::new(),
             plan: Value::Null,
-            set_in_chat: set_in_chat.to_vec(),
+            set_in_chat: chat.pairs,
             rule,
             power_level: m.power_level,
             created_ms: now,
@@ -439,12 +468,45 @@ pub fn execution_params(
 
 /// The alias's side of [`execution_params`]: chat values and immutable
 /// parameters, before the action's schema fills in its defaults.
+/// Which parameters the command set, and how the action uses them: the
+/// policy's parameter rules look at these. A `key=value` pair naming a
+/// parameter the format captures counts as captured.
+fn from_chat(
+    alias: &Alias,
+    spec: Option<&ActionSpec>,
+    parsed: &Params,
+    pairs: &[String],
+) -> FromChat {
+    FromChat {
+        pairs: pairs
+            .iter()
+            .filter(|k| !alias.captures(k))
+            .cloned()
+            .collect(),
+        typed: parsed.keys().cloned().collect(),
+        controls: spec.map(|s| s.controls.clone()).unwrap_or_default(),
+        arguments: spec.map(|s| s.arguments.clone()).unwrap_or_default(),
+    }
+}
+
 fn asked_params(
     alias: &Alias,
     spec: Option<&ActionSpec>,
     who: &Subject,
     parsed: Params,
 ) -> Result<Params, String> {
+    // A secret fixed by the alias file was never typed in chat: say so.
+    if let Some(k) = alias
+        .immutable_parameters
+        .keys()
+        .find(|k| spec.and_then(|s| s.param(k)).is_some_and(|p| p.secret))
+    {
+        return Err(format!(
+            "alias {} sets secret parameter {k} of {} in its immutable_parameters; a secret belongs in the pack's config, not in an alias file anyone can read",
+            alias.reference(),
+            alias.action_ref
+        ));
+    }
     let context = json!({
         "api_user": who.user, "user": who.user, "source_channel": who.room,
         "action_alias_ref": alias.reference(),
@@ -496,8 +558,9 @@ pub fn evaluate(
         .clone()
         .into_iter()
         .map(|parsed| {
+            let chat = from_chat(&alias, spec, &parsed, &matched.overrides);
             let params = execution_params(&alias, spec, who, parsed)?;
-            let explanation = policy.explain(who, &target, &params, &matched.overrides);
+            let explanation = policy.explain(who, &target, &params, &chat);
             Ok((params, explanation))
         })
         .collect();

@@ -13,6 +13,7 @@ pub mod local;
 pub mod params;
 pub mod python;
 pub mod secrets;
+pub mod shell;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,7 +28,6 @@ use super::metadata::{ActionMeta, Runner};
 use super::{Action, ActionSpec, Outcome, Prepared, RunContext, Status};
 use crate::alias::Params;
 use crate::alias::cast::ParamType;
-use secrets::MASK;
 
 /// `runners:` in `airlock.yaml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -157,20 +157,18 @@ impl PackAction {
 
     /// The values of the secret parameters, and their shell-quoted forms:
     /// what must never be shown.
-    fn secret_values(&self, rendered: &Params) -> Vec<String> {
+    fn secret_values(&self, rendered: &Params) -> secrets::Secrets {
         let mut out = Vec::new();
         for p in self.meta.spec.params.iter().filter(|p| p.secret) {
             if let Some(v) = rendered.get(&p.name).filter(|v| !v.is_null()) {
                 let s = python::str_of(v);
                 if s.len() >= 3 {
-                    out.push(params::shell_word(&s));
+                    out.extend(shell::writings(&s));
                     out.push(s);
                 }
             }
         }
-        out.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        out.dedup();
-        out
+        secrets::Secrets::new(out)
     }
 
     /// Check what must hold before a request is even shown.
@@ -351,28 +349,6 @@ fn interpreter(script: &Path, args: Vec<String>) -> (PathBuf, Vec<String>) {
     (program, argv)
 }
 
-/// Every occurrence of a secret in the strings of `v` masked.
-fn mask_values(v: &Value, secrets: &[String]) -> Value {
-    match v {
-        Value::String(s) => {
-            let mut s = s.clone();
-            for secret in secrets {
-                if s.contains(secret.as_str()) {
-                    s = s.replace(secret.as_str(), MASK);
-                }
-            }
-            Value::String(s)
-        }
-        Value::Array(a) => Value::Array(a.iter().map(|v| mask_values(v, secrets)).collect()),
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| (k.clone(), mask_values(v, secrets)))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
-}
-
 impl Action for PackAction {
     fn spec(&self) -> &ActionSpec {
         &self.meta.spec
@@ -410,7 +386,7 @@ impl Action for PackAction {
             }
             _ => Vec::new(),
         };
-        let shown_params = match mask_values(&Value::Object(rendered.clone()), &secrets) {
+        let shown_params = match secrets.value(&Value::Object(rendered.clone())) {
             Value::Object(m) => self.meta.spec.masked(&m),
             _ => unreachable!("an object stays an object"),
         };
@@ -453,6 +429,7 @@ impl Action for PackAction {
             Err(e) => return Outcome::failed(e),
         };
         let secrets = self.secret_values(&rendered);
+        ctx.output.mask(secrets.clone());
         let (status, result) = match self.run_rendered(ctx, &rendered, pack_dir.as_deref()) {
             Ok(r) => r,
             Err(e) => ("failed", json!({ "error": e })),
@@ -462,7 +439,7 @@ impl Action for PackAction {
             self.meta.runner.name(),
             &result,
         );
-        let result = mask_values(&result, &secrets);
+        let result = secrets.value(&result);
         let summary = summary(status, &result, &rendered);
         let mut outcome = if status == "succeeded" {
             Outcome::ok(summary, result)

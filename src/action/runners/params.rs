@@ -2,8 +2,9 @@
 //! over the other parameters and `config_context`, in dependency order;
 //! values given in chat are data and never rendered (st2 renders any
 //! supplied value containing `{{`, so chat text could read the pack's
-//! config). A `cmd` template quotes every value it interpolates as one
-//! shell word; `{{ x | safe }}` opts out, which `airlock check` flags
+//! config). A `cmd` template writes every value it interpolates so the
+//! shell reads back exactly that value, wherever the placeholder stands
+//! (`shell`); `{{ x | safe }}` opts out, which `airlock check` flags
 //! unless the policy constrains `x`.
 
 use std::sync::LazyLock;
@@ -12,7 +13,7 @@ use minijinja::value::Value as JValue;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde_json::{Map, Value};
 
-use super::python;
+use super::{python, shell};
 use crate::action::{ActionSpec, check_value};
 use crate::alias::Params;
 use crate::alias::cast;
@@ -22,7 +23,8 @@ use crate::alias::cast;
 pub enum Quoting {
     /// Python's `str()`, as st2 writes them.
     Plain,
-    /// Python's `str()`, then quoted as one shell word.
+    /// Python's `str()`, then written for where it stands in the shell
+    /// text (`shell::substitute`).
     Shell,
 }
 
@@ -41,21 +43,13 @@ fn env(quoting: Quoting) -> Environment<'static> {
         if *state.auto_escape() == AutoEscape::None || value.is_safe() {
             out.write_str(&text)?;
         } else {
-            out.write_str(&shell_word(&text))?;
+            // A marker now; the whole text is read as the shell will
+            // read it before the value is written in.
+            out.write_str(&shell::marker(&text))?;
         }
         Ok(())
     });
     env
-}
-
-/// `s` as one shell word (`shlex.quote`).
-pub fn shell_word(s: &str) -> String {
-    // A NUL cannot be in an argument at all; it is dropped rather than
-    // letting the quote fail open.
-    let clean: String = s.chars().filter(|c| *c != '\0').collect();
-    shlex::try_quote(&clean)
-        .map(|q| q.into_owned())
-        .unwrap_or_else(|_| "''".into())
 }
 
 /// Python's `str()` of a template value.
@@ -82,11 +76,16 @@ pub fn render(
         Quoting::Plain => &*PLAIN,
         Quoting::Shell => &*SHELL,
     };
-    env.render_str(template, JValue::from(minijinja::value::Serde(ctx)))
+    let text = env
+        .render_str(template, JValue::from(minijinja::value::Serde(ctx)))
         .map_err(|e| match e.detail() {
             Some(d) => format!("{}: {d}", e.kind()),
             None => e.kind().to_string(),
-        })
+        })?;
+    match quoting {
+        Quoting::Plain => Ok(text),
+        Quoting::Shell => shell::substitute(&text),
+    }
 }
 
 /// Fill in `params` (validated: templated defaults still raw) by
@@ -168,7 +167,7 @@ pub fn render_defaults(
 }
 
 /// Whether `template` mentions the variable `name` (a word match).
-fn mentions(template: &str, name: &str) -> bool {
+pub fn mentions(template: &str, name: &str) -> bool {
     template.match_indices(name).any(|(i, _)| {
         let before = template[..i].chars().next_back();
         let after = template[i + name.len()..].chars().next();

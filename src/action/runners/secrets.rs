@@ -82,3 +82,60 @@ fn mask_value(schema: &Value, v: &Value) -> Value {
         other => other.clone(),
     }
 }
+
+/// The secret values of one run, in every form a runner may write them:
+/// the one place that masks what a run shows (its result, the keys of a
+/// JSON object it printed, its live output).
+#[derive(Debug, Clone, Default)]
+pub struct Secrets(Vec<String>);
+
+impl Secrets {
+    /// These values (shorter than 3 characters: too common to mask).
+    pub fn new(mut values: Vec<String>) -> Self {
+        values.retain(|v| v.len() >= 3);
+        values.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        values.dedup();
+        Secrets(values)
+    }
+
+    /// `s` with every secret masked.
+    pub fn text(&self, s: &str) -> String {
+        let mut s = s.to_string();
+        for secret in &self.0 {
+            if s.contains(secret.as_str()) {
+                s = s.replace(secret.as_str(), MASK);
+            }
+        }
+        s
+    }
+
+    /// `v` with every secret masked, in its strings and its keys.
+    pub fn value(&self, v: &Value) -> Value {
+        match v {
+            Value::String(s) => Value::String(self.text(s)),
+            Value::Array(a) => Value::Array(a.iter().map(|v| self.value(v)).collect()),
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| (self.text(k), self.value(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keys_strings_and_nested_values_are_masked() {
+        let s = Secrets::new(vec!["hunter22".into(), "x".into()]);
+        let v = json!({"hunter22": ["a hunter22 b", {"k": "hunter22"}], "x": 1});
+        assert_eq!(
+            s.value(&v),
+            json!({"********": ["a ******** b", {"k": "********"}], "x": 1})
+        );
+    }
+}

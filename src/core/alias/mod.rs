@@ -52,6 +52,14 @@ pub struct Alias {
 }
 
 impl Alias {
+    /// Whether some format of the alias captures parameter `name`.
+    pub fn captures(&self, name: &str) -> bool {
+        self.formats
+            .iter()
+            .flat_map(|f| &f.representations)
+            .any(|r| r.parameter_names().iter().any(|n| n == name))
+    }
+
     /// Whether the file sets st2's `extra.security.twofactor: true`: a
     /// second person must confirm, whatever the rule says.
     pub fn twofactor(&self) -> bool {

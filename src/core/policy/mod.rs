@@ -250,6 +250,33 @@ pub struct Rule {
     pub line: usize,
 }
 
+/// Which parameters chat set, and how the action uses them: what the
+/// parameter rules of [`Policy::decide`] look at.
+#[derive(Debug, Clone, Default)]
+pub struct FromChat {
+    /// Set by trailing `key=value` pairs, except those the alias's format
+    /// captures.
+    pub pairs: Vec<String>,
+    /// Captured by the alias's format from the command.
+    pub typed: Vec<String>,
+    /// The action's parameters that change how it runs (a runner's `env`,
+    /// `cwd`, `sudo`, `timeout`…).
+    pub controls: Vec<String>,
+    /// The action's parameters that become a command's arguments (in a
+    /// `cmd` template, or positional), where a leading `-` is an option.
+    pub arguments: Vec<String>,
+}
+
+impl FromChat {
+    /// Only the pairs (a stored request's, checked again at approval).
+    pub fn pairs(pairs: &[String]) -> Self {
+        FromChat {
+            pairs: pairs.to_vec(),
+            ..FromChat::default()
+        }
+    }
+}
+
 /// Who is asking, and where.
 #[derive(Debug, Clone)]
 pub struct Subject<'a> {
@@ -400,7 +427,8 @@ impl Rule {
     }
 
     /// Whether the rule names `target` (who and where aside).
-    fn targets(&self, target: &Target) -> bool {
+    /// Whether it covers `target` (by alias, action, pack or built-in).
+    pub fn targets(&self, target: &Target) -> bool {
         match target {
             Target::Builtin(b) => self.builtins.iter().any(|g| g.matches(b)),
             Target::Alias {
@@ -561,25 +589,51 @@ impl Policy {
         out
     }
 
-    /// The first parameter that breaks `rule`'s constraints. A rule that
-    /// constrains parameters also refuses chat `key=value` pairs (`set_in_chat`)
-    /// for parameters it does not name: st2 lets such a pair override any
-    /// default, so an unnamed one would slip past the constraints.
+    /// The first parameter that breaks `rule`'s constraints, or that chat
+    /// may not set under it (deny by default holds for parameters too):
+    /// a `key=value` pair the alias's format does not capture needs the
+    /// rule to name it or say `extra_params: true`; a parameter that
+    /// changes how the action runs (its runner's `env`, `cwd`, `sudo`,
+    /// `timeout`…) or a value starting with `-` where the command would
+    /// read it as an option needs the rule to name it, with `values` or
+    /// `regex` that allow it.
     fn violation(
         rule: &Rule,
         params: &serde_json::Map<String, Value>,
-        set_in_chat: &[String],
+        chat: &FromChat,
     ) -> Option<String> {
-        if !rule.params.is_empty()
-            && !rule.extra_params
-            && let Some(k) = set_in_chat.iter().find(|k| !rule.params.contains_key(*k))
+        if !rule.extra_params
+            && let Some(k) = chat.pairs.iter().find(|k| !rule.params.contains_key(*k))
         {
             return Some(format!(
-                "parameter {k} cannot be set from chat under rule {} (it constrains only {}; \
-                 add {k} to its params, or set extra_params: true)",
-                rule.id,
-                rule.params.keys().cloned().collect::<Vec<_>>().join(", ")
+                "parameter {k} cannot be set from chat under rule {} (the alias's format does not capture it; \
+                 add {k} to the rule's params, or set extra_params: true)",
+                rule.id
             ));
+        }
+        let typed = || chat.typed.iter().chain(&chat.pairs);
+        if let Some(k) =
+            typed().find(|k| chat.controls.contains(k) && !rule.params.contains_key(*k))
+        {
+            return Some(format!(
+                "parameter {k} changes how the action runs, and cannot be set from chat unless the rule names it; \
+                 rule {} does not (add {k} to its params with values or regex)",
+                rule.id
+            ));
+        }
+        for k in typed().filter(|k| chat.arguments.contains(k) && !rule.params.contains_key(*k)) {
+            let values: Vec<String> = match params.get(k) {
+                Some(Value::Array(items)) => items.iter().map(value_text).collect(),
+                Some(v @ Value::String(_)) => vec![value_text(v)],
+                _ => continue,
+            };
+            if let Some(v) = values.iter().find(|v| v.starts_with('-')) {
+                return Some(format!(
+                    "parameter {k}={v} starts with -, which the command would read as an option; \
+                     rule {} does not allow that (add {k} to its params with values or regex that allow it)",
+                    rule.id
+                ));
+            }
         }
         for (name, c) in &rule.params {
             let values: Vec<String> = match params.get(name) {
@@ -604,7 +658,7 @@ impl Policy {
         who: &Subject,
         target: &Target,
         params: &serde_json::Map<String, Value>,
-        set_in_chat: &[String],
+        chat: &FromChat,
     ) -> Explanation {
         let applicable: Vec<&Rule> = self
             .rules
@@ -625,7 +679,7 @@ impl Policy {
         // its confirmation. A later, looser rule never rescues a command
         // that broke the constraints of a more specific one.
         let decision = match applicable.iter().find(|r| r.effect == Effect::Allow) {
-            Some(r) => match Self::violation(r, params, set_in_chat) {
+            Some(r) => match Self::violation(r, params, chat) {
                 Some(reason) => Decision::Deny {
                     rule: Some(r.id.clone()),
                     reason,
@@ -742,9 +796,9 @@ impl Policy {
         who: &Subject,
         target: &Target,
         params: &serde_json::Map<String, Value>,
-        set_in_chat: &[String],
+        chat: &FromChat,
     ) -> Decision {
-        self.explain(who, target, params, set_in_chat).decision
+        self.explain(who, target, params, chat).decision
     }
 
     /// Whether some allow rule could let `who` run `target` (parameters

@@ -1,0 +1,369 @@
+//! What the outside attack of issue 33 found, each as a user meets it:
+//! a quoted `cmd` template, chat `key=value` pairs reaching runner
+//! parameters and options, and `airlock check` over `packs:` rules.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// A pack `atk` with the templates an st2 author writes, in `dir/packs`.
+fn atk_pack(dir: &Path, extra_actions: &[(&str, &str)]) -> PathBuf {
+    let pack = dir.join("packs/atk");
+    std::fs::create_dir_all(pack.join("actions")).unwrap();
+    std::fs::create_dir_all(pack.join("aliases")).unwrap();
+    std::fs::write(pack.join("pack.yaml"), "name: atk\nversion: 1.0.0\n").unwrap();
+    let mut actions: Vec<(&str, String)> = vec![
+        // The author quoted the value, as st2 packs often do.
+        ("says", r#"printf '[%s]\n' '{{ text }}'"#.into()),
+        ("dsays", r#"printf '[%s]\n' "{{ text }}""#.into()),
+        ("word", r#"printf '[%s]\n' --name={{ text }}x"#.into()),
+        ("doc", "cat <<EOF\n{{ text }}\nEOF".into()),
+        ("show", r#"printf '[%s]\n' {{ ref }}"#.into()),
+    ];
+    actions.extend(extra_actions.iter().map(|(n, c)| (*n, c.to_string())));
+    for (name, cmd) in &actions {
+        let param = if *name == "show" { "ref" } else { "text" };
+        std::fs::write(
+            pack.join(format!("actions/{name}.yaml")),
+            format!(
+                "name: {name}\nrunner_type: local-shell-cmd\nparameters:\n  {param}:\n    type: string\n    default: HEAD\n  note:\n    type: string\n  cmd:\n    default: {}\n    immutable: true\n",
+                serde_json::to_string(cmd).unwrap()
+            ),
+        )
+        .unwrap();
+        let format = if *name == "show" {
+            "show {{ ref }}".to_string()
+        } else {
+            format!("{name} {{{{ text }}}}")
+        };
+        std::fs::write(
+            pack.join(format!("aliases/{name}.yaml")),
+            format!(
+                "name: {name}\npack: atk\naction_ref: atk.{name}\nformats:\n  - \"{format}\"\n  - \"{name}\"\nresult:\n  format: \"out: {{{{ execution.result.stdout }}}}\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    dir.join("packs")
+}
+
+const POLICY: &str = r#"
+rules:
+  - id: ops-use-atk
+    effect: allow
+    users: ["@alice:example.org"]
+    packs: [atk]
+  - id: builtins
+    effect: allow
+    users: ["*"]
+    builtins: ["*"]
+"#;
+
+fn atk_bot(dir: &Path, policy: &str) -> Bot {
+    let pol = dir.join("policy.yaml");
+    std::fs::write(&pol, policy).unwrap();
+    let mut s = settings(dir, &pol, None);
+    s.aliases = vec![atk_pack(dir, &[])];
+    Bot::open(s)
+}
+
+#[test]
+fn a_quoted_template_reads_back_every_value_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bot = atk_bot(tmp.path(), POLICY);
+    let pwned = tmp.path().join("pwned");
+    let m = pwned.display();
+    for payload in [
+        format!("x; touch {m}"),
+        format!("x'; touch {m}; echo 'y"),
+        format!("$(touch {m})"),
+        format!("`touch {m}`"),
+        format!("a\" ; touch {m}; echo \"b"),
+        "it's \\ a $HOME test".to_string(),
+    ] {
+        for (alias, want) in [
+            ("says", format!("[{payload}]")),
+            ("dsays", format!("[{payload}]")),
+            ("word", format!("[--name={payload}x]")),
+            ("doc", payload.clone()),
+        ] {
+            let r = bodies(&bot.say(ALICE, OPS, &format!("!{alias} {payload}")));
+            assert!(
+                r.contains(&format!("out: {want}")),
+                "{alias} {payload}: {r}"
+            );
+            assert!(!pwned.exists(), "{alias} {payload} ran code");
+        }
+    }
+    // A value that would end the here-document early is refused, naming why.
+    let r = bodies(&bot.say(ALICE, OPS, &format!("!doc a\nEOF\ntouch {m}")));
+    assert!(r.contains("here-document"), "{r}");
+    assert!(!pwned.exists());
+}
+
+#[test]
+fn check_refuses_a_placeholder_where_no_value_can_be_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let packs = atk_pack(
+        tmp.path(),
+        &[
+            ("bq", "echo ok\necho `echo {{ text }}`"),
+            ("cm", "true # {{ text }}"),
+        ],
+    );
+    let pol = tmp.path().join("policy.yaml");
+    std::fs::write(&pol, POLICY).unwrap();
+    let o = airlock(
+        &[
+            "check",
+            "--aliases",
+            packs.to_str().unwrap(),
+            "--policies",
+            pol.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("bq.yaml")
+            && out.contains("{{ text }} (line 2 of the template) stands inside backquotes"),
+        "{out}"
+    );
+    assert!(
+        out.contains("cm.yaml") && out.contains("in a comment"),
+        "{out}"
+    );
+}
+
+#[test]
+fn chat_pairs_reach_only_what_the_format_or_the_rule_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bot = atk_bot(tmp.path(), POLICY);
+    let out = tmp.path().join("written");
+    // A pair the format does not capture, under a rule without params.
+    let r = bodies(&bot.say(ALICE, OPS, &format!("!show ref=--output={}", out.display())));
+    assert!(
+        r.contains("parameter ref=--output=") && r.contains("starts with -"),
+        "{r}"
+    );
+    let r = bodies(&bot.say(ALICE, OPS, "!says hi note=x"));
+    assert!(
+        r.contains("parameter note cannot be set from chat under rule ops-use-atk"),
+        "{r}"
+    );
+    // A runner parameter: never from chat unless a rule names it.
+    let r = bodies(&bot.say(ALICE, OPS, r#"!says hi env={"BASH_ENV":"/tmp/x"}"#));
+    assert!(r.contains("parameter env"), "{r}");
+    let r = bodies(&bot.say(ALICE, OPS, "!says hi timeout=100000"));
+    assert!(r.contains("parameter timeout"), "{r}");
+    // A captured value that is an option where it lands.
+    let r = bodies(&bot.say(ALICE, OPS, &format!("!show -o{}", out.display())));
+    assert!(
+        r.contains("parameter ref=-o") && r.contains("starts with -") && r.contains("ops-use-atk"),
+        "{r}"
+    );
+    // Inside quotes a leading - is no option for printf's format, but the
+    // rule holds wherever the value becomes an argument.
+    assert!(!out.exists());
+    assert!(bot.engine.requests().open_requests().unwrap().is_empty());
+
+    // `extra_params: true` opens pairs, not runner parameters; a rule that
+    // names a parameter with a regex opens it within that regex.
+    let tmp = tempfile::tempdir().unwrap();
+    let bot = atk_bot(
+        tmp.path(),
+        r#"
+rules:
+  - id: open
+    effect: allow
+    users: ["@alice:example.org"]
+    packs: [atk]
+    extra_params: true
+    params:
+      ref: {regex: "--oneline|HEAD|v[0-9.]+"}
+"#,
+    );
+    let r = bodies(&bot.say(ALICE, OPS, "!says hi cwd=/"));
+    assert!(
+        r.contains("parameter cwd changes how the action runs"),
+        "{r}"
+    );
+    let r = bodies(&bot.say(ALICE, OPS, "!show --oneline"));
+    assert!(r.contains("out: [--oneline]"), "{r}");
+    let r = bodies(&bot.say(ALICE, OPS, "!show ref=v1.2"));
+    assert!(r.contains("out: [v1.2]"), "{r}");
+}
+
+#[test]
+fn policy_explain_names_the_rule_and_parameter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let packs = atk_pack(tmp.path(), &[]);
+    let pol = tmp.path().join("policy.yaml");
+    std::fs::write(&pol, POLICY).unwrap();
+    let cfg = tmp.path().join("airlock.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "aliases: [{}]\npolicies: [{}]\n",
+            packs.display(),
+            pol.display()
+        ),
+    )
+    .unwrap();
+    let o = airlock(
+        &[
+            "policy",
+            "explain",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--user",
+            ALICE,
+            "--room",
+            OPS,
+            "says hi sudo=true",
+        ],
+        tmp.path(),
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("parameter sudo cannot be set from chat under rule ops-use-atk"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_flags_an_unquoted_placeholder_reached_through_a_packs_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let packs = atk_pack(tmp.path(), &[("raw", "echo {{ text | safe }}")]);
+    let pol = tmp.path().join("policy.yaml");
+    std::fs::write(&pol, POLICY).unwrap();
+    let o = airlock(
+        &[
+            "check",
+            "--aliases",
+            packs.to_str().unwrap(),
+            "--policies",
+            pol.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("{{ text | safe }} writes text into the shell unquoted"),
+        "{out}"
+    );
+}
+
+const SECRET: &str = "S3CRET-value-xyz";
+
+/// A pack whose action prints its secret token as a JSON key, in its live
+/// output and in its result, with the token in the pack's config.
+fn leaky_bot(dir: &Path) -> Bot {
+    let pack = dir.join("packs/sec");
+    for sub in ["actions", "aliases"] {
+        std::fs::create_dir_all(pack.join(sub)).unwrap();
+    }
+    std::fs::write(pack.join("pack.yaml"), "name: sec\nversion: 1.0.0\n").unwrap();
+    std::fs::write(
+        pack.join("actions/leak.yaml"),
+        r#"name: leak
+runner_type: local-shell-cmd
+parameters:
+  token:
+    type: string
+    secret: true
+    default: "{{ config_context.token }}"
+  cmd:
+    immutable: true
+    default: "printf 'live %s\n' {{ token }} >&2; sleep 1; printf '{\"%s\": [\"%s\"]}' {{ token }} {{ token }}"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        pack.join("aliases/leak.yaml"),
+        "name: leak\npack: sec\naction_ref: sec.leak\nformats: [\"leak\"]\nresult:\n  format: \"out: {{ execution.result.stdout }} err: {{ execution.result.stderr }}\"\n",
+    )
+    .unwrap();
+    let configs = dir.join("configs");
+    std::fs::create_dir_all(&configs).unwrap();
+    std::fs::write(configs.join("sec.yaml"), format!("token: {SECRET}\n")).unwrap();
+    let pol = dir.join("policy.yaml");
+    std::fs::write(
+        &pol,
+        "rules:\n  - id: all\n    effect: allow\n    users: ['*']\n    packs: [sec]\n    extra_params: true\n    params:\n      token: {regex: '.*'}\n  - id: b\n    effect: allow\n    users: ['*']\n    builtins: ['*']\n",
+    )
+    .unwrap();
+    let mut s = settings(dir, &pol, None);
+    s.aliases = vec![dir.join("packs")];
+    s.runners.configs = configs;
+    Bot::open(s)
+}
+
+#[test]
+fn a_secret_reaches_no_output_by_any_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bot = std::sync::Arc::new(leaky_bot(tmp.path()));
+    let mut seen = String::new();
+    // Typed in chat for a secret parameter: refused, and not kept.
+    let typed = "typed-secret-4711";
+    seen.push_str(&bodies(&bot.say(
+        ALICE,
+        OPS,
+        &format!("!leak token={typed}"),
+    )));
+    assert!(seen.contains("is secret"), "{seen}");
+    let runner = {
+        let bot = bot.clone();
+        std::thread::spawn(move || bodies(&bot.say(ALICE, OPS, "!leak")))
+    };
+    // While it runs, its live output in !pending and !status.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw the live line: {seen}"
+        );
+        let open = bot.engine.requests().open_requests().unwrap();
+        if let Some(r) = open.first() {
+            let status = bodies(&bot.say(ALICE, OPS, &format!("!status {}", r.id)));
+            let pending = bodies(&bot.say(ALICE, OPS, "!pending"));
+            seen.push_str(&status);
+            seen.push_str(&pending);
+            if status.contains("live ********") {
+                assert!(pending.contains("live ********"), "{pending}");
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let done = runner.join().unwrap();
+    assert!(done.contains("out: {'********': ['********']}"), "{done}");
+    seen.push_str(&done);
+    assert!(!seen.contains(SECRET) && !seen.contains(typed), "{seen}");
+    // Every audit entry, as stored and as exported.
+    for e in bot.engine.audit_log().query(&Default::default()).unwrap() {
+        let text = format!("{} {}", serde_json::to_string(&e).unwrap(), e.details());
+        assert!(!text.contains(SECRET) && !text.contains(typed), "{text}");
+    }
+    drop(bot);
+    for needle in [SECRET, typed] {
+        let mut stack = vec![tmp.path().join("data")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let Ok(bytes) = std::fs::read(&p) {
+                    assert!(
+                        !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                        "{needle} in {}",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+}

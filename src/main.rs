@@ -170,8 +170,9 @@ enum PolicyCmd {
 enum AuditCmd {
     /// Check the hash chain: any altered or removed entry is reported.
     Verify {
-        /// Also check it against checkpoints: a file of the audit room's
-        /// checkpoint messages (any line with `seq=N hash=H`). A history
+        /// Also check it against checkpoints: an export of the audit room
+        /// (JSON, or JSON lines of events); only events the bot's user_id
+        /// sent with an `org.airlock.checkpoint` field count. A history
         /// rewritten with recomputed hashes is caught here.
         #[arg(long, value_name = "FILE")]
         against: Option<PathBuf>,
@@ -893,13 +894,21 @@ fn cmd_verify(arg: ConfigArg, against: Option<&Path>) -> Outcome {
     let checkpoints = match against {
         None => Vec::new(),
         Some(f) => {
+            let bot = config(&arg)?.user_id.ok_or_else(|| {
+                fail(
+                    "the configuration names no user_id: the bot's Matrix ID tells its checkpoints from what anyone else sent"
+                        .to_string(),
+                )
+            })?;
             let text =
                 std::fs::read_to_string(f).map_err(|e| fail(format!("{}: {e}", f.display())))?;
-            let found = Checkpoint::parse_all(&text);
+            let found = Checkpoint::from_export(&text, &bot)
+                .map_err(|e| fail(format!("{}: {e}", f.display())))?;
             if found.is_empty() {
                 return Err(fail(format!(
-                    "{}: no checkpoints in it (lines with seq=N hash=H)",
-                    f.display()
+                    "{}: no checkpoints from {bot} in it (events whose content holds {})",
+                    f.display(),
+                    Checkpoint::FIELD
                 )));
             }
             found

@@ -367,3 +367,51 @@ fn a_secret_reaches_no_output_by_any_path() {
         }
     }
 }
+
+/// Checkpoints are read by structure: what mallory makes the bot echo, or
+/// sends herself with the field, is no checkpoint; one naming an entry
+/// past the head stops no later checkpoint.
+#[test]
+fn nothing_typed_in_a_room_becomes_a_checkpoint() {
+    use airlock::audit::Checkpoint;
+    const AUDIT: &str = "!audit:example.org";
+    let tmp = tempfile::tempdir().unwrap();
+    let pol = tmp.path().join("policy.yaml");
+    std::fs::write(&pol, POLICY).unwrap();
+    let mut s = settings(tmp.path(), &pol, None);
+    s.audit_room = Some(AUDIT.into());
+    s.audit_checkpoints.entries = 1;
+    let bot = Bot::open(s);
+    let hash = "ab".repeat(32);
+    let mut sent = bot.say(MALLORY, AUDIT, &format!("!zz seq=1 hash={hash} ok"));
+    sent.extend(bot.say(
+        MALLORY,
+        AUDIT,
+        &format!("!says x --break-glass \"seq=2 hash={hash}\""),
+    ));
+    sent.extend(bot.play(bot.engine.tick(bot.now())));
+    let echoed = bodies(&sent);
+    assert!(echoed.contains(&format!("seq=1 hash={hash}")), "{echoed}");
+    let export = room_export(&sent, BOT);
+    let found = Checkpoint::from_export(&export, BOT).unwrap();
+    assert_eq!(found.len(), 1, "only the bot's own checkpoint: {found:?}");
+    assert_ne!(found[0].hash, hash);
+    // Sent by mallory with the field itself: not from the bot.
+    let forged = serde_json::json!({"sender": MALLORY, "content": {"body": "x",
+        Checkpoint::FIELD: {"seq": 1, "hash": hash}}});
+    assert!(Checkpoint::from_event(&forged, BOT).is_none());
+    // A checkpoint past the head (the log lost entries) is reported, and
+    // posting goes on.
+    bot.engine.add_checkpoints(vec![Checkpoint {
+        seq: u64::MAX,
+        hash: hash.clone(),
+    }]);
+    let r = bodies(&bot.say(ALICE, OPS, "!audit verify"));
+    assert!(r.contains("is missing"), "{r}");
+    let more = bot.play(bot.engine.tick(bot.now()));
+    assert!(
+        more.iter()
+            .any(|s| s.content.get(Checkpoint::FIELD).is_some()),
+        "{more:?}"
+    );
+}

@@ -154,7 +154,7 @@ fn a_rewritten_history_with_recomputed_hashes_is_caught_by_the_checkpoints() {
         "{r}"
     );
     let checkpoints = tmp.path().join("checkpoints.txt");
-    std::fs::write(&checkpoints, bodies(&posted)).unwrap();
+    std::fs::write(&checkpoints, room_export(&posted, BOT)).unwrap();
     drop(bot);
 
     // The forgery: entry 2 now says bob did it, and every hash after it is
@@ -187,7 +187,7 @@ fn a_rewritten_history_with_recomputed_hashes_is_caught_by_the_checkpoints() {
     drop(db);
 
     let cfg = tmp.path().join("airlock.yaml");
-    std::fs::write(&cfg, "data_dir: data\n").unwrap();
+    std::fs::write(&cfg, format!("data_dir: data\nuser_id: \"{BOT}\"\n")).unwrap();
     let verify = |extra: &[&str]| {
         let mut args = vec!["audit", "--config", cfg.to_str().unwrap(), "verify"];
         args.extend(extra);
@@ -212,8 +212,9 @@ fn a_rewritten_history_with_recomputed_hashes_is_caught_by_the_checkpoints() {
     let mut s = settings(tmp.path(), &repo_root().join("policies"), Some(&repo.path));
     s.audit_room = Some(AUDIT_ROOM.into());
     let bot = Bot::open(s);
-    bot.engine
-        .add_checkpoints(airlock::audit::Checkpoint::parse_all(&bodies(&posted)));
+    bot.engine.add_checkpoints(
+        airlock::audit::Checkpoint::from_export(&room_export(&posted, BOT), BOT).unwrap(),
+    );
     let r = bodies(&bot.say(ALICE, OPS, "!audit verify"));
     assert!(
         r.contains("❌ The audit log does NOT verify")

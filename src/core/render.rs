@@ -214,6 +214,10 @@ pub struct Message {
     pub body: String,
     /// HTML, every character of the text escaped.
     pub html: Option<String>,
+    /// Fields of the event's content besides the text: structure only the
+    /// bot writes (an audit checkpoint's), which nothing typed in a room
+    /// can pass for.
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Message {
@@ -222,7 +226,14 @@ impl Message {
         Message {
             body: truncate(text.into()),
             html: None,
+            fields: Default::default(),
         }
+    }
+
+    /// With field `key` in its event's content.
+    pub fn with_field(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.fields.insert(key.to_string(), value);
+        self
     }
 
     /// Split on `{~}` as hubot does: the part before is the summary, the
@@ -240,6 +251,7 @@ impl Message {
             return Message {
                 body: truncate(only.to_string()),
                 html: Some(lines_html(&truncate(only.to_string()))),
+                fields: Default::default(),
             };
         }
         let block = block.replace("```", "");
@@ -253,6 +265,7 @@ impl Message {
         Message {
             body,
             html: Some(html),
+            fields: Default::default(),
         }
     }
 }

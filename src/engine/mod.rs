@@ -689,10 +689,15 @@ impl Engine {
     /// Checkpoints the transport read back from the audit room: what
     /// `!audit verify` checks the local log against.
     pub fn add_checkpoints(&self, found: Vec<Checkpoint>) {
+        // One naming an entry past the head vouches for entries the log
+        // lacks (`verify` says so); posting goes on from the head, so no
+        // checkpoint can stop the next ones.
+        let head = self.audit.checkpoint().map_or(0, |h| h.seq);
         let mut c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
         c.posted_seq = c
             .posted_seq
-            .max(found.iter().map(|c| c.seq).max().unwrap_or(0));
+            .max(found.iter().map(|c| c.seq).max().unwrap_or(0))
+            .min(head);
         c.known.extend(found);
     }
 
@@ -726,7 +731,7 @@ impl Engine {
             room: room.clone(),
             reply_to: None,
             thread: None,
-            message: Message::plain(head.text()),
+            message: Message::plain(head.text()).with_field(Checkpoint::FIELD, head.field()),
             prompt_for: None,
         })]
     }

@@ -11,8 +11,8 @@
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use serde_json::value::RawValue;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::clock;
@@ -651,7 +651,11 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// The message that carries it ("🔏 audit checkpoint seq=120 hash=…").
+    /// The field of a checkpoint message's content that carries it: the
+    /// text beside it is for people, and is never read back.
+    pub const FIELD: &'static str = "org.airlock.checkpoint";
+
+    /// The text of the message that carries it.
     pub fn text(&self) -> String {
         format!(
             "🔏 audit checkpoint seq={} hash={} — the audit log's head; `!audit verify` checks the log against these",
@@ -659,28 +663,61 @@ impl Checkpoint {
         )
     }
 
-    /// Every checkpoint in `text` (messages as posted, or an export of
-    /// them: any line with `seq=N hash=<64 hex>`).
-    pub fn parse_all(text: &str) -> Vec<Checkpoint> {
-        let mut out = Vec::new();
-        for line in text.lines() {
-            let mut words = line.split_whitespace();
-            while let Some(w) = words.next() {
-                let Some(seq) = w.strip_prefix("seq=").and_then(|n| n.parse().ok()) else {
-                    continue;
-                };
-                let hash = words.next().and_then(|h| h.strip_prefix("hash="));
-                if let Some(hash) =
-                    hash.filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-                {
-                    out.push(Checkpoint {
-                        seq,
-                        hash: hash.to_ascii_lowercase(),
-                    });
-                }
+    /// Its field's value (under [`Checkpoint::FIELD`]).
+    pub fn field(&self) -> Value {
+        json!({"seq": self.seq, "hash": self.hash})
+    }
+
+    /// The checkpoint an event carries, if `bot` sent it with the field:
+    /// an event as the homeserver serves it (`sender`, `content`). What a
+    /// body says, and what anyone else sent, is never one.
+    pub fn from_event(event: &Value, bot: &str) -> Option<Checkpoint> {
+        if event.get("sender").and_then(Value::as_str) != Some(bot) {
+            return None;
+        }
+        let f = event.get("content")?.get(Self::FIELD)?;
+        let seq = f.get("seq")?.as_u64()?;
+        let hash = f.get("hash")?.as_str()?;
+        (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Checkpoint {
+            seq,
+            hash: hash.to_ascii_lowercase(),
+        })
+    }
+
+    /// Every checkpoint `bot` sent among the events of an export of the
+    /// audit room: JSON (a client's room export, a `/messages` answer, or
+    /// any document holding the events) or JSON lines, one event each.
+    pub fn from_export(text: &str, bot: &str) -> Result<Vec<Checkpoint>, String> {
+        let docs: Vec<Value> = match serde_json::from_str::<Value>(text) {
+            Ok(v) => vec![v],
+            Err(whole) => text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .enumerate()
+                .map(|(i, l)| {
+                    serde_json::from_str(l).map_err(|e| {
+                        format!(
+                            "neither one JSON document ({whole}) nor JSON lines (line {}: {e})",
+                            i + 1
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        fn walk(v: &Value, bot: &str, out: &mut Vec<Checkpoint>) {
+            if let Some(c) = Checkpoint::from_event(v, bot) {
+                out.push(c);
+                return;
+            }
+            match v {
+                Value::Array(items) => items.iter().for_each(|i| walk(i, bot, out)),
+                Value::Object(m) => m.values().for_each(|i| walk(i, bot, out)),
+                _ => {}
             }
         }
-        out
+        let mut out = Vec::new();
+        docs.iter().for_each(|d| walk(d, bot, &mut out));
+        Ok(out)
     }
 }
 

@@ -36,6 +36,8 @@ pub const BOB: &str = "@bob:example.org";
 pub const CAROL: &str = "@carol:example.org";
 pub const MALLORY: &str = "@mallory:example.org";
 pub const OPS: &str = "!ops:example.org";
+/// The bot's own Matrix ID.
+pub const BOT: &str = "@airlock:example.org";
 pub const SEED_URL: &str = "git@github.com:websages/st2-flow";
 
 pub fn repo_root() -> PathBuf {
@@ -138,6 +140,17 @@ pub struct Sent {
     pub body: String,
     pub html: Option<String>,
     pub prompt_for: Option<String>,
+    /// The event's content, as the Matrix transport sends it.
+    pub content: serde_json::Value,
+}
+
+/// `sent` as a client's export of the room has it, sent by `sender`.
+pub fn room_export(sent: &[Sent], sender: &str) -> String {
+    let events: Vec<serde_json::Value> = sent
+        .iter()
+        .map(|s| serde_json::json!({"type": "m.room.message", "sender": sender, "event_id": s.event_id, "content": s.content}))
+        .collect();
+    serde_json::json!({"room_name": "audit", "messages": events}).to_string()
 }
 
 /// The engine, a scratch directory, and a transport that runs executions
@@ -244,7 +257,9 @@ impl Bot {
                     if let Some(req) = &o.prompt_for {
                         self.engine.bind_prompt(req, &o.room, &id);
                     }
+                    let content = airlock::matrix::event_content(&o);
                     sent.push(Sent {
+                        content,
                         event_id: id,
                         room: o.room,
                         reply_to: o.reply_to,

@@ -38,7 +38,7 @@ mod rooms;
 mod session;
 
 pub use inbound::{message_to_incoming, reaction_to_incoming, strip_reply_fallback};
-pub use outbound::to_content;
+pub use outbound::{event_content, to_content};
 use session::{login, retry_after, sync_with_retry};
 
 /// How long a shutdown waits for running actions before marking them

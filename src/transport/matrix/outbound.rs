@@ -11,7 +11,6 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use matrix_sdk::HttpError;
 use matrix_sdk::room::Room;
-use matrix_sdk::ruma::events::MessageLikeEventContent;
 use matrix_sdk::ruma::events::reaction::ReactionEventContent;
 use matrix_sdk::ruma::events::relation::{Annotation, InReplyTo, Reply, Thread};
 use matrix_sdk::ruma::events::room::message::{Relation, RoomMessageEventContent};
@@ -30,21 +29,19 @@ const SEND_RETRY_FOR: Duration = Duration::from_secs(600);
 /// Send `content` to `room`. While the homeserver cannot be reached, retry
 /// with backoff under one transaction ID, so the room gets it once: a
 /// result finished during an outage is delivered when the server is back.
-async fn send_retrying<C>(
+async fn send_retrying(
     room: &Room,
-    content: C,
+    event_type: &str,
+    content: serde_json::Value,
     metrics: &Metrics,
-) -> Result<OwnedEventId, matrix_sdk::Error>
-where
-    C: MessageLikeEventContent + Clone,
-{
+) -> Result<OwnedEventId, matrix_sdk::Error> {
     let txn = TransactionId::new();
     let deadline = tokio::time::Instant::now() + SEND_RETRY_FOR;
     let mut backoff = Duration::from_millis(500);
     loop {
         match room
-            .send(content.clone())
-            .with_transaction_id(txn.clone())
+            .send_raw(event_type, content.clone())
+            .with_transaction_id(&txn)
             .await
         {
             Ok(r) => return Ok(r.response.event_id),
@@ -236,6 +233,19 @@ impl Reactions {
 /// A notice for `o`: plain, or plain with escaped HTML; a reply, in its
 /// thread when it has one (a thread reply keeps the reply fallback for
 /// clients without threads).
+/// The content of the event that carries `o`: [`to_content`], with the
+/// message's own fields (a checkpoint's) beside it.
+pub fn event_content(o: &Outgoing) -> serde_json::Value {
+    let mut content = serde_json::to_value(to_content(o)).unwrap_or_default();
+    if let Some(m) = content.as_object_mut() {
+        for (k, v) in &o.message.fields {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    content
+}
+
+/// The `m.room.message` content for `o`: a notice, in reply or in thread.
 pub fn to_content(o: &Outgoing) -> RoomMessageEventContent {
     let mut content = match &o.message.html {
         Some(html) => RoomMessageEventContent::notice_html(&o.message.body, html),
@@ -266,7 +276,8 @@ impl Bot {
             return;
         };
         let content = ReactionEventContent::new(Annotation::new(q.event, q.key.to_string()));
-        if let Err(e) = send_retrying(&room, content, self.engine.metrics()).await {
+        let content = serde_json::to_value(content).unwrap_or_default();
+        if let Err(e) = send_retrying(&room, "m.reaction", content, self.engine.metrics()).await {
             tracing::warn!("reaction in {}: {e}", q.room);
         }
     }
@@ -354,7 +365,7 @@ impl Bot {
             tracing::warn!("not in room {}; dropped a message", o.room);
             return;
         };
-        let content = to_content(&o);
+        let content = event_content(&o);
         let room_id = room.room_id().to_owned();
         if o.prompt_for.is_some() {
             *self
@@ -364,7 +375,7 @@ impl Bot {
                 .entry(room_id.clone())
                 .or_insert(0) += 1;
         }
-        let sent = send_retrying(&room, content, self.engine.metrics()).await;
+        let sent = send_retrying(&room, "m.room.message", content, self.engine.metrics()).await;
         if let Some(req) = &o.prompt_for {
             if let Ok(event) = &sent {
                 let (engine, req, room, event) = (

@@ -10,9 +10,6 @@ use matrix_sdk::ruma::{OwnedRoomAliasId, OwnedUserId, RoomAliasId};
 
 use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::RoomId;
-use matrix_sdk::ruma::events::{
-    AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
-};
 
 use super::Bot;
 use crate::audit::Checkpoint;
@@ -89,12 +86,13 @@ impl Bot {
                 }
             };
             for ev in &page.chunk {
-                if let Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
-                    SyncMessageLikeEvent::Original(m),
-                ))) = ev.raw().deserialize()
-                    && m.sender == self.me
+                // By structure only: the field in the content of an event
+                // this bot sent. What a body says (an echo of what someone
+                // typed) is never a checkpoint.
+                if let Ok(v) = ev.raw().deserialize_as::<serde_json::Value>()
+                    && let Some(c) = Checkpoint::from_event(&v, self.me.as_str())
                 {
-                    found.extend(Checkpoint::parse_all(m.content.body()));
+                    found.push(c);
                 }
             }
             match page.end {

@@ -859,12 +859,34 @@ fn cmd_follow(arg: ConfigArg, q: &Query, since: Option<u64>) -> Outcome {
             "--follow reads from the running bot: set http.listen and http.audit_export: true in its configuration",
         ));
     };
+    let token = std::env::var(airlock::http::AUDIT_TOKEN_ENV).map_err(|_| {
+        fail(format!(
+            "--follow needs the bot's {} in the environment",
+            airlock::http::AUDIT_TOKEN_ENV
+        ))
+    })?;
     let mut url = url::Url::parse(&format!("http://{listen}/audit.jsonl"))
         .map_err(|e| fail(format!("http.listen {listen}: {e}")))?;
-    url.query_pairs_mut().append_pair("follow", "true");
-    if let Some(ms) = since {
-        url.query_pairs_mut()
-            .append_pair("since", &clock::format_ms(ms));
+    {
+        // The bot filters: only what was asked for leaves it.
+        let mut pairs = url.query_pairs_mut();
+        pairs.append_pair("follow", "true");
+        if let Some(ms) = since {
+            pairs.append_pair("since", &clock::format_ms(ms));
+        }
+        for (k, v) in [
+            ("user", &q.user),
+            ("room", &q.room),
+            ("alias", &q.alias),
+            ("action", &q.action),
+            ("request", &q.request),
+            ("status", &q.status),
+            ("event", &q.event),
+        ] {
+            if let Some(v) = v {
+                pairs.append_pair(k, v);
+            }
+        }
     }
     let client = reqwest::blocking::Client::builder()
         .timeout(None)
@@ -872,6 +894,7 @@ fn cmd_follow(arg: ConfigArg, q: &Query, since: Option<u64>) -> Outcome {
         .map_err(fail)?;
     let response = client
         .get(url.clone())
+        .bearer_auth(token)
         .send()
         .and_then(|r| r.error_for_status())
         .map_err(|e| fail(format!("{url}: {e}")))?;

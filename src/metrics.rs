@@ -98,7 +98,7 @@ impl Metrics {
         };
         registry.register(
             "commands",
-            "Commands received, by outcome (matched, no_match, refused, needs_confirmation)",
+            "Commands received, by outcome (builtin, matched, no_match, refused, needs_confirmation)",
             m.commands.clone(),
         );
         registry.register(
@@ -176,6 +176,9 @@ impl Metrics {
         match e.event {
             Event::Matched => {
                 self.commands.get_or_create(&outcome("matched")).inc();
+            }
+            Event::Received if e.details().get("builtin").is_some() => {
+                self.commands.get_or_create(&outcome("builtin")).inc();
             }
             Event::NoMatch => {
                 self.commands.get_or_create(&outcome("no_match")).inc();

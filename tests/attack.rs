@@ -415,3 +415,110 @@ fn nothing_typed_in_a_room_becomes_a_checkpoint() {
         "{more:?}"
     );
 }
+
+/// `/audit.jsonl` on a loopback listener over the engine of `bot`.
+fn export_server(bot: &Bot, rt: &tokio::runtime::Runtime) -> String {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(airlock::http::serve(
+        listener,
+        bot.engine.clone(),
+        std::sync::Arc::new(airlock::metrics::Liveness::default()),
+        Some(airlock::http::AuditExport::new(TOKEN.into())),
+    ));
+    format!("http://{addr}/audit.jsonl")
+}
+
+const TOKEN: &str = "a-token-of-sixteen-or-more";
+
+#[test]
+fn the_audit_export_asks_a_token_and_filters_on_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bot = atk_bot(tmp.path(), POLICY);
+    bot.say(ALICE, OPS, "!says hi");
+    bot.say(MALLORY, OPS, "!says no");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = export_server(&bot, &rt);
+    let client = reqwest::blocking::Client::new();
+    let get = |q: &str, token: Option<&str>| {
+        let mut r = client.get(format!("{url}?{q}"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let r = r.send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    assert_eq!(get("", None).0, 401);
+    assert_eq!(get("", Some("a-token-of-sixteen-or-morX")).0, 401);
+    let (code, all) = get("", Some(TOKEN));
+    assert_eq!(code, 200);
+    assert!(all.contains(MALLORY) && all.contains(ALICE), "{all}");
+    let (code, alice) = get(&format!("user={ALICE}"), Some(TOKEN));
+    assert_eq!(code, 200);
+    let lines: Vec<serde_json::Value> = alice
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(lines.iter().all(|e| e["sender"] == ALICE), "{alice}");
+    let (code, body) = get("after=abc", Some(TOKEN));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("after=abc"), "{body}");
+    assert_eq!(get("usr=x", Some(TOKEN)).0, 400);
+}
+
+#[test]
+fn followers_that_hang_up_end_and_their_number_is_bounded() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let bot = atk_bot(tmp.path(), POLICY);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = export_server(&bot, &rt);
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/audit.jsonl")
+        .to_string();
+    // A follower filtered to nothing, as the attack had it: the request is
+    // sent, the status line read, then the connection held or dropped.
+    let follow = || {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            c,
+            "GET /audit.jsonl?follow=true&since=2999-01-01T00:00:00Z HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        c.read_exact(&mut head).unwrap();
+        (c, String::from_utf8_lossy(&head).into_owned())
+    };
+    let held: Vec<_> = (0..airlock::http::MAX_FOLLOWERS)
+        .map(|_| follow())
+        .collect();
+    assert!(
+        held.iter().all(|(_, h)| h.ends_with("200")),
+        "{:?}",
+        held.iter().map(|h| &h.1).collect::<Vec<_>>()
+    );
+    let (_, over) = follow();
+    assert!(over.ends_with("503"), "{over}");
+    drop(held);
+    // Every stream ends once its client is gone: the full number can
+    // follow again (within a deadline, as the streams notice).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let again: Vec<_> = (0..airlock::http::MAX_FOLLOWERS)
+            .map(|_| follow())
+            .collect();
+        if again.iter().all(|(_, h)| h.ends_with("200")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "streams outlived their clients"
+        );
+        drop(again);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

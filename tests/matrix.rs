@@ -14,7 +14,7 @@ use matrix_sdk::ruma::events::room::message::{
     Relation, ReplacementMetadata, RoomMessageEventContent,
 };
 use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
-use mx::{Airlock, Homeserver, Seen, User, unique};
+use mx::{AUDIT_TOKEN, Airlock, Homeserver, Seen, User, unique};
 
 const PW: &str = "correct horse battery staple";
 const WAIT: Duration = Duration::from_secs(30);
@@ -283,6 +283,7 @@ async fn deploy_with_confirmation_on_synapse() {
         .args(["audit", "--config"])
         .arg(s.dir.path().join("airlock.yaml"))
         .args(["--jsonl", "--follow", "--since", "1h"])
+        .env("AIRLOCK_AUDIT_TOKEN", AUDIT_TOKEN)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

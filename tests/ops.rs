@@ -69,6 +69,8 @@ fn metrics_count_commands_decisions_approvals_and_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let (bot, _repo) = shipped(tmp.path());
     bot.say(ALICE, OPS, "!no such command");
+    bot.say(MALLORY, OPS, "!help");
+    bot.say(ALICE, OPS, "!pending");
     bot.say(MALLORY, OPS, "!flow deploy main");
     let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
     let before = bot.engine.render_metrics();
@@ -82,6 +84,7 @@ fn metrics_count_commands_decisions_approvals_and_runs() {
     let m = bot.engine.render_metrics();
     let expect = [
         ("airlock_commands_total{outcome=\"no_match\"}", 1.0),
+        ("airlock_commands_total{outcome=\"builtin\"}", 2.0),
         ("airlock_commands_total{outcome=\"matched\"}", 2.0),
         ("airlock_commands_total{outcome=\"refused\"}", 1.0),
         (

@@ -68,6 +68,10 @@ impl Engine {
     }
 
     fn on_message(&self, out: &mut Out) {
+        /// The commands the engine answers itself.
+        const COMMAND_WORDS: [&str; 8] = [
+            "help", "pending", "status", "audit", "review", "cancel", "approve", "deny",
+        ];
         let m = out.m;
         // A reply to a prompt: the relation decides, never quoted text.
         if let Some(parent) = &m.reply_to
@@ -82,9 +86,16 @@ impl Engine {
         if self.stale(out, "command") {
             return;
         }
-        let e = out
-            .entry(Event::Received)
-            .detail(json!({"command": self.masked_command(&cmd), "event": m.event_id}));
+        let (word, args) = match cmd.split_once(char::is_whitespace) {
+            Some((w, a)) => (w, a.trim()),
+            None => (cmd.as_str(), ""),
+        };
+        let mut detail = json!({"command": self.masked_command(&cmd), "event": m.event_id});
+        if COMMAND_WORDS.contains(&word) {
+            // So the metrics count built-ins among the commands.
+            detail["builtin"] = json!(word);
+        }
+        let e = out.entry(Event::Received).detail(detail);
         out.log(e);
         if cmd.chars().count() > MAX_COMMAND_CHARS {
             out.say(format!(
@@ -92,10 +103,6 @@ impl Engine {
             ));
             return;
         }
-        let (word, args) = match cmd.split_once(char::is_whitespace) {
-            Some((w, a)) => (w, a.trim()),
-            None => (cmd.as_str(), ""),
-        };
         match word {
             "help" => self.builtin_help(out, args),
             "pending" => self.builtin_pending(out),

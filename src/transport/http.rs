@@ -1,9 +1,11 @@
 //! The optional HTTP listener (`http.listen` in `airlock.yaml`): `GET
-//! /healthz` for a supervisor or a probe, `GET /metrics` for Prometheus.
-//! Nothing else is served, and nothing here changes any state.
+//! /healthz` for a supervisor or a probe, `GET /metrics` for Prometheus,
+//! and with `http.audit_export` `GET /audit.jsonl` to whoever bears the
+//! token. Nothing here changes any state.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http_body_util::combinators::BoxBody;
@@ -12,8 +14,10 @@ use hyper::body::{Bytes, Frame};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
+use crate::audit::Query;
 use crate::engine::Engine;
 use crate::metrics::Liveness;
 
@@ -26,14 +30,50 @@ type Body = BoxBody<Bytes, Infallible>;
 /// How often a followed audit export looks for new entries.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
 
+/// Followed exports served at once: each holds a task until its client
+/// goes, so their number is bounded.
+pub const MAX_FOLLOWERS: usize = 16;
+
+/// The environment variable holding the bearer token `/audit.jsonl` asks
+/// for (the log says who ran what, in every room).
+pub const AUDIT_TOKEN_ENV: &str = "AIRLOCK_AUDIT_TOKEN";
+
+/// What `/audit.jsonl` needs: the token, and the count of followers.
+pub struct AuditExport {
+    token: String,
+    followers: Arc<AtomicUsize>,
+}
+
+impl AuditExport {
+    /// The export, answering only requests bearing `token`.
+    pub fn new(token: String) -> Self {
+        AuditExport {
+            token,
+            followers: Arc::default(),
+        }
+    }
+
+    /// Whether `req` bears the token (compared in constant time).
+    fn authorized(&self, req: &Request<hyper::body::Incoming>) -> bool {
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        bool::from(given.as_bytes().ct_eq(self.token.as_bytes()))
+    }
+}
+
 /// Serve `listener` until the task is dropped; `audit_export` adds
 /// `/audit.jsonl`.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
     liveness: Arc<Liveness>,
-    audit_export: bool,
+    audit_export: Option<AuditExport>,
 ) {
+    let audit_export = audit_export.map(Arc::new);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -43,14 +83,12 @@ pub async fn serve(
                 continue;
             }
         };
-        let (engine, liveness) = (engine.clone(), liveness.clone());
+        let (engine, liveness, export) = (engine.clone(), liveness.clone(), audit_export.clone());
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let (engine, liveness) = (engine.clone(), liveness.clone());
+            let (engine, liveness, export) = (engine.clone(), liveness.clone(), export.clone());
             async move {
-                if audit_export && req.method() == Method::GET && req.uri().path() == "/audit.jsonl"
-                {
-                    let query = req.uri().query().unwrap_or("").to_string();
-                    return Ok::<_, Infallible>(audit_jsonl(engine, &query));
+                if let Some(export) = export.filter(|_| req.uri().path() == "/audit.jsonl") {
+                    return Ok::<_, Infallible>(audit_jsonl(engine, &export, &req));
                 }
                 // The stores are sled: quick, but blocking.
                 let answer = tokio::task::spawn_blocking(move || {
@@ -86,33 +124,116 @@ fn response((status, content_type, body): (StatusCode, &'static str, String)) ->
     r
 }
 
-/// `GET /audit.jsonl?since=<RFC 3339 or span>&after=<seq>&follow=true`:
-/// the matching entries, one JSON object a line, oldest first; with
-/// `follow`, then every new entry as it is written, until the client
-/// hangs up.
-fn audit_jsonl(engine: Arc<Engine>, query: &str) -> Response<Body> {
-    let mut since = None;
+fn bad_request(msg: String) -> Response<Body> {
+    response((StatusCode::BAD_REQUEST, "text/plain", format!("{msg}\n")))
+}
+
+/// What `/audit.jsonl` was asked: the filters of `airlock audit` (`user`,
+/// `room`, `alias`, `action`, `request`, `status`, `event`, `since`),
+/// `after=<seq>` and `follow`. Anything else, or a value that does not
+/// parse, is refused: a filter the server ignored would export more than
+/// was asked for.
+pub fn export_query(query: &str, now_ms: u64) -> Result<(Query, u64, bool), String> {
+    let mut q = Query::default();
     let mut after = 0u64;
     let mut follow = false;
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        let v = v.into_owned();
         match &*k {
-            "since" => match crate::clock::parse_since(&v, crate::clock::now_ms()) {
-                Some(t) => since = Some(t),
-                None => {
-                    return response((
-                        StatusCode::BAD_REQUEST,
-                        "text/plain",
-                        format!("since={v}: expected RFC 3339 or a span such as 2h\n"),
-                    ));
-                }
-            },
-            "after" => after = v.parse().unwrap_or(0),
-            "follow" => follow = v == "true" || v == "1",
-            _ => {}
+            "since" => {
+                q.since =
+                    Some(crate::clock::parse_since(&v, now_ms).ok_or_else(|| {
+                        format!("since={v}: expected RFC 3339 or a span such as 2h")
+                    })?);
+            }
+            "after" => {
+                after = v
+                    .parse()
+                    .map_err(|_| format!("after={v}: expected an entry's number"))?;
+            }
+            "follow" => {
+                follow = match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(format!("follow={v}: expected true or false")),
+                };
+            }
+            "user" => q.user = Some(v),
+            "room" => q.room = Some(v),
+            "alias" => q.alias = Some(v),
+            "action" => q.action = Some(v),
+            "request" => q.request = Some(v),
+            "status" => q.status = Some(v),
+            "event" => q.event = Some(v),
+            other => {
+                return Err(format!(
+                    "{other}: not a filter (user, room, alias, action, request, status, event, since, after, follow)"
+                ));
+            }
         }
     }
+    Ok((q, after, follow))
+}
+
+/// Ends a follower's count when its stream ends, however it ends.
+struct Follower(Arc<AtomicUsize>);
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `GET /audit.jsonl?since=<RFC 3339 or span>&after=<seq>&user=…&follow=true`
+/// with the bearer token: the matching entries, one JSON object a line,
+/// oldest first; with `follow`, then every new matching entry as it is
+/// written, until the client hangs up.
+fn audit_jsonl(
+    engine: Arc<Engine>,
+    export: &AuditExport,
+    req: &Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    if req.method() != Method::GET {
+        return response((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        ));
+    }
+    if !export.authorized(req) {
+        let mut r = response((
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "a bearer token is needed (Authorization: Bearer $AIRLOCK_AUDIT_TOKEN)\n".into(),
+        ));
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let (query, after, follow) =
+        match export_query(req.uri().query().unwrap_or(""), crate::clock::now_ms()) {
+            Ok(q) => q,
+            Err(e) => return bad_request(e),
+        };
+    let follower = if follow {
+        let n = export.followers.fetch_add(1, Ordering::SeqCst);
+        let f = Follower(export.followers.clone());
+        if n >= MAX_FOLLOWERS {
+            return response((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("{MAX_FOLLOWERS} clients already follow the audit log\n"),
+            ));
+        }
+        Some(f)
+    } else {
+        None
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
+        let _follower = follower;
         let mut last = after;
         loop {
             let log = engine.audit_log().clone();
@@ -123,7 +244,7 @@ fn audit_jsonl(engine: Arc<Engine>, query: &str) -> Response<Body> {
             let full = batch.len() == 1000;
             for e in batch {
                 last = e.seq;
-                if since.is_some_and(|t| e.ts < t) {
+                if !query.accepts(&e) {
                     continue;
                 }
                 let mut line = serde_json::to_vec(&e).unwrap_or_default();
@@ -136,7 +257,12 @@ fn audit_jsonl(engine: Arc<Engine>, query: &str) -> Response<Body> {
                 if !follow {
                     return;
                 }
-                tokio::time::sleep(FOLLOW_POLL).await;
+                // A client that goes while every entry is filtered out is
+                // noticed here, not only at the next send.
+                tokio::select! {
+                    () = tokio::time::sleep(FOLLOW_POLL) => {}
+                    () = tx.closed() => return,
+                }
             }
         }
     });

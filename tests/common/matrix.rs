@@ -253,6 +253,9 @@ pub struct Airlock {
     pub log: PathBuf,
 }
 
+/// The bearer token of the bot's `/audit.jsonl`.
+pub const AUDIT_TOKEN: &str = "test-audit-token-0123456789";
+
 impl Airlock {
     pub fn start(config: &Path, password: &str) -> Self {
         let log = config.with_extension("log");
@@ -265,6 +268,7 @@ impl Airlock {
             .args(["run", "--config"])
             .arg(config)
             .env("AIRLOCK_PASSWORD", password)
+            .env("AIRLOCK_AUDIT_TOKEN", AUDIT_TOKEN)
             // The st2 stand-in's key (common::st2::KEY), for a scene that
             // routes actions there.
             .env("AIRLOCK_TEST_ST2_API_KEY", "st2-test-api-key")

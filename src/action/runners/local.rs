@@ -29,10 +29,11 @@ use crate::action::OutputTail;
 pub const TIMEOUT_EXIT_CODE: i64 = -9;
 
 /// Variables the child never sees: airlock's own secrets.
-pub const WITHHELD_ENV: [&str; 3] = [
+pub const WITHHELD_ENV: [&str; 4] = [
     "AIRLOCK_PASSWORD",
     "AIRLOCK_ACCESS_TOKEN",
     "AIRLOCK_STORE_PASSPHRASE",
+    "AIRLOCK_AUDIT_TOKEN",
 ];
 
 /// st2's status for an exit code (`PROC_EXIT_CODE_TO_LIVEACTION_STATUS_MAP`).

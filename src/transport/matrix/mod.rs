@@ -150,11 +150,25 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 .await
                 .map_err(|e| Error::Config(format!("http.listen {addr}: {e}")))?;
             tracing::info!("serving /healthz and /metrics on {addr}");
+            let export = if config.http.audit_export {
+                let token = std::env::var(crate::http::AUDIT_TOKEN_ENV)
+                    .ok()
+                    .filter(|t| t.len() >= 16)
+                    .ok_or_else(|| {
+                        Error::Config(format!(
+                            "http.audit_export serves every room's audit entries: set {} (16 characters or more) in the bot's environment; clients send it as a bearer token",
+                            crate::http::AUDIT_TOKEN_ENV
+                        ))
+                    })?;
+                Some(crate::http::AuditExport::new(token))
+            } else {
+                None
+            };
             Some(tokio::spawn(crate::http::serve(
                 listener,
                 bot.engine.clone(),
                 bot.liveness.clone(),
-                config.http.audit_export,
+                export,
             )))
         }
         None => None,

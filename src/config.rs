@@ -11,6 +11,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use crate::action::packs::{GitConfig, PackManager};
+use crate::action::runners::sandbox::Sandbox;
 use crate::action::runners::{PackAction, RunnerConfig};
 use crate::action::st2::{St2Action, St2Config};
 use crate::action::temporal::TemporalConfig;
@@ -488,9 +489,12 @@ impl Config {
                 "temporal: in the configuration, but this airlock was built without the temporal feature (cargo build --features temporal)".into(),
             ));
         }
-        let mut runners = self.runners.clone();
-        runners.hash_key = secret_key(&self.data_dir)
+        let mut runners = self
+            .runner_config()
             .map_err(|e| StartError::Database(self.data_dir.join("secret.key"), e.to_string()))?;
+        if runners.sandbox == Sandbox::Bwrap {
+            crate::action::runners::sandbox::check().map_err(StartError::Packs)?;
+        }
         // The StackStorm API key is airlock's secret too: no local action
         // sees it.
         if let Some(st2) = &self.st2 {
@@ -516,6 +520,17 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Runner settings as actions get them: the key of the audit's proofs
+    /// (`data_dir/secret.key`), and what the sandbox hides.
+    fn runner_config(&self) -> std::io::Result<RunnerConfig> {
+        let mut runners = self.runners.clone();
+        runners.hash_key = secret_key(&self.data_dir)?;
+        runners.hidden = vec![self.data_dir.clone(), runners.configs.clone()];
+        Ok(runners)
+    }
+}
+
 #[cfg(feature = "temporal")]
 impl Config {
     /// What `airlock worker --task-queue <queue>` runs with: the Temporal
@@ -533,9 +548,12 @@ impl Config {
             .ok_or("the configuration has no temporal: section")?;
         std::fs::create_dir_all(&self.data_dir)
             .map_err(|e| format!("{}: {e}", self.data_dir.display()))?;
-        let mut runners = self.runners.clone();
-        runners.hash_key = secret_key(&self.data_dir)
+        let runners = self
+            .runner_config()
             .map_err(|e| format!("{}: {e}", self.data_dir.join("secret.key").display()))?;
+        if runners.sandbox == Sandbox::Bwrap {
+            crate::action::runners::sandbox::check()?;
+        }
         // Its packs directory needs no records: nothing is switched there.
         let db = sled::Config::new()
             .temporary(true)

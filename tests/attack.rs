@@ -262,6 +262,10 @@ const SECRET: &str = "S3CRET-value-xyz";
 /// A pack whose action prints its secret token as a JSON key, in its live
 /// output and in its result, with the token in the pack's config.
 fn leaky_bot(dir: &Path) -> Bot {
+    leaky_bot_with(dir, Default::default())
+}
+
+fn leaky_bot_with(dir: &Path, sandbox: airlock::action::runners::sandbox::Sandbox) -> Bot {
     let pack = dir.join("packs/sec");
     for sub in ["actions", "aliases"] {
         std::fs::create_dir_all(pack.join(sub)).unwrap();
@@ -299,6 +303,7 @@ parameters:
     let mut s = settings(dir, &pol, None);
     s.aliases = vec![dir.join("packs")];
     s.runners.configs = configs;
+    s.runners.sandbox = sandbox;
     Bot::open(s)
 }
 
@@ -521,4 +526,80 @@ fn followers_that_hang_up_end_and_their_number_is_bounded() {
         drop(again);
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// An action tries to read each of airlock's credentials: the password in
+/// the bot's environment (through `/proc`), the Matrix session, the crypto
+/// store, `secret.key`, the store, the pack configs. It reads none.
+#[test]
+fn an_action_reads_none_of_the_bots_credentials() {
+    const PASSWORD: &str = "pw-should-not-leak-9931";
+    // SAFETY: set before the bot starts any thread; no other test of this
+    // binary reads it.
+    unsafe { std::env::set_var("AIRLOCK_PASSWORD", PASSWORD) };
+    let tmp = tempfile::tempdir().unwrap();
+    let bot = leaky_bot(tmp.path());
+    let data = tmp.path().join("data");
+    std::fs::write(
+        data.join("session.json"),
+        r#"{"access_token":"syt_session_leak"}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(data.join("matrix")).unwrap();
+    std::fs::write(data.join("matrix/matrix-sdk-crypto.sqlite3"), "crypto-leak").unwrap();
+    let pack = tmp.path().join("packs/sec");
+    std::fs::write(
+        pack.join("actions/peek.yaml"),
+        "name: peek\nrunner_type: local-shell-cmd\nparameters:\n  path:\n    type: string\n  cmd:\n    immutable: true\n    default: \"cat {{ path }} | od -c | head -c 200; ls {{ path }}\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pack.join("aliases/peek.yaml"),
+        "name: peek\npack: sec\naction_ref: sec.peek\nformats: [\"peek {{ path }}\"]\nresult:\n  format: \"peeked: {{ execution.result.stdout }} | {{ execution.result.stderr }}\"\n",
+    )
+    .unwrap();
+    bot.say(ALICE, OPS, "!help"); // the bot is up; reload sees the new action
+    drop(bot);
+    let bot = leaky_bot(tmp.path());
+    let me = std::process::id();
+    // What it can read, it reads: the sandbox runs the command.
+    let r = bodies(&bot.say(ALICE, OPS, "!peek /etc/hostname"));
+    assert!(r.contains("peeked:"), "{r}");
+    assert!(!r.contains("No such file"), "{r}");
+    for (path, secret) in [
+        (format!("/proc/{me}/environ"), PASSWORD.to_string()),
+        (
+            format!("{}/session.json", data.display()),
+            "syt_session_leak".into(),
+        ),
+        (
+            format!("{}/matrix/matrix-sdk-crypto.sqlite3", data.display()),
+            "crypto-leak".into(),
+        ),
+        (format!("{}/secret.key", data.display()), String::new()),
+        (format!("{}/airlock.sled/db", data.display()), String::new()),
+        (
+            format!("{}/configs/sec.yaml", tmp.path().display()),
+            SECRET.into(),
+        ),
+    ] {
+        assert!(std::path::Path::new(&path).exists(), "{path}");
+        let r = bodies(&bot.say(ALICE, OPS, &format!("!peek {path}")));
+        assert!(
+            r.contains("No such file or directory"),
+            "{path} was readable: {r}"
+        );
+        if !secret.is_empty() {
+            assert!(!r.contains(&secret), "{path}: {r}");
+        }
+    }
+    // The same reads without the sandbox succeed: what it hides is real.
+    drop(bot);
+    let bot = leaky_bot_with(tmp.path(), airlock::action::runners::sandbox::Sandbox::None);
+    let r = bodies(&bot.say(
+        ALICE,
+        OPS,
+        &format!("!peek {}/session.json", data.display()),
+    ));
+    assert!(!r.contains("No such file"), "{r}");
 }

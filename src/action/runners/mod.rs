@@ -12,6 +12,7 @@ pub mod http;
 pub mod local;
 pub mod params;
 pub mod python;
+pub mod sandbox;
 pub mod secrets;
 pub mod shell;
 
@@ -49,6 +50,13 @@ pub struct RunnerConfig {
     /// More environment variables no action may see.
     #[serde(default)]
     pub secret_env: Vec<String>,
+    /// How local actions run: `bwrap` (the default) hides airlock's own
+    /// files from them (`sandbox`); `none` does not.
+    #[serde(default)]
+    pub sandbox: sandbox::Sandbox,
+    /// What the sandbox hides: `data_dir` and `configs` (set at open).
+    #[serde(skip)]
+    pub hidden: Vec<PathBuf>,
     /// Key of the hashes the audit keeps of secret values (set at open).
     #[serde(skip)]
     pub hash_key: Vec<u8>,
@@ -279,6 +287,12 @@ impl PackAction {
                 let args = local::script_args(&named, &schema, op);
                 interpreter(&script, args)
             }
+        };
+        // The sandbox inside sudo: bubblewrap forbids gaining privileges,
+        // so sudo must come first.
+        let (program, args) = match self.cfg.sandbox {
+            sandbox::Sandbox::Bwrap => sandbox::wrap(program, args, &self.cfg.hidden, pack_dir),
+            sandbox::Sandbox::None => (program, args),
         };
         let (program, args) = if p.get("sudo") == Some(&Value::Bool(true)) {
             // Allowed by the configuration (checked when prepared).

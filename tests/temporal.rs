@@ -149,7 +149,8 @@ fn pids(file: &Path) -> Vec<i32> {
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect();
-        if found.len() >= 2 {
+        // Both written, and found on the host (what the end checks).
+        if found.len() >= 2 && !started_from(file).is_empty() {
             return found;
         }
         assert!(Instant::now() < deadline, "ops.long never started");
@@ -157,10 +158,29 @@ fn pids(file: &Path) -> Vec<i32> {
     }
 }
 
-/// Wait until none of `pids` runs.
-fn all_gone(pids: &[i32]) -> bool {
+/// The host PIDs of what `ops.long` started for the test whose PID file
+/// is `file`: its processes carry `PIDS=<file>` in their environment (the
+/// PIDs they write are their sandbox's own); airlock itself is left out.
+fn started_from(file: &Path) -> Vec<i32> {
+    let needle = format!("PIDS={}", file.display());
+    let airlock = std::fs::canonicalize(env!("CARGO_BIN_EXE_airlock")).ok();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            env.split(|b| *b == 0).any(|v| v == needle.as_bytes())
+                && std::fs::read_link(format!("/proc/{pid}/exe")).ok() != airlock
+                && alive(*pid)
+        })
+        .collect()
+}
+
+/// Wait until nothing `ops.long` started for `file`'s test runs.
+fn all_gone(file: &Path) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while pids.iter().any(|p| alive(*p)) {
+    while !started_from(file).is_empty() {
         if Instant::now() > deadline {
             return false;
         }
@@ -305,7 +325,12 @@ fn a_killed_worker_leaves_nothing_running_and_the_request_fails_once() {
     worker.kill();
     // The shell and the `sleep` it started died with the worker: no
     // orphan goes on running while Temporal decides what happens next.
-    assert!(all_gone(&running), "left running: {running:?}");
+    assert_eq!(running.len(), 2);
+    assert!(
+        all_gone(&pid_file),
+        "left running: {:?}",
+        started_from(&pid_file)
+    );
     // Another worker takes the workflow over; the activity is not retried
     // (ops.long is not declared idempotent), so the request fails.
     let _second = Worker::start(&cfg, "prod", &pids_env);
@@ -315,6 +340,54 @@ fn a_killed_worker_leaves_nothing_running_and_the_request_fails_once() {
         std::fs::read_to_string(&pid_file).unwrap().lines().count(),
         2,
         "not run a second time"
+    );
+}
+
+/// The only worker of a queue dies and none comes back: the bot itself
+/// notices the silence and fails the request, once, saying why (the
+/// server's heartbeat timeout alone needs a worker of that queue).
+#[test]
+fn a_lost_only_worker_fails_its_request_without_another_worker() {
+    let Some(bin) = binary() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_ops_pack(dir);
+    PackRepo::new(&dir.join("st2-flow"), "st2-flow");
+    let server = Server::start(&bin, dir);
+    let pid_file = dir.join("pids");
+    let cfg = worker_config(dir, "prod", &server.url());
+    let pids_env = [("PIDS", pid_file.to_str().unwrap())];
+    let mut worker = Worker::start(&cfg, "prod", &pids_env);
+    let bot = Arc::new(bot(dir, &server.url()));
+    let (request, runner) = approve_in_background(&bot, "!long job");
+    pids(&pid_file);
+    worker.kill();
+    // heartbeat_seconds is 2; the bot allows 5 s past it, and looks every
+    // second: well within this deadline, which only stops a hang.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(runner.join().unwrap());
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(40))
+        .expect("the request still runs, with no worker left");
+    assert!(r.contains("worker running it was lost"), "{r}");
+    assert!(r.contains("heartbeat"), "{r}");
+    let req = bot.engine.requests().get(&request).unwrap().unwrap();
+    assert_eq!(req.state.name(), "failed", "{req:?}");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().lines().count(),
+        2,
+        "run once"
+    );
+    // The workflow is over: a worker of the queue that comes back later
+    // runs nothing.
+    let _late = Worker::start(&cfg, "prod", &pids_env);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().lines().count(),
+        2,
+        "not run again by a late worker"
     );
 }
 
@@ -353,7 +426,12 @@ fn cancel_restart_and_an_outage_lose_nothing() {
     assert!(r.contains("Stopping request"), "{r}");
     let done = runner.join().unwrap();
     assert!(done.contains("cancel"), "{done}");
-    assert!(all_gone(&running), "left running: {running:?}");
+    assert_eq!(running.len(), 2);
+    assert!(
+        all_gone(&pid_file),
+        "left running: {:?}",
+        started_from(&pid_file)
+    );
     assert_eq!(
         bot.engine
             .requests()

@@ -12,7 +12,8 @@ use temporalio_client::errors::{WorkflowGetResultError, WorkflowStartError};
 use temporalio_client::tonic::Code;
 use temporalio_client::{
     Client, ClientOptions, Connection, ConnectionOptions, Url, WorkflowCancelOptions,
-    WorkflowGetResultOptions, WorkflowIdReusePolicy, WorkflowStartOptions,
+    WorkflowDescribeOptions, WorkflowExecutionStatus, WorkflowGetResultOptions,
+    WorkflowIdReusePolicy, WorkflowStartOptions, WorkflowTerminateOptions,
 };
 
 use super::worker::AirlockRequest;
@@ -208,11 +209,51 @@ impl TemporalAction {
                 let _ = tx.send(result(&client, &id).await);
             })
         };
+        // The workflow runs on its action's task queue: when the only
+        // worker there is lost, nothing on the server ends the run (the
+        // heartbeat timeout needs a worker of that queue to fail the
+        // workflow). So the bot watches the run itself.
+        let (lost_tx, lost_rx) = std::sync::mpsc::channel();
+        let watcher = {
+            let (client, id) = (self.client.clone(), id.clone());
+            let hb = Duration::from_secs(self.client.config().heartbeat_seconds.max(1));
+            runtime().spawn(async move {
+                loop {
+                    tokio::time::sleep(WATCH_EVERY).await;
+                    if let Some(why) = worker_lost(&client, &id, hb).await {
+                        let _ = lost_tx.send(why);
+                        return;
+                    }
+                }
+            })
+        };
+        let _stop_watching = AbortOnDrop(watcher);
         let mut cancelled = false;
         loop {
             if ctx.stopping.load(Ordering::Relaxed) {
                 follower.abort();
                 return Outcome::failed(format!("no longer followed: Temporal workflow {id}"));
+            }
+            if let Ok(why) = lost_rx.try_recv() {
+                follower.abort();
+                // Ended for good, so it can never run later, when a worker
+                // of the queue comes back.
+                let (client, id2, reason) = (self.client.clone(), id.clone(), why.clone());
+                let ended = block(async move {
+                    let c = client.get().await?;
+                    c.get_workflow_handle::<AirlockRequest>(id2)
+                        .terminate(WorkflowTerminateOptions::builder().reason(reason).build())
+                        .await
+                        .map_err(|e| e.to_string())
+                });
+                if let Some(Err(e)) = ended {
+                    tracing::warn!("ending Temporal workflow {id}: {e}");
+                }
+                let mut o = Outcome::failed(format!(
+                    "the worker running it was lost ({why}); its command died with it and was not run again"
+                ));
+                o.remote = Some(self.remote(&id, None));
+                return o;
             }
             if ctx.cancel.load(Ordering::Relaxed) && !cancelled {
                 cancelled = true;
@@ -238,11 +279,10 @@ impl TemporalAction {
         }
     }
 
-    /// The request's outcome from how its workflow ended.
-    fn outcome(&self, id: &str, r: Result<Ran, WorkflowGetResultError>) -> Outcome {
-        // No `status` in the view: the engine's (succeeded, failed,
-        // canceled) is the one that holds.
-        let remote = |ran: Option<&Ran>| Remote {
+    /// Where workflow `id` ran, for the audit and `!status`. No `status`
+    /// in the view: the engine's (succeeded, failed, canceled) holds.
+    fn remote(&self, id: &str, ran: Option<&Ran>) -> Remote {
+        Remote {
             audit_key: "temporal",
             place: match ran {
                 Some(r) => format!(
@@ -257,7 +297,11 @@ impl TemporalAction {
                 "worker": ran.map(|r| &r.worker),
                 "attempt": ran.map(|r| r.attempt),
             }),
-        };
+        }
+    }
+
+    /// The request's outcome from how its workflow ended.
+    fn outcome(&self, id: &str, r: Result<Ran, WorkflowGetResultError>) -> Outcome {
         let (mut outcome, ran) = match r {
             Ok(ran) => {
                 let mut o = Outcome::ok(ran.summary.clone(), ran.result.clone());
@@ -288,9 +332,116 @@ impl TemporalAction {
                 None,
             ),
         };
-        outcome.remote = Some(remote(ran.as_ref()));
+        outcome.remote = Some(self.remote(id, ran.as_ref()));
         outcome
     }
+}
+
+/// How often a followed workflow is looked at for a lost worker.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// How long past its limit a silence counts as a lost worker: the server
+/// acts on the heartbeat timeout first when it can.
+const LOST_MARGIN: Duration = Duration::from_secs(5);
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Why workflow `id`'s worker counts as lost, if it does: its activity
+/// sent no heartbeat for longer than `hb` (and a margin); or a lost
+/// attempt's retry was taken by no worker in that time; or the activity
+/// ended without a result and no worker of the queue took the workflow
+/// task that would end the workflow. A workflow still waiting for its
+/// first worker is not lost (`pickup_seconds` bounds that).
+async fn worker_lost(client: &TemporalClient, id: &str, hb: Duration) -> Option<String> {
+    use temporalio_common::protos::temporal::api::enums::v1::PendingActivityState as S;
+    use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes as A;
+    let now = std::time::SystemTime::now();
+    macro_rules! age {
+        ($t:expr) => {
+            $t.as_ref().and_then(|t| {
+                let at = std::time::UNIX_EPOCH
+                    + Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+                now.duration_since(at).ok()
+            })
+        };
+    }
+    let c = client.get().await.ok()?;
+    let handle = c.get_workflow_handle::<AirlockRequest>(id.to_string());
+    let d = handle
+        .describe(WorkflowDescribeOptions::default())
+        .await
+        .ok()?;
+    if d.status() != WorkflowExecutionStatus::Running {
+        return None;
+    }
+    let limit = hb + LOST_MARGIN;
+    let raw = &d.raw_description;
+    for a in &raw.pending_activities {
+        let worker = if a.last_worker_identity.is_empty() {
+            "its worker".to_string()
+        } else {
+            format!("worker {}", a.last_worker_identity)
+        };
+        match a.state() {
+            S::Started | S::CancelRequested => {
+                let silent = age!(a.last_heartbeat_time).or(age!(a.last_started_time))?;
+                if silent > limit {
+                    return Some(format!(
+                        "{worker} sent no heartbeat for {} s; the limit is {} s",
+                        silent.as_secs(),
+                        hb.as_secs()
+                    ));
+                }
+            }
+            S::Scheduled if a.attempt > 1 => {
+                let waiting = age!(a.last_attempt_complete_time).or(age!(a.scheduled_time))?;
+                if waiting > limit {
+                    return Some(format!(
+                        "{worker} stopped answering, and no other worker of its queue took the run again within {} s",
+                        waiting.as_secs()
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    let task_waits = raw
+        .pending_workflow_task
+        .as_ref()
+        .and_then(|t| age!(t.scheduled_time))
+        .is_some_and(|a| a > LOST_MARGIN);
+    if !raw.pending_activities.is_empty() || !task_waits || d.history_length() <= 3 {
+        return None;
+    }
+    // The activity ended: lost (timed out), or finished with a result
+    // that a worker of the queue will still record.
+    let events = handle
+        .fetch_history(Default::default())
+        .into_events()
+        .await
+        .ok()?;
+    let timed_out = events.iter().rev().find_map(|e| match &e.attributes {
+        Some(A::ActivityTaskTimedOutEventAttributes(_)) => Some(true),
+        Some(
+            A::ActivityTaskCompletedEventAttributes(_)
+            | A::ActivityTaskFailedEventAttributes(_)
+            | A::ActivityTaskCanceledEventAttributes(_),
+        ) => Some(false),
+        _ => None,
+    })?;
+    timed_out.then(|| {
+        format!(
+            "its worker sent no heartbeat within {} s, and no worker of its queue is left to end the run",
+            hb.as_secs()
+        )
+    })
 }
 
 /// Start `job`'s workflow on `queue`; an existing one with its ID counts

@@ -353,6 +353,22 @@ fn a_secret_reaches_no_output_by_any_path() {
         let text = format!("{} {}", serde_json::to_string(&e).unwrap(), e.details());
         assert!(!text.contains(SECRET) && !text.contains(typed), "{text}");
     }
+    // And as `/audit.jsonl` serves them.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = export_server(&bot, &rt);
+    let served = reqwest::blocking::Client::new()
+        .get(url)
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(served.contains("finished"), "{served}");
+    assert!(
+        !served.contains(SECRET) && !served.contains(typed),
+        "{served}"
+    );
+    drop(rt);
     drop(bot);
     for needle in [SECRET, typed] {
         let mut stack = vec![tmp.path().join("data")];
@@ -602,4 +618,104 @@ fn an_action_reads_none_of_the_bots_credentials() {
         &format!("!peek {}/session.json", data.display()),
     ));
     assert!(!r.contains("No such file"), "{r}");
+}
+
+/// Every runner parameter a chat pair names, per runner, under a rule that
+/// opens extra parameters: a control is refused unless the rule names it;
+/// anything else passes the policy.
+#[test]
+fn every_runner_parameter_a_pair_can_reach() {
+    use airlock::action::metadata::Runner;
+    let tmp = tempfile::tempdir().unwrap();
+    let pack = tmp.path().join("packs/tbl");
+    for sub in ["actions", "aliases"] {
+        std::fs::create_dir_all(pack.join(sub)).unwrap();
+    }
+    std::fs::write(pack.join("pack.yaml"), "name: tbl\nversion: 1.0.0\n").unwrap();
+    std::fs::write(pack.join("actions/run.sh"), "#!/bin/sh\necho ok\n").unwrap();
+    let runners = [
+        (
+            Runner::ShellCmd,
+            "cmd",
+            "parameters:\n  cmd:\n    default: echo ok\n",
+        ),
+        (Runner::ShellScript, "script", "entry_point: run.sh\n"),
+        (
+            Runner::Http,
+            "http",
+            "parameters:\n  url:\n    default: http://127.0.0.1:9/\n",
+        ),
+    ];
+    for (runner, name, extra) in &runners {
+        std::fs::write(
+            pack.join(format!("actions/{name}.yaml")),
+            format!("name: {name}\nrunner_type: {}\n{extra}", runner.name()),
+        )
+        .unwrap();
+        std::fs::write(
+            pack.join(format!("aliases/{name}.yaml")),
+            format!("name: {name}\npack: tbl\naction_ref: tbl.{name}\nformats: [\"tbl {name}\"]\n"),
+        )
+        .unwrap();
+    }
+    let pol = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &pol,
+        "rules:\n  - id: open\n    effect: allow\n    users: ['*']\n    packs: [tbl]\n    extra_params: true\n    params:\n      timeout: {regex: '[0-9]+'}\n",
+    )
+    .unwrap();
+    let mut s = settings(tmp.path(), &pol, None);
+    s.aliases = vec![tmp.path().join("packs")];
+    let bot = Bot::open(s);
+    let mut table = Vec::new();
+    for (runner, name, _) in &runners {
+        for p in runner.params() {
+            let value = match p.ty.map(|t| t.name()) {
+                Some("integer") | Some("number") => "5",
+                Some("boolean") => "true",
+                Some("object") => "{}",
+                Some("array") => "[]",
+                _ => "x",
+            };
+            let r = bodies(&bot.say(ALICE, OPS, &format!("!tbl {name} {}={value}", p.name)));
+            // A secret is refused before the policy: never typed in chat.
+            let refused = r.contains("changes how the action runs") || r.contains("is secret");
+            let control = !matches!(p.name.as_str(), "cmd" | "url") && p.name != "timeout";
+            assert_eq!(refused, control, "{} {}: {r}", runner.name(), p.name);
+            assert!(!r.contains("does not capture it"), "{r}");
+            table.push(format!(
+                "{} {} {}",
+                runner.name(),
+                p.name,
+                if refused { "refused" } else { "passes" }
+            ));
+        }
+    }
+    // timeout is named by the rule: opened within its regex.
+    assert!(
+        table.iter().any(|l| l == "local-shell-cmd timeout passes"),
+        "{table:?}"
+    );
+    assert!(
+        table.iter().any(|l| l == "local-shell-cmd env refused"),
+        "{table:?}"
+    );
+    assert!(
+        table.iter().any(|l| l == "http-request headers refused"),
+        "{table:?}"
+    );
+    // An action StackStorm or a Temporal worker runs: st2's runner
+    // parameters, those of its remote runners included.
+    let open = airlock::action::ActionSpec::open("x.y", "");
+    for k in [
+        "env",
+        "cwd",
+        "sudo",
+        "timeout",
+        "kwarg_op",
+        "hosts",
+        "private_key",
+    ] {
+        assert!(open.controls.iter().any(|c| c == k), "{k}");
+    }
 }

@@ -60,7 +60,7 @@ async fn scene(hs: Homeserver) -> Scene {
     ));
     // The example pack's script deploy, with one approval.
     policy.push_str(&format!(
-        "\n  - id: example-deploy\n    effect: allow\n    groups: [ops]\n    rooms: [\"{alias}\"]\n    aliases: [deploy_example.deploy]\n    confirm:\n      approvers: {{groups: [ops]}}\n      approvals: 1\n"
+        "\n  - id: example-deploy\n    effect: allow\n    groups: [ops]\n    rooms: [\"{alias}\"]\n    aliases: [deploy_example.deploy]\n    extra_params: true\n    confirm:\n      approvers: {{groups: [ops]}}\n      approvals: 1\n"
     ));
     std::fs::create_dir_all(dir.path().join("configs")).unwrap();
     std::fs::write(
@@ -793,6 +793,50 @@ async fn encrypted_room_deploy_and_invites_by_policy() {
     assert!(
         !log.contains("ERROR"),
         "a normal decline logged an error:\n{log}"
+    );
+    assert!(bot.stop().success());
+}
+
+/// The audit room's checkpoints are read back by structure: text mallory
+/// makes the bot echo there (`seq=1 hash=…`) is no checkpoint, so after a
+/// restart the log still verifies against what the room holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn echoed_checkpoint_text_in_the_audit_room_is_no_checkpoint() {
+    let Some(hs) = Homeserver::from_env() else {
+        return;
+    };
+    let s = scene(hs).await;
+    let room = s.room(true, false).await;
+    let cfg = s.dir.path().join("airlock.yaml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "audit_room: \"{room}\"\naudit_checkpoints:\n  entries: 1\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let mut bot = s.start();
+    s.bot_joined(&room).await;
+    let hash = "ab".repeat(32);
+    let forged = say(&s.mallory, &room, &format!("!zz seq=1 hash={hash} ok")).await;
+    let echo = s
+        .alice
+        .wait_for("the echo", WAIT, answer_to(&s.bot, &forged))
+        .await;
+    assert!(
+        echo.body.contains(&format!("seq=1 hash={hash}")),
+        "{}",
+        echo.body
+    );
+    assert!(bot.stop().success());
+    let mut bot = s.start();
+    let asked = say(&s.alice, &room, "!audit verify").await;
+    let verdict = s
+        .alice
+        .wait_for("the verdict", WAIT, answer_to(&s.bot, &asked))
+        .await;
+    assert!(
+        verdict.body.contains("intact") && verdict.body.contains("checkpoint(s)"),
+        "{}",
+        verdict.body
     );
     assert!(bot.stop().success());
 }

@@ -61,6 +61,27 @@ rules:
     builtins: ["*"]
 "#;
 
+/// `airlock check` over `packs` and [`POLICY`]: whether it passed, and
+/// what it printed.
+fn check(dir: &Path, packs: &Path) -> (bool, String) {
+    let pol = dir.join("policy.yaml");
+    std::fs::write(&pol, POLICY).unwrap();
+    let o = airlock(
+        &[
+            "check",
+            "--aliases",
+            packs.to_str().unwrap(),
+            "--policies",
+            pol.to_str().unwrap(),
+        ],
+        dir,
+    );
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
 fn atk_bot(dir: &Path, policy: &str) -> Bot {
     let pol = dir.join("policy.yaml");
     std::fs::write(&pol, policy).unwrap();
@@ -113,20 +134,8 @@ fn check_refuses_a_placeholder_where_no_value_can_be_written() {
             ("cm", "true # {{ text }}"),
         ],
     );
-    let pol = tmp.path().join("policy.yaml");
-    std::fs::write(&pol, POLICY).unwrap();
-    let o = airlock(
-        &[
-            "check",
-            "--aliases",
-            packs.to_str().unwrap(),
-            "--policies",
-            pol.to_str().unwrap(),
-        ],
-        tmp.path(),
-    );
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(!o.status.success(), "{out}");
+    let (ok, out) = check(tmp.path(), &packs);
+    assert!(!ok, "{out}");
     assert!(
         out.contains("bq.yaml")
             && out.contains("{{ text }} (line 2 of the template) stands inside backquotes"),
@@ -238,19 +247,7 @@ fn policy_explain_names_the_rule_and_parameter() {
 fn check_flags_an_unquoted_placeholder_reached_through_a_packs_rule() {
     let tmp = tempfile::tempdir().unwrap();
     let packs = atk_pack(tmp.path(), &[("raw", "echo {{ text | safe }}")]);
-    let pol = tmp.path().join("policy.yaml");
-    std::fs::write(&pol, POLICY).unwrap();
-    let o = airlock(
-        &[
-            "check",
-            "--aliases",
-            packs.to_str().unwrap(),
-            "--policies",
-            pol.to_str().unwrap(),
-        ],
-        tmp.path(),
-    );
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (_, out) = check(tmp.path(), &packs);
     assert!(
         out.contains("{{ text | safe }} writes text into the shell unquoted"),
         "{out}"

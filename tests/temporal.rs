@@ -306,23 +306,54 @@ fn each_request_runs_on_its_queues_worker_once_at_the_approved_commit() {
     );
 }
 
+/// `ops.long` approved on the only worker of `prod`, which is then killed.
+struct Killed {
+    _server: Server,
+    cfg: PathBuf,
+    pid_file: PathBuf,
+    bot: Arc<Bot>,
+    request: String,
+    runner: std::thread::JoinHandle<String>,
+    running: Vec<i32>,
+}
+
+impl Killed {
+    fn run(bin: &Path, dir: &Path) -> Self {
+        write_ops_pack(dir);
+        PackRepo::new(&dir.join("st2-flow"), "st2-flow");
+        let server = Server::start(bin, dir);
+        let pid_file = dir.join("pids");
+        let cfg = worker_config(dir, "prod", &server.url());
+        let mut worker = Worker::start(&cfg, "prod", &[("PIDS", pid_file.to_str().unwrap())]);
+        let bot = Arc::new(bot(dir, &server.url()));
+        let (request, runner) = approve_in_background(&bot, "!long job");
+        let running = pids(&pid_file);
+        worker.kill();
+        Killed {
+            _server: server,
+            cfg,
+            pid_file,
+            bot,
+            request,
+            runner,
+            running,
+        }
+    }
+}
+
 #[test]
 fn a_killed_worker_leaves_nothing_running_and_the_request_fails_once() {
     let Some(bin) = binary() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    write_ops_pack(dir);
-    PackRepo::new(&dir.join("st2-flow"), "st2-flow");
-    let server = Server::start(&bin, dir);
-    let pid_file = dir.join("pids");
-    let cfg = worker_config(dir, "prod", &server.url());
+    let Killed {
+        cfg,
+        pid_file,
+        runner,
+        running,
+        _server: _alive,
+        ..
+    } = Killed::run(&bin, tmp.path());
     let pids_env = [("PIDS", pid_file.to_str().unwrap())];
-    let mut worker = Worker::start(&cfg, "prod", &pids_env);
-    let bot = Arc::new(bot(dir, &server.url()));
-
-    let (_request, runner) = approve_in_background(&bot, "!long job");
-    let running = pids(&pid_file);
-    worker.kill();
     // The shell and the `sleep` it started died with the worker: no
     // orphan goes on running while Temporal decides what happens next.
     assert_eq!(running.len(), 2);
@@ -350,18 +381,16 @@ fn a_killed_worker_leaves_nothing_running_and_the_request_fails_once() {
 fn a_lost_only_worker_fails_its_request_without_another_worker() {
     let Some(bin) = binary() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    write_ops_pack(dir);
-    PackRepo::new(&dir.join("st2-flow"), "st2-flow");
-    let server = Server::start(&bin, dir);
-    let pid_file = dir.join("pids");
-    let cfg = worker_config(dir, "prod", &server.url());
+    let Killed {
+        cfg,
+        pid_file,
+        runner,
+        bot,
+        request,
+        _server: _alive,
+        ..
+    } = Killed::run(&bin, tmp.path());
     let pids_env = [("PIDS", pid_file.to_str().unwrap())];
-    let mut worker = Worker::start(&cfg, "prod", &pids_env);
-    let bot = Arc::new(bot(dir, &server.url()));
-    let (request, runner) = approve_in_background(&bot, "!long job");
-    pids(&pid_file);
-    worker.kill();
     // heartbeat_seconds is 2; the bot allows 5 s past it, and looks every
     // second: well within this deadline, which only stops a hang.
     let (tx, rx) = std::sync::mpsc::channel();

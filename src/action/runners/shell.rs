@@ -60,6 +60,7 @@ struct Found {
 struct Heredoc {
     delim: String,
     strip_tabs: bool,
+    quoted: bool,
     /// Byte offset where the body starts.
     body: usize,
     /// Byte offset of the delimiter line (the text's end if there is none).
@@ -140,6 +141,16 @@ fn lex(text: &str) -> Lexed {
             i = j + 1;
             continue;
         }
+        // `$((`, `$(` and `${` open the same frames unquoted or in `"…"`.
+        if c == '$'
+            && matches!(frame, Frame::Command { .. } | Frame::Double)
+            && let Some((opened, len)) = expansion(at(i + 1), at(i + 2))
+        {
+            word_start = matches!(opened, Frame::Command { .. });
+            stack.push(opened);
+            i += len;
+            continue;
+        }
         match frame {
             Frame::Command { parens, in_case } => match c {
                 '\\' => {
@@ -174,25 +185,6 @@ fn lex(text: &str) -> Lexed {
                 }
                 '"' => stack.push(Frame::Double),
                 '`' => stack.push(Frame::Backquote),
-                '$' if at(i + 1) == Some('(') && at(i + 2) == Some('(') => {
-                    stack.push(Frame::Arith(2));
-                    i += 3;
-                    continue;
-                }
-                '$' if at(i + 1) == Some('(') => {
-                    stack.push(Frame::Command {
-                        parens: 0,
-                        in_case: false,
-                    });
-                    i += 2;
-                    word_start = true;
-                    continue;
-                }
-                '$' if at(i + 1) == Some('{') => {
-                    stack.push(Frame::Brace(1));
-                    i += 2;
-                    continue;
-                }
                 '#' if word_start => {
                     let mut j = i;
                     while j < chars.len() && chars[j].1 != '\n' {
@@ -286,25 +278,6 @@ fn lex(text: &str) -> Lexed {
                     stack.pop();
                 }
                 '`' => stack.push(Frame::Backquote),
-                '$' if at(i + 1) == Some('(') && at(i + 2) == Some('(') => {
-                    stack.push(Frame::Arith(2));
-                    i += 3;
-                    continue;
-                }
-                '$' if at(i + 1) == Some('(') => {
-                    stack.push(Frame::Command {
-                        parens: 0,
-                        in_case: false,
-                    });
-                    i += 2;
-                    word_start = true;
-                    continue;
-                }
-                '$' if at(i + 1) == Some('{') => {
-                    stack.push(Frame::Brace(1));
-                    i += 2;
-                    continue;
-                }
                 _ => {}
             },
             Frame::Backquote => match c {
@@ -353,6 +326,23 @@ fn lex(text: &str) -> Lexed {
         i += 1;
     }
     out
+}
+
+/// The frame a `$` followed by `next` and `after` opens (`$((`, `$(`,
+/// `${`), and how many characters that takes.
+fn expansion(next: Option<char>, after: Option<char>) -> Option<(Frame, usize)> {
+    match (next, after) {
+        (Some('('), Some('(')) => Some((Frame::Arith(2), 3)),
+        (Some('('), _) => Some((
+            Frame::Command {
+                parens: 0,
+                in_case: false,
+            },
+            2,
+        )),
+        (Some('{'), _) => Some((Frame::Brace(1), 2)),
+        _ => None,
+    }
 }
 
 /// Read the bodies of the `pending` here-documents, starting at char
@@ -415,6 +405,7 @@ fn heredoc_bodies(
         out.heredocs.push(Heredoc {
             delim,
             strip_tabs,
+            quoted,
             body,
             end,
         });
@@ -532,7 +523,13 @@ pub fn substitute(text: &str) -> Result<String, String> {
     fix_ends(usize::MAX, shift, &mut ends);
     out.push_str(&text[last..]);
     // A value may not end its here-document early: the first delimiter
-    // line of each body must still be the template's own.
+    // line of each body must still be the template's own. And dash drops
+    // the byte after a line's start that matches the delimiter's start
+    // when that byte is not ASCII (`EO¡` reads back as `EO` and half a
+    // character): in an expanding body such a line is opened with an
+    // empty expansion, `${x+}`, which no delimiter matches; in a quoted
+    // body the value is refused.
+    let mut openers = Vec::new();
     for (i, h) in lexed.heredocs.iter().enumerate() {
         if !lexed.found.iter().any(|f| f.heredoc == Some(i)) {
             continue;
@@ -548,11 +545,12 @@ pub fn substitute(text: &str) -> Result<String, String> {
         let mut pos = start;
         for line in out[start..].split_inclusive('\n') {
             let bare = line.strip_suffix('\n').unwrap_or(line);
-            let bare = if h.strip_tabs {
-                bare.trim_start_matches('\t')
+            let tabs = if h.strip_tabs {
+                bare.len() - bare.trim_start_matches('\t').len()
             } else {
-                bare
+                0
             };
+            let bare = &bare[tabs..];
             if bare == h.delim {
                 if pos != expected {
                     return Err(format!(
@@ -562,8 +560,25 @@ pub fn substitute(text: &str) -> Result<String, String> {
                 }
                 break;
             }
+            let common = bare
+                .bytes()
+                .zip(h.delim.bytes())
+                .take_while(|(a, b)| a == b)
+                .count();
+            if common > 0 && bare.as_bytes().get(common).is_some_and(|b| *b >= 0x80) {
+                if h.quoted {
+                    return Err(format!(
+                        "a value has a line starting with {:?} and a non-ASCII character, which the shell misreads in the cmd template's quoted here-document",
+                        &h.delim[..common]
+                    ));
+                }
+                openers.push(pos + tabs);
+            }
             pos += line.len();
         }
+    }
+    for at in openers.into_iter().rev() {
+        out.insert_str(at, "${x+}");
     }
     Ok(out)
 }
@@ -674,6 +689,19 @@ mod tests {
     }
 
     #[test]
+    fn a_line_dash_would_misread_is_opened_or_refused() {
+        assert_eq!(
+            with("cat <<EOF\nV\nEOF\n", "EO\u{a1}").unwrap(),
+            "cat <<EOF\n${x+}EO\u{a1}\nEOF\n"
+        );
+        assert!(with("cat <<'EOF'\nV\nEOF\n", "EO\u{a1}").is_err());
+        assert_eq!(
+            with("cat <<EOF\nV\nEOF\n", "xEO\u{a1}").unwrap(),
+            "cat <<EOF\nxEO\u{a1}\nEOF\n"
+        );
+    }
+
+    #[test]
     fn a_value_cannot_end_a_heredoc() {
         let err = with("cat <<EOF\nV\nEOF\necho ok", "a\nEOF\ntouch p").unwrap_err();
         assert!(err.contains("here-document"), "{err}");
@@ -726,6 +754,7 @@ mod property {
             Just("${HOME}".to_string()),
             Just("\n".to_string()),
             Just("EOF".to_string()),
+            Just("EO\u{e9}".to_string()),
             Just("\t".to_string()),
             Just("-".to_string()),
             Just(";&|<>*?~#!{}[] ".to_string()),
@@ -762,7 +791,9 @@ mod property {
                 match run_or_refuse(t, &v) {
                     Ok(out) => prop_assert_eq!(String::from_utf8_lossy(&out), format!("{v}\n")),
                     Err(e) => prop_assert!(
-                        holds_eof(strip) || (strip && (v.starts_with('\t') || v.contains("\n\t"))),
+                        holds_eof(strip)
+                            || (strip && (v.starts_with('\t') || v.contains("\n\t")))
+                            || e.contains("misreads"),
                         "{t:?} refused {v:?}: {e}"
                     ),
                 }

@@ -324,7 +324,7 @@ impl Entry {
     /// Set the hash and return the stored bytes, serializing once: `hash`
     /// is the last field, so the digest of the bytes with `"hash":""` is
     /// spliced in between those quotes.
-    fn seal(&mut self) -> Vec<u8> {
+    pub(crate) fn seal(&mut self) -> Vec<u8> {
         self.hash.clear();
         let mut bytes = serde_json::to_vec(self).expect("entry serializes");
         self.hash = hex(&Sha256::digest(&bytes));

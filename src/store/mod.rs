@@ -2,7 +2,9 @@
 //! confirmation state, and the audit log.
 
 pub mod audit;
+pub mod merkle;
 pub mod requests;
+pub mod segment;
 
 use std::path::Path;
 

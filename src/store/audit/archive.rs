@@ -1,0 +1,534 @@
+//! The sealed part of the audit log: one segment file per sealed epoch in
+//! `data_dir/audit/`, and a manifest per segment in sled (tree
+//! `audit_meta`). A manifest names its segment's range, the hashes at
+//! both ends, the Merkle root, the file's SHA-256, the time range and the
+//! values present per indexed field, and the hash of the manifest before
+//! it, so the manifests chain as CloudTrail's digest files do: a segment
+//! deleted, swapped or rewritten, or a manifest changed, breaks the chain
+//! or its file's hash (and a segment rewritten together with its
+//! manifest no longer matches the seal checkpoint in the audit room).
+//!
+//! Nothing here stays in memory but a few open segments' indexes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{AuditError, Entry, Query, Verification, Walk, epoch::parse};
+use crate::store::merkle::{self, Hash};
+use crate::store::segment::{self, Segment};
+
+/// The key prefix of a manifest in `audit_meta`: `m` + first seq.
+const MANIFEST: u8 = b'm';
+/// Open segments kept (their indexes decoded).
+const CACHED: usize = 4;
+
+/// What sealing one segment recorded about it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// The segment's file name in the archive directory.
+    pub segment: String,
+    /// Its first entry.
+    pub first: u64,
+    /// Its last.
+    pub last: u64,
+    /// The hash the first entry chains to (the entry before it).
+    pub first_prev: String,
+    /// The last entry's hash.
+    pub last_hash: String,
+    /// The earliest timestamp in it (ms).
+    pub min_ts: u64,
+    /// The latest.
+    pub max_ts: u64,
+    /// RFC 6962 root over its entries' hashes.
+    pub root: String,
+    /// SHA-256 of the whole file.
+    pub file_sha256: String,
+    /// Per indexed field, the values it holds.
+    pub values: BTreeMap<String, BTreeSet<String>>,
+    /// The SHA-256 of the manifest before it ("" for the first).
+    pub prev_manifest: String,
+}
+
+impl Manifest {
+    /// Its SHA-256, over its JSON as stored.
+    pub fn hash(bytes: &[u8]) -> String {
+        super::hex(&Sha256::digest(bytes))
+    }
+
+    /// Whether a query could match anything in it.
+    fn may_hold(&self, q: &Query) -> bool {
+        let has = |field: &str, v: &Option<String>| {
+            v.as_ref()
+                .is_none_or(|v| self.values.get(field).is_some_and(|s| s.contains(v)))
+        };
+        q.since.is_none_or(|t| self.max_ts >= t)
+            && has("sender", &q.user)
+            && has("room", &q.room)
+            && has("alias", &q.alias)
+            && has("action", &q.action)
+            && has("request", &q.request)
+            && has("event", &q.event)
+    }
+}
+
+fn manifest_key(first: u64) -> [u8; 9] {
+    let mut k = [MANIFEST; 9];
+    k[1..].copy_from_slice(&first.to_be_bytes());
+    k
+}
+
+/// The archive: its directory and its manifests.
+#[derive(Clone)]
+pub(super) struct Archive {
+    dir: Option<PathBuf>,
+    meta: sled::Tree,
+    open: Arc<Mutex<Vec<Arc<Segment>>>>,
+}
+
+impl Archive {
+    pub(super) fn new(dir: Option<PathBuf>, meta: sled::Tree) -> Self {
+        Archive {
+            dir,
+            meta,
+            open: Arc::default(),
+        }
+    }
+
+    /// The manifests, oldest first, each with its stored bytes.
+    pub(super) fn manifests(&self) -> Result<Vec<(Manifest, Vec<u8>)>, AuditError> {
+        self.meta
+            .scan_prefix([MANIFEST])
+            .map(|kv| {
+                let (k, v) = kv?;
+                let m = serde_json::from_slice(&v).map_err(|e| {
+                    AuditError::Corrupt(super::epoch::key_seq(&k), format!("its manifest: {e}"))
+                })?;
+                Ok((m, v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// The newest manifest.
+    pub(super) fn last(&self) -> Result<Option<Manifest>, AuditError> {
+        match self.meta.scan_prefix([MANIFEST]).next_back() {
+            None => Ok(None),
+            Some(kv) => {
+                let (k, v) = kv?;
+                serde_json::from_slice(&v).map(Some).map_err(|e| {
+                    AuditError::Corrupt(super::epoch::key_seq(&k), format!("its manifest: {e}"))
+                })
+            }
+        }
+    }
+
+    /// The manifest of the segment holding `seq`.
+    fn manifest_of(&self, seq: u64) -> Result<Option<Manifest>, AuditError> {
+        match self
+            .meta
+            .range(manifest_key(0)..=manifest_key(seq))
+            .next_back()
+        {
+            None => Ok(None),
+            Some(kv) => {
+                let m: Manifest = serde_json::from_slice(&kv?.1)
+                    .map_err(|e| AuditError::Corrupt(seq, format!("its manifest: {e}")))?;
+                Ok((m.last >= seq).then_some(m))
+            }
+        }
+    }
+
+    fn dir(&self) -> Result<&Path, AuditError> {
+        self.dir.as_deref().ok_or_else(|| {
+            AuditError::Archive(
+                "this store has sealed segments, but no archive directory was given".into(),
+            )
+        })
+    }
+
+    /// Segment `m` names, opened (or from the few kept open).
+    fn segment(&self, m: &Manifest) -> Result<Arc<Segment>, AuditError> {
+        let path = self.dir()?.join(&m.segment);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = open.iter().find(|s| s.path == path) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(Segment::open(&path).map_err(|e| AuditError::Archive(e.to_string()))?);
+        if s.footer.first != m.first || s.footer.last != m.last {
+            return Err(AuditError::Archive(format!(
+                "{}: holds entries {}..{} where its manifest says {}..{}",
+                path.display(),
+                s.footer.first,
+                s.footer.last,
+                m.first,
+                m.last
+            )));
+        }
+        if open.len() >= CACHED {
+            open.remove(0);
+        }
+        open.push(s.clone());
+        Ok(s)
+    }
+
+    /// Entry `seq`, if sealed.
+    pub(super) fn read(&self, seq: u64) -> Result<Option<Entry>, AuditError> {
+        let Some(m) = self.manifest_of(seq)? else {
+            return Ok(None);
+        };
+        let s = self.segment(&m)?;
+        let Some(i) = s.frame_of(seq) else {
+            return Ok(None);
+        };
+        let frame = s.frame(i).map_err(|e| AuditError::Archive(e.to_string()))?;
+        match frame.into_iter().find(|(s, _)| *s == seq) {
+            Some((seq, bytes)) => parse(seq, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` sealed entries after `seq`, oldest first.
+    pub(super) fn after(&self, seq: u64, limit: usize) -> Result<Vec<Entry>, AuditError> {
+        let mut out = Vec::new();
+        let mut next = seq + 1;
+        while out.len() < limit {
+            let Some(m) = self.manifest_of(next)? else {
+                break;
+            };
+            let s = self.segment(&m)?;
+            let Some(first) = s.frame_of(next) else {
+                break;
+            };
+            for i in first..s.index.frames.len() {
+                for (seq, bytes) in s.frame(i).map_err(|e| AuditError::Archive(e.to_string()))? {
+                    if seq >= next && out.len() < limit {
+                        out.push(parse(seq, &bytes)?);
+                    }
+                }
+            }
+            next = m.last + 1;
+        }
+        Ok(out)
+    }
+
+    /// Hand `take` the sealed entries `q` may match, newest first, until
+    /// it says stop: segments newest first, skipped by their manifests,
+    /// and in each only the frames its postings name.
+    pub(super) fn scan(
+        &self,
+        q: &Query,
+        take: &mut dyn FnMut(Entry) -> bool,
+    ) -> Result<(), AuditError> {
+        for (m, _) in self.manifests()?.into_iter().rev() {
+            if q.since.is_some_and(|t| m.max_ts < t) {
+                return Ok(());
+            }
+            if !m.may_hold(q) {
+                continue;
+            }
+            let s = self.segment(&m)?;
+            let mut frames: Option<BTreeSet<u32>> = None;
+            for (field, v) in [
+                ("request", &q.request),
+                ("alias", &q.alias),
+                ("sender", &q.user),
+                ("room", &q.room),
+                ("action", &q.action),
+                ("event", &q.event),
+            ] {
+                if let Some(v) = v {
+                    let hit: BTreeSet<u32> = s.postings(field, v).iter().copied().collect();
+                    frames = Some(match frames {
+                        None => hit,
+                        Some(f) => f.intersection(&hit).copied().collect(),
+                    });
+                }
+            }
+            let frames: Vec<u32> = match frames {
+                Some(f) => f.into_iter().collect(),
+                None => (0..s.index.frames.len() as u32).collect(),
+            };
+            for i in frames.into_iter().rev() {
+                let fr = &s.index.frames[i as usize];
+                if q.since.is_some_and(|t| fr.max_ts < t) {
+                    continue;
+                }
+                let entries = s
+                    .frame(i as usize)
+                    .map_err(|e| AuditError::Archive(e.to_string()))?;
+                for (seq, bytes) in entries.into_iter().rev() {
+                    if !take(parse(seq, &bytes)?) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Write `entries` (consecutive, oldest first) as one segment and
+    /// return its manifest, chained to `prev_manifest`. The file is
+    /// written beside its final name, synced, renamed and the directory
+    /// synced: after a crash it is there whole or not at all.
+    pub(super) fn write_segment(
+        &self,
+        entries: &[(Entry, Vec<u8>)],
+        prev_manifest: &str,
+    ) -> Result<Manifest, AuditError> {
+        use std::io::Write;
+        let dir = self.dir()?;
+        let io = |e: std::io::Error| AuditError::Archive(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let (first, last) = (entries[0].0.seq, entries[entries.len() - 1].0.seq);
+        let name = format!("{first:020}-{last:020}.zst");
+        let tmp = dir.join(format!("{name}.tmp"));
+        let mut buf = Vec::new();
+        let footer = segment::write(&mut buf, entries).map_err(io)?;
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&buf).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        crate::crash::point("seal_file_synced");
+        std::fs::rename(&tmp, dir.join(&name)).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        let mut values: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (e, _) in entries {
+            for (f, v) in segment::values(e) {
+                values.entry(f.to_string()).or_default().insert(v);
+            }
+        }
+        Ok(Manifest {
+            segment: name,
+            first,
+            last,
+            first_prev: entries[0].0.prev.clone(),
+            last_hash: entries[entries.len() - 1].0.hash.clone(),
+            min_ts: footer.min_ts,
+            max_ts: footer.max_ts,
+            root: merkle::to_hex(&footer.root),
+            file_sha256: super::hex(&Sha256::digest(&buf)),
+            values,
+            prev_manifest: prev_manifest.to_string(),
+        })
+    }
+
+    /// Store `manifests` and the meta writes of `more` in one batch.
+    pub(super) fn store(
+        &self,
+        manifests: &[Manifest],
+        more: sled::Batch,
+    ) -> Result<(), AuditError> {
+        let mut batch = more;
+        for m in manifests {
+            batch.insert(&manifest_key(m.first), serde_json::to_vec(m).expect("json"));
+        }
+        self.meta.apply_batch(batch)?;
+        self.meta.flush()?;
+        Ok(())
+    }
+
+    /// Segment files that no manifest names (a sealing cut short before
+    /// its manifest was stored): removed, since the epoch they came from
+    /// is still in sled and is sealed again.
+    pub(super) fn remove_strays(&self) -> Result<(), AuditError> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let Ok(files) = std::fs::read_dir(dir) else {
+            return Ok(());
+        };
+        let named: BTreeSet<String> = self
+            .manifests()?
+            .into_iter()
+            .map(|(m, _)| m.segment)
+            .collect();
+        for f in files.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if !named.contains(&name) && (name.ends_with(".zst") || name.ends_with(".tmp")) {
+                tracing::info!("removing {name}: a sealing was cut short before its manifest");
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Check the archive: the manifest chain, each file's hash and
+    /// footer, the ranges following on, and the chain of entry hashes
+    /// across segment boundaries (the first entry's `prev` is the last
+    /// hash before it); `full` also re-hashes every entry. Leaves `w` at
+    /// the last sealed entry.
+    pub(super) fn verify(
+        &self,
+        full: bool,
+        w: &mut Walk,
+        v: &mut Verification,
+    ) -> Result<(), AuditError> {
+        let mut prev_manifest = String::new();
+        for (m, bytes) in self.manifests()? {
+            let place = format!("segment {} (entries {}..{})", m.segment, m.first, m.last);
+            if m.prev_manifest != prev_manifest {
+                v.problems.push(format!(
+                    "{place}: its manifest does not chain to the one before it (a segment removed, swapped or its manifest changed)"
+                ));
+            }
+            prev_manifest = Manifest::hash(&bytes);
+            if m.first != w.expected_seq {
+                v.problems.push(format!(
+                    "{place}: follows entry {} (entries {}..{} are missing)",
+                    w.expected_seq.saturating_sub(1),
+                    w.expected_seq,
+                    m.first.saturating_sub(1)
+                ));
+            }
+            if m.first_prev != w.prev_hash && !w.resync {
+                v.problems.push(format!(
+                    "{place}: its first entry does not chain to the entry before it"
+                ));
+            }
+            let path = match self.dir() {
+                Ok(d) => d.join(&m.segment),
+                Err(e) => {
+                    v.problems.push(e.to_string());
+                    w.skip_to(m.last, &m.last_hash);
+                    continue;
+                }
+            };
+            match std::fs::read(&path) {
+                Err(e) => v
+                    .problems
+                    .push(format!("{place}: {}: {e} (deleted?)", path.display())),
+                Ok(bytes) if super::hex(&Sha256::digest(&bytes)) != m.file_sha256 => {
+                    v.problems.push(format!(
+                        "{place}: the file differs from what was sealed (its SHA-256 does not match its manifest)"
+                    ));
+                }
+                Ok(_) => {}
+            }
+            match Segment::open(&path) {
+                Err(e) => v.problems.push(format!("{place}: {e}")),
+                Ok(s) => {
+                    if let Err(e) = s.verify_hash() {
+                        v.problems.push(format!("{place}: {e}"));
+                    }
+                    if merkle::to_hex(&s.footer.root) != m.root
+                        || s.footer.first != m.first
+                        || s.footer.last != m.last
+                    {
+                        v.problems
+                            .push(format!("{place}: its footer does not match its manifest"));
+                    }
+                    if full {
+                        let mut leaves = Vec::new();
+                        for i in 0..s.index.frames.len() {
+                            match s.frame(i) {
+                                Ok(entries) => {
+                                    for (seq, b) in entries {
+                                        match parse(seq, &b) {
+                                            Ok(e) => {
+                                                leaves.push(merkle::leaf_hash(
+                                                    &merkle::from_hex(&e.hash).unwrap_or_default(),
+                                                ));
+                                                w.step(seq, &e, v);
+                                            }
+                                            Err(e) => v.problems.push(format!("{place}: {e}")),
+                                        }
+                                    }
+                                }
+                                Err(e) => v.problems.push(format!("{place}: {e}")),
+                            }
+                        }
+                        if merkle::to_hex(&merkle::root(&leaves)) != m.root {
+                            v.problems.push(format!(
+                                "{place}: its entries' Merkle root differs from the one sealed"
+                            ));
+                        }
+                        continue;
+                    }
+                }
+            }
+            v.entries += m.last + 1 - m.first;
+            w.skip_to(m.last, &m.last_hash);
+        }
+        Ok(())
+    }
+
+    /// Entry `seq` with its inclusion proof against its segment's root.
+    pub(super) fn prove(&self, seq: u64) -> Result<Option<Proof>, AuditError> {
+        let Some(m) = self.manifest_of(seq)? else {
+            return Ok(None);
+        };
+        let s = self.segment(&m)?;
+        let mut leaves: Vec<Hash> = Vec::with_capacity((m.last - m.first + 1) as usize);
+        let mut entry = None;
+        for i in 0..s.index.frames.len() {
+            for (n, b) in s.frame(i).map_err(|e| AuditError::Archive(e.to_string()))? {
+                let e = parse(n, &b)?;
+                leaves.push(merkle::leaf_hash(
+                    &merkle::from_hex(&e.hash).unwrap_or_default(),
+                ));
+                if n == seq {
+                    entry = Some(String::from_utf8_lossy(&b).into_owned());
+                }
+            }
+        }
+        let index = (seq - m.first) as usize;
+        Ok(entry.map(|entry| Proof {
+            entry,
+            segment: m.segment.clone(),
+            index: index as u64,
+            size: leaves.len() as u64,
+            path: merkle::inclusion_proof(index, &leaves)
+                .iter()
+                .map(merkle::to_hex)
+                .collect(),
+            root: m.root.clone(),
+        }))
+    }
+}
+
+/// One entry shown to be in its segment: what `airlock audit prove`
+/// prints and `check-proof` checks, with nothing else of the log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Proof {
+    /// The entry, its stored JSON exactly.
+    pub entry: String,
+    /// The segment.
+    pub segment: String,
+    /// Its position in the segment (from 0).
+    pub index: u64,
+    /// The segment's entry count.
+    pub size: u64,
+    /// The audit path, leaf side first (hex).
+    pub path: Vec<String>,
+    /// The segment's Merkle root (hex), as sealed and posted.
+    pub root: String,
+}
+
+impl Proof {
+    /// Check it: the entry's own hash (recomputed from its content), its
+    /// leaf, and the path up to the root. Says what does not hold.
+    pub fn check(&self) -> Result<(), String> {
+        let e: Entry = serde_json::from_str(&self.entry)
+            .map_err(|e| format!("the entry does not parse: {e}"))?;
+        if e.compute_hash() != e.hash {
+            return Err("the entry's content does not match its hash".into());
+        }
+        let leaf = merkle::leaf_hash(
+            &merkle::from_hex(&e.hash).ok_or("the entry's hash is not 64 hex digits")?,
+        );
+        let path: Option<Vec<Hash>> = self.path.iter().map(|h| merkle::from_hex(h)).collect();
+        let path = path.ok_or("the path holds something other than 64 hex digits")?;
+        let root = merkle::from_hex(&self.root).ok_or("the root is not 64 hex digits")?;
+        if merkle::verify_inclusion(self.index, self.size, &leaf, &path, &root) {
+            Ok(())
+        } else {
+            Err("the path does not lead from the entry to the root".into())
+        }
+    }
+}

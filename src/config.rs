@@ -224,6 +224,9 @@ pub struct Config {
     /// When checkpoints are posted to `audit_room`.
     #[serde(default)]
     pub audit_checkpoints: CheckpointConfig,
+    /// When the audit log's history is sealed into segment files.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Git settings for pack installs.
     #[serde(default)]
     pub git: GitConfig,
@@ -283,6 +286,37 @@ fn default_checkpoint_entries() -> u64 {
 }
 fn default_checkpoint_every() -> String {
     "1h".into()
+}
+
+/// `audit:`: an epoch of the audit log is sealed into a segment file in
+/// `data_dir/audit/` once it holds `seal_entries` entries or its oldest is
+/// older than `seal_after`, whichever comes first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Entries per sealed segment.
+    #[serde(default = "default_seal_entries")]
+    pub seal_entries: u64,
+    /// The age of the oldest unsealed entry that seals them (a duration
+    /// such as 7d).
+    #[serde(default = "default_seal_after")]
+    pub seal_after: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            seal_entries: default_seal_entries(),
+            seal_after: default_seal_after(),
+        }
+    }
+}
+
+fn default_seal_entries() -> u64 {
+    16_000
+}
+fn default_seal_after() -> String {
+    "7d".into()
 }
 
 /// How log lines are written.
@@ -363,6 +397,19 @@ impl Config {
                 "audit_checkpoints",
                 "expected entries: a number above 0 and every: a duration such as 1h".to_string(),
             ));
+        }
+        if clock::parse_duration(&c.audit.seal_after).is_none_or(|d| d.is_zero())
+            || c.audit.seal_entries == 0
+        {
+            errors.push(
+                idx.diag(
+                    Severity::Error,
+                    path,
+                    "audit",
+                    "expected seal_entries: a number above 0 and seal_after: a duration such as 7d"
+                        .to_string(),
+                ),
+            );
         }
         if c.max_age().is_none() {
             errors.push(idx.diag(
@@ -455,7 +502,18 @@ impl Config {
             checkpoint_entries: self.audit_checkpoints.entries,
             checkpoint_interval: clock::parse_duration(&self.audit_checkpoints.every)
                 .unwrap_or(Duration::from_secs(3600)),
+            seal: crate::audit::SealPolicy {
+                entries: self.audit.seal_entries,
+                after: clock::parse_duration(&self.audit.seal_after)
+                    .unwrap_or(Duration::from_secs(7 * 86400)),
+            },
         }
+    }
+
+    /// Where sealed segments of the audit log live: `audit/` under
+    /// `data_dir`.
+    pub fn archive_dir(&self) -> PathBuf {
+        self.data_dir.join("audit")
     }
 
     /// Where the database lives: `airlock.sled` under `data_dir`.
@@ -472,7 +530,7 @@ impl Config {
         let db_path = self.store_path();
         let db = open_store(&db_path)
             .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
-        let audit = AuditLog::open(&db)
+        let audit = AuditLog::open_at(&db, Some(&self.archive_dir()))
             .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
         let requests = Requests::open(&db)
             .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;

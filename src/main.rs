@@ -176,9 +176,25 @@ enum AuditCmd {
         /// rewritten with recomputed hashes is caught here.
         #[arg(long, value_name = "FILE")]
         against: Option<PathBuf>,
+        /// Also re-hash every sealed entry and check its link, besides
+        /// the segments' manifests, file hashes and footers.
+        #[arg(long)]
+        full: bool,
     },
     /// Who deployed a pack, when, at which commit, approved by whom.
     WhoDeployed { pack: String },
+    /// Print a sealed entry with its RFC 6962 inclusion proof against its
+    /// segment's Merkle root (as the audit room's seal checkpoint holds
+    /// it), as JSON: what an auditor checks with `check-proof`.
+    Prove { seq: u64 },
+    /// Check a proof printed by `prove` (a file, or - for standard input)
+    /// without the rest of the log; `--root` names the root the audit room
+    /// holds for its segment.
+    CheckProof {
+        file: PathBuf,
+        #[arg(long)]
+        root: Option<String>,
+    },
 }
 
 /// Log filter unless AIRLOCK_LOG says otherwise. matrix-sdk reports
@@ -246,7 +262,11 @@ fn main() -> ExitCode {
             jsonl,
             follow,
         } => match command {
-            Some(AuditCmd::Verify { against }) => cmd_verify(config, against.as_deref()),
+            Some(AuditCmd::Verify { against, full }) => {
+                cmd_verify(config, against.as_deref(), full)
+            }
+            Some(AuditCmd::Prove { seq }) => cmd_prove(config, seq),
+            Some(AuditCmd::CheckProof { file, root }) => cmd_check_proof(&file, root.as_deref()),
             Some(AuditCmd::WhoDeployed { pack }) => cmd_who_deployed(config, &pack),
             None => since
                 .as_deref()
@@ -828,7 +848,8 @@ fn cmd_pending(arg: ConfigArg) -> Outcome {
 }
 
 fn audit_log(arg: &ConfigArg) -> Result<AuditLog, ExitCode> {
-    AuditLog::open(&open_db(arg)?).map_err(fail)
+    let archive = config(arg)?.archive_dir();
+    AuditLog::open_at(&open_db(arg)?, Some(&archive)).map_err(fail)
 }
 
 fn cmd_audit(arg: ConfigArg, q: &Query, json: bool, jsonl: bool) -> Outcome {
@@ -911,9 +932,52 @@ fn cmd_follow(arg: ConfigArg, q: &Query, since: Option<u64>) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_verify(arg: ConfigArg, against: Option<&Path>) -> Outcome {
+/// `airlock audit prove <seq>`.
+fn cmd_prove(arg: ConfigArg, seq: u64) -> Outcome {
+    match audit_log(&arg)?.prove(seq).map_err(fail)? {
+        Some(p) => {
+            println!("{}", serde_json::to_string_pretty(&p).map_err(fail)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => Err(fail(format!(
+            "entry {seq} is not sealed (only entries in segments have proofs; they are sealed after audit.seal_entries entries or audit.seal_after)"
+        ))),
+    }
+}
+
+/// `airlock audit check-proof <file>`.
+fn cmd_check_proof(file: &Path, root: Option<&str>) -> Outcome {
+    let text = if file == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(fail)?;
+        s
+    } else {
+        std::fs::read_to_string(file).map_err(|e| fail(format!("{}: {e}", file.display())))?
+    };
+    let proof: airlock::audit::Proof =
+        serde_json::from_str(&text).map_err(|e| fail(format!("{}: {e}", file.display())))?;
+    if let Some(r) = root.filter(|r| !r.eq_ignore_ascii_case(&proof.root)) {
+        println!("PROBLEM: the proof is against root {}, not {r}", proof.root);
+        return Ok(ExitCode::from(1));
+    }
+    match proof.check() {
+        Ok(()) => {
+            println!(
+                "entry {} of segment {} is in the tree with root {}",
+                proof.index, proof.segment, proof.root
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("PROBLEM: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn cmd_verify(arg: ConfigArg, against: Option<&Path>, full: bool) -> Outcome {
     let log = audit_log(&arg)?;
-    let mut v = log.verify().map_err(fail)?;
+    let mut v = log.verify_full(full).map_err(fail)?;
     let checkpoints = match against {
         None => Vec::new(),
         Some(f) => {
@@ -965,7 +1029,7 @@ fn cmd_verify(arg: ConfigArg, against: Option<&Path>) -> Outcome {
 
 fn cmd_who_deployed(arg: ConfigArg, pack: &str) -> Outcome {
     let db = open_db(&arg)?;
-    let log = AuditLog::open(&db).map_err(fail)?;
+    let log = AuditLog::open_at(&db, Some(&config(&arg)?.archive_dir())).map_err(fail)?;
     let requests = Requests::open(&db).map_err(fail)?;
     println!("{}", engine::who_deployed(&log, &requests, pack, None));
     Ok(ExitCode::SUCCESS)

@@ -79,6 +79,8 @@ pub struct Settings {
     pub checkpoint_entries: u64,
     /// …or once this long has passed with any written.
     pub checkpoint_interval: Duration,
+    /// When the unsealed audit log is sealed into a segment.
+    pub seal: crate::audit::SealPolicy,
 }
 
 impl Default for Settings {
@@ -92,6 +94,7 @@ impl Default for Settings {
             audit_room: None,
             checkpoint_entries: 100,
             checkpoint_interval: Duration::from_secs(3600),
+            seal: Default::default(),
         }
     }
 }
@@ -708,6 +711,57 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .known
             .clone()
+    }
+
+    /// Seal what of the audit log is due into segments, and post each
+    /// segment's seal to the audit room: its range, last hash, Merkle
+    /// root, file hash and manifest hash, so a segment rewritten with its
+    /// manifest on this machine still differs from what the room holds.
+    /// A failure (a full disk) is logged and tried again at the next tick.
+    pub fn seal(&self, now: u64) -> Vec<Effect> {
+        let sealed = match self.audit.seal_due(now, &self.settings.seal) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("sealing the audit log: {e} (tried again at the next tick)");
+                return Vec::new();
+            }
+        };
+        let Some(room) = &self.settings.audit_room else {
+            return Vec::new();
+        };
+        let mut c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        sealed
+            .into_iter()
+            .map(|m| {
+                let cp = Checkpoint {
+                    seq: m.last,
+                    hash: m.last_hash.clone(),
+                };
+                c.known.push(cp.clone());
+                let manifest = crate::audit::Manifest::hash(
+                    &serde_json::to_vec(&m).unwrap_or_default(),
+                );
+                Effect::Send(Outgoing {
+                    room: room.clone(),
+                    reply_to: None,
+                    thread: None,
+                    message: Message::plain(format!(
+                        "🔏 audit seal: entries {}..{} in segment {}, Merkle root {}, file SHA-256 {}, manifest {}",
+                        m.first, m.last, m.segment, m.root, m.file_sha256, manifest
+                    ))
+                    .with_field(Checkpoint::FIELD, cp.field())
+                    .with_field(
+                        "org.airlock.seal",
+                        serde_json::json!({
+                            "segment": m.segment, "first": m.first, "last": m.last,
+                            "last_hash": m.last_hash, "root": m.root,
+                            "file_sha256": m.file_sha256, "manifest": manifest,
+                        }),
+                    ),
+                    prompt_for: None,
+                })
+            })
+            .collect()
     }
 
     /// Post the audit log's head to the audit room if entries were written

@@ -401,6 +401,7 @@ impl Engine {
         let mut fx: Vec<Effect> =
             std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|e| e.into_inner()));
         fx.extend(self.checkpoint(now, false));
+        fx.extend(self.seal(now));
         let Ok(open) = self.requests.open_requests() else {
             return fx;
         };

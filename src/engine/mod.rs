@@ -387,6 +387,14 @@ impl EngineBuilder {
         // which aliases are live.
         engine.recover(now);
         engine.reload_aliases();
+        // What a sealing cut short left, or a log from before segments,
+        // is sealed now; its seal checkpoints go out once connected.
+        let sealed = engine.seal(now);
+        engine
+            .startup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(sealed);
         Ok(engine)
     }
 }

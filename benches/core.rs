@@ -43,7 +43,8 @@ fn percentile(mut v: Vec<Duration>, q: f64) -> Duration {
 fn audit(dir: &std::path::Path) {
     // With the bot's cache: the query figures are what `!audit` costs.
     let db = airlock::config::open_store(&dir.join("audit.sled")).unwrap();
-    let log = AuditLog::open(&db).unwrap();
+    let archive = dir.join("audit");
+    let log = AuditLog::open_at(&db, Some(&archive)).unwrap();
 
     // One entry per append, flushed each time: a command's worst case.
     let n = 2_000;
@@ -71,7 +72,59 @@ fn audit(dir: &std::path::Path) {
         "audit append, batches of 1,000 per durable flush: {batched:.0} entries/s ({total} entries)"
     );
 
-    // Queries over the whole log.
+    audit_queries(&log, total, "unsealed");
+    println!(
+        "audit database size: {:.1} MiB",
+        db.size_on_disk().unwrap() as f64 / 1048576.0
+    );
+
+    // The same history sealed into segments (the default 16,000 each):
+    // the queries again, with more than 95% of it archived.
+    let t = Instant::now();
+    let sealed = log
+        .seal_due(u64::MAX / 2, &airlock::audit::SealPolicy::default())
+        .unwrap();
+    println!(
+        "audit seal of {total} entries into {} segments: {:?}",
+        sealed.len(),
+        t.elapsed()
+    );
+    let bytes: u64 = std::fs::read_dir(&archive)
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    println!(
+        "audit archive: {:.1} MiB, {:.0} bytes per entry",
+        bytes as f64 / 1048576.0,
+        bytes as f64 / total as f64
+    );
+    let n = 2_000;
+    for i in 0..n {
+        log.record(entry(total + i, 100)).unwrap();
+    }
+    drop(log);
+    let t = Instant::now();
+    let log = AuditLog::open_at(&db, Some(&archive)).unwrap();
+    println!("audit open of the sealed store: {:?}", t.elapsed());
+    audit_queries(&log, total + n, "95%+ sealed");
+    let t = Instant::now();
+    let v = log.verify_full(true).unwrap();
+    println!(
+        "audit verify --full of {} entries: {:?} ({} problems)",
+        v.entries,
+        t.elapsed(),
+        v.problems.len()
+    );
+    db.flush().unwrap();
+    println!(
+        "audit database size after sealing: {:.1} MiB",
+        db.size_on_disk().unwrap() as f64 / 1048576.0
+    );
+}
+
+/// The query figures over `log` (`total` entries), labelled `what`.
+fn audit_queries(log: &AuditLog, total: u64, what: &str) {
     let time = |q: &Query| {
         let runs: Vec<Duration> = (0..20)
             .map(|_| {
@@ -92,7 +145,7 @@ fn audit(dir: &std::path::Path) {
     let hits = log.query(&user).unwrap().len();
     let (p50, max) = time(&user);
     println!(
-        "audit query by user, all {hits} of their entries in {total}: median {p50:?}, max {max:?}"
+        "audit query by user ({what}), all {hits} of their entries in {total}: median {p50:?}, max {max:?}"
     );
     let recent = Query {
         user: Some("@user42:example.org".into()),
@@ -100,7 +153,15 @@ fn audit(dir: &std::path::Path) {
         ..Default::default()
     };
     let (p50, max) = time(&recent);
-    println!("audit query by user, newest 100 (the CLI default): median {p50:?}, max {max:?}");
+    println!(
+        "audit query by user ({what}), newest 100 (the CLI default): median {p50:?}, max {max:?}"
+    );
+    let newest = Query {
+        limit: Some(100),
+        ..Default::default()
+    };
+    let (p50, max) = time(&newest);
+    println!("audit query ({what}), the newest 100: median {p50:?}, max {max:?}");
     let alias = Query {
         alias: Some("pack7.alias7".into()),
         status: Some("succeeded".into()),
@@ -108,18 +169,14 @@ fn audit(dir: &std::path::Path) {
     };
     let hits = log.query(&alias).unwrap().len();
     let (p50, max) = time(&alias);
-    println!("audit query by alias and status ({hits} hits): median {p50:?}, max {max:?}");
+    println!("audit query by alias and status ({what}, {hits} hits): median {p50:?}, max {max:?}");
     let t = Instant::now();
     let v = log.verify().unwrap();
     println!(
-        "audit verify of {} entries: {:?} ({} problems)",
+        "audit verify ({what}) of {} entries: {:?} ({} problems)",
         v.entries,
         t.elapsed(),
         v.problems.len()
-    );
-    println!(
-        "audit database size: {:.1} MiB",
-        db.size_on_disk().unwrap() as f64 / 1048576.0
     );
 }
 

@@ -301,6 +301,11 @@ pub struct AuditConfig {
     /// such as 7d).
     #[serde(default = "default_seal_after")]
     pub seal_after: String,
+    /// Sealed segments whose newest entry is older than this (a duration
+    /// such as 400d) are deleted, their manifests kept and a `pruned`
+    /// entry written; absent: everything is kept.
+    #[serde(default)]
+    pub retention: Option<String>,
 }
 
 impl Default for AuditConfig {
@@ -308,6 +313,7 @@ impl Default for AuditConfig {
         AuditConfig {
             seal_entries: default_seal_entries(),
             seal_after: default_seal_after(),
+            retention: None,
         }
     }
 }
@@ -400,13 +406,17 @@ impl Config {
         }
         if clock::parse_duration(&c.audit.seal_after).is_none_or(|d| d.is_zero())
             || c.audit.seal_entries == 0
+            || c.audit
+                .retention
+                .as_deref()
+                .is_some_and(|r| clock::parse_duration(r).is_none_or(|d| d.is_zero()))
         {
             errors.push(
                 idx.diag(
                     Severity::Error,
                     path,
                     "audit",
-                    "expected seal_entries: a number above 0 and seal_after: a duration such as 7d"
+                    "expected seal_entries: a number above 0, seal_after: a duration such as 7d, and retention (if any) a duration such as 400d"
                         .to_string(),
                 ),
             );
@@ -506,6 +516,11 @@ impl Config {
                 entries: self.audit.seal_entries,
                 after: clock::parse_duration(&self.audit.seal_after)
                     .unwrap_or(Duration::from_secs(7 * 86400)),
+                retention: self
+                    .audit
+                    .retention
+                    .as_deref()
+                    .and_then(clock::parse_duration),
             },
         }
     }

@@ -978,6 +978,7 @@ fn cmd_check_proof(file: &Path, root: Option<&str>) -> Outcome {
 fn cmd_verify(arg: ConfigArg, against: Option<&Path>, full: bool) -> Outcome {
     let log = audit_log(&arg)?;
     let mut v = log.verify_full(full).map_err(fail)?;
+    let mut seals = Vec::new();
     let checkpoints = match against {
         None => Vec::new(),
         Some(f) => {
@@ -991,6 +992,8 @@ fn cmd_verify(arg: ConfigArg, against: Option<&Path>, full: bool) -> Outcome {
                 std::fs::read_to_string(f).map_err(|e| fail(format!("{}: {e}", f.display())))?;
             let found = Checkpoint::from_export(&text, &bot)
                 .map_err(|e| fail(format!("{}: {e}", f.display())))?;
+            seals = airlock::audit::Seal::from_export(&text, &bot)
+                .map_err(|e| fail(format!("{}: {e}", f.display())))?;
             if found.is_empty() {
                 return Err(fail(format!(
                     "{}: no checkpoints from {bot} in it (events whose content holds {})",
@@ -1003,6 +1006,10 @@ fn cmd_verify(arg: ConfigArg, against: Option<&Path>, full: bool) -> Outcome {
     };
     v.problems
         .extend(log.verify_against(&checkpoints).map_err(fail)?);
+    v.problems.extend(log.verify_seals(&seals).map_err(fail)?);
+    for p in &v.pruned {
+        println!("pruned: {p}");
+    }
     if v.ok() {
         println!(
             "audit log intact: {} entries, head {}{}",

@@ -68,6 +68,7 @@ fn policy(entries: u64) -> SealPolicy {
     SealPolicy {
         entries,
         after: std::time::Duration::from_secs(1000 * 86400),
+        retention: None,
     }
 }
 
@@ -374,4 +375,77 @@ fn a_segment_read_from_damaged_bytes_errs_with_its_name_and_offset() {
             },
         )
         .unwrap();
+}
+
+/// The one-page script the documentation gives an auditor (sha256 only)
+/// agrees with `check-proof`.
+#[test]
+fn the_documented_script_checks_a_proof_by_hand() {
+    let s = sealed_store();
+    let p = s.log.prove(601).unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proof.json");
+    std::fs::write(&file, serde_json::to_string(&p).unwrap()).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/check-proof.py");
+    let run = |root: &str| {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&file)
+            .arg(root)
+            .output()
+    };
+    let Ok(ok) = run(&p.root) else {
+        eprintln!("SKIPPED: no python3");
+        return;
+    };
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("is in the tree"));
+    let wrong = run(&"ab".repeat(32)).unwrap();
+    assert!(!wrong.status.success());
+    let mut bad = p.clone();
+    bad.entry = bad.entry.replace("flow deploy 601", "flow deploy 602");
+    std::fs::write(&file, serde_json::to_string(&bad).unwrap()).unwrap();
+    let tampered = run(&p.root).unwrap();
+    assert!(
+        String::from_utf8_lossy(&tampered.stderr).contains("does not match its hash"),
+        "{tampered:?}"
+    );
+}
+
+#[test]
+fn retention_deletes_whole_old_segments_and_says_so() {
+    let s = sealed_store();
+    let keep = std::time::Duration::from_secs(100 * 86400);
+    // The first two segments' newest entries are older than the cutoff.
+    let now = T0 + 650 * 60_000 + keep.as_millis() as u64;
+    let p = SealPolicy {
+        retention: Some(keep),
+        ..policy(300)
+    };
+    s.log.seal_due(now, &p).unwrap();
+    assert_eq!(s.segments().len(), 2, "{:?}", s.segments());
+    assert_eq!(s.log.manifests().unwrap().len(), 4, "manifests are kept");
+    let v = s.log.verify_full(true).unwrap();
+    assert!(v.ok(), "{:?}", v.problems);
+    assert_eq!(v.pruned.len(), 2, "{:?}", v.pruned);
+    assert!(v.pruned[0].contains("entries 1..300") && v.pruned[0].contains("audit.retention"));
+    let pruned = s
+        .log
+        .query(&Query {
+            event: Some("pruned".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(pruned.len(), 1);
+    assert_eq!(pruned[0].details()["segments"].as_array().unwrap().len(), 2);
+    let all = s.log.query(&Query::default()).unwrap();
+    assert_eq!(all.first().unwrap().seq, 601);
+    // A segment missing without a `pruned` entry is tampering.
+    std::fs::remove_file(&s.segments()[0]).unwrap();
+    let v = s.log.verify().unwrap();
+    assert!(
+        v.problems.iter().any(|p| p.contains("deleted?")),
+        "{:?}",
+        v.problems
+    );
 }

@@ -438,14 +438,23 @@ fn sealing_killed_at_each_step_loses_and_repeats_nothing() {
         let seqs: Vec<u64> = site
             .export()
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_u64().unwrap())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
             .collect();
         assert!(seqs.len() > 30, "{point}: {} entries", seqs.len());
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{point}");
         let db = site.db();
         let archive = site.dir.join("data/audit");
         let log = AuditLog::open_at(&db, Some(&archive)).unwrap();
-        let named: Vec<String> = log.manifests().unwrap().into_iter().map(|m| m.segment).collect();
+        let named: Vec<String> = log
+            .manifests()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.segment)
+            .collect();
         assert!(!named.is_empty(), "{point}: nothing sealed");
         let mut files: Vec<String> = std::fs::read_dir(&archive)
             .unwrap()

@@ -225,3 +225,47 @@ fn a_rewritten_history_with_recomputed_hashes_is_caught_by_the_checkpoints() {
         "{r}"
     );
 }
+
+/// A manifest changed on this machine (as it would be to cover a
+/// rewritten segment) differs from the seal the audit room holds.
+#[test]
+fn a_segment_rewritten_with_its_manifest_differs_from_its_seal() {
+    use common::*;
+    const AUDIT_ROOM: &str = "!audit:example.org";
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
+    let mut s = settings(tmp.path(), &repo_root().join("policies"), Some(&repo.path));
+    s.audit_room = Some(AUDIT_ROOM.into());
+    s.audit.seal_entries = 5;
+    let bot = Bot::open(s.clone());
+    for _ in 0..4 {
+        bot.say(ALICE, OPS, "!help");
+    }
+    let posted = bot.play(bot.engine.tick(bot.now()));
+    let seals = airlock::audit::Seal::from_export(&room_export(&posted, BOT), BOT).unwrap();
+    assert!(!seals.is_empty(), "{posted:?}");
+    let r = bodies(&bot.say(ALICE, OPS, "!audit verify"));
+    assert!(r.contains("✅"), "{r}");
+    drop(bot);
+
+    // The forgery: the first segment's manifest made to name another
+    // file hash.
+    let db = open_db(&tmp.path().join("data/airlock.sled"));
+    let meta = db.open_tree("audit_meta").unwrap();
+    let mut m: airlock::audit::Manifest =
+        serde_json::from_slice(&meta.scan_prefix(b"m").next().unwrap().unwrap().1).unwrap();
+    m.file_sha256 = "00".repeat(32);
+    let mut key = b"m".to_vec();
+    key.extend(m.first.to_be_bytes());
+    meta.insert(key, serde_json::to_vec(&m).unwrap()).unwrap();
+    db.flush().unwrap();
+    drop(meta);
+    drop(db);
+    let bot = Bot::open(s);
+    bot.engine.add_seals(seals);
+    let r = bodies(&bot.say(ALICE, OPS, "!audit verify"));
+    assert!(
+        r.contains("differ from the seal the audit room holds"),
+        "{r}"
+    );
+}

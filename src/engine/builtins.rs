@@ -272,7 +272,10 @@ impl Engine {
             Err(e) => return format!("⚠️ Cannot read the audit log: {e}"),
         };
         let known = self.known_checkpoints();
-        let against = match self.audit.verify_against(&known) {
+        let against = match self.audit.verify_against(&known).and_then(|mut p| {
+            p.extend(self.audit.verify_seals(&self.known_seals())?);
+            Ok(p)
+        }) {
             Ok(p) => p,
             Err(e) => return format!("⚠️ Cannot read the audit log: {e}"),
         };

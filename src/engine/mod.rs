@@ -30,7 +30,7 @@ use std::time::Duration;
 use crate::action::executor::{Embedded, Executor};
 use crate::action::{Action, Actions};
 use crate::alias::{self, AliasSet, Params};
-use crate::audit::{AuditLog, Checkpoint, Entry, Event, Query};
+use crate::audit::{AuditLog, Checkpoint, Entry, Event, Query, Seal};
 use crate::diag::Diagnostic;
 use crate::metrics::Metrics;
 use crate::policy::{self, Policy, Subject, Target};
@@ -381,6 +381,7 @@ impl EngineBuilder {
             checkpoints: Mutex::new(Checkpoints::default()),
             outbox: Arc::default(),
             startup: Mutex::new(Vec::new()),
+            seal_error: Mutex::new(None),
         };
         engine.reload_actions();
         // Settle the last run first: a pack switch it finished changes
@@ -428,6 +429,8 @@ pub struct Engine {
     /// the next `tick` to hand out.
     outbox: Arc<Mutex<Vec<Effect>>>,
     startup: Mutex<Vec<Effect>>,
+    /// Why the last sealing failed, while it keeps failing (`/healthz`).
+    seal_error: Mutex<Option<String>>,
 }
 
 impl Engine {
@@ -469,8 +472,13 @@ impl Engine {
                 limit: Some(1),
                 ..Query::default()
             })
-            .map(|_| ())
-            .map_err(|e| format!("audit log: {e}"))
+            .map_err(|e| format!("audit log: {e}"))?;
+        match &*self.seal_error.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(format!(
+                "sealing the audit log fails, and is tried again: {e}"
+            )),
+            None => Ok(()),
+        }
     }
 
     /// How it answers.
@@ -692,6 +700,8 @@ impl Engine {
 #[derive(Default)]
 struct Checkpoints {
     known: Vec<Checkpoint>,
+    /// The seals the audit room holds (read back, or posted here).
+    seals: Vec<Seal>,
     posted_seq: u64,
     posted_ms: u64,
 }
@@ -712,6 +722,24 @@ impl Engine {
         c.known.extend(found);
     }
 
+    /// Seals the transport read back from the audit room.
+    pub fn add_seals(&self, found: Vec<Seal>) {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seals
+            .extend(found);
+    }
+
+    /// Seals known to be in the audit room.
+    pub fn known_seals(&self) -> Vec<Seal> {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seals
+            .clone()
+    }
+
     /// Checkpoints known to be in the audit room.
     pub fn known_checkpoints(&self) -> Vec<Checkpoint> {
         self.checkpoints
@@ -728,9 +756,13 @@ impl Engine {
     /// A failure (a full disk) is logged and tried again at the next tick.
     pub fn seal(&self, now: u64) -> Vec<Effect> {
         let sealed = match self.audit.seal_due(now, &self.settings.seal) {
-            Ok(s) => s,
+            Ok(s) => {
+                *self.seal_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                s
+            }
             Err(e) => {
                 tracing::warn!("sealing the audit log: {e} (tried again at the next tick)");
+                *self.seal_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
                 return Vec::new();
             }
         };
@@ -749,6 +781,16 @@ impl Engine {
                 let manifest = crate::audit::Manifest::hash(
                     &serde_json::to_vec(&m).unwrap_or_default(),
                 );
+                let seal = Seal {
+                    segment: m.segment.clone(),
+                    first: m.first,
+                    last: m.last,
+                    last_hash: m.last_hash.clone(),
+                    root: m.root.clone(),
+                    file_sha256: m.file_sha256.clone(),
+                    manifest: manifest.clone(),
+                };
+                c.seals.push(seal.clone());
                 Effect::Send(Outgoing {
                     room: room.clone(),
                     reply_to: None,
@@ -759,12 +801,8 @@ impl Engine {
                     ))
                     .with_field(Checkpoint::FIELD, cp.field())
                     .with_field(
-                        "org.airlock.seal",
-                        serde_json::json!({
-                            "segment": m.segment, "first": m.first, "last": m.last,
-                            "last_hash": m.last_hash, "root": m.root,
-                            "file_sha256": m.file_sha256, "manifest": manifest,
-                        }),
+                        Seal::FIELD,
+                        serde_json::to_value(&seal).unwrap_or_default(),
                     ),
                     prompt_for: None,
                 })

@@ -23,6 +23,8 @@ use crate::store::segment::{self, Segment};
 
 /// The key prefix of a manifest in `audit_meta`: `m` + first seq.
 const MANIFEST: u8 = b'm';
+/// The key prefix of a pruned segment's record: `p` + first seq.
+const PRUNED: u8 = b'p';
 /// Open segments kept (their indexes decoded).
 const CACHED: usize = 4;
 
@@ -77,6 +79,12 @@ impl Manifest {
 
 fn manifest_key(first: u64) -> [u8; 9] {
     let mut k = [MANIFEST; 9];
+    k[1..].copy_from_slice(&first.to_be_bytes());
+    k
+}
+
+fn pruned_key(first: u64) -> [u8; 9] {
+    let mut k = [PRUNED; 9];
     k[1..].copy_from_slice(&first.to_be_bytes());
     k
 }
@@ -174,11 +182,63 @@ impl Archive {
         Ok(s)
     }
 
-    /// Entry `seq`, if sealed.
+    /// Why segment `first` was deleted, if it was pruned.
+    pub(super) fn pruned(&self, first: u64) -> Result<Option<String>, AuditError> {
+        Ok(self
+            .meta
+            .get(pruned_key(first))?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Record that `due` are deleted under retention `setting` at `now`.
+    pub(super) fn mark_pruned(
+        &self,
+        due: &[Manifest],
+        now: u64,
+        setting: &str,
+    ) -> Result<(), AuditError> {
+        let mut batch = sled::Batch::default();
+        for m in due {
+            batch.insert(
+                &pruned_key(m.first),
+                format!(
+                    "entries {}..{} ({}) pruned on {} under audit.retention {setting}",
+                    m.first,
+                    m.last,
+                    m.segment,
+                    crate::clock::format_ms(now)
+                )
+                .as_bytes(),
+            );
+        }
+        self.meta.apply_batch(batch)?;
+        self.meta.flush()?;
+        Ok(())
+    }
+
+    /// Delete segment `m`'s file.
+    pub(super) fn delete_segment(&self, m: &Manifest) -> Result<(), AuditError> {
+        let path = self.dir()?.join(&m.segment);
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| s.path != path);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(AuditError::Archive(format!("{}: {e}", path.display())))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Entry `seq`, if sealed (and not pruned).
     pub(super) fn read(&self, seq: u64) -> Result<Option<Entry>, AuditError> {
         let Some(m) = self.manifest_of(seq)? else {
             return Ok(None);
         };
+        if self.pruned(m.first)?.is_some() {
+            return Ok(None);
+        }
         let s = self.segment(&m)?;
         let Some(i) = s.frame_of(seq) else {
             return Ok(None);
@@ -198,6 +258,10 @@ impl Archive {
             let Some(m) = self.manifest_of(next)? else {
                 break;
             };
+            if self.pruned(m.first)?.is_some() {
+                next = m.last + 1;
+                continue;
+            }
             let s = self.segment(&m)?;
             let Some(first) = s.frame_of(next) else {
                 break;
@@ -226,7 +290,7 @@ impl Archive {
             if q.since.is_some_and(|t| m.max_ts < t) {
                 return Ok(());
             }
-            if !m.may_hold(q) {
+            if !m.may_hold(q) || self.pruned(m.first)?.is_some() {
                 continue;
             }
             let s = self.segment(&m)?;
@@ -390,6 +454,11 @@ impl Archive {
                 v.problems.push(format!(
                     "{place}: its first entry does not chain to the entry before it"
                 ));
+            }
+            if let Some(why) = self.pruned(m.first)? {
+                v.pruned.push(why);
+                w.skip_to(m.last, &m.last_hash);
+                continue;
             }
             let path = match self.dir() {
                 Ok(d) => d.join(&m.segment),

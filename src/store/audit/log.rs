@@ -22,6 +22,9 @@ pub struct SealPolicy {
     pub entries: u64,
     /// The age of an epoch's oldest entry that seals it.
     pub after: Duration,
+    /// Sealed segments whose newest entry is older than this are deleted
+    /// (None: everything is kept).
+    pub retention: Option<Duration>,
 }
 
 impl Default for SealPolicy {
@@ -29,6 +32,7 @@ impl Default for SealPolicy {
         SealPolicy {
             entries: 16_000,
             after: Duration::from_secs(7 * 24 * 3600),
+            retention: None,
         }
     }
 }
@@ -42,6 +46,8 @@ pub struct AuditLog {
     archive: Archive,
     /// Appends take turns: each reads the head it extends.
     append_lock: Arc<Mutex<()>>,
+    /// One sealing at a time.
+    seal_lock: Arc<Mutex<()>>,
 }
 
 impl AuditLog {
@@ -94,6 +100,7 @@ impl AuditLog {
             epochs: Arc::new(RwLock::new(epochs)),
             archive,
             append_lock: Arc::new(Mutex::new(())),
+            seal_lock: Arc::new(Mutex::new(())),
         })
     }
 
@@ -290,15 +297,57 @@ impl AuditLog {
     /// Returns the manifests stored. Each step is safe to cut short: the
     /// next call, or the next open, finishes or undoes it.
     pub fn seal_due(&self, now: u64, policy: &SealPolicy) -> Result<Vec<Manifest>, AuditError> {
+        let _one = self.seal_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.start_epoch_if_due(now, policy)?;
         let mut sealed = Vec::new();
         loop {
             let epochs = self.live();
             if epochs.len() < 2 {
-                return Ok(sealed);
+                break;
             }
             sealed.extend(self.seal_epoch(&epochs[0], policy)?);
         }
+        if let Some(keep) = policy.retention {
+            self.prune(now, keep)?;
+        }
+        Ok(sealed)
+    }
+
+    /// Delete the segments whose newest entry is older than `keep` at
+    /// `now`, keeping their manifests, and record what went and why in a
+    /// `pruned` entry: `verify` reports those ranges as pruned, and a
+    /// segment missing without one as tampering.
+    fn prune(&self, now: u64, keep: Duration) -> Result<(), AuditError> {
+        let cutoff = now.saturating_sub(keep.as_millis() as u64);
+        let due: Vec<Manifest> = self
+            .archive
+            .manifests()?
+            .into_iter()
+            .map(|(m, _)| m)
+            .filter(|m| m.max_ts < cutoff && self.archive.pruned(m.first).ok().flatten().is_none())
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let setting = crate::clock::human(keep);
+        let detail = serde_json::json!({
+            "segments": due.iter().map(|m| serde_json::json!({
+                "segment": m.segment, "first": m.first, "last": m.last,
+            })).collect::<Vec<_>>(),
+            "retention": setting,
+        });
+        // The entry first: a crash after it and before the files go
+        // leaves them for the next prune, never a gap nobody explained.
+        self.archive.mark_pruned(&due, now, &setting)?;
+        self.record(
+            Entry::new(super::Event::Pruned, now)
+                .status(super::Status::Succeeded)
+                .detail(detail),
+        )?;
+        for m in &due {
+            self.archive.delete_segment(m)?;
+        }
+        Ok(())
     }
 
     fn start_epoch_if_due(&self, now: u64, policy: &SealPolicy) -> Result<(), AuditError> {
@@ -364,6 +413,34 @@ impl AuditLog {
         self.db.flush()?;
         crate::crash::point("seal_trees_dropped");
         Ok(manifests)
+    }
+
+    /// Check the segments against the seals the audit room holds: each
+    /// sealed segment's manifest, root and file hash as they were sealed.
+    pub fn verify_seals(&self, seals: &[super::Seal]) -> Result<Vec<String>, AuditError> {
+        let manifests = self.archive.manifests()?;
+        let mut problems = Vec::new();
+        for s in seals {
+            match manifests.iter().find(|(m, _)| m.first == s.first) {
+                None => problems.push(format!(
+                    "segment {} (entries {}..{}), sealed and posted to the audit room, has no manifest here",
+                    s.segment, s.first, s.last
+                )),
+                Some((m, bytes)) => {
+                    if Manifest::hash(bytes) != s.manifest
+                        || m.root != s.root
+                        || m.file_sha256 != s.file_sha256
+                        || m.last != s.last
+                    {
+                        problems.push(format!(
+                            "segment {} (entries {}..{}) and its manifest differ from the seal the audit room holds: rewritten on this machine",
+                            s.segment, s.first, s.last
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(problems)
     }
 
     /// Check the log against `checkpoints` (any order, duplicates fine):

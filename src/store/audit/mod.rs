@@ -107,6 +107,9 @@ names!(
         Reviewed = "reviewed",
         /// StackStorm posted a message to a room (`chatops.post_message`).
         Announced = "announced",
+        /// Sealed segments older than `audit.retention` were deleted
+        /// (their manifests are kept).
+        Pruned = "pruned",
     }
 );
 
@@ -493,36 +496,89 @@ impl Checkpoint {
     /// audit room: JSON (a client's room export, a `/messages` answer, or
     /// any document holding the events) or JSON lines, one event each.
     pub fn from_export(text: &str, bot: &str) -> Result<Vec<Checkpoint>, String> {
-        let docs: Vec<Value> = match serde_json::from_str::<Value>(text) {
-            Ok(v) => vec![v],
-            Err(whole) => text
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .enumerate()
-                .map(|(i, l)| {
-                    serde_json::from_str(l).map_err(|e| {
-                        format!(
-                            "neither one JSON document ({whole}) nor JSON lines (line {}: {e})",
-                            i + 1
-                        )
-                    })
+        Ok(export_events(text)?
+            .iter()
+            .filter_map(|e| Checkpoint::from_event(e, bot))
+            .collect())
+    }
+}
+
+/// Every JSON object in an export of a room (one JSON document, or JSON
+/// lines), at any depth: the events among them.
+fn export_events(text: &str) -> Result<Vec<Value>, String> {
+    let docs: Vec<Value> = match serde_json::from_str::<Value>(text) {
+        Ok(v) => vec![v],
+        Err(whole) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l).map_err(|e| {
+                    format!(
+                        "neither one JSON document ({whole}) nor JSON lines (line {}: {e})",
+                        i + 1
+                    )
                 })
-                .collect::<Result<_, _>>()?,
-        };
-        fn walk(v: &Value, bot: &str, out: &mut Vec<Checkpoint>) {
-            if let Some(c) = Checkpoint::from_event(v, bot) {
-                out.push(c);
-                return;
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    fn walk(v: &Value, out: &mut Vec<Value>) {
+        match v {
+            Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            Value::Object(m) => {
+                if m.contains_key("content") && m.contains_key("sender") {
+                    out.push(v.clone());
+                } else {
+                    m.values().for_each(|i| walk(i, out));
+                }
             }
-            match v {
-                Value::Array(items) => items.iter().for_each(|i| walk(i, bot, out)),
-                Value::Object(m) => m.values().for_each(|i| walk(i, bot, out)),
-                _ => {}
-            }
+            _ => {}
         }
-        let mut out = Vec::new();
-        docs.iter().for_each(|d| walk(d, bot, &mut out));
-        Ok(out)
+    }
+    let mut out = Vec::new();
+    docs.iter().for_each(|d| walk(d, &mut out));
+    Ok(out)
+}
+
+/// A seal as the audit room holds it: what a segment and its manifest
+/// were when sealed. A segment rewritten on this machine together with
+/// its manifest still differs from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// The segment's file name.
+    pub segment: String,
+    /// Its first entry.
+    pub first: u64,
+    /// Its last.
+    pub last: u64,
+    /// The last entry's hash.
+    pub last_hash: String,
+    /// Its Merkle root.
+    pub root: String,
+    /// The file's SHA-256.
+    pub file_sha256: String,
+    /// The manifest's SHA-256.
+    pub manifest: String,
+}
+
+impl Seal {
+    /// The field of a seal message's content that carries it.
+    pub const FIELD: &'static str = "org.airlock.seal";
+
+    /// The seal an event carries, if `bot` sent it with the field.
+    pub fn from_event(event: &Value, bot: &str) -> Option<Seal> {
+        if event.get("sender").and_then(Value::as_str) != Some(bot) {
+            return None;
+        }
+        serde_json::from_value(event.get("content")?.get(Self::FIELD)?.clone()).ok()
+    }
+
+    /// Every seal `bot` sent among the events of an export of the room.
+    pub fn from_export(text: &str, bot: &str) -> Result<Vec<Seal>, String> {
+        Ok(export_events(text)?
+            .iter()
+            .filter_map(|e| Seal::from_event(e, bot))
+            .collect())
     }
 }
 
@@ -594,6 +650,9 @@ pub struct Verification {
     pub head_hash: String,
     /// Every break found.
     pub problems: Vec<String>,
+    /// Ranges deleted under `audit.retention`, as their `pruned` entries
+    /// say (not problems).
+    pub pruned: Vec<String>,
 }
 
 impl Verification {

@@ -221,9 +221,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
         });
     }
     if let Some(room) = &config.audit_room {
-        let found = bot.read_checkpoints(room).await;
-        tracing::info!("{} audit checkpoint(s) found in {room}", found.len());
+        let (found, seals) = bot.read_checkpoints(room).await;
+        tracing::info!(
+            "{} audit checkpoint(s) and {} seal(s) found in {room}",
+            found.len(),
+            seals.len()
+        );
         bot.engine.add_checkpoints(found);
+        bot.engine.add_seals(seals);
     }
 
     let ticker = {

@@ -12,7 +12,7 @@ use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::RoomId;
 
 use super::Bot;
-use crate::audit::Checkpoint;
+use crate::audit::{Checkpoint, Seal};
 
 impl Bot {
     pub(super) async fn answer_invite(self: Arc<Self>, room: Room, inviter: OwnedUserId) {
@@ -64,15 +64,16 @@ impl Bot {
     /// The audit checkpoints this bot posted in the audit room, read back
     /// from the homeserver (its copy, which this machine cannot rewrite),
     /// newest pages first, up to 100 pages of history.
-    pub(super) async fn read_checkpoints(&self, room: &str) -> Vec<Checkpoint> {
+    pub(super) async fn read_checkpoints(&self, room: &str) -> (Vec<Checkpoint>, Vec<Seal>) {
         let Some(room) = RoomId::parse(room)
             .ok()
             .and_then(|id| self.client.get_room(&id))
         else {
             tracing::warn!("audit room {room} is not joined: no checkpoints to read");
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
         let mut found = Vec::new();
+        let mut seals = Vec::new();
         let mut from: Option<String> = None;
         for _ in 0..100 {
             let page = match room
@@ -89,10 +90,9 @@ impl Bot {
                 // By structure only: the field in the content of an event
                 // this bot sent. What a body says (an echo of what someone
                 // typed) is never a checkpoint.
-                if let Ok(v) = ev.raw().deserialize_as::<serde_json::Value>()
-                    && let Some(c) = Checkpoint::from_event(&v, self.me.as_str())
-                {
-                    found.push(c);
+                if let Ok(v) = ev.raw().deserialize_as::<serde_json::Value>() {
+                    found.extend(Checkpoint::from_event(&v, self.me.as_str()));
+                    seals.extend(Seal::from_event(&v, self.me.as_str()));
                 }
             }
             match page.end {
@@ -100,7 +100,7 @@ impl Bot {
                 _ => break,
             }
         }
-        found
+        (found, seals)
     }
 
     pub(super) async fn reload(self: &Arc<Self>) {

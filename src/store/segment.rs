@@ -15,9 +15,16 @@
 //! RFC 6962 Merkle root over the entries' hashes in seq order, the SHA-256
 //! of every byte before it, and a magic: a torn, truncated or altered file
 //! is found when it is opened or verified. Per frame the index keeps its
-//! offset, seq and time range; per value of sender, room, alias, action,
-//! pack, event, status, request and rule, the frames it occurs in, so a
-//! query decompresses only those.
+//! offset, time range and the seqs of its entries; per value of sender,
+//! room, alias, action, pack, event, status, request and rule, the frames
+//! it occurs in, so a query decompresses only those.
+//!
+//! Entries are stored grouped by sender, in seq order within each sender,
+//! in small frames (about 8 KiB): "everything @alice did", the question
+//! asked most, then reads a few frames per segment instead of all of them
+//! (measured over 1,000,000 entries: seq order with 64 KiB frames read
+//! every frame for one user's 10,000 entries, 2.1 s). Whatever reads in
+//! seq order (a follower, `verify --full`, a proof) sorts by seq.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -40,7 +47,7 @@ const FOOTER_PAYLOAD: usize = 8 * 7 + 32 + 32 + 8;
 /// The footer frame on disk (magic and size before the payload).
 pub const FOOTER_BYTES: usize = 8 + FOOTER_PAYLOAD;
 /// Uncompressed bytes a data frame aims at.
-const FRAME_BYTES: usize = 64 * 1024;
+const FRAME_BYTES: usize = 8 * 1024;
 /// zstd's level for data frames: fast, and about as small as higher
 /// levels on JSON this repetitive.
 const LEVEL: i32 = 3;
@@ -69,10 +76,8 @@ pub struct Frame {
     pub offset: u64,
     /// Its length on disk.
     pub len: u64,
-    /// The first entry in it.
-    pub first: u64,
-    /// The last.
-    pub last: u64,
+    /// The seqs of its entries, in the order it holds them.
+    pub seqs: Vec<u64>,
     /// The earliest timestamp in it (ms).
     pub min_ts: u64,
     /// The latest.
@@ -226,16 +231,33 @@ pub fn write(out: &mut impl Write, entries: &[(Entry, Vec<u8>)]) -> std::io::Res
         }
         Ok(())
     };
-    for (e, bytes) in entries {
+    for (e, _) in entries {
+        leaves.push(merkle::leaf_hash(
+            &merkle::from_hex(&e.hash).unwrap_or_default(),
+        ));
+    }
+    let mut order: Vec<&(Entry, Vec<u8>)> = entries.iter().collect();
+    order.sort_by(|a, b| {
+        (a.0.sender.as_deref().unwrap_or(""), a.0.seq)
+            .cmp(&(b.0.sender.as_deref().unwrap_or(""), b.0.seq))
+    });
+    let mut last_sender: Option<&str> = None;
+    for (e, bytes) in order {
+        // A new sender starts a new frame once the current one is half
+        // full: a user's entries share as few frames as they can.
+        let sender = e.sender.as_deref();
+        if sender != last_sender && frame_text.len() >= FRAME_BYTES / 2 {
+            flush(&mut body, &mut frame_text, &mut frame_meta, &mut index)?;
+        }
+        last_sender = sender;
         let m = frame_meta.get_or_insert(Frame {
             offset: 0,
             len: 0,
-            first: e.seq,
-            last: e.seq,
+            seqs: Vec::new(),
             min_ts: e.ts,
             max_ts: e.ts,
         });
-        m.last = e.seq;
+        m.seqs.push(e.seq);
         m.min_ts = m.min_ts.min(e.ts);
         m.max_ts = m.max_ts.max(e.ts);
         let frame_no = index.frames.len() as u32;
@@ -250,9 +272,6 @@ pub fn write(out: &mut impl Write, entries: &[(Entry, Vec<u8>)]) -> std::io::Res
                 list.push(frame_no);
             }
         }
-        leaves.push(merkle::leaf_hash(
-            &merkle::from_hex(&e.hash).unwrap_or_default(),
-        ));
         frame_text.extend(bytes);
         frame_text.push(b'\n');
         if frame_text.len() >= FRAME_BYTES {
@@ -289,6 +308,8 @@ pub struct Segment {
     pub footer: Footer,
     /// Its index.
     pub index: Index,
+    /// For each entry (seq − first), its frame and its line there.
+    at: Vec<(u32, u32)>,
 }
 
 impl Segment {
@@ -346,23 +367,43 @@ impl Segment {
                 format!("the index does not parse: {e}"),
             )
         })?;
-        let mut expect = footer.first;
-        for fr in &index.frames {
-            if fr.first != expect
-                || fr.last < fr.first
+        let span = footer.last.saturating_sub(footer.first) + 1;
+        if (footer.count > 0 && footer.count != span) || footer.count > 1 << 32 {
+            return Err(err(
+                footer_at,
+                "the footer's count and range disagree".into(),
+            ));
+        }
+        let mut at = vec![(u32::MAX, 0u32); footer.count as usize];
+        let mut end = 0;
+        for (i, fr) in index.frames.iter().enumerate() {
+            if fr.offset < end
                 || fr
                     .offset
                     .checked_add(fr.len)
-                    .is_none_or(|end| end > footer.index_offset)
+                    .is_none_or(|e| e > footer.index_offset)
             {
                 return Err(err(
                     fr.offset,
-                    "the index's frames do not follow each other".into(),
+                    "the index's frames overlap or run past it".into(),
                 ));
             }
-            expect = fr.last + 1;
+            end = fr.offset + fr.len;
+            for (line, seq) in fr.seqs.iter().enumerate() {
+                let slot = seq
+                    .checked_sub(footer.first)
+                    .and_then(|k| at.get_mut(k as usize))
+                    .filter(|s| s.0 == u32::MAX)
+                    .ok_or_else(|| {
+                        err(
+                            fr.offset,
+                            format!("the index places entry {seq} twice or outside the segment"),
+                        )
+                    })?;
+                *slot = (i as u32, line as u32);
+            }
         }
-        if footer.count > 0 && expect != footer.last + 1 {
+        if at.iter().any(|s| s.0 == u32::MAX) {
             return Err(err(
                 footer.index_offset,
                 "the index's frames do not cover the range".into(),
@@ -372,6 +413,7 @@ impl Segment {
             path: path.to_path_buf(),
             footer,
             index,
+            at,
         })
     }
 
@@ -425,38 +467,39 @@ impl Segment {
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .collect();
-        if lines.len() as u64 != fr.last - fr.first + 1 {
+        if lines.len() != fr.seqs.len() {
             return Err(Self::error(
                 &self.path,
                 fr.offset,
                 format!(
                     "a data frame holds {} entries where the index says {}",
                     lines.len(),
-                    fr.last - fr.first + 1
+                    fr.seqs.len()
                 ),
             ));
         }
-        Ok(lines
-            .into_iter()
-            .enumerate()
-            .map(|(k, l)| (fr.first + k as u64, l.to_vec()))
+        Ok(fr
+            .seqs
+            .iter()
+            .zip(lines)
+            .map(|(seq, l)| (*seq, l.to_vec()))
             .collect())
     }
 
-    /// The frame holding entry `seq`.
-    pub fn frame_of(&self, seq: u64) -> Option<usize> {
-        self.index
-            .frames
-            .binary_search_by(|f| {
-                if seq < f.first {
-                    std::cmp::Ordering::Greater
-                } else if seq > f.last {
-                    std::cmp::Ordering::Less
-                } else {
-                    std::cmp::Ordering::Equal
-                }
-            })
-            .ok()
+    /// The frame holding entry `seq`, and its line there.
+    pub fn frame_of(&self, seq: u64) -> Option<(usize, usize)> {
+        let (f, l) = *self.at.get(seq.checked_sub(self.footer.first)? as usize)?;
+        Some((f as usize, l as usize))
+    }
+
+    /// Every entry, in seq order.
+    pub fn all(&self) -> Result<Vec<(u64, Vec<u8>)>, SegmentError> {
+        let mut out = Vec::with_capacity(self.at.len());
+        for i in 0..self.index.frames.len() {
+            out.extend(self.frame(i)?);
+        }
+        out.sort_unstable_by_key(|(seq, _)| *seq);
+        Ok(out)
     }
 
     /// The frames where `field` has `value` (empty: nowhere).
@@ -521,19 +564,25 @@ mod tests {
             (1, 2_000, 2_000)
         );
         assert!(s.index.frames.len() > 1, "{:?}", s.index.frames.len());
-        let mut all = Vec::new();
-        for i in 0..s.index.frames.len() {
-            all.extend(s.frame(i).unwrap());
-        }
+        let all = s.all().unwrap();
         assert_eq!(all.len(), es.len());
         for ((seq, bytes), (e, stored)) in all.iter().zip(&es) {
             assert_eq!((*seq, bytes), (e.seq, stored));
         }
+        // Grouped by sender: alice's third of the entries fill about a
+        // third of the frames, none shared with bob's.
         let alice = s.postings("sender", "@alice:x");
-        assert_eq!(alice.len(), s.index.frames.len());
+        let bob = s.postings("sender", "@bob:x");
+        assert!(
+            alice.len() * 2 < s.index.frames.len(),
+            "{} of {}",
+            alice.len(),
+            s.index.frames.len()
+        );
+        assert!(alice.len() + bob.len() <= s.index.frames.len() + 1);
         assert!(s.postings("sender", "@nobody:x").is_empty());
-        assert_eq!(s.frame_of(1), Some(0));
-        assert_eq!(s.frame_of(2_000), Some(s.index.frames.len() - 1));
+        let (f, l) = s.frame_of(3).unwrap();
+        assert_eq!(s.frame(f).unwrap()[l].0, 3);
         assert_eq!(s.frame_of(2_001), None);
         let leaves: Vec<Hash> = es
             .iter()

@@ -240,11 +240,11 @@ impl Archive {
             return Ok(None);
         }
         let s = self.segment(&m)?;
-        let Some(i) = s.frame_of(seq) else {
+        let Some((f, l)) = s.frame_of(seq) else {
             return Ok(None);
         };
-        let frame = s.frame(i).map_err(|e| AuditError::Archive(e.to_string()))?;
-        match frame.into_iter().find(|(s, _)| *s == seq) {
+        let frame = s.frame(f).map_err(|e| AuditError::Archive(e.to_string()))?;
+        match frame.into_iter().nth(l) {
             Some((seq, bytes)) => parse(seq, &bytes).map(Some),
             None => Ok(None),
         }
@@ -263,14 +263,9 @@ impl Archive {
                 continue;
             }
             let s = self.segment(&m)?;
-            let Some(first) = s.frame_of(next) else {
-                break;
-            };
-            for i in first..s.index.frames.len() {
-                for (seq, bytes) in s.frame(i).map_err(|e| AuditError::Archive(e.to_string()))? {
-                    if seq >= next && out.len() < limit {
-                        out.push(parse(seq, &bytes)?);
-                    }
+            for (seq, bytes) in s.all().map_err(|e| AuditError::Archive(e.to_string()))? {
+                if seq >= next && out.len() < limit {
+                    out.push(parse(seq, &bytes)?);
                 }
             }
             next = m.last + 1;
@@ -286,6 +281,22 @@ impl Archive {
         q: &Query,
         take: &mut dyn FnMut(Entry) -> bool,
     ) -> Result<(), AuditError> {
+        // The bytes each filtered field's value has in a stored entry.
+        let filter: Vec<memchr::memmem::Finder<'static>> = [
+            ("sender", &q.user),
+            ("room", &q.room),
+            ("alias", &q.alias),
+            ("action", &q.action),
+            ("request", &q.request),
+            ("event", &q.event),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let v = v.as_ref()?;
+            let pat = format!("\"{k}\":{}", serde_json::to_string(v).ok()?);
+            Some(memchr::memmem::Finder::new(pat.as_bytes()).into_owned())
+        })
+        .collect();
         for (m, _) in self.manifests()?.into_iter().rev() {
             if q.since.is_some_and(|t| m.max_ts < t) {
                 return Ok(());
@@ -311,22 +322,32 @@ impl Archive {
                     });
                 }
             }
-            let frames: Vec<u32> = match frames {
-                Some(f) => f.into_iter().collect(),
-                None => (0..s.index.frames.len() as u32).collect(),
-            };
-            for i in frames.into_iter().rev() {
-                let fr = &s.index.frames[i as usize];
-                if q.since.is_some_and(|t| fr.max_ts < t) {
+            let wanted: Vec<bool> = (0..s.index.frames.len())
+                .map(|i| {
+                    frames.as_ref().is_none_or(|f| f.contains(&(i as u32)))
+                        && q.since.is_none_or(|t| s.index.frames[i].max_ts >= t)
+                })
+                .collect();
+            // Newest first, across the frames wanted, each decompressed
+            // once; a line without the filters' bytes is not even parsed.
+            let mut decoded: BTreeMap<usize, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+            for seq in (m.first..=m.last).rev() {
+                let Some((f, l)) = s.frame_of(seq) else {
+                    continue;
+                };
+                if !wanted[f] {
                     continue;
                 }
-                let entries = s
-                    .frame(i as usize)
-                    .map_err(|e| AuditError::Archive(e.to_string()))?;
-                for (seq, bytes) in entries.into_iter().rev() {
-                    if !take(parse(seq, &bytes)?) {
-                        return Ok(());
-                    }
+                if !decoded.contains_key(&f) {
+                    let frame = s.frame(f).map_err(|e| AuditError::Archive(e.to_string()))?;
+                    decoded.insert(f, frame);
+                }
+                let (seq, bytes) = &decoded[&f][l];
+                if !filter.iter().all(|p| p.find(bytes).is_some()) {
+                    continue;
+                }
+                if !take(parse(*seq, bytes)?) {
+                    return Ok(());
                 }
             }
         }
@@ -494,23 +515,21 @@ impl Archive {
                     }
                     if full {
                         let mut leaves = Vec::new();
-                        for i in 0..s.index.frames.len() {
-                            match s.frame(i) {
-                                Ok(entries) => {
-                                    for (seq, b) in entries {
-                                        match parse(seq, &b) {
-                                            Ok(e) => {
-                                                leaves.push(merkle::leaf_hash(
-                                                    &merkle::from_hex(&e.hash).unwrap_or_default(),
-                                                ));
-                                                w.step(seq, &e, v);
-                                            }
-                                            Err(e) => v.problems.push(format!("{place}: {e}")),
+                        match s.all() {
+                            Ok(entries) => {
+                                for (seq, b) in entries {
+                                    match parse(seq, &b) {
+                                        Ok(e) => {
+                                            leaves.push(merkle::leaf_hash(
+                                                &merkle::from_hex(&e.hash).unwrap_or_default(),
+                                            ));
+                                            w.step(seq, &e, v);
                                         }
+                                        Err(e) => v.problems.push(format!("{place}: {e}")),
                                     }
                                 }
-                                Err(e) => v.problems.push(format!("{place}: {e}")),
                             }
+                            Err(e) => v.problems.push(format!("{place}: {e}")),
                         }
                         if merkle::to_hex(&merkle::root(&leaves)) != m.root {
                             v.problems.push(format!(
@@ -535,15 +554,13 @@ impl Archive {
         let s = self.segment(&m)?;
         let mut leaves: Vec<Hash> = Vec::with_capacity((m.last - m.first + 1) as usize);
         let mut entry = None;
-        for i in 0..s.index.frames.len() {
-            for (n, b) in s.frame(i).map_err(|e| AuditError::Archive(e.to_string()))? {
-                let e = parse(n, &b)?;
-                leaves.push(merkle::leaf_hash(
-                    &merkle::from_hex(&e.hash).unwrap_or_default(),
-                ));
-                if n == seq {
-                    entry = Some(String::from_utf8_lossy(&b).into_owned());
-                }
+        for (n, b) in s.all().map_err(|e| AuditError::Archive(e.to_string()))? {
+            let e = parse(n, &b)?;
+            leaves.push(merkle::leaf_hash(
+                &merkle::from_hex(&e.hash).unwrap_or_default(),
+            ));
+            if n == seq {
+                entry = Some(String::from_utf8_lossy(&b).into_owned());
             }
         }
         let index = (seq - m.first) as usize;

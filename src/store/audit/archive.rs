@@ -25,8 +25,9 @@ use crate::store::segment::{self, Segment};
 const MANIFEST: u8 = b'm';
 /// The key prefix of a pruned segment's record: `p` + first seq.
 const PRUNED: u8 = b'p';
-/// Open segments kept (their indexes decoded).
-const CACHED: usize = 4;
+/// Open segments kept (their indexes decoded): a query over a long
+/// history opens the rest again.
+const CACHED: usize = 16;
 
 /// What sealing one segment recorded about it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -60,12 +61,34 @@ impl Manifest {
     pub fn hash(bytes: &[u8]) -> String {
         super::hex(&Sha256::digest(bytes))
     }
+}
 
-    /// Whether a query could match anything in it.
+/// What a query needs of a manifest to skip its segment, read without
+/// building its value sets: each field's set stays raw JSON, searched
+/// for the value's JSON string (a value is an element there exactly when
+/// its quoted, escaped form occurs).
+#[derive(Deserialize)]
+struct Glance<'a> {
+    segment: String,
+    first: u64,
+    last: u64,
+    max_ts: u64,
+    #[serde(borrow)]
+    values: BTreeMap<String, &'a serde_json::value::RawValue>,
+}
+
+impl Glance<'_> {
+    /// Whether a query could match anything in its segment.
     fn may_hold(&self, q: &Query) -> bool {
         let has = |field: &str, v: &Option<String>| {
-            v.as_ref()
-                .is_none_or(|v| self.values.get(field).is_some_and(|s| s.contains(v)))
+            v.as_ref().is_none_or(|v| {
+                let Ok(quoted) = serde_json::to_string(v) else {
+                    return true;
+                };
+                self.values.get(field).is_some_and(|raw| {
+                    memchr::memmem::find(raw.get().as_bytes(), quoted.as_bytes()).is_some()
+                })
+            })
         };
         q.since.is_none_or(|t| self.max_ts >= t)
             && has("sender", &q.user)
@@ -159,20 +182,24 @@ impl Archive {
 
     /// Segment `m` names, opened (or from the few kept open).
     fn segment(&self, m: &Manifest) -> Result<Arc<Segment>, AuditError> {
-        let path = self.dir()?.join(&m.segment);
+        self.open_segment(&m.segment, m.first, m.last)
+    }
+
+    /// Segment file `name`, which holds `first..=last`, opened (or from
+    /// the few kept open).
+    fn open_segment(&self, name: &str, first: u64, last: u64) -> Result<Arc<Segment>, AuditError> {
+        let path = self.dir()?.join(name);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = open.iter().find(|s| s.path == path) {
             return Ok(s.clone());
         }
         let s = Arc::new(Segment::open(&path).map_err(|e| AuditError::Archive(e.to_string()))?);
-        if s.footer.first != m.first || s.footer.last != m.last {
+        if s.footer.first != first || s.footer.last != last {
             return Err(AuditError::Archive(format!(
-                "{}: holds entries {}..{} where its manifest says {}..{}",
+                "{}: holds entries {}..{} where its manifest says {first}..{last}",
                 path.display(),
                 s.footer.first,
                 s.footer.last,
-                m.first,
-                m.last
             )));
         }
         if open.len() >= CACHED {
@@ -297,14 +324,18 @@ impl Archive {
             Some(memchr::memmem::Finder::new(pat.as_bytes()).into_owned())
         })
         .collect();
-        for (m, _) in self.manifests()?.into_iter().rev() {
+        for kv in self.meta.scan_prefix([MANIFEST]).rev() {
+            let (k, bytes) = kv?;
+            let m: Glance = serde_json::from_slice(&bytes).map_err(|e| {
+                AuditError::Corrupt(super::epoch::key_seq(&k), format!("its manifest: {e}"))
+            })?;
             if q.since.is_some_and(|t| m.max_ts < t) {
                 return Ok(());
             }
             if !m.may_hold(q) || self.pruned(m.first)?.is_some() {
                 continue;
             }
-            let s = self.segment(&m)?;
+            let s = self.open_segment(&m.segment, m.first, m.last)?;
             let mut frames: Option<BTreeSet<u32>> = None;
             for (field, v) in [
                 ("request", &q.request),
@@ -338,11 +369,13 @@ impl Archive {
                 if !wanted[f] {
                     continue;
                 }
-                if !decoded.contains_key(&f) {
-                    let frame = s.frame(f).map_err(|e| AuditError::Archive(e.to_string()))?;
-                    decoded.insert(f, frame);
-                }
-                let (seq, bytes) = &decoded[&f][l];
+                let frame = match decoded.entry(f) {
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(s.frame(f).map_err(|e| AuditError::Archive(e.to_string()))?)
+                    }
+                };
+                let (seq, bytes) = &frame[l];
                 if !filter.iter().all(|p| p.find(bytes).is_some()) {
                     continue;
                 }

@@ -151,19 +151,21 @@ fn lex(text: &str) -> Lexed {
             i += len;
             continue;
         }
+        // A backslash escapes the next character, unquoted or in `"…"`;
+        // a value right after one cannot be written as itself.
+        if c == '\\' && matches!(frame, Frame::Command { .. } | Frame::Double) {
+            if at(i + 1) == Some(OPEN) {
+                let j = marker_end(i + 1);
+                push(&mut out, i + 1, j, Context::Unsupported("right after \\"));
+                i = j + 1;
+            } else {
+                i += 2;
+            }
+            word_start = false;
+            continue;
+        }
         match frame {
             Frame::Command { parens, in_case } => match c {
-                '\\' => {
-                    if at(i + 1) == Some(OPEN) {
-                        let j = marker_end(i + 1);
-                        push(&mut out, i + 1, j, Context::Unsupported("right after \\"));
-                        i = j + 1;
-                    } else {
-                        i += 2;
-                    }
-                    word_start = false;
-                    continue;
-                }
                 '\'' => {
                     let mut j = i + 1;
                     while j < chars.len() && chars[j].1 != '\'' {
@@ -264,16 +266,6 @@ fn lex(text: &str) -> Lexed {
                 _ => {}
             },
             Frame::Double => match c {
-                '\\' => {
-                    if at(i + 1) == Some(OPEN) {
-                        let j = marker_end(i + 1);
-                        push(&mut out, i + 1, j, Context::Unsupported("right after \\"));
-                        i = j + 1;
-                    } else {
-                        i += 2;
-                    }
-                    continue;
-                }
                 '"' => {
                     stack.pop();
                 }

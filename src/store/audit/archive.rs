@@ -479,23 +479,53 @@ impl Archive {
     /// Check the archive: the manifest chain, each file's hash and
     /// footer, the ranges following on, and the chain of entry hashes
     /// across segment boundaries (the first entry's `prev` is the last
-    /// hash before it); `full` also re-hashes every entry. Leaves `w` at
-    /// the last sealed entry.
+    /// hash before it); `full` also re-hashes every entry. Segments are
+    /// checked on two threads; the chain between them in order. Leaves
+    /// `w` at the last sealed entry.
     pub(super) fn verify(
         &self,
         full: bool,
         w: &mut Walk,
         v: &mut Verification,
     ) -> Result<(), AuditError> {
+        let manifests = self.manifests()?;
+        let mut pruned = Vec::with_capacity(manifests.len());
+        for (m, _) in &manifests {
+            pruned.push(self.pruned(m.first)?);
+        }
+        let half = |parity: usize| {
+            manifests
+                .iter()
+                .zip(&pruned)
+                .enumerate()
+                .filter(|(i, _)| i % 2 == parity)
+                .map(|(i, ((m, _), p))| {
+                    let found = if p.is_some() {
+                        Vec::new()
+                    } else {
+                        self.check_segment(m, full)
+                    };
+                    (i, found)
+                })
+                .collect::<Vec<_>>()
+        };
+        let checks: Vec<Vec<String>> = std::thread::scope(|scope| {
+            let half = &half;
+            let other = scope.spawn(move || half(1));
+            let mut all = half(0);
+            all.extend(other.join().unwrap_or_default());
+            all.sort_by_key(|(i, _)| *i);
+            all.into_iter().map(|(_, p)| p).collect()
+        });
         let mut prev_manifest = String::new();
-        for (m, bytes) in self.manifests()? {
+        for (((m, bytes), why), problems) in manifests.iter().zip(pruned).zip(checks) {
             let place = format!("segment {} (entries {}..{})", m.segment, m.first, m.last);
             if m.prev_manifest != prev_manifest {
                 v.problems.push(format!(
                     "{place}: its manifest does not chain to the one before it (a segment removed, swapped or its manifest changed)"
                 ));
             }
-            prev_manifest = Manifest::hash(&bytes);
+            prev_manifest = Manifest::hash(bytes);
             if m.first != w.expected_seq {
                 v.problems.push(format!(
                     "{place}: follows entry {} (entries {}..{} are missing)",
@@ -509,74 +539,96 @@ impl Archive {
                     "{place}: its first entry does not chain to the entry before it"
                 ));
             }
-            if let Some(why) = self.pruned(m.first)? {
-                v.pruned.push(why);
-                w.skip_to(m.last, &m.last_hash);
-                continue;
-            }
-            let path = match self.dir() {
-                Ok(d) => d.join(&m.segment),
-                Err(e) => {
-                    v.problems.push(e.to_string());
-                    w.skip_to(m.last, &m.last_hash);
-                    continue;
-                }
-            };
-            match std::fs::read(&path) {
-                Err(e) => v
-                    .problems
-                    .push(format!("{place}: {}: {e} (deleted?)", path.display())),
-                Ok(bytes) if super::hex(&Sha256::digest(&bytes)) != m.file_sha256 => {
-                    v.problems.push(format!(
-                        "{place}: the file differs from what was sealed (its SHA-256 does not match its manifest)"
-                    ));
-                }
-                Ok(_) => {}
-            }
-            match Segment::open(&path) {
-                Err(e) => v.problems.push(format!("{place}: {e}")),
-                Ok(s) => {
-                    if let Err(e) = s.verify_hash() {
-                        v.problems.push(format!("{place}: {e}"));
-                    }
-                    if merkle::to_hex(&s.footer.root) != m.root
-                        || s.footer.first != m.first
-                        || s.footer.last != m.last
-                    {
-                        v.problems
-                            .push(format!("{place}: its footer does not match its manifest"));
-                    }
-                    if full {
-                        let mut leaves = Vec::new();
-                        match s.all() {
-                            Ok(entries) => {
-                                for (seq, b) in entries {
-                                    match parse(seq, &b) {
-                                        Ok(e) => {
-                                            leaves.push(merkle::leaf_hash(
-                                                &merkle::from_hex(&e.hash).unwrap_or_default(),
-                                            ));
-                                            w.step(seq, &e, v);
-                                        }
-                                        Err(e) => v.problems.push(format!("{place}: {e}")),
-                                    }
-                                }
-                            }
-                            Err(e) => v.problems.push(format!("{place}: {e}")),
-                        }
-                        if merkle::to_hex(&merkle::root(&leaves)) != m.root {
-                            v.problems.push(format!(
-                                "{place}: its entries' Merkle root differs from the one sealed"
-                            ));
-                        }
-                        continue;
-                    }
+            match why {
+                Some(why) => v.pruned.push(why),
+                None => {
+                    v.problems.extend(problems);
+                    v.entries += m.last + 1 - m.first;
                 }
             }
-            v.entries += m.last + 1 - m.first;
             w.skip_to(m.last, &m.last_hash);
         }
         Ok(())
+    }
+
+    /// Segment `m` checked on its own: its file against its manifest and
+    /// footer, and with `full` every entry re-hashed, linked to the one
+    /// before it, the Merkle root recomputed and the last hash compared.
+    fn check_segment(&self, m: &Manifest, full: bool) -> Vec<String> {
+        let place = format!("segment {} (entries {}..{})", m.segment, m.first, m.last);
+        let mut problems = Vec::new();
+        let path = match self.dir() {
+            Ok(d) => d.join(&m.segment),
+            Err(e) => return vec![e.to_string()],
+        };
+        // The whole file's hash covers its footer's own hash of the rest:
+        // only when it differs is the footer's asked, to say more.
+        let file_ok = match std::fs::read(&path) {
+            Err(e) => {
+                problems.push(format!("{place}: {}: {e} (deleted?)", path.display()));
+                return problems;
+            }
+            Ok(bytes) => super::hex(&Sha256::digest(&bytes)) == m.file_sha256,
+        };
+        if !file_ok {
+            problems.push(format!(
+                "{place}: the file differs from what was sealed (its SHA-256 does not match its manifest)"
+            ));
+        }
+        let s = match Segment::open(&path) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(format!("{place}: {e}"));
+                return problems;
+            }
+        };
+        if !file_ok && let Err(e) = s.verify_hash() {
+            problems.push(format!("{place}: {e}"));
+        }
+        if merkle::to_hex(&s.footer.root) != m.root
+            || s.footer.first != m.first
+            || s.footer.last != m.last
+        {
+            problems.push(format!("{place}: its footer does not match its manifest"));
+        }
+        if !full {
+            return problems;
+        }
+        let mut v = Verification::default();
+        let mut w = Walk {
+            expected_seq: m.first,
+            prev_hash: m.first_prev.clone(),
+            resync: false,
+        };
+        let mut leaves = Vec::new();
+        match s.all() {
+            Ok(entries) => {
+                for (seq, b) in entries {
+                    match parse(seq, &b) {
+                        Ok(e) => {
+                            leaves.push(merkle::leaf_hash(
+                                &merkle::from_hex(&e.hash).unwrap_or_default(),
+                            ));
+                            w.step(seq, &e, &mut v);
+                        }
+                        Err(e) => v.problems.push(format!("{place}: {e}")),
+                    }
+                }
+            }
+            Err(e) => v.problems.push(format!("{place}: {e}")),
+        }
+        problems.extend(v.problems);
+        if merkle::to_hex(&merkle::root(&leaves)) != m.root {
+            problems.push(format!(
+                "{place}: its entries' Merkle root differs from the one sealed"
+            ));
+        }
+        if w.prev_hash != m.last_hash {
+            problems.push(format!(
+                "{place}: its last entry's hash differs from its manifest's"
+            ));
+        }
+        problems
     }
 
     /// Entry `seq` with its inclusion proof against its segment's root.

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use super::archive::{Archive, Manifest, Proof};
+use super::Proof;
+use super::archive::{Archive, Manifest};
 use super::epoch::{Epoch, tree_names};
 use super::{AuditError, Checkpoint, Entry, Head, Query, Verification, Walk};
 

@@ -19,10 +19,13 @@ use crate::requests::State;
 mod archive;
 mod epoch;
 mod log;
+mod parallel;
+mod proof;
 
-pub use archive::{Manifest, Proof};
+pub use archive::Manifest;
 pub use epoch::edit_stored;
 pub use log::{AuditLog, SealPolicy};
+pub use proof::Proof;
 
 /// Declares a snake_case enum whose serde names and `name()` agree.
 macro_rules! names {

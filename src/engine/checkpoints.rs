@@ -1,0 +1,149 @@
+//! The audit log's head and its seals, posted to the audit room where this
+//! machine cannot rewrite them, and those read back from it: what `!audit
+//! verify` checks the local log against.
+
+use super::{Effect, Engine, Outgoing};
+use crate::audit::{Checkpoint, Seal};
+use crate::render::Message;
+
+/// Audit checkpoints: those in the audit room (read back by the transport
+/// or posted here), and the last posted.
+#[derive(Default)]
+pub(super) struct Checkpoints {
+    known: Vec<Checkpoint>,
+    /// The seals the audit room holds (read back, or posted here).
+    seals: Vec<Seal>,
+    posted_seq: u64,
+    posted_ms: u64,
+}
+
+impl Engine {
+    /// Checkpoints the transport read back from the audit room: what
+    /// `!audit verify` checks the local log against.
+    pub fn add_checkpoints(&self, found: Vec<Checkpoint>) {
+        // One naming an entry past the head vouches for entries the log
+        // lacks (`verify` says so); posting goes on from the head, so no
+        // checkpoint can stop the next ones.
+        let head = self.audit.checkpoint().map_or(0, |h| h.seq);
+        let mut c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        c.posted_seq = c
+            .posted_seq
+            .max(found.iter().map(|c| c.seq).max().unwrap_or(0))
+            .min(head);
+        c.known.extend(found);
+    }
+
+    /// Seals the transport read back from the audit room.
+    pub fn add_seals(&self, found: Vec<Seal>) {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seals
+            .extend(found);
+    }
+
+    /// Seals known to be in the audit room.
+    pub fn known_seals(&self) -> Vec<Seal> {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seals
+            .clone()
+    }
+
+    /// Checkpoints known to be in the audit room.
+    pub fn known_checkpoints(&self) -> Vec<Checkpoint> {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .known
+            .clone()
+    }
+
+    /// Seal what of the audit log is due into segments, and post each
+    /// segment's seal to the audit room: its range, last hash, Merkle
+    /// root, file hash and manifest hash, so a segment rewritten with its
+    /// manifest on this machine still differs from what the room holds.
+    /// A failure (a full disk) is logged and tried again at the next tick.
+    pub fn seal(&self, now: u64) -> Vec<Effect> {
+        let sealed = match self.audit.seal_due(now, &self.settings.seal) {
+            Ok(s) => {
+                *self.seal_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                s
+            }
+            Err(e) => {
+                tracing::warn!("sealing the audit log: {e} (tried again at the next tick)");
+                *self.seal_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                return Vec::new();
+            }
+        };
+        let Some(room) = &self.settings.audit_room else {
+            return Vec::new();
+        };
+        let mut c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        sealed
+            .into_iter()
+            .map(|m| {
+                let cp = Checkpoint {
+                    seq: m.last,
+                    hash: m.last_hash.clone(),
+                };
+                c.known.push(cp.clone());
+                let manifest = crate::audit::Manifest::hash(
+                    &serde_json::to_vec(&m).unwrap_or_default(),
+                );
+                let seal = Seal {
+                    segment: m.segment.clone(),
+                    first: m.first,
+                    last: m.last,
+                    last_hash: m.last_hash.clone(),
+                    root: m.root.clone(),
+                    file_sha256: m.file_sha256.clone(),
+                    manifest: manifest.clone(),
+                };
+                c.seals.push(seal.clone());
+                Effect::Send(Outgoing {
+                    room: room.clone(),
+                    reply_to: None,
+                    thread: None,
+                    message: Message::plain(format!(
+                        "🔏 audit seal: entries {}..{} in segment {}, Merkle root {}, file SHA-256 {}, manifest {}",
+                        m.first, m.last, m.segment, m.root, m.file_sha256, manifest
+                    ))
+                    .with_field(Checkpoint::FIELD, cp.field())
+                    .with_field(
+                        Seal::FIELD,
+                        serde_json::to_value(&seal).unwrap_or_default(),
+                    ),
+                    prompt_for: None,
+                })
+            })
+            .collect()
+    }
+
+    /// Post the audit log's head to the audit room if entries were written
+    /// since the last checkpoint and it is due (`force`: at shutdown).
+    pub fn checkpoint(&self, now: u64, force: bool) -> Vec<Effect> {
+        let (Some(room), Some(head)) = (&self.settings.audit_room, self.audit.checkpoint()) else {
+            return Vec::new();
+        };
+        let mut c = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let due = force
+            || head.seq - c.posted_seq.min(head.seq) >= self.settings.checkpoint_entries
+            || now.saturating_sub(c.posted_ms)
+                >= self.settings.checkpoint_interval.as_millis() as u64;
+        if head.seq <= c.posted_seq || !due {
+            return Vec::new();
+        }
+        c.posted_seq = head.seq;
+        c.posted_ms = now;
+        c.known.push(head.clone());
+        vec![Effect::Send(Outgoing {
+            room: room.clone(),
+            reply_to: None,
+            thread: None,
+            message: Message::plain(head.text()).with_field(Checkpoint::FIELD, head.field()),
+            prompt_for: None,
+        })]
+    }
+}

@@ -14,6 +14,21 @@ use airlock::requests::{Request, Requests};
 use serde_json::json;
 
 fn entry(i: u64, users: u64) -> Entry {
+    // One run in 1,000 deploys one of five packs (200 deploys each in a
+    // million entries): what `who-deployed` looks for.
+    if i % 1000 == 500 {
+        return Entry::new(Event::Finished, 1_700_000_000_000 + i)
+            .room(&format!("!room{}:example.org", i % 20))
+            .sender(&format!("@user{}:example.org", i % users))
+            .request(&format!("r{:06}", i / 4))
+            .action("packs.install")
+            .status(Status::Succeeded)
+            .detail(json!({
+                "summary": "installed",
+                "deployed": [{"pack": format!("deploy{}", (i / 1000) % 5), "commit": format!("{i:040x}")}],
+                "approved_by": ["@approver:example.org"],
+            }));
+    }
     Entry::new(
         if i.is_multiple_of(7) {
             Event::Finished
@@ -72,7 +87,7 @@ fn audit(dir: &std::path::Path) {
         "audit append, batches of 1,000 per durable flush: {batched:.0} entries/s ({total} entries)"
     );
 
-    audit_queries(&log, total, "unsealed");
+    audit_queries(&db, &log, total, "unsealed");
     println!(
         "audit database size: {:.1} MiB",
         db.size_on_disk().unwrap() as f64 / 1048576.0
@@ -107,7 +122,7 @@ fn audit(dir: &std::path::Path) {
     let t = Instant::now();
     let log = AuditLog::open_at(&db, Some(&archive)).unwrap();
     println!("audit open of the sealed store: {:?}", t.elapsed());
-    audit_queries(&log, total + n, "95%+ sealed");
+    audit_queries(&db, &log, total + n, "95%+ sealed");
     let t = Instant::now();
     let v = log.verify_full(true).unwrap();
     println!(
@@ -142,7 +157,7 @@ fn audit(dir: &std::path::Path) {
 }
 
 /// The query figures over `log` (`total` entries), labelled `what`.
-fn audit_queries(log: &AuditLog, total: u64, what: &str) {
+fn audit_queries(db: &sled::Db, log: &AuditLog, total: u64, what: &str) {
     let time = |q: &Query| {
         let runs: Vec<Duration> = (0..20)
             .map(|_| {
@@ -188,6 +203,25 @@ fn audit_queries(log: &AuditLog, total: u64, what: &str) {
     let hits = log.query(&alias).unwrap().len();
     let (p50, max) = time(&alias);
     println!("audit query by alias and status ({what}, {hits} hits): median {p50:?}, max {max:?}");
+    let requests = Requests::open(db).unwrap();
+    let runs: Vec<Duration> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(airlock::engine::who_deployed(
+                log, &requests, "deploy3", None,
+            ));
+            t.elapsed()
+        })
+        .collect();
+    let lines = airlock::engine::who_deployed(log, &requests, "deploy3", None)
+        .lines()
+        .count()
+        - 1;
+    println!(
+        "audit who-deployed ({what}, {lines} deploys of one pack): median {:?}, max {:?}",
+        percentile(runs.clone(), 0.5),
+        percentile(runs, 1.0)
+    );
     let t = Instant::now();
     let v = log.verify().unwrap();
     println!(

@@ -109,6 +109,9 @@ enum Cmd {
         action: Option<String>,
         #[arg(long)]
         request: Option<String>,
+        /// Runs that put this pack in place.
+        #[arg(long)]
+        deployed: Option<String>,
         /// RFC 3339 time, or a span back from now such as 2h or 7d.
         #[arg(long)]
         since: Option<String>,
@@ -254,6 +257,7 @@ fn main() -> ExitCode {
             alias,
             action,
             request,
+            deployed,
             since,
             status,
             limit,
@@ -287,6 +291,7 @@ fn main() -> ExitCode {
                         since,
                         limit: if all { None } else { Some(limit.unwrap_or(100)) },
                         event: None,
+                        deployed,
                     };
                     if follow {
                         cmd_follow(config, &q, since)

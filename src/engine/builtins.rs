@@ -353,49 +353,48 @@ impl Engine {
 }
 
 /// Who deployed `pack`, when, at which commit, approved by whom
-/// (newest first). `room` limits it to one room.
+/// (newest first). `room` limits it to one room. Everything comes from
+/// the audit log, sealed history included: the run's `finished` entry
+/// names what it put in place, who asked and (since it says so) who
+/// approved; an older entry's approvers are read from its request, or
+/// from the request's last approval entry once the request is gone.
 pub fn who_deployed(
     audit: &AuditLog,
     requests: &Requests,
     pack: &str,
     room: Option<&str>,
 ) -> String {
-    let mut entries = Vec::new();
-    for action in ["packs.install", "packs.rollback"] {
-        let q = Query {
-            action: Some(action.into()),
-            room: room.map(str::to_string),
-            event: Some("finished".into()),
-            ..Default::default()
-        };
-        match audit.query(&q) {
-            Ok(mut e) => entries.append(&mut e),
-            Err(e) => return format!("⚠️ Cannot read the audit log: {e}"),
-        }
-    }
-    entries.sort_by_key(|e| e.seq);
+    let q = Query {
+        deployed: Some(pack.into()),
+        room: room.map(str::to_string),
+        event: Some("finished".into()),
+        ..Default::default()
+    };
+    let entries = match audit.query(&q) {
+        Ok(e) => e,
+        Err(e) => return format!("⚠️ Cannot read the audit log: {e}"),
+    };
     let mut lines = Vec::new();
     for e in entries.iter().rev() {
         let Some(id) = &e.request else { continue };
-        let Ok(Some(req)) = requests.get(id) else {
-            continue;
-        };
-        // What the run reported it put in place (`Outcome::deployed`).
         let deployed: Vec<Deployed> = e.detail_field("deployed").unwrap_or_default();
         let Some(this) = deployed.iter().find(|d| d.pack == pack) else {
             continue;
         };
-        let approvers: Vec<&str> = req.approvals.iter().map(|a| a.user.as_str()).collect();
+        let approvers = match e.detail_field::<Vec<String>>("approved_by") {
+            Some(a) => a,
+            None => approvers_of(audit, requests, id),
+        };
         lines.push(format!(
-            "{} {} {} by {}{} at {} — {} [request {}]",
+            "{} {} {} by {}{} at {} — {} [request {id}]",
             clock::format_ms(e.ts),
-            if req.action == "packs.rollback" {
+            if e.action.as_deref() == Some("packs.rollback") {
                 "rolled back"
             } else {
                 "deployed"
             },
             pack,
-            req.requester,
+            e.sender.as_deref().unwrap_or("?"),
             if approvers.is_empty() {
                 String::new()
             } else {
@@ -403,7 +402,6 @@ pub fn who_deployed(
             },
             this.commit,
             e.status.map_or("?", |s| s.name()),
-            req.id,
         ));
     }
     if lines.is_empty() {
@@ -411,6 +409,26 @@ pub fn who_deployed(
     } else {
         format!("Deployments of {pack}, newest first:\n{}", lines.join("\n"))
     }
+}
+
+/// Who approved request `id`: its record while it is kept, else its last
+/// approval entry (`approvers`).
+fn approvers_of(audit: &AuditLog, requests: &Requests, id: &str) -> Vec<String> {
+    if let Ok(Some(req)) = requests.get(id) {
+        return req.approvals.into_iter().map(|a| a.user).collect();
+    }
+    let q = Query {
+        request: Some(id.into()),
+        event: Some("approval".into()),
+        status: Some("approved".into()),
+        limit: Some(1),
+        ..Default::default()
+    };
+    audit
+        .query(&q)
+        .ok()
+        .and_then(|e| e.last()?.detail_field("approvers"))
+        .unwrap_or_default()
 }
 
 /// One line of `!pending` / `airlock pending`.

@@ -262,6 +262,13 @@ impl Engine {
             detail["commit"] = json!(first.commit);
             detail["deployed"] = json!(outcome.deployed);
         }
+        // Who approved it, in the entry that says what it did: who
+        // deployed what is answered from this one entry, long after the
+        // request itself has left the store (`requests.keep`).
+        if !req.approvals.is_empty() {
+            detail["approved_by"] =
+                json!(req.approvals.iter().map(|a| &a.user).collect::<Vec<_>>());
+        }
         if recovered.is_some() {
             detail["recovered"] = json!(true);
         }

@@ -25,6 +25,8 @@ use crate::store::segment::{self, Segment};
 const MANIFEST: u8 = b'm';
 /// The key prefix of a pruned segment's record: `p` + first seq.
 const PRUNED: u8 = b'p';
+/// The most values of a field a manifest lists.
+pub const MANY: usize = 256;
 /// Open segments kept (their indexes decoded): a query over a long
 /// history opens the rest again.
 const CACHED: usize = 16;
@@ -50,8 +52,13 @@ pub struct Manifest {
     pub root: String,
     /// SHA-256 of the whole file.
     pub file_sha256: String,
-    /// Per indexed field, the values it holds.
+    /// Per indexed field, the values it holds (but those in `many`).
     pub values: BTreeMap<String, BTreeSet<String>>,
+    /// The fields with more than [`MANY`] values (request ids, say),
+    /// whose sets are left out: a manifest stays small, and a query on
+    /// such a field looks in the segment's own index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub many: Vec<String>,
     /// The SHA-256 of the manifest before it ("" for the first).
     pub prev_manifest: String,
 }
@@ -75,6 +82,8 @@ struct Glance<'a> {
     max_ts: u64,
     #[serde(borrow)]
     values: BTreeMap<String, &'a serde_json::value::RawValue>,
+    #[serde(default)]
+    many: Vec<String>,
 }
 
 impl Glance<'_> {
@@ -85,18 +94,21 @@ impl Glance<'_> {
                 let Ok(quoted) = serde_json::to_string(v) else {
                     return true;
                 };
-                self.values.get(field).is_some_and(|raw| {
-                    memchr::memmem::find(raw.get().as_bytes(), quoted.as_bytes()).is_some()
-                })
+                self.many.iter().any(|m| m == field)
+                    || self.values.get(field).is_some_and(|raw| {
+                        memchr::memmem::find(raw.get().as_bytes(), quoted.as_bytes()).is_some()
+                    })
             })
         };
         q.since.is_none_or(|t| self.max_ts >= t)
+            && (has("status", &q.status) || has("event", &q.status))
             && has("sender", &q.user)
             && has("room", &q.room)
             && has("alias", &q.alias)
             && has("action", &q.action)
             && has("request", &q.request)
             && has("event", &q.event)
+            && has("deployed", &q.deployed)
     }
 }
 
@@ -337,49 +349,44 @@ impl Archive {
             }
             let s = self.open_segment(&m.segment, m.first, m.last)?;
             let mut frames: Option<BTreeSet<u32>> = None;
-            for (field, v) in [
-                ("request", &q.request),
-                ("alias", &q.alias),
-                ("sender", &q.user),
-                ("room", &q.room),
-                ("action", &q.action),
-                ("event", &q.event),
+            for (fields, v) in [
+                (&["request"][..], &q.request),
+                (&["deployed"], &q.deployed),
+                (&["alias"], &q.alias),
+                (&["sender"], &q.user),
+                (&["room"], &q.room),
+                (&["action"], &q.action),
+                (&["event"], &q.event),
+                // A status filter matches an entry's status or its event.
+                (&["status", "event"], &q.status),
             ] {
                 if let Some(v) = v {
-                    let hit: BTreeSet<u32> = s.postings(field, v).iter().copied().collect();
+                    let hit: BTreeSet<u32> = fields.iter().flat_map(|f| s.postings(f, v)).collect();
                     frames = Some(match frames {
                         None => hit,
                         Some(f) => f.intersection(&hit).copied().collect(),
                     });
                 }
             }
-            let wanted: Vec<bool> = (0..s.index.frames.len())
-                .map(|i| {
-                    frames.as_ref().is_none_or(|f| f.contains(&(i as u32)))
-                        && q.since.is_none_or(|t| s.index.frames[i].max_ts >= t)
-                })
-                .collect();
-            // Newest first, across the frames wanted, each decompressed
-            // once; a line without the filters' bytes is not even parsed.
-            let mut decoded: BTreeMap<usize, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
-            for seq in (m.first..=m.last).rev() {
-                let Some((f, l)) = s.frame_of(seq) else {
-                    continue;
-                };
-                if !wanted[f] {
+            // The lines of the frames wanted that hold the filters' bytes
+            // (a line without them is not even parsed), newest first.
+            let mut lines: Vec<(u64, Vec<u8>)> = Vec::new();
+            for (i, fr) in s.frames.iter().enumerate() {
+                if frames.as_ref().is_some_and(|f| !f.contains(&(i as u32)))
+                    || q.since.is_some_and(|t| fr.max_ts < t)
+                {
                     continue;
                 }
-                let frame = match decoded.entry(f) {
-                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(s.frame(f).map_err(|e| AuditError::Archive(e.to_string()))?)
-                    }
-                };
-                let (seq, bytes) = &frame[l];
-                if !filter.iter().all(|p| p.find(bytes).is_some()) {
-                    continue;
-                }
-                if !take(parse(*seq, bytes)?) {
+                let frame = s.frame(i).map_err(|e| AuditError::Archive(e.to_string()))?;
+                lines.extend(
+                    frame
+                        .into_iter()
+                        .filter(|(_, b)| filter.iter().all(|p| p.find(b).is_some())),
+                );
+            }
+            lines.sort_unstable_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+            for (seq, bytes) in lines {
+                if !take(parse(seq, &bytes)?) {
                     return Ok(());
                 }
             }
@@ -421,6 +428,12 @@ impl Archive {
                 values.entry(f.to_string()).or_default().insert(v);
             }
         }
+        let many: Vec<String> = values
+            .iter()
+            .filter(|(_, set)| set.len() > MANY)
+            .map(|(f, _)| f.clone())
+            .collect();
+        values.retain(|f, _| !many.contains(f));
         Ok(Manifest {
             segment: name,
             first,
@@ -432,6 +445,7 @@ impl Archive {
             root: merkle::to_hex(&footer.root),
             file_sha256: super::hex(&Sha256::digest(&buf)),
             values,
+            many,
             prev_manifest: prev_manifest.to_string(),
         })
     }

@@ -28,7 +28,7 @@ use super::{AuditError, Entry, Head, Query, Verification, Walk};
 pub(super) const HEAD: &[u8] = b"h";
 pub(super) const WATERMARK: &[u8] = b"#watermark";
 pub(super) const FORMAT: &[u8] = b"#format";
-pub(super) const INDEX_FORMAT: &[u8] = b"3";
+pub(super) const INDEX_FORMAT: &[u8] = b"4";
 pub(super) const BY_SENDER: u8 = b'U';
 /// Entries indexed per batch when an index is rebuilt.
 pub(super) const REBUILD_BATCH: u64 = 10_000;
@@ -50,6 +50,7 @@ pub(super) const OLD_ENTRY: &[u8] = b"e";
 pub(super) fn query_index(q: &Query) -> Option<(u8, &str)> {
     [
         (b'q', &q.request),
+        (b'd', &q.deployed),
         (b'a', &q.alias),
         (BY_SENDER, &q.user),
         (b'r', &q.room),
@@ -60,7 +61,7 @@ pub(super) fn query_index(q: &Query) -> Option<(u8, &str)> {
 }
 
 /// The fields of an entry with posting lists: (tag, value).
-pub(super) fn indexed(e: &Entry) -> impl Iterator<Item = (u8, &str)> {
+pub(super) fn indexed(e: &Entry) -> Vec<(u8, std::borrow::Cow<'_, str>)> {
     [
         (b'q', &e.request),
         (b'a', &e.alias),
@@ -68,8 +69,10 @@ pub(super) fn indexed(e: &Entry) -> impl Iterator<Item = (u8, &str)> {
         (b'x', &e.action),
     ]
     .into_iter()
-    .filter_map(|(t, v)| v.as_deref().map(|v| (t, v)))
-    .chain(e.status.map(|s| (b's', s.name())))
+    .filter_map(|(t, v)| v.as_deref().map(|v| (t, v.into())))
+    .chain(e.status.map(|s| (b's', s.name().into())))
+    .chain(e.deployed_packs().into_iter().map(|p| (b'd', p.into())))
+    .collect()
 }
 
 pub(super) fn index_prefix(tag: u8, value: &str) -> Vec<u8> {
@@ -188,7 +191,7 @@ pub(super) fn index_batch(
     for (e, bytes) in entries.iter().zip(stored) {
         for (tag, value) in indexed(e) {
             postings
-                .entry(index_prefix(tag, value))
+                .entry(index_prefix(tag, &value))
                 .or_default()
                 .push((e.seq, e.seq.to_be_bytes().to_vec()));
         }

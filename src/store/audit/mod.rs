@@ -286,6 +286,23 @@ impl Entry {
         serde_json::from_str(fields.get(key)?.get()).ok()
     }
 
+    /// The packs a run put in place, as its `finished` entry says
+    /// (detail `deployed`: `[{pack, commit}]`).
+    pub fn deployed_packs(&self) -> Vec<String> {
+        #[derive(Deserialize)]
+        struct Pack {
+            pack: String,
+        }
+        if self.event != Event::Finished {
+            return Vec::new();
+        }
+        self.detail_field::<Vec<Pack>>("deployed")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.pack)
+            .collect()
+    }
+
     /// SHA-256 over the entry with its own hash blank (public so anyone
     /// can check an exported entry).
     pub fn compute_hash(&self) -> String {
@@ -404,6 +421,8 @@ pub struct Query {
     pub status: Option<String>,
     /// Of this event.
     pub event: Option<String>,
+    /// That put this pack in place (a `finished` entry's `deployed`).
+    pub deployed: Option<String>,
     /// Lower bound on the timestamp, in ms.
     pub since: Option<u64>,
     /// Newest `limit` entries.
@@ -426,6 +445,10 @@ impl Query {
                 e.status.map(Status::name) == Some(s.as_str()) || e.event.name() == s
             })
             && self.since.is_none_or(|t| e.ts >= t)
+            && self
+                .deployed
+                .as_ref()
+                .is_none_or(|p| e.deployed_packs().contains(p))
     }
 }
 

@@ -6,8 +6,8 @@
 //!
 //! ```text
 //! [header: skippable 0x184D2A50, JSON]
-//! [data frame] … (each about 64 KiB of JSON lines before compression)
-//! [index: skippable 0x184D2A51, zstd-compressed JSON: frames, postings]
+//! [data frame] … (each about 8 KiB of JSON lines before compression)
+//! [index: skippable 0x184D2A51, binary (index.rs): frames, postings]
 //! [footer: skippable 0x184D2A52, 128 bytes, fixed]
 //! ```
 //!
@@ -26,7 +26,8 @@
 //! every frame for one user's 10,000 entries, 2.1 s). Whatever reads in
 //! seq order (a follower, `verify --full`, a proof) sorts by seq.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod index;
+
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -51,11 +52,6 @@ const FRAME_BYTES: usize = 8 * 1024;
 /// zstd's level for data frames: fast, and about as small as higher
 /// levels on JSON this repetitive.
 const LEVEL: i32 = 3;
-
-/// The fields a segment's index keeps postings for.
-pub const FIELDS: [&str; 9] = [
-    "sender", "room", "alias", "action", "pack", "event", "status", "request", "rule",
-];
 
 /// What went wrong reading a segment: which file, where, and why.
 #[derive(Debug, thiserror::Error)]
@@ -84,14 +80,7 @@ pub struct Frame {
     pub max_ts: u64,
 }
 
-/// The index frame's content.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Index {
-    /// Data frames in order.
-    pub frames: Vec<Frame>,
-    /// Per field, per value, the frames (indexes into `frames`) it is in.
-    pub postings: BTreeMap<String, BTreeMap<String, Vec<u32>>>,
-}
+pub use index::{Index, Postings};
 
 /// What the footer says, and what sealing needs for the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,6 +183,9 @@ pub fn values(e: &Entry) -> Vec<(&'static str, String)> {
     put("status", e.status.map(|s| s.name()));
     put("request", e.request.as_deref());
     put("rule", e.rule.as_deref());
+    for p in e.deployed_packs() {
+        out.push(("deployed", p));
+    }
     out
 }
 
@@ -279,8 +271,7 @@ pub fn write(out: &mut impl Write, entries: &[(Entry, Vec<u8>)]) -> std::io::Res
         }
     }
     flush(&mut body, &mut frame_text, &mut frame_meta, &mut index)?;
-    let index_json = serde_json::to_vec(&index).expect("json");
-    let index_frame = skippable(INDEX_MAGIC, &zstd::bulk::compress(&index_json, LEVEL)?);
+    let index_frame = skippable(INDEX_MAGIC, &index.encode(first));
     let index_offset = body.len() as u64;
     body.extend(&index_frame);
     let footer = Footer {
@@ -306,8 +297,9 @@ pub struct Segment {
     pub path: PathBuf,
     /// What its footer says.
     pub footer: Footer,
-    /// Its index.
-    pub index: Index,
+    /// Its data frames, in file order.
+    pub frames: Vec<Frame>,
+    postings: Postings,
     /// For each entry (seq − first), its frame and its line there.
     at: Vec<(u32, u32)>,
 }
@@ -355,18 +347,9 @@ impl Segment {
         {
             return Err(err(footer.index_offset, "no index frame here".into()));
         }
-        let json = zstd::bulk::decompress(&ib[8..], 64 << 20).map_err(|e| {
-            err(
-                footer.index_offset,
-                format!("the index does not decompress: {e}"),
-            )
-        })?;
-        let index: Index = serde_json::from_slice(&json).map_err(|e| {
-            err(
-                footer.index_offset,
-                format!("the index does not parse: {e}"),
-            )
-        })?;
+        ib.drain(..8);
+        let (frames, postings) =
+            index::decode(ib, footer.first).map_err(|w| err(footer.index_offset, w))?;
         let span = footer.last.saturating_sub(footer.first) + 1;
         if (footer.count > 0 && footer.count != span) || footer.count > 1 << 32 {
             return Err(err(
@@ -376,7 +359,7 @@ impl Segment {
         }
         let mut at = vec![(u32::MAX, 0u32); footer.count as usize];
         let mut end = 0;
-        for (i, fr) in index.frames.iter().enumerate() {
+        for (i, fr) in frames.iter().enumerate() {
             if fr.offset < end
                 || fr
                     .offset
@@ -412,7 +395,8 @@ impl Segment {
         Ok(Segment {
             path: path.to_path_buf(),
             footer,
-            index,
+            frames,
+            postings,
             at,
         })
     }
@@ -446,7 +430,6 @@ impl Segment {
     /// The entries of frame `i`: `(seq, stored bytes)`.
     pub fn frame(&self, i: usize) -> Result<Vec<(u64, Vec<u8>)>, SegmentError> {
         let fr = self
-            .index
             .frames
             .get(i)
             .ok_or_else(|| Self::error(&self.path, 0, format!("no frame {i}")))?;
@@ -495,30 +478,19 @@ impl Segment {
     /// Every entry, in seq order.
     pub fn all(&self) -> Result<Vec<(u64, Vec<u8>)>, SegmentError> {
         let mut out = Vec::with_capacity(self.at.len());
-        for i in 0..self.index.frames.len() {
+        for i in 0..self.frames.len() {
             out.extend(self.frame(i)?);
         }
         out.sort_unstable_by_key(|(seq, _)| *seq);
         Ok(out)
     }
 
-    /// The frames where `field` has `value` (empty: nowhere).
-    pub fn postings(&self, field: &str, value: &str) -> &[u32] {
-        self.index
-            .postings
-            .get(field)
-            .and_then(|m| m.get(value))
-            .map_or(&[], Vec::as_slice)
-    }
-
-    /// The values present per field (what a manifest keeps, to skip a
-    /// segment without opening it).
-    pub fn value_sets(&self) -> BTreeMap<String, BTreeSet<String>> {
-        self.index
-            .postings
-            .iter()
-            .map(|(f, m)| (f.clone(), m.keys().cloned().collect()))
-            .collect()
+    /// The frames where `field` has `value` (empty: nowhere), each one
+    /// this segment has.
+    pub fn postings(&self, field: &str, value: &str) -> Vec<u32> {
+        let mut list = self.postings.get(field, value);
+        list.retain(|f| (*f as usize) < self.frames.len());
+        list
     }
 }
 
@@ -563,7 +535,7 @@ mod tests {
             (s.footer.first, s.footer.last, s.footer.count),
             (1, 2_000, 2_000)
         );
-        assert!(s.index.frames.len() > 1, "{:?}", s.index.frames.len());
+        assert!(s.frames.len() > 1, "{:?}", s.frames.len());
         let all = s.all().unwrap();
         assert_eq!(all.len(), es.len());
         for ((seq, bytes), (e, stored)) in all.iter().zip(&es) {
@@ -574,12 +546,12 @@ mod tests {
         let alice = s.postings("sender", "@alice:x");
         let bob = s.postings("sender", "@bob:x");
         assert!(
-            alice.len() * 2 < s.index.frames.len(),
+            alice.len() * 2 < s.frames.len(),
             "{} of {}",
             alice.len(),
-            s.index.frames.len()
+            s.frames.len()
         );
-        assert!(alice.len() + bob.len() <= s.index.frames.len() + 1);
+        assert!(alice.len() + bob.len() <= s.frames.len() + 1);
         assert!(s.postings("sender", "@nobody:x").is_empty());
         let (f, l) = s.frame_of(3).unwrap();
         assert_eq!(s.frame(f).unwrap()[l].0, 3);

@@ -413,7 +413,7 @@ fn a_segment_read_from_damaged_bytes_errs_with_its_name_and_offset() {
                     ),
                     Ok(seg) => {
                         let mut any_err = seg.verify_hash().is_err();
-                        for i in 0..seg.frames.len() {
+                        for i in 0..seg.frames().len() {
                             if let Err(e) = seg.frame(i) {
                                 prop_assert!(e.to_string().contains("seg.zst"));
                                 any_err = true;

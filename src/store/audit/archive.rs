@@ -361,7 +361,13 @@ impl Archive {
                 (&["status", "event"], &q.status),
             ] {
                 if let Some(v) = v {
-                    let hit: BTreeSet<u32> = fields.iter().flat_map(|f| s.postings(f, v)).collect();
+                    let mut hit = BTreeSet::new();
+                    for f in fields {
+                        hit.extend(
+                            s.postings(f, v)
+                                .map_err(|e| AuditError::Archive(e.to_string()))?,
+                        );
+                    }
                     frames = Some(match frames {
                         None => hit,
                         Some(f) => f.intersection(&hit).copied().collect(),
@@ -371,7 +377,7 @@ impl Archive {
             // The lines of the frames wanted that hold the filters' bytes
             // (a line without them is not even parsed), newest first.
             let mut lines: Vec<(u64, Vec<u8>)> = Vec::new();
-            for (i, fr) in s.frames.iter().enumerate() {
+            for (i, fr) in s.frames().iter().enumerate() {
                 if frames.as_ref().is_some_and(|f| !f.contains(&(i as u32)))
                     || q.since.is_some_and(|t| fr.max_ts < t)
                 {

@@ -28,7 +28,7 @@
 
 mod index;
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -80,7 +80,7 @@ pub struct Frame {
     pub max_ts: u64,
 }
 
-pub use index::{Index, Postings};
+pub use index::{FrameAt, Index};
 
 /// What the footer says, and what sealing needs for the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +150,41 @@ impl Footer {
             body_sha256: hash(96),
         })
     }
+}
+
+/// The most a data frame may decompress to: an entry is at most a few
+/// MB (a run's whole result), and a frame ends after the entry that
+/// passes [`FRAME_BYTES`].
+const MAX_FRAME: usize = 256 << 20;
+
+/// Decompress one data frame with this thread's decoder: a decoder made
+/// per frame cost more than the frame (its context is ~100 KB to set
+/// up), and a query over a long history reads hundreds of frames.
+fn decompress(frame: &[u8]) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static DECODER: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(n)) if n as usize <= MAX_FRAME => n as usize,
+        _ => {
+            return Err(std::io::Error::other(
+                "no content size, or one too large, in its header",
+            ));
+        }
+    };
+    DECODER.with(|d| {
+        let mut d = d.borrow_mut();
+        let d = match &mut *d {
+            Some(d) => d,
+            empty => empty.insert(zstd::bulk::Decompressor::new()?),
+        };
+        let out = d.decompress(frame, size)?;
+        if out.len() != size {
+            return Err(std::io::Error::other("shorter than its header says"));
+        }
+        Ok(out)
+    })
 }
 
 /// A skippable frame holding `payload`.
@@ -290,18 +325,24 @@ pub fn write(out: &mut impl Write, entries: &[(Entry, Vec<u8>)]) -> std::io::Res
     Ok(footer)
 }
 
-/// An open segment: its footer and index, read and checked for shape.
-#[derive(Debug, Clone)]
+/// Where an open segment's index is read from: the file, or memory (an
+/// index of the JSON layout, converted when opened).
+#[derive(Debug)]
+enum Source {
+    File(std::fs::File, u64),
+    Memory(Vec<u8>),
+}
+
+/// An open segment: its footer and its index's head, read and checked for
+/// shape; the rest of the index is read where it lies, as needed.
+#[derive(Debug)]
 pub struct Segment {
     /// Its file.
     pub path: PathBuf,
     /// What its footer says.
     pub footer: Footer,
-    /// Its data frames, in file order.
-    pub frames: Vec<Frame>,
-    postings: Postings,
-    /// For each entry (seq − first), its frame and its line there.
-    at: Vec<(u32, u32)>,
+    head: index::Head,
+    source: Source,
 }
 
 impl Segment {
@@ -313,22 +354,23 @@ impl Segment {
         }
     }
 
-    /// Open `path`: read the footer and the index (no data frame).
+    /// Open `path`: read the footer and the index's head (no data frame,
+    /// no posting list).
     pub fn open(path: &Path) -> Result<Segment, SegmentError> {
+        use std::os::unix::fs::FileExt;
         let err = |offset, why: String| Self::error(path, offset, why);
-        let mut f = std::fs::File::open(path).map_err(|e| err(0, e.to_string()))?;
+        let f = std::fs::File::open(path).map_err(|e| err(0, e.to_string()))?;
         let size = f.metadata().map_err(|e| err(0, e.to_string()))?.len();
         if size < FOOTER_BYTES as u64 {
             return Err(err(0, format!("{size} bytes: too short for a segment")));
         }
         let footer_at = size - FOOTER_BYTES as u64;
         let mut fb = vec![0u8; FOOTER_BYTES];
-        f.seek(SeekFrom::Start(footer_at))
-            .and_then(|_| f.read_exact(&mut fb))
+        f.read_exact_at(&mut fb, footer_at)
             .map_err(|e| err(footer_at, e.to_string()))?;
         let footer = Footer::decode(&fb).map_err(|w| err(footer_at, w))?;
         if footer.index_offset.checked_add(footer.index_len) != Some(footer_at)
-            || footer.index_len < 8
+            || footer.index_len < (8 + index::PREFIX) as u64
         {
             return Err(err(
                 footer_at,
@@ -338,18 +380,6 @@ impl Segment {
                 ),
             ));
         }
-        let mut ib = vec![0u8; footer.index_len as usize];
-        f.seek(SeekFrom::Start(footer.index_offset))
-            .and_then(|_| f.read_exact(&mut ib))
-            .map_err(|e| err(footer.index_offset, e.to_string()))?;
-        if u32::from_le_bytes(ib[0..4].try_into().expect("4")) != INDEX_MAGIC
-            || u32::from_le_bytes(ib[4..8].try_into().expect("4")) as usize != ib.len() - 8
-        {
-            return Err(err(footer.index_offset, "no index frame here".into()));
-        }
-        ib.drain(..8);
-        let (frames, postings) =
-            index::decode(ib, footer.first).map_err(|w| err(footer.index_offset, w))?;
         let span = footer.last.saturating_sub(footer.first) + 1;
         if (footer.count > 0 && footer.count != span) || footer.count > 1 << 32 {
             return Err(err(
@@ -357,14 +387,52 @@ impl Segment {
                 "the footer's count and range disagree".into(),
             ));
         }
-        let mut at = vec![(u32::MAX, 0u32); footer.count as usize];
+        let at = footer.index_offset;
+        let mut head = [0u8; 8 + index::PREFIX];
+        f.read_exact_at(&mut head, at)
+            .map_err(|e| err(at, e.to_string()))?;
+        if u32::from_le_bytes(head[0..4].try_into().expect("4")) != INDEX_MAGIC
+            || u64::from(u32::from_le_bytes(head[4..8].try_into().expect("4")))
+                != footer.index_len - 8
+        {
+            return Err(err(at, "no index frame here".into()));
+        }
+        let len = (footer.index_len - 8) as usize;
+        let prefix = head[8..].try_into().expect("prefix");
+        let (source, head_len) = match index::prefix(prefix).map_err(|w| err(at, w))? {
+            Some(head_len) => (Source::File(f, at + 8), head_len),
+            None => {
+                let mut json = vec![0u8; len];
+                f.read_exact_at(&mut json, at + 8)
+                    .map_err(|e| err(at, e.to_string()))?;
+                let bytes = index::from_json(&json, footer.first).map_err(|w| err(at, w))?;
+                let head_len = index::prefix(bytes[..index::PREFIX].try_into().expect("prefix"))
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                (Source::Memory(bytes), head_len)
+            }
+        };
+        let mut s = Segment {
+            path: path.to_path_buf(),
+            footer,
+            head: index::Head::default(),
+            source,
+        };
+        let len = match &s.source {
+            Source::Memory(b) => b.len(),
+            Source::File(..) => len,
+        };
+        let raw = s.index_bytes(index::PREFIX..index::PREFIX.saturating_add(head_len))?;
+        s.head = index::Head::decode(&raw, len).map_err(|w| err(at, w))?;
         let mut end = 0;
-        for (i, fr) in frames.iter().enumerate() {
+        let mut count = 0;
+        for fr in &s.head.frames {
             if fr.offset < end
                 || fr
                     .offset
                     .checked_add(fr.len)
-                    .is_none_or(|e| e > footer.index_offset)
+                    .is_none_or(|e| e > s.footer.index_offset)
             {
                 return Err(err(
                     fr.offset,
@@ -372,33 +440,38 @@ impl Segment {
                 ));
             }
             end = fr.offset + fr.len;
-            for (line, seq) in fr.seqs.iter().enumerate() {
-                let slot = seq
-                    .checked_sub(footer.first)
-                    .and_then(|k| at.get_mut(k as usize))
-                    .filter(|s| s.0 == u32::MAX)
-                    .ok_or_else(|| {
-                        err(
-                            fr.offset,
-                            format!("the index places entry {seq} twice or outside the segment"),
-                        )
-                    })?;
-                *slot = (i as u32, line as u32);
+            count += (fr.seqs.len() / 4) as u64;
+        }
+        if count != s.footer.count {
+            return Err(err(at, "the index's frames do not cover the range".into()));
+        }
+        Ok(s)
+    }
+
+    /// Bytes `r` of the index (counted from its magic).
+    fn index_bytes(&self, r: std::ops::Range<usize>) -> Result<Vec<u8>, SegmentError> {
+        use std::os::unix::fs::FileExt;
+        match &self.source {
+            Source::Memory(b) => b.get(r.clone()).map(<[u8]>::to_vec).ok_or_else(|| {
+                Self::error(
+                    &self.path,
+                    self.footer.index_offset,
+                    "the index is cut short",
+                )
+            }),
+            Source::File(f, at) => {
+                let mut buf = vec![0u8; r.len()];
+                let offset = at + r.start as u64;
+                f.read_exact_at(&mut buf, offset)
+                    .map_err(|e| Self::error(&self.path, offset, e.to_string()))?;
+                Ok(buf)
             }
         }
-        if at.iter().any(|s| s.0 == u32::MAX) {
-            return Err(err(
-                footer.index_offset,
-                "the index's frames do not cover the range".into(),
-            ));
-        }
-        Ok(Segment {
-            path: path.to_path_buf(),
-            footer,
-            frames,
-            postings,
-            at,
-        })
+    }
+
+    /// Its data frames, in file order.
+    pub fn frames(&self) -> &[index::FrameAt] {
+        &self.head.frames
     }
 
     /// Check the file's bytes against the footer's SHA-256.
@@ -429,56 +502,65 @@ impl Segment {
 
     /// The entries of frame `i`: `(seq, stored bytes)`.
     pub fn frame(&self, i: usize) -> Result<Vec<(u64, Vec<u8>)>, SegmentError> {
+        use std::os::unix::fs::FileExt;
         let fr = self
+            .head
             .frames
             .get(i)
             .ok_or_else(|| Self::error(&self.path, 0, format!("no frame {i}")))?;
-        let mut f = std::fs::File::open(&self.path)
-            .map_err(|e| Self::error(&self.path, 0, e.to_string()))?;
+        let err = |why: String| Self::error(&self.path, fr.offset, why);
+        let seqs =
+            index::seqs(&self.index_bytes(fr.seqs.clone())?, self.footer.first).map_err(err)?;
+        if seqs
+            .iter()
+            .any(|s| *s < self.footer.first || *s > self.footer.last)
+        {
+            return Err(err("the index places an entry outside the segment".into()));
+        }
         let mut buf = vec![0u8; fr.len as usize];
-        f.seek(SeekFrom::Start(fr.offset))
-            .and_then(|_| f.read_exact(&mut buf))
-            .map_err(|e| Self::error(&self.path, fr.offset, e.to_string()))?;
-        let text = zstd::stream::decode_all(&buf[..]).map_err(|e| {
-            Self::error(
-                &self.path,
-                fr.offset,
-                format!("a data frame does not decompress: {e}"),
-            )
-        })?;
+        let file = std::fs::File::open(&self.path).map_err(|e| err(e.to_string()))?;
+        file.read_exact_at(&mut buf, fr.offset)
+            .map_err(|e| err(e.to_string()))?;
+        let text =
+            decompress(&buf).map_err(|e| err(format!("a data frame does not decompress: {e}")))?;
         let lines: Vec<&[u8]> = text
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .collect();
-        if lines.len() != fr.seqs.len() {
-            return Err(Self::error(
-                &self.path,
-                fr.offset,
-                format!(
-                    "a data frame holds {} entries where the index says {}",
-                    lines.len(),
-                    fr.seqs.len()
-                ),
-            ));
+        if lines.len() != seqs.len() {
+            return Err(err(format!(
+                "a data frame holds {} entries where the index says {}",
+                lines.len(),
+                seqs.len()
+            )));
         }
-        Ok(fr
-            .seqs
-            .iter()
+        Ok(seqs
+            .into_iter()
             .zip(lines)
-            .map(|(seq, l)| (*seq, l.to_vec()))
+            .map(|(seq, l)| (seq, l.to_vec()))
             .collect())
     }
 
-    /// The frame holding entry `seq`, and its line there.
+    /// The frame holding entry `seq`, and its line there: one read of
+    /// every frame's seqs, searched (a single entry is read seldom).
     pub fn frame_of(&self, seq: u64) -> Option<(usize, usize)> {
-        let (f, l) = *self.at.get(seq.checked_sub(self.footer.first)? as usize)?;
-        Some((f as usize, l as usize))
+        let raw = self.index_bytes(self.head.seqs.clone()).ok()?;
+        let want = u32::try_from(seq.checked_sub(self.footer.first)?).ok()?;
+        let start = self.head.seqs.start;
+        self.head.frames.iter().enumerate().find_map(|(f, fr)| {
+            let mine =
+                raw.get(fr.seqs.start.checked_sub(start)?..fr.seqs.end.checked_sub(start)?)?;
+            let line = mine
+                .chunks_exact(4)
+                .position(|b| u32::from_le_bytes(b.try_into().expect("4")) == want)?;
+            Some((f, line))
+        })
     }
 
     /// Every entry, in seq order.
     pub fn all(&self) -> Result<Vec<(u64, Vec<u8>)>, SegmentError> {
-        let mut out = Vec::with_capacity(self.at.len());
-        for i in 0..self.frames.len() {
+        let mut out = Vec::with_capacity(self.footer.count as usize);
+        for i in 0..self.head.frames.len() {
             out.extend(self.frame(i)?);
         }
         out.sort_unstable_by_key(|(seq, _)| *seq);
@@ -487,10 +569,13 @@ impl Segment {
 
     /// The frames where `field` has `value` (empty: nowhere), each one
     /// this segment has.
-    pub fn postings(&self, field: &str, value: &str) -> Vec<u32> {
-        let mut list = self.postings.get(field, value);
-        list.retain(|f| (*f as usize) < self.frames.len());
-        list
+    pub fn postings(&self, field: &str, value: &str) -> Result<Vec<u32>, SegmentError> {
+        let Some((n, section)) = self.head.section(field) else {
+            return Ok(Vec::new());
+        };
+        let mut list = index::lookup(&self.index_bytes(section)?, n, value);
+        list.retain(|f| (*f as usize) < self.head.frames.len());
+        Ok(list)
     }
 }
 
@@ -535,7 +620,7 @@ mod tests {
             (s.footer.first, s.footer.last, s.footer.count),
             (1, 2_000, 2_000)
         );
-        assert!(s.frames.len() > 1, "{:?}", s.frames.len());
+        assert!(s.frames().len() > 1, "{:?}", s.frames().len());
         let all = s.all().unwrap();
         assert_eq!(all.len(), es.len());
         for ((seq, bytes), (e, stored)) in all.iter().zip(&es) {
@@ -543,16 +628,16 @@ mod tests {
         }
         // Grouped by sender: alice's third of the entries fill about a
         // third of the frames, none shared with bob's.
-        let alice = s.postings("sender", "@alice:x");
-        let bob = s.postings("sender", "@bob:x");
+        let alice = s.postings("sender", "@alice:x").unwrap();
+        let bob = s.postings("sender", "@bob:x").unwrap();
         assert!(
-            alice.len() * 2 < s.frames.len(),
+            alice.len() * 2 < s.frames().len(),
             "{} of {}",
             alice.len(),
-            s.frames.len()
+            s.frames().len()
         );
-        assert!(alice.len() + bob.len() <= s.frames.len() + 1);
-        assert!(s.postings("sender", "@nobody:x").is_empty());
+        assert!(alice.len() + bob.len() <= s.frames().len() + 1);
+        assert!(s.postings("sender", "@nobody:x").unwrap().is_empty());
         let (f, l) = s.frame_of(3).unwrap();
         assert_eq!(s.frame(f).unwrap()[l].0, 3);
         assert_eq!(s.frame_of(2_001), None);

@@ -227,6 +227,9 @@ pub struct Config {
     /// When the audit log's history is sealed into segment files.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// How long closed requests stay in the store.
+    #[serde(default)]
+    pub requests: RequestsConfig,
     /// Git settings for pack installs.
     #[serde(default)]
     pub git: GitConfig,
@@ -316,6 +319,29 @@ impl Default for AuditConfig {
             retention: None,
         }
     }
+}
+
+/// `requests:`: a closed request leaves the store `keep` after it closed
+/// (a break-glass run only once reviewed); the audit log keeps its
+/// history and answers for it from then on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestsConfig {
+    /// A duration such as 30d.
+    #[serde(default = "default_keep")]
+    pub keep: String,
+}
+
+impl Default for RequestsConfig {
+    fn default() -> Self {
+        RequestsConfig {
+            keep: default_keep(),
+        }
+    }
+}
+
+fn default_keep() -> String {
+    "30d".into()
 }
 
 fn default_seal_entries() -> u64 {
@@ -421,6 +447,17 @@ impl Config {
                 ),
             );
         }
+        if clock::parse_duration(&c.requests.keep).is_none() {
+            errors.push(idx.diag(
+                Severity::Error,
+                path,
+                "requests",
+                format!(
+                    "keep: \"{}\" is not a duration such as 30d",
+                    c.requests.keep
+                ),
+            ));
+        }
         if c.max_age().is_none() {
             errors.push(idx.diag(
                 Severity::Error,
@@ -522,6 +559,8 @@ impl Config {
                     .as_deref()
                     .and_then(clock::parse_duration),
             },
+            keep_requests: clock::parse_duration(&self.requests.keep)
+                .unwrap_or(Duration::from_secs(30 * 86400)),
         }
     }
 

@@ -1105,3 +1105,47 @@ fn seen_is_said_once_and_only_when_nothing_answers_at_once() {
     assert!(bodies(&sent).is_empty(), "{}", bodies(&sent));
     assert_eq!(keys(&quiet), ["👀", "✅"]);
 }
+
+/// A closed request leaves the store `requests.keep` (30 days) after it
+/// closed; `!status`, `!audit who deployed` and `airlock audit --request`
+/// answer for it from the audit log, and its prompt no longer approves.
+#[test]
+fn a_request_gone_from_the_store_is_still_answered_from_the_audit_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, repo) = shipped(tmp.path());
+    let p = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    let id = p.prompt_for.clone().unwrap();
+    bot.reply(BOB, OPS, &p.event_id, "yes");
+    let before = bodies(&bot.say(ALICE, OPS, &format!("!status {id}")));
+    assert!(before.contains("succeeded"), "{before}");
+    bot.advance(29 * 86_400_000);
+    bot.engine.tick(bot.now());
+    assert!(bot.engine.requests().get(&id).unwrap().is_some());
+    bot.advance(2 * 86_400_000);
+    bot.engine.tick(bot.now());
+    assert_eq!(bot.engine.requests().get(&id).unwrap(), None);
+    let after = bodies(&bot.say(ALICE, OPS, &format!("!status {id}")));
+    for needle in [
+        id.as_str(),
+        "succeeded",
+        "st2-flow.flow_deploy",
+        ALICE,
+        "no longer kept",
+    ] {
+        assert!(after.contains(needle), "lacks {needle}: {after}");
+    }
+    // Only in the room it was asked in.
+    let elsewhere = bodies(&bot.say(ALICE, "!elsewhere:example.org", &format!("!status {id}")));
+    assert!(!elsewhere.contains("succeeded"), "{elsewhere}");
+    let who = bodies(&bot.say(ALICE, OPS, "!audit who deployed st2-flow"));
+    assert!(
+        who.contains(&format!(
+            "by {ALICE} (approved by {BOB}) at {}",
+            repo.head()
+        )),
+        "{who}"
+    );
+    // Its prompt answers nothing now.
+    let late = bodies(&bot.reply(CAROL, OPS, &p.event_id, "yes"));
+    assert!(!late.contains("approv"), "{late}");
+}

@@ -126,6 +126,19 @@ impl Engine {
         let id = args.split_whitespace().next().unwrap_or_default();
         let req = match self.requests.get(id) {
             Ok(Some(r)) if r.room == out.m.room => r,
+            // Gone from the store after `requests.keep`: its history is
+            // in the audit log, sealed or not.
+            Ok(None) if !id.is_empty() => match archived_status(&self.audit, id, &out.m.room) {
+                Some(text) => {
+                    let e = out
+                        .entry(Event::Pending)
+                        .status(Status::Ok)
+                        .detail(json!({"request": id}));
+                    out.log(e);
+                    return out.say(text);
+                }
+                None => return out.say(super::approval::unknown_request(id)),
+            },
             _ => return out.say(super::approval::unknown_request(id)),
         };
         let e = out
@@ -429,6 +442,35 @@ fn approvers_of(audit: &AuditLog, requests: &Requests, id: &str) -> Vec<String> 
         .ok()
         .and_then(|e| e.last()?.detail_field("approvers"))
         .unwrap_or_default()
+}
+
+/// A request no longer in the store, in one line from its audit entries
+/// in `room` (None: it never was there).
+fn archived_status(audit: &AuditLog, id: &str, room: &str) -> Option<String> {
+    let q = Query {
+        request: Some(id.into()),
+        room: Some(room.into()),
+        ..Default::default()
+    };
+    let entries = audit.query(&q).ok()?;
+    let (first, last) = (entries.first()?, entries.last()?);
+    let mut s = format!(
+        "{id} {} {} by {}, {} at {}",
+        last.status.map_or(last.event.name(), |s| s.name()),
+        first
+            .alias
+            .as_deref()
+            .or(first.action.as_deref())
+            .unwrap_or("?"),
+        first.sender.as_deref().unwrap_or("?"),
+        last.event.name(),
+        clock::format_ms(last.ts),
+    );
+    if let Some(summary) = last.detail_field::<String>("summary") {
+        s.push_str(&format!(" — {summary}"));
+    }
+    s.push_str(" (from the audit log: the request itself is no longer kept)");
+    Some(s)
 }
 
 /// One line of `!pending` / `airlock pending`.

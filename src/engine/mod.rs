@@ -84,6 +84,8 @@ pub struct Settings {
     pub checkpoint_interval: Duration,
     /// When the unsealed audit log is sealed into a segment.
     pub seal: crate::audit::SealPolicy,
+    /// How long a closed request stays in the store (`requests.keep`).
+    pub keep_requests: Duration,
 }
 
 impl Default for Settings {
@@ -98,6 +100,7 @@ impl Default for Settings {
             checkpoint_entries: 100,
             checkpoint_interval: Duration::from_secs(3600),
             seal: Default::default(),
+            keep_requests: Duration::from_secs(30 * 86400),
         }
     }
 }

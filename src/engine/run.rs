@@ -409,6 +409,17 @@ impl Engine {
             std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|e| e.into_inner()));
         fx.extend(self.checkpoint(now, false));
         fx.extend(self.seal(now));
+        let keep = u64::try_from(self.settings.keep_requests.as_millis()).unwrap_or(u64::MAX);
+        match self.requests.prune(now.saturating_sub(keep)) {
+            Ok(gone) if !gone.is_empty() => {
+                tracing::info!(
+                    requests = gone.len(),
+                    "closed requests left the store after requests.keep; the audit log answers for them"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("removing old requests: {e} (tried again at the next tick)"),
+        }
         let Ok(open) = self.requests.open_requests() else {
             return fx;
         };

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::parallel::on_two_threads;
 use super::{AuditError, Entry, Proof, Query, Verification, Walk, epoch::parse};
 use crate::store::merkle::{self, Hash};
 use crate::store::segment::{self, Segment};
@@ -110,6 +111,47 @@ impl Glance<'_> {
             && has("event", &q.event)
             && has("deployed", &q.deployed)
     }
+}
+
+/// Hand `take` the entries of `pending`'s frames (segments newest first,
+/// each with the frames wanted) whose lines hold every `filter`'s bytes,
+/// newest first; false once it said stop. Frames are decompressed and
+/// their lines parsed on two threads (a line without the filters' bytes
+/// is not even parsed).
+fn read_frames(
+    pending: Vec<(Arc<Segment>, Vec<usize>)>,
+    filter: &[memchr::memmem::Finder<'static>],
+    take: &mut dyn FnMut(Entry) -> bool,
+) -> Result<bool, AuditError> {
+    let items: Vec<(usize, &Segment, usize)> = pending
+        .iter()
+        .enumerate()
+        .flat_map(|(k, (s, frames))| frames.iter().map(move |f| (k, &**s, *f)))
+        .collect();
+    let read = on_two_threads(&items, 1, |(k, s, f)| {
+        let frame = s
+            .frame(*f)
+            .map_err(|e| AuditError::Archive(e.to_string()))?;
+        let entries = frame
+            .into_iter()
+            .filter(|(_, b)| filter.iter().all(|p| p.find(b).is_some()))
+            .map(|(seq, b)| parse(seq, &b))
+            .collect::<Result<Vec<Entry>, _>>()?;
+        Ok((*k, entries))
+    })?;
+    let mut by_segment: Vec<Vec<Entry>> = vec![Vec::new(); pending.len()];
+    for (k, entries) in read {
+        by_segment[k].extend(entries);
+    }
+    for mut entries in by_segment {
+        entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.seq));
+        for e in entries {
+            if !take(e) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 fn manifest_key(first: u64) -> [u8; 9] {
@@ -336,13 +378,18 @@ impl Archive {
             Some(memchr::memmem::Finder::new(pat.as_bytes()).into_owned())
         })
         .collect();
+        // Frames are read in batches across segments, each twice the
+        // last: a `-n 100` query reads little, one for a whole history
+        // reads on two threads.
+        let mut pending: Vec<(Arc<Segment>, Vec<usize>)> = Vec::new();
+        let (mut batch_frames, mut batch_target) = (0, 4);
         for kv in self.meta.scan_prefix([MANIFEST]).rev() {
             let (k, bytes) = kv?;
             let m: Glance = serde_json::from_slice(&bytes).map_err(|e| {
                 AuditError::Corrupt(super::epoch::key_seq(&k), format!("its manifest: {e}"))
             })?;
             if q.since.is_some_and(|t| m.max_ts < t) {
-                return Ok(());
+                break;
             }
             if !m.may_hold(q) || self.pruned(m.first)?.is_some() {
                 continue;
@@ -374,29 +421,26 @@ impl Archive {
                     });
                 }
             }
-            // The lines of the frames wanted that hold the filters' bytes
-            // (a line without them is not even parsed), newest first.
-            let mut lines: Vec<(u64, Vec<u8>)> = Vec::new();
-            for (i, fr) in s.frames().iter().enumerate() {
-                if frames.as_ref().is_some_and(|f| !f.contains(&(i as u32)))
-                    || q.since.is_some_and(|t| fr.max_ts < t)
-                {
-                    continue;
-                }
-                let frame = s.frame(i).map_err(|e| AuditError::Archive(e.to_string()))?;
-                lines.extend(
-                    frame
-                        .into_iter()
-                        .filter(|(_, b)| filter.iter().all(|p| p.find(b).is_some())),
-                );
+            let wanted: Vec<usize> = (0..s.frames().len())
+                .filter(|i| {
+                    frames.as_ref().is_none_or(|f| f.contains(&(*i as u32)))
+                        && q.since.is_none_or(|t| s.frames()[*i].max_ts >= t)
+                })
+                .collect();
+            if wanted.is_empty() {
+                continue;
             }
-            lines.sort_unstable_by_key(|(seq, _)| std::cmp::Reverse(*seq));
-            for (seq, bytes) in lines {
-                if !take(parse(seq, &bytes)?) {
+            batch_frames += wanted.len();
+            pending.push((s, wanted));
+            if batch_frames >= batch_target {
+                if !read_frames(std::mem::take(&mut pending), &filter, take)? {
                     return Ok(());
                 }
+                batch_frames = 0;
+                batch_target = (batch_target * 2).min(512);
             }
         }
+        read_frames(pending, &filter, take)?;
         Ok(())
     }
 

@@ -3,7 +3,10 @@
 //! closed request is older than `requests.keep`, its removal (the audit
 //! log keeps its history).
 
+mod ids;
 mod request;
+
+use serde::{Deserialize, Serialize};
 
 pub use request::*;
 
@@ -19,6 +22,9 @@ pub enum StoreError {
     /// No such request.
     #[error("no request {0}")]
     NotFound(String),
+    /// Every id has been given (2³⁰ requests).
+    #[error("every request id has been given")]
+    NoIds,
 }
 
 /// The outcome of a transition attempt.
@@ -35,12 +41,45 @@ pub enum Update<T> {
 pub struct Requests {
     requests: sled::Tree,
     prompts: sled::Tree,
-    /// The open requests' keys, oldest first ([`open_key`]), written in the
-    /// same transaction as the record. The bot asks for open requests on
-    /// every tick; scanning every request ever made grew its time and
-    /// memory with the store's age (each scan pulled the whole tree into
-    /// sled's cache).
-    open: sled::Tree,
+    /// Tree `open_requests`, written in the same transaction as the
+    /// records: the open requests' keys, oldest first ([`open_key`]);
+    /// the closed ones' by when they closed ([`closed_key`]); the id
+    /// counter ([`IDS`]); and the format marks. The bot asks for open
+    /// requests on every tick, and for those closed long enough to go:
+    /// scanning every request ever made grew its time and memory with the
+    /// store's age (each scan pulled the whole tree into sled's cache).
+    index: sled::Tree,
+    /// Ids given before ids were numbered, of requests still in or since
+    /// gone from the store: never given again (fixed at the upgrade).
+    retired: sled::Tree,
+}
+
+/// The id counter in the index tree.
+const IDS: &[u8] = b"ids";
+
+/// The next id's number, and the key that turns numbers into ids.
+#[derive(Serialize, Deserialize)]
+struct Ids {
+    key: u64,
+    next: u64,
+}
+
+/// `c` + when it closed (big-endian) + id.
+fn closed_key(req: &Request) -> Vec<u8> {
+    let mut k = Vec::with_capacity(OPEN_ID_AT + req.id.len());
+    k.push(b'c');
+    k.extend_from_slice(&req.finished_ms.unwrap_or(req.created_ms).to_be_bytes());
+    k.extend_from_slice(req.id.as_bytes());
+    k
+}
+
+/// Its key in the index: open or closed.
+fn index_key(req: &Request) -> Vec<u8> {
+    if req.state.is_open() {
+        open_key(req)
+    } else {
+        closed_key(req)
+    }
 }
 
 fn prompt_key(room: &str, event_id: &str) -> Vec<u8> {
@@ -59,10 +98,10 @@ fn open_key(req: &Request) -> Vec<u8> {
     k
 }
 
-/// Where the id starts in an [`open_key`].
+/// Where the id starts in an [`open_key`] or a [`closed_key`].
 const OPEN_ID_AT: usize = 1 + 8;
 
-/// Present once the `open` tree covers every stored request: a store
+/// Present once the index covers every stored open request: a store
 /// written before it existed is indexed once, on open.
 const OPEN_INDEXED: &[u8] = b"format";
 
@@ -84,45 +123,119 @@ impl Requests {
         let store = Requests {
             requests: db.open_tree("requests")?,
             prompts: db.open_tree("prompts")?,
-            open: db.open_tree("open_requests")?,
+            index: db.open_tree("open_requests")?,
+            retired: db.open_tree("retired_ids")?,
         };
-        if store.open.get(OPEN_INDEXED)?.is_none() {
+        // A store from before numbered ids (or before the open index): its
+        // requests are indexed open or closed, and their ids retired, in
+        // one pass, once.
+        if store.index.get(IDS)?.is_none() {
             let mut batch = sled::Batch::default();
+            let mut retired = sled::Batch::default();
             for item in store.requests.iter() {
                 let (id, bytes) = item?;
                 let req = parse(&String::from_utf8_lossy(&id), &bytes)?;
-                if req.state.is_open() {
-                    batch.insert(open_key(&req), &[]);
-                }
+                batch.insert(index_key(&req), &[]);
+                retired.insert(id, &[]);
             }
+            store.retired.apply_batch(retired)?;
+            store.retired.flush()?;
+            let ids = Ids {
+                key: ids::new_key(crate::clock::now_ms()),
+                next: 0,
+            };
             batch.insert(OPEN_INDEXED, &[]);
-            store.open.apply_batch(batch)?;
+            batch.insert(IDS, serde_json::to_vec(&ids).expect("ids serialize"));
+            store.index.apply_batch(batch)?;
         }
         Ok(store)
     }
 
-    /// Store a new request under a fresh short id.
+    /// Store a new request under the next id.
     pub fn create(&self, mut req: Request) -> Result<Request, StoreError> {
         use sled::Transactional;
+        use sled::transaction::abort;
         loop {
-            req.id = short_id();
-            let bytes = serde_json::to_vec(&req).expect("request serializes");
-            let created = settled(
-                (&self.requests, &self.open).transaction(|(requests, open)| {
-                    if requests.get(req.id.as_bytes())?.is_some() {
-                        return Ok(false);
+            // `retired` joins the transaction only to be read: sled blocks
+            // a plain read of any tree while a transaction runs.
+            let created = settled((&self.requests, &self.index, &self.retired).transaction(
+                |(requests, index, retired)| {
+                    let Some(Ok(mut ids)) =
+                        index.get(IDS)?.map(|b| serde_json::from_slice::<Ids>(&b))
+                    else {
+                        return abort(StoreError::Corrupt(
+                            "(id counter)".into(),
+                            "unreadable".into(),
+                        ));
+                    };
+                    let Some(id) = ids::nth(ids.next, ids.key) else {
+                        return abort(StoreError::NoIds);
+                    };
+                    ids.next += 1;
+                    index.insert(IDS, serde_json::to_vec(&ids).expect("ids serialize"))?;
+                    // Taken before ids were numbered: skipped for good.
+                    if retired.get(id.as_bytes())?.is_some()
+                        || requests.get(id.as_bytes())?.is_some()
+                    {
+                        return Ok(None);
                     }
-                    requests.insert(req.id.as_bytes(), bytes.as_slice())?;
-                    if req.state.is_open() {
-                        open.insert(open_key(&req), &[])?;
-                    }
-                    Ok(true)
-                }),
-            )?;
-            if created {
+                    let mut req = req.clone();
+                    req.id = id;
+                    let bytes = serde_json::to_vec(&req).expect("request serializes");
+                    requests.insert(req.id.as_bytes(), bytes)?;
+                    index.insert(index_key(&req), &[])?;
+                    Ok(Some(req))
+                },
+            ))?;
+            if let Some(created) = created {
+                req = created;
                 return Ok(req);
             }
         }
+    }
+
+    /// Remove the requests closed before `before` (ms), with their
+    /// prompts, but a break-glass run nobody has reviewed yet; returns
+    /// their ids. The audit log keeps their whole history, and answers
+    /// for them from then on (`!status`, `airlock audit --request`).
+    pub fn prune(&self, before: u64) -> Result<Vec<String>, StoreError> {
+        use sled::Transactional;
+        let mut end = vec![b'c'];
+        end.extend_from_slice(&before.to_be_bytes());
+        let mut gone = Vec::new();
+        for key in self.index.range(b"c".to_vec()..end).keys() {
+            let key = key?;
+            let id = String::from_utf8_lossy(&key[OPEN_ID_AT.min(key.len())..]).into_owned();
+            let removed = settled((&self.requests, &self.index, &self.prompts).transaction(
+                |(requests, index, prompts)| {
+                    let Some(bytes) = requests.get(id.as_bytes())? else {
+                        index.remove(&key)?;
+                        return Ok(false);
+                    };
+                    // An unreadable record stays for someone to look at.
+                    let Ok(req) = parse(&id, &bytes) else {
+                        return Ok(false);
+                    };
+                    let unreviewed = req
+                        .break_glass
+                        .as_ref()
+                        .is_some_and(|b| b.reviewed_by.is_none());
+                    if unreviewed || index_key(&req) != key.as_ref() {
+                        return Ok(false);
+                    }
+                    requests.remove(id.as_bytes())?;
+                    index.remove(&key)?;
+                    if let Some(p) = &req.prompt_event {
+                        prompts.remove(prompt_key(&req.room, p))?;
+                    }
+                    Ok(true)
+                },
+            ))?;
+            if removed {
+                gone.push(id);
+            }
+        }
+        Ok(gone)
     }
 
     /// Make every change so far durable (most ride on the audit log's
@@ -154,7 +267,7 @@ impl Requests {
         // sled's transactions take `Fn`; a retry calls `f` again.
         let f = std::cell::RefCell::new(f);
         settled(
-            (&self.requests, &self.open).transaction(|(requests, open)| {
+            (&self.requests, &self.index).transaction(|(requests, index)| {
                 let Some(old_bytes) = requests.get(id.as_bytes())? else {
                     return abort(StoreError::NotFound(id.to_string()));
                 };
@@ -170,15 +283,10 @@ impl Requests {
                         requests.insert(id.as_bytes(), bytes)?;
                         // The index entry follows from the record (`prepared`
                         // restarts `created_ms`): rewrite it only if it changed.
-                        let was = old.state.is_open().then(|| open_key(&old));
-                        let is = new.state.is_open().then(|| open_key(&new));
+                        let (was, is) = (index_key(&old), index_key(&new));
                         if was != is {
-                            if let Some(key) = was {
-                                open.remove(key)?;
-                            }
-                            if let Some(key) = is {
-                                open.insert(key, &[])?;
-                            }
+                            index.remove(was)?;
+                            index.insert(is, &[])?;
                         }
                         Ok(Update::Done(new, out))
                     }
@@ -213,7 +321,7 @@ impl Requests {
     /// holds.
     pub fn open_requests(&self) -> Result<Vec<Request>, StoreError> {
         let mut v = Vec::new();
-        for key in self.open.scan_prefix(b"o").keys() {
+        for key in self.index.scan_prefix(b"o").keys() {
             let key = key?;
             let id = String::from_utf8_lossy(&key[OPEN_ID_AT..]);
             // The index and the records are written in one transaction;
@@ -225,28 +333,6 @@ impl Requests {
         }
         Ok(v)
     }
-}
-
-/// Six characters a person can read out: no 0/o, 1/l.
-fn short_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
-    let seed = format!(
-        "{}:{}:{}",
-        crate::clock::now_ms(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let digest = <sha2::Sha256 as sha2::Digest>::digest(seed.as_bytes());
-    let mut x = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
-    (0..6)
-        .map(|_| {
-            let c = ALPHABET[(x % ALPHABET.len() as u64) as usize] as char;
-            x /= ALPHABET.len() as u64;
-            c
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -293,7 +379,7 @@ mod tests {
         }
         // Closing takes a request out of the index, not just out of the
         // answer: the ticks read two entries, not fifty-two.
-        assert_eq!(requests.open.scan_prefix(b"o").count(), 2);
+        assert_eq!(requests.index.scan_prefix(b"o").count(), 2);
         assert_eq!(
             ids(&requests.open_requests().unwrap()),
             [early.id.as_str(), late.id.as_str()]
@@ -333,5 +419,82 @@ mod tests {
             requests.get(&closed.id).unwrap().unwrap().state,
             State::Failed
         );
+    }
+
+    fn closed_at(requests: &Requests, created_ms: u64, closed_ms: u64) -> Request {
+        let r = stored(requests, created_ms);
+        match requests
+            .update(&r.id, |r| r.unprepared("no such commit", closed_ms))
+            .unwrap()
+        {
+            Update::Done(r, ()) => r,
+            Update::Refused(..) => panic!("a preparing request fails"),
+        }
+    }
+
+    #[test]
+    fn closed_requests_leave_after_their_time_but_an_unreviewed_break_glass() {
+        let (_dir, _db, requests) = store();
+        let old = closed_at(&requests, 1_000, 2_000);
+        requests.bind_prompt(&old.id, "!ops", "$prompt").unwrap();
+        let recent = closed_at(&requests, 1_000, 9_000);
+        let open = stored(&requests, 1_000);
+        let glass = stored(&requests, 1_000);
+        requests
+            .update(&glass.id, |r| {
+                r.break_glass = Some(BreakGlass {
+                    reason: "prod down".into(),
+                    reviewed_by: None,
+                    reviewed_ms: None,
+                });
+                r.unprepared("failed", 3_000)
+            })
+            .unwrap();
+        assert_eq!(requests.prune(5_000).unwrap(), vec![old.id.clone()]);
+        assert_eq!(requests.get(&old.id).unwrap(), None);
+        assert_eq!(requests.by_prompt("!ops", "$prompt").unwrap(), None);
+        for kept in [&recent, &open, &glass] {
+            assert!(requests.get(&kept.id).unwrap().is_some(), "{}", kept.id);
+        }
+        // Reviewed, the break-glass run goes too; nothing else is due.
+        requests
+            .update(&glass.id, |r| r.review("@bob:x", 6_000))
+            .unwrap();
+        assert_eq!(requests.prune(5_000).unwrap(), vec![glass.id.clone()]);
+        assert!(requests.prune(5_000).unwrap().is_empty());
+        assert_eq!(ids(&requests.open_requests().unwrap()), [open.id.as_str()]);
+        assert_eq!(requests.prune(10_000).unwrap(), vec![recent.id.clone()]);
+    }
+
+    #[test]
+    fn an_id_is_never_given_twice_even_after_its_request_left() {
+        let (_dir, db, requests) = store();
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..3 {
+            for i in 0..200 {
+                let r = closed_at(&requests, round * 1_000 + i, round * 1_000 + i + 1);
+                assert!(seen.insert(r.id.clone()), "{} given twice", r.id);
+            }
+            requests.prune(u64::MAX).unwrap();
+        }
+        // Ids given before ids were numbered are retired at the upgrade,
+        // and skipped when the counter reaches them.
+        let key: Ids = serde_json::from_slice(&requests.index.get(IDS).unwrap().unwrap()).unwrap();
+        let next = ids::nth(key.next, key.key).unwrap();
+        requests.retired.insert(next.as_bytes(), &[]).unwrap();
+        assert_ne!(stored(&requests, 9).id, next);
+        drop(requests);
+        let legacy = Request {
+            id: "legacy".into(),
+            ..request(1)
+        };
+        db.open_tree("requests")
+            .unwrap()
+            .insert("legacy", serde_json::to_vec(&legacy).unwrap())
+            .unwrap();
+        db.open_tree("open_requests").unwrap().remove(IDS).unwrap();
+        let requests = Requests::open(&db).unwrap();
+        assert!(requests.retired.contains_key("legacy").unwrap());
+        assert_eq!(ids(&requests.open_requests().unwrap()).len(), 2);
     }
 }

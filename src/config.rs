@@ -230,6 +230,13 @@ pub struct Config {
     /// How long closed requests stay in the store.
     #[serde(default)]
     pub requests: RequestsConfig,
+    /// Free space (MB) kept on the disk holding `data_dir`: below it,
+    /// nothing new is written, commands are refused with the reason, and
+    /// all resumes once space returns. (sled cannot go on after a write
+    /// has failed for want of space: the guard keeps it from getting
+    /// there.) 0 turns it off.
+    #[serde(default = "default_reserve")]
+    pub disk_reserve_mb: u64,
     /// Git settings for pack installs.
     #[serde(default)]
     pub git: GitConfig,
@@ -338,6 +345,10 @@ impl Default for RequestsConfig {
             keep: default_keep(),
         }
     }
+}
+
+fn default_reserve() -> u64 {
+    64
 }
 
 fn default_keep() -> String {
@@ -561,6 +572,8 @@ impl Config {
             },
             keep_requests: clock::parse_duration(&self.requests.keep)
                 .unwrap_or(Duration::from_secs(30 * 86400)),
+            reserve: (self.disk_reserve_mb > 0)
+                .then(|| (self.data_dir.clone(), self.disk_reserve_mb * 1_000_000)),
         }
     }
 

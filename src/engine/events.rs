@@ -41,6 +41,27 @@ impl Engine {
         )
         .entered();
         let mut out = Out::new(m, now);
+        // Under the disk's reserve nothing new is written, not even the
+        // command's own entry: what is addressed to the bot is answered
+        // with the reason, and comes back to life when space returns.
+        if let Some(why) = self.disk_low() {
+            let addressed = match &m.kind {
+                Kind::Message => {
+                    command_text(&self.settings, &m.body, m.addressed).is_some()
+                        || m.reply_to.as_ref().is_some_and(|p| {
+                            self.requests.by_prompt(&m.room, p).ok().flatten().is_some()
+                        })
+                }
+                _ => false,
+            };
+            tracing::warn!("{why}: the event is not acted on");
+            if addressed {
+                out.say(format!(
+                    "⚠️ Not acting on this: {why}. Nothing new runs or is recorded until space returns; pending requests keep their state."
+                ));
+            }
+            return out.effects;
+        }
         match &m.kind {
             Kind::Message => self.on_message(&mut out),
             Kind::Edit => self.on_edit(&mut out),

@@ -86,6 +86,9 @@ pub struct Settings {
     pub seal: crate::audit::SealPolicy,
     /// How long a closed request stays in the store (`requests.keep`).
     pub keep_requests: Duration,
+    /// The directory whose disk must keep this many bytes free before
+    /// anything new is written (`disk_reserve_mb`).
+    pub reserve: Option<(std::path::PathBuf, u64)>,
 }
 
 impl Default for Settings {
@@ -101,6 +104,7 @@ impl Default for Settings {
             checkpoint_interval: Duration::from_secs(3600),
             seal: Default::default(),
             keep_requests: Duration::from_secs(30 * 86400),
+            reserve: None,
         }
     }
 }
@@ -388,6 +392,7 @@ impl EngineBuilder {
             outbox: Arc::default(),
             startup: Mutex::new(Vec::new()),
             seal_error: Mutex::new(None),
+            write_error: Mutex::new(None),
         };
         engine.reload_actions();
         // Settle the last run first: a pack switch it finished changes
@@ -437,6 +442,8 @@ pub struct Engine {
     startup: Mutex<Vec<Effect>>,
     /// Why the last sealing failed, while it keeps failing (`/healthz`).
     seal_error: Mutex<Option<String>>,
+    /// Why the last audit write failed, until one succeeds (`/healthz`).
+    write_error: Mutex<Option<String>>,
 }
 
 impl Engine {
@@ -468,8 +475,26 @@ impl Engine {
         self.metrics.render(pending)
     }
 
+    /// Why nothing new may be written: the disk's free space is under
+    /// the reserve (None: it is not).
+    pub fn disk_low(&self) -> Option<String> {
+        let (dir, reserve) = self.settings.reserve.as_ref()?;
+        let free = crate::store::free_bytes(dir).ok()?;
+        (free < *reserve).then(|| {
+            format!(
+                "No space left on device: the disk holding {} has {:.1} MB free, under the {} MB kept in reserve",
+                dir.display(),
+                free as f64 / 1e6,
+                reserve / 1_000_000
+            )
+        })
+    }
+
     /// Whether the stores answer: `Err` says which does not.
     pub fn stores_ok(&self) -> Result<(), String> {
+        if let Some(why) = self.disk_low() {
+            return Err(why);
+        }
         self.requests
             .open_requests()
             .map_err(|e| format!("request store: {e}"))?;
@@ -479,6 +504,9 @@ impl Engine {
                 ..Query::default()
             })
             .map_err(|e| format!("audit log: {e}"))?;
+        if let Some(e) = &*self.write_error.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Err(format!("the audit log cannot be written: {e}"));
+        }
         match &*self.seal_error.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(e) => Err(format!(
                 "sealing the audit log fails, and is tried again: {e}"
@@ -593,13 +621,16 @@ impl Engine {
     }
 
     fn record(&self, entries: Vec<Entry>) -> bool {
+        let mut failing = self.write_error.lock().unwrap_or_else(|e| e.into_inner());
         match self.audit.append(entries) {
             Ok(written) => {
+                *failing = None;
                 written.iter().for_each(|e| self.metrics.observe(e));
                 true
             }
             Err(e) => {
                 tracing::error!("audit log write failed: {e}");
+                *failing = Some(e.to_string());
                 false
             }
         }
@@ -616,14 +647,22 @@ impl Engine {
         } = out;
         let runs = |e: &Effect| matches!(e, Effect::Execute(_) | Effect::Prepare(_));
         if !self.record(audit) && effects.iter().any(runs) {
-            effects.retain(|e| !runs(e));
+            // Nothing of this command goes ahead, and nothing says it will
+            // (an ack would promise a run).
+            effects.clear();
+            let why = self
+                .write_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_default();
             effects.push(Effect::Send(Outgoing {
                 room: m.room.clone(),
                 reply_to: Some(m.event_id.clone()),
                 thread: m.thread.clone(),
-                message: Message::plain(
-                    "⚠️ The audit log cannot be written, so nothing runs. Tell an operator.",
-                ),
+                message: Message::plain(format!(
+                    "⚠️ The audit log cannot be written ({why}), so nothing runs. Tell an operator; airlock goes on by itself once it can write again."
+                )),
                 prompt_for: None,
             }));
         }

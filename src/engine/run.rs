@@ -407,6 +407,12 @@ impl Engine {
     pub fn tick(&self, now: u64) -> Vec<Effect> {
         let mut fx: Vec<Effect> =
             std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|e| e.into_inner()));
+        // Under the disk's reserve, writing waits (sealing, expiry, the
+        // removal of old requests) until space returns.
+        if let Some(why) = self.disk_low() {
+            tracing::warn!("{why}: sealing and expiry wait");
+            return fx;
+        }
         fx.extend(self.checkpoint(now, false));
         fx.extend(self.seal(now));
         let keep = u64::try_from(self.settings.keep_requests.as_millis()).unwrap_or(u64::MAX);

@@ -8,6 +8,22 @@ pub mod segment;
 
 use std::path::Path;
 
+/// Bytes free for us on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a NUL-terminated path; `st` is written by statvfs
+    // before it is read, and only on success.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+}
+
 /// Write a secret file readable only by us, atomically (a temporary file,
 /// synced, renamed over `path`).
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

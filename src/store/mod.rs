@@ -2,6 +2,7 @@
 //! confirmation state, and the audit log.
 
 pub mod audit;
+pub mod db;
 pub mod merkle;
 pub mod requests;
 pub mod segment;

@@ -1,7 +1,6 @@
-//! One epoch of the unsealed audit log, in sled trees of its own: its
-//! entries in chunks, its posting lists and its copies by sender. The
-//! log appends to the newest epoch; an older one is sealed into a segment
-//! and its trees dropped whole, which frees every page they held.
+//! One epoch of the unsealed audit log, in sled trees of its own (its
+//! entries in chunks, posting lists, copies by sender). The newest takes
+//! appends; an older one is sealed and its trees dropped whole.
 
 use sha2::{Digest, Sha256};
 
@@ -33,18 +32,17 @@ pub(super) const BY_SENDER: u8 = b'U';
 /// Entries indexed per batch when an index is rebuilt.
 pub(super) const REBUILD_BATCH: u64 = 10_000;
 
+/// The prefix of the log's chunks of entries.
+pub(super) const CHUNK: &[u8] = b"c";
+/// An older airlock's entries, a key each: `e` + seq.
+pub(super) const OLD_ENTRY: &[u8] = b"e";
+
 /// The key of the chunk of entries that starts at `seq`.
 pub(super) fn chunk_key(seq: u64) -> [u8; 9] {
     let mut k = [CHUNK[0]; 9];
     k[1..].copy_from_slice(&seq.to_be_bytes());
     k
 }
-
-/// The prefix of the log's chunks of entries.
-pub(super) const CHUNK: &[u8] = b"c";
-
-/// An older airlock's entries, a key each: `e` + seq.
-pub(super) const OLD_ENTRY: &[u8] = b"e";
 
 /// The most selective index query `q` can use: (tag, value).
 pub(super) fn query_index(q: &Query) -> Option<(u8, &str)> {

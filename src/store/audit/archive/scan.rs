@@ -1,0 +1,191 @@
+//! A query over the sealed segments: newest first, each segment skipped
+//! by its manifest when it cannot match, in the rest only the frames the
+//! postings name, read and parsed on two threads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::{Archive, MANIFEST};
+use crate::store::audit::parallel::on_two_threads;
+use crate::store::audit::{AuditError, Entry, Query, epoch::parse};
+use crate::store::segment::Segment;
+
+/// What a query needs of a manifest to skip its segment, read without
+/// building its value sets: each field's set stays raw JSON, searched
+/// for the value's JSON string (a value is an element there exactly when
+/// its quoted, escaped form occurs).
+#[derive(Deserialize)]
+struct Glance<'a> {
+    segment: String,
+    first: u64,
+    last: u64,
+    max_ts: u64,
+    #[serde(borrow)]
+    values: BTreeMap<String, &'a serde_json::value::RawValue>,
+    #[serde(default)]
+    many: Vec<String>,
+}
+
+impl Glance<'_> {
+    /// Whether a query could match anything in its segment.
+    fn may_hold(&self, q: &Query) -> bool {
+        let has = |field: &str, v: &Option<String>| {
+            v.as_ref().is_none_or(|v| {
+                let Ok(quoted) = serde_json::to_string(v) else {
+                    return true;
+                };
+                self.many.iter().any(|m| m == field)
+                    || self.values.get(field).is_some_and(|raw| {
+                        memchr::memmem::find(raw.get().as_bytes(), quoted.as_bytes()).is_some()
+                    })
+            })
+        };
+        q.since.is_none_or(|t| self.max_ts >= t)
+            && (has("status", &q.status) || has("event", &q.status))
+            && has("sender", &q.user)
+            && has("room", &q.room)
+            && has("alias", &q.alias)
+            && has("action", &q.action)
+            && has("request", &q.request)
+            && has("event", &q.event)
+            && has("deployed", &q.deployed)
+    }
+}
+
+/// Hand `take` the entries of `pending`'s frames (segments newest first,
+/// each with the frames wanted) whose lines hold every `filter`'s bytes,
+/// newest first; false once it said stop. Frames are decompressed and
+/// their lines parsed on two threads (a line without the filters' bytes
+/// is not even parsed).
+fn read_frames(
+    pending: Vec<(Arc<Segment>, Vec<usize>)>,
+    filter: &[memchr::memmem::Finder<'static>],
+    take: &mut dyn FnMut(Entry) -> bool,
+) -> Result<bool, AuditError> {
+    let items: Vec<(usize, &Segment, usize)> = pending
+        .iter()
+        .enumerate()
+        .flat_map(|(k, (s, frames))| frames.iter().map(move |f| (k, &**s, *f)))
+        .collect();
+    let read = on_two_threads(&items, 1, |(k, s, f)| {
+        let frame = s
+            .frame(*f)
+            .map_err(|e| AuditError::Archive(e.to_string()))?;
+        let entries = frame
+            .into_iter()
+            .filter(|(_, b)| filter.iter().all(|p| p.find(b).is_some()))
+            .map(|(seq, b)| parse(seq, &b))
+            .collect::<Result<Vec<Entry>, _>>()?;
+        Ok((*k, entries))
+    })?;
+    let mut by_segment: Vec<Vec<Entry>> = vec![Vec::new(); pending.len()];
+    for (k, entries) in read {
+        by_segment[k].extend(entries);
+    }
+    for mut entries in by_segment {
+        entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.seq));
+        for e in entries {
+            if !take(e) {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+impl Archive {
+    /// Hand `take` the sealed entries `q` may match, newest first, until
+    /// it says stop: segments newest first, skipped by their manifests,
+    /// and in each only the frames its postings name.
+    pub(in crate::store::audit) fn scan(
+        &self,
+        q: &Query,
+        take: &mut dyn FnMut(Entry) -> bool,
+    ) -> Result<(), AuditError> {
+        // The bytes each filtered field's value has in a stored entry.
+        let filter: Vec<memchr::memmem::Finder<'static>> = [
+            ("sender", &q.user),
+            ("room", &q.room),
+            ("alias", &q.alias),
+            ("action", &q.action),
+            ("request", &q.request),
+            ("event", &q.event),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let v = v.as_ref()?;
+            let pat = format!("\"{k}\":{}", serde_json::to_string(v).ok()?);
+            Some(memchr::memmem::Finder::new(pat.as_bytes()).into_owned())
+        })
+        .collect();
+        // Frames are read in batches across segments, each twice the
+        // last: a `-n 100` query reads little, one for a whole history
+        // reads on two threads.
+        let mut pending: Vec<(Arc<Segment>, Vec<usize>)> = Vec::new();
+        let (mut batch_frames, mut batch_target) = (0, 4);
+        for kv in self.meta.scan_prefix([MANIFEST]).rev() {
+            let (k, bytes) = kv?;
+            let m: Glance = serde_json::from_slice(&bytes).map_err(|e| {
+                AuditError::Corrupt(
+                    crate::store::audit::epoch::key_seq(&k),
+                    format!("its manifest: {e}"),
+                )
+            })?;
+            if q.since.is_some_and(|t| m.max_ts < t) {
+                break;
+            }
+            if !m.may_hold(q) || self.pruned(m.first)?.is_some() {
+                continue;
+            }
+            let s = self.open_segment(&m.segment, m.first, m.last)?;
+            let mut frames: Option<BTreeSet<u32>> = None;
+            for (fields, v) in [
+                (&["request"][..], &q.request),
+                (&["deployed"], &q.deployed),
+                (&["alias"], &q.alias),
+                (&["sender"], &q.user),
+                (&["room"], &q.room),
+                (&["action"], &q.action),
+                (&["event"], &q.event),
+                // A status filter matches an entry's status or its event.
+                (&["status", "event"], &q.status),
+            ] {
+                if let Some(v) = v {
+                    let mut hit = BTreeSet::new();
+                    for f in fields {
+                        hit.extend(
+                            s.postings(f, v)
+                                .map_err(|e| AuditError::Archive(e.to_string()))?,
+                        );
+                    }
+                    frames = Some(match frames {
+                        None => hit,
+                        Some(f) => f.intersection(&hit).copied().collect(),
+                    });
+                }
+            }
+            let wanted: Vec<usize> = (0..s.frames().len())
+                .filter(|i| {
+                    frames.as_ref().is_none_or(|f| f.contains(&(*i as u32)))
+                        && q.since.is_none_or(|t| s.frames()[*i].max_ts >= t)
+                })
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            batch_frames += wanted.len();
+            pending.push((s, wanted));
+            if batch_frames >= batch_target {
+                if !read_frames(std::mem::take(&mut pending), &filter, take)? {
+                    return Ok(());
+                }
+                batch_frames = 0;
+                batch_target = (batch_target * 2).min(512);
+            }
+        }
+        read_frames(pending, &filter, take)?;
+        Ok(())
+    }
+}

@@ -2,7 +2,6 @@
 //!
 //! StackStorm alias formats are raw Python regexes. This module parses one
 //! into a small token tree, which is used for two things:
-//!
 //! * StackStorm's anchor check (`search_regex_tokens`), quirks included: it
 //!   looks inside groups and only inside the *second* branch of an
 //!   alternation, after `sre_parse` has factored common prefixes out of

@@ -8,6 +8,7 @@ mod common;
 use airlock::action::st2::St2Config;
 use common::st2::{DB_PASSWORD, KEY, StandIn, venv};
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 
@@ -112,9 +113,15 @@ fn running(bot: &Arc<Bot>, cmd: &str) -> (String, std::thread::JoinHandle<String
         let (bot, event) = (bot.clone(), p.event_id.clone());
         std::thread::spawn(move || bodies(&bot.reply(BOB, OPS, &event, "yes")))
     };
-    while !bodies(&bot.say(ALICE, OPS, &format!("!status {request}"))).contains("│ tick") {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until(
+        "the run's first output line",
+        Duration::from_secs(60),
+        || {
+            bodies(&bot.say(ALICE, OPS, &format!("!status {request}")))
+                .contains("│ tick")
+                .then_some(())
+        },
+    );
     (request, runner)
 }
 
@@ -315,16 +322,11 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         let (bot, event) = (bot.clone(), p.event_id.clone());
         std::thread::spawn(move || bodies(&bot.reply(BOB, OPS, &event, "yes")))
     };
-    let question = loop {
+    let question = wait_until("StackStorm's question", Duration::from_secs(60), || {
         let sent = bot.play(bot.engine.tick(bot.now()));
-        if let Some(q) = sent
-            .iter()
+        sent.into_iter()
             .find(|m| m.body.starts_with("❓ StackStorm asks"))
-        {
-            break q.clone();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    });
     assert!(
         question.body.contains("Deploy to prod now?")
             && question.body.contains("not the requester"),
@@ -349,13 +351,10 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         let (bot, event) = (bot.clone(), p.event_id.clone());
         std::thread::spawn(move || bodies(&bot.reply(BOB, OPS, &event, "yes")))
     };
-    let question = loop {
+    let question = wait_until("the rollback question", Duration::from_secs(60), || {
         let sent = bot.play(bot.engine.tick(bot.now()));
-        if let Some(q) = sent.iter().find(|m| m.body.contains("Roll back now?")) {
-            break q.clone();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+        sent.into_iter().find(|m| m.body.contains("Roll back now?"))
+    });
     let bot = restart(bot, runner, "Roll back", tmp.path(), &st2.url);
     let (done_tx, done) = std::sync::mpsc::channel();
     {

@@ -407,6 +407,23 @@ pub fn airlock(args: &[&str], dir: &Path) -> std::process::Output {
         .expect("run airlock")
 }
 
+/// Poll `f` every 50 ms until it gives a value; fail the test, naming
+/// `what`, if none comes within `within` (a regression fails, never
+/// hangs CI).
+pub fn wait_until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The prompt among `sent`, with its request id.
 pub fn prompt(sent: &[Sent]) -> &Sent {
     sent.iter()

@@ -6,8 +6,9 @@
 //! files and the archive. Asserts nothing.
 //!
 //! Months are pressed into minutes: closed requests leave after
-//! `requests.keep: 1m` (30 days by default), and the audit log is sealed
-//! by count as it would be (16,000 entries). Whatever the allocator
+//! `requests.keep: 1m` (30 days by default; AIRLOCK_BENCH_KEEP to
+//! change), and the audit log is sealed by count as it would be (16,000
+//! entries). Whatever the allocator
 //! environment of this process is (`GLIBC_TUNABLES`, `LD_PRELOAD`) the
 //! bot inherits: that is how the allocators were compared.
 //!
@@ -59,9 +60,10 @@ fn main() {
     )
     .unwrap();
     let cfg = d.join("airlock.yaml");
+    let keep = std::env::var("AIRLOCK_BENCH_KEEP").unwrap_or_else(|_| "1m".into());
     std::fs::write(
         &cfg,
-        "data_dir: data\npacks: packs\naliases: [aliases]\npolicies: [policy.yaml]\nrequests:\n  keep: 1m\n",
+        format!("data_dir: data\npacks: packs\naliases: [aliases]\npolicies: [policy.yaml]\nrequests:\n  keep: {keep}\n"),
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))

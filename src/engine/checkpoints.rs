@@ -69,6 +69,9 @@ impl Engine {
         let sealed = match self.audit.seal_due(now, &self.settings.seal) {
             Ok(s) => {
                 *self.seal_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                if !s.is_empty() {
+                    give_back_freed_memory();
+                }
                 s
             }
             Err(e) => {
@@ -145,5 +148,16 @@ impl Engine {
             message: Message::plain(head.text()).with_field(Checkpoint::FIELD, head.field()),
             prompt_for: None,
         })]
+    }
+}
+
+/// Sealing holds an epoch's entries and its segment in memory for a
+/// moment (some 20 MB at 16,000 entries); glibc keeps what was freed in
+/// its heap, where it stays resident. Hand it back.
+fn give_back_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

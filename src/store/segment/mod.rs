@@ -325,11 +325,11 @@ pub fn write(out: &mut impl Write, entries: &[(Entry, Vec<u8>)]) -> std::io::Res
     Ok(footer)
 }
 
-/// Where an open segment's index is read from: the file, or memory (an
-/// index of the JSON layout, converted when opened).
+/// Where an open segment's index is read from: the file at an offset,
+/// or memory (an index of the JSON layout, converted when opened).
 #[derive(Debug)]
 enum Source {
-    File(std::fs::File, u64),
+    File(u64),
     Memory(Vec<u8>),
 }
 
@@ -343,6 +343,8 @@ pub struct Segment {
     pub footer: Footer,
     head: index::Head,
     source: Source,
+    /// Held open: a query reads several frames of each segment.
+    file: std::fs::File,
 }
 
 impl Segment {
@@ -400,7 +402,7 @@ impl Segment {
         let len = (footer.index_len - 8) as usize;
         let prefix = head[8..].try_into().expect("prefix");
         let (source, head_len) = match index::prefix(prefix).map_err(|w| err(at, w))? {
-            Some(head_len) => (Source::File(f, at + 8), head_len),
+            Some(head_len) => (Source::File(at + 8), head_len),
             None => {
                 let mut json = vec![0u8; len];
                 f.read_exact_at(&mut json, at + 8)
@@ -418,6 +420,7 @@ impl Segment {
             footer,
             head: index::Head::default(),
             source,
+            file: f,
         };
         let len = match &s.source {
             Source::Memory(b) => b.len(),
@@ -459,10 +462,11 @@ impl Segment {
                     "the index is cut short",
                 )
             }),
-            Source::File(f, at) => {
+            Source::File(at) => {
                 let mut buf = vec![0u8; r.len()];
                 let offset = at + r.start as u64;
-                f.read_exact_at(&mut buf, offset)
+                self.file
+                    .read_exact_at(&mut buf, offset)
                     .map_err(|e| Self::error(&self.path, offset, e.to_string()))?;
                 Ok(buf)
             }
@@ -518,8 +522,8 @@ impl Segment {
             return Err(err("the index places an entry outside the segment".into()));
         }
         let mut buf = vec![0u8; fr.len as usize];
-        let file = std::fs::File::open(&self.path).map_err(|e| err(e.to_string()))?;
-        file.read_exact_at(&mut buf, fr.offset)
+        self.file
+            .read_exact_at(&mut buf, fr.offset)
             .map_err(|e| err(e.to_string()))?;
         let text =
             decompress(&buf).map_err(|e| err(format!("a data frame does not decompress: {e}")))?;

@@ -79,8 +79,18 @@ fn seqs(entries: &[Entry]) -> Vec<u64> {
 /// 1,000 entries sealed into segments of 300, then 50 more unsealed.
 fn sealed_store() -> Store {
     let s = Store::new();
-    s.append(1_000);
-    let sealed = s.log.seal_due(T0, &policy(300)).unwrap();
+    let mut sealed = Vec::new();
+    // Three epochs filled, then one sealed by age (its 100 entries are
+    // past `after` 1,000 days later).
+    for (n, now) in [
+        (300, T0),
+        (300, T0),
+        (300, T0),
+        (100, T0 + 1001 * 86_400_000),
+    ] {
+        s.append(n);
+        sealed.extend(s.log.seal_due(now, &policy(300)).unwrap());
+    }
     assert_eq!(
         sealed.iter().map(|m| (m.first, m.last)).collect::<Vec<_>>(),
         vec![(1, 300), (301, 600), (601, 900), (901, 1000)]
@@ -381,7 +391,7 @@ fn a_sealing_cut_short_is_finished_or_undone_at_the_next_open() {
     std::fs::write(s.archive.join("x.zst.tmp"), b"half").unwrap();
     s.reopen();
     assert!(!stray.exists());
-    assert_eq!(s.segments().len(), 3);
+    assert_eq!(s.segments().len(), 2, "100 entries in two parts of 50");
     let all = s.log.query(&Query::default()).unwrap();
     assert_eq!(seqs(&all), (1..=100).collect::<Vec<_>>());
     assert!(s.log.verify_full(true).unwrap().ok());
@@ -577,4 +587,22 @@ fn who_deployed_answers_from_sealed_history_without_the_requests() {
     assert!(!text.contains("c0020"), "{text}");
     let none = airlock::engine::who_deployed(&s.log, &requests, "absent", None);
     assert_eq!(none, "No deployments of absent in the audit log.");
+}
+
+#[test]
+fn an_epoch_that_overran_its_size_is_one_segment_and_a_big_one_equal_parts() {
+    // The tick that starts the next epoch comes after this one filled: a
+    // few entries more are sealed with it, not into a sliver of their own
+    // (each segment is a manifest and a seal posted to the audit room).
+    let s = Store::new();
+    s.append(330);
+    let sealed = s.log.seal_due(T0, &policy(300)).unwrap();
+    let ranges = |m: &[airlock::audit::Manifest]| -> Vec<(u64, u64)> {
+        m.iter().map(|m| (m.first, m.last)).collect()
+    };
+    assert_eq!(ranges(&sealed), vec![(1, 330)]);
+    // An epoch far larger (a store from before epochs) in equal parts.
+    s.append(1_000);
+    let sealed = s.log.seal_due(T0, &policy(300)).unwrap();
+    assert_eq!(ranges(&sealed), vec![(331, 664), (665, 998), (999, 1330)]);
 }

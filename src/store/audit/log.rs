@@ -390,7 +390,13 @@ impl AuditLog {
             None => String::new(),
         };
         let mut manifests = Vec::new();
-        for part in entries.chunks(policy.entries.max(1) as usize) {
+        // An epoch holds a little more than `policy.entries` when the tick
+        // that starts the next comes after it filled: that is one segment,
+        // not a full one and a sliver (each sliver a manifest and a seal in
+        // the audit room). Only a far larger epoch (a store from before
+        // epochs) is cut, into parts of equal size.
+        let parts = (entries.len() / policy.entries.max(1) as usize).max(1);
+        for part in entries.chunks(entries.len().div_ceil(parts).max(1)) {
             let m = self.archive.write_segment(part, &prev)?;
             prev = Manifest::hash(&serde_json::to_vec(&m).expect("json"));
             manifests.push(m);

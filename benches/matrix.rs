@@ -2,7 +2,8 @@
 //! alice sending a command to her client seeing airlock's first reply (200
 //! commands, median and p99; one at a time and back to back), the same
 //! while a long action runs, and airlock's RSS idle and along 10,000 more
-//! commands (AIRLOCK_BENCH_COMMANDS to change), beside a bare matrix-sdk
+//! commands (AIRLOCK_BENCH_COMMANDS to change; closed requests kept a
+//! minute, AIRLOCK_BENCH_KEEP), beside a bare matrix-sdk
 //! echo bot as the floor. Prints figures.
 //!
 //! Needs a homeserver: `scripts/synapse start DIR`, then
@@ -103,9 +104,12 @@ async fn main() {
     )
     .unwrap();
     let cfg = dir.path().join("airlock.yaml");
+    // Months pressed into minutes, as in benches/console.rs: closed
+    // requests leave after a minute (AIRLOCK_BENCH_KEEP).
+    let keep = std::env::var("AIRLOCK_BENCH_KEEP").unwrap_or_else(|_| "1m".into());
     std::fs::write(
         &cfg,
-        format!("homeserver: {}\nuser_id: \"{bot}\"\ndata_dir: data\npacks: packs\naliases: [aliases]\npolicies: [policy.yaml]\n", hs.url),
+        format!("homeserver: {}\nuser_id: \"{bot}\"\ndata_dir: data\npacks: packs\naliases: [aliases]\npolicies: [policy.yaml]\nrequests:\n  keep: {keep}\n", hs.url),
     )
     .unwrap();
     let alice = User::login(&hs, &alice_id, PW, &dir.path().join("alice")).await;

@@ -35,5 +35,5 @@ pub mod engine;
 pub mod metrics;
 
 pub use crate::core::{alias, clock, diag, ids, policy, render};
-pub use store::{audit, free_bytes, merkle, requests, segment};
+pub use store::{audit, free_bytes, locks, merkle, requests, segment};
 pub use transport::{console, http, matrix};

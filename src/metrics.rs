@@ -22,6 +22,11 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabel {
     rule: String,
     decision: String,
@@ -68,6 +73,7 @@ pub struct Metrics {
     reactions_dropped: Counter,
     pending: Gauge,
     audit_entries: Counter,
+    locks: Family<EventLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -94,6 +100,7 @@ impl Metrics {
             reactions_dropped: Counter::default(),
             pending: Gauge::default(),
             audit_entries: Counter::default(),
+            locks: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -152,6 +159,11 @@ impl Metrics {
             m.reactions_dropped.clone(),
         );
         registry.register(
+            "lock_events",
+            "Locks taken, waited for and released, by event (locked, queued, unlocked)",
+            m.locks.clone(),
+        );
+        registry.register(
             "pending_requests",
             "Requests waiting for approvals now",
             m.pending.clone(),
@@ -174,6 +186,13 @@ impl Metrics {
                 .inc();
         };
         match e.event {
+            Event::Locked | Event::Queued | Event::Unlocked => {
+                self.locks
+                    .get_or_create(&EventLabel {
+                        event: e.event.name().into(),
+                    })
+                    .inc();
+            }
             Event::Matched => {
                 self.commands.get_or_create(&outcome("matched")).inc();
             }

@@ -189,6 +189,9 @@ impl Engine {
             if user != req.requester {
                 return refuse(out, "only the requester can cancel it".into());
             }
+            if self.cancel_waiting(out, req, user) {
+                return;
+            }
         } else if let Err(why) = self.may_decide(req, user, m.power_level, now) {
             return refuse(out, why);
         } else if verdict == Verdict::Approve

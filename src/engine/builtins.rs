@@ -71,6 +71,9 @@ impl Engine {
             ),
             ("cancel", "cancel <id>"),
             ("review", "review <id> [note]"),
+            ("lock", "lock <name> [reason]"),
+            ("lock", "unlock <name>"),
+            ("locks", "locks"),
         ]
         .iter()
         .filter(|(b, _)| policy.may_use(&who, &Target::Builtin(b)))
@@ -157,6 +160,9 @@ impl Engine {
     /// its last lines of output.
     fn request_line(&self, r: &Request, now: u64) -> String {
         let mut s = pending_line(r, now);
+        if let Some(note) = self.queue_note(r) {
+            s.push_str(&note);
+        }
         if let Some((elapsed_ms, lines)) = self.running_view(&r.id, now) {
             s.push_str(&format!(
                 " — running for {}",

@@ -90,8 +90,9 @@ impl Engine {
 
     fn on_message(&self, out: &mut Out) {
         /// The commands the engine answers itself.
-        const COMMAND_WORDS: [&str; 8] = [
-            "help", "pending", "status", "audit", "review", "cancel", "approve", "deny",
+        const COMMAND_WORDS: [&str; 11] = [
+            "help", "pending", "status", "audit", "review", "cancel", "approve", "deny", "lock",
+            "unlock", "locks",
         ];
         let m = out.m;
         // A reply to a prompt: the relation decides, never quoted text.
@@ -133,6 +134,9 @@ impl Engine {
             "cancel" => self.by_id(out, args, Verdict::Cancel),
             "approve" => self.by_id(out, args, Verdict::Approve),
             "deny" => self.by_id(out, args, Verdict::Deny),
+            "lock" => self.builtin_lock(out, args),
+            "unlock" => self.builtin_unlock(out, args),
+            "locks" => self.builtin_locks(out),
             _ => self.run_alias(out, &cmd),
         }
     }

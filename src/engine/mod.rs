@@ -41,6 +41,7 @@ mod builtins;
 mod checkpoints;
 mod events;
 mod inquiry;
+mod locks;
 mod protocol;
 mod recheck;
 mod request;

@@ -442,6 +442,10 @@ impl Engine {
         if c.verified_devices {
             needs.push_str(", from cross-signed devices only");
         }
+        if let Some(note) = self.lock_note(req, now) {
+            text.push_str(&note);
+            text.push('\n');
+        }
         text.push_str(&format!(
             "Needs {needs}.\nReply \"yes\" to this message to approve or \"no\" to deny (or {p}approve {id} / {p}deny {id}). Expires in {} (at {}).",
             clock::human(Duration::from_millis(c.expires_ms.saturating_sub(now))),

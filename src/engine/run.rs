@@ -34,6 +34,14 @@ impl Engine {
         if let Some(refused) = self.refuse_to_start(id, started) {
             return refused;
         }
+        // Its lock first: held, or it waits in the lock's queue (and is
+        // started when the run ahead of it ends).
+        if let Ok(Some(waiting)) = self.requests.get(id)
+            && waiting.state == State::Approved
+            && let Err(fx) = self.claim_lock(&waiting, started)
+        {
+            return fx;
+        }
         let req = match self.requests.update(id, |r| r.start(started)) {
             Ok(Update::Done(r, ())) => r,
             Ok(Update::Refused(_, why)) => {
@@ -53,10 +61,12 @@ impl Engine {
             let _ = self.requests.update(id, |r| {
                 r.finish(State::Failed, Value::Null, "audit log unavailable", started)
             });
-            return vec![Effect::Send(reply_to_request(
+            let mut fx = vec![Effect::Send(reply_to_request(
                 &req,
                 Message::plain("⚠️ The audit log cannot be written, so the request did not run."),
             ))];
+            fx.extend(self.release_lock(&req, started));
+            return fx;
         }
         span.record("room", req.room.as_str());
         span.record("sender", req.requester.as_str());
@@ -114,7 +124,7 @@ impl Engine {
                 .status(Status::Denied)
                 .detail(json!({"reason": why, "when": "at start"})),
         ]);
-        Some(vec![
+        let mut fx = vec![
             Effect::Send(reply_to_request(
                 &req,
                 Message::plain(format!(
@@ -123,7 +133,9 @@ impl Engine {
                 )),
             )),
             react_request(&req, FAILED),
-        ])
+        ];
+        fx.extend(self.release_lock(&req, now));
+        Some(fx)
     }
 
     /// Follow request `id`'s run, which went on elsewhere (StackStorm)
@@ -340,6 +352,8 @@ impl Engine {
             )));
         }
         fx.push(react_request(&req, end_reaction(state)));
+        // Its lock goes to the next in the queue.
+        fx.extend(self.release_lock(&req, finished));
         fx
     }
 
@@ -460,6 +474,7 @@ impl Engine {
             fx.push(react_request(&req, FAILED));
         }
         self.record(entries);
+        fx.extend(self.tick_locks(now));
         fx
     }
 
@@ -540,10 +555,21 @@ impl Engine {
                 prompt_for: Some(req.id.clone()),
             }));
         }
+        // Requests waiting in a lock's queue wait on: the queue is as it
+        // was, and each starts when its turn comes (the next tick).
+        let mut keep = resumed;
+        keep.extend(
+            self.requests
+                .locks()
+                .all_waiting()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(id, _)| id),
+        );
         for (req, was) in self.interrupt(
             &[State::Running, State::Approved, State::Preparing],
             "airlock stopped before it finished; not re-run",
-            &resumed,
+            &keep,
             now,
         ) {
             startup.push(Effect::Send(reply_to_request(
@@ -593,6 +619,9 @@ impl Engine {
                         .status(Status::Interrupted)
                         .detail(json!({"was": was.name(), "reason": reason})),
                 ]);
+                // Its lock is released; what waited starts at the next
+                // tick.
+                let _ = self.release_lock(&req, now);
                 done.push((req, was));
             }
         }

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod db;
+pub mod locks;
 pub mod merkle;
 pub mod requests;
 pub mod segment;

@@ -301,6 +301,36 @@ impl Policy {
         }
     }
 
+    /// The lock a run of `params` under rule `rule` must hold: its name
+    /// rendered over the parameters and checked. None: the rule names no
+    /// lock (or is gone). An error says why no lock name came out.
+    pub fn lock_for(
+        &self,
+        rule: &str,
+        params: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Option<LockSpec>, String> {
+        let Some(l) = self.rule(rule).and_then(|r| r.lock.as_ref()) else {
+            return Ok(None);
+        };
+        let ctx = serde_json::Value::Object(params.clone());
+        let name =
+            match crate::render::render_value(&serde_json::Value::String(l.name.clone()), &ctx)? {
+                serde_json::Value::String(s) => s.trim().to_string(),
+                other => other.to_string(),
+            };
+        if !valid_lock_name(&name) {
+            return Err(format!(
+                "rule {rule}'s lock came out as \"{}\", which is not a lock name (1 to 100 letters, digits and . _ - / : @)",
+                name.chars().take(120).collect::<String>()
+            ));
+        }
+        Ok(Some(LockSpec {
+            name,
+            queue_timeout: l.queue_timeout,
+            break_glass_passes: l.break_glass_passes,
+        }))
+    }
+
     /// The rule with this id.
     pub fn rule(&self, id: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.id == id)

@@ -8,8 +8,8 @@ use regex::Regex;
 use serde::Deserialize;
 
 use super::{
-    BUILTINS, ConfirmPolicy, Constraint, DEFAULT_EXPIRY, Effect, Glob, LoadedPolicy, Rule,
-    Subjects, Window,
+    BUILTINS, ConfirmPolicy, Constraint, DEFAULT_EXPIRY, Effect, Glob, LoadedPolicy, LockRule,
+    Rule, Subjects, Window, valid_lock_name,
 };
 use crate::diag::{self, Diagnostic, Severity, YamlIndex};
 use crate::{clock, ids};
@@ -56,6 +56,12 @@ struct RawRule {
     when: Option<RawWhen>,
     #[serde(default)]
     break_glass: Option<RawSubjects>,
+    #[serde(default)]
+    lock: Option<String>,
+    #[serde(default)]
+    queue_timeout: Option<String>,
+    #[serde(default)]
+    break_glass_passes_lock: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -323,6 +329,7 @@ fn load_rule(
         );
     }
     let params = load_params(&r, base, e);
+    let lock = load_lock(&r, base, e);
     let confirm = load_confirm(r.confirm, r.effect, groups, base, e);
     let when = r.when.and_then(|w| {
         Window::parse(w.timezone.as_deref(), &w.days, w.hours.as_deref(), &w.dates)
@@ -368,8 +375,64 @@ fn load_rule(
         confirm,
         when,
         break_glass,
+        lock,
         file: PathBuf::new(),
         line: 0,
+    })
+}
+
+/// A rule's `lock`, `queue_timeout` and `break_glass_passes_lock`.
+fn load_lock(r: &RawRule, base: &str, e: &mut Report) -> Option<LockRule> {
+    let Some(name) = r.lock.as_deref() else {
+        for (set, field) in [
+            (r.queue_timeout.is_some(), "queue_timeout"),
+            (r.break_glass_passes_lock, "break_glass_passes_lock"),
+        ] {
+            if set {
+                e(
+                    &format!("{base}.{field}"),
+                    Severity::Error,
+                    "applies to a rule's lock, and the rule names none (`lock:`)".into(),
+                );
+            }
+        }
+        return None;
+    };
+    let field = format!("{base}.lock");
+    if r.effect == Effect::Deny {
+        e(
+            &field,
+            Severity::Error,
+            "a deny rule runs nothing, so it holds no lock".into(),
+        );
+    }
+    if name.contains("{{") || name.contains("{%") {
+        if let Err(msg) = crate::render::check_template(name) {
+            e(&field, Severity::Error, msg);
+        }
+    } else if !valid_lock_name(name) {
+        e(
+            &field,
+            Severity::Error,
+            format!("\"{name}\" is not a lock name (1 to 100 letters, digits and . _ - / : @)"),
+        );
+    }
+    let queue_timeout = match r.queue_timeout.as_deref().map(clock::parse_duration) {
+        None => None,
+        Some(Some(d)) if !d.is_zero() => Some(d),
+        Some(_) => {
+            e(
+                &format!("{base}.queue_timeout"),
+                Severity::Error,
+                "expected a duration such as 90s, 10m, 2h".into(),
+            );
+            None
+        }
+    };
+    Some(LockRule {
+        name: name.to_string(),
+        queue_timeout,
+        break_glass_passes: r.break_glass_passes_lock,
     })
 }
 

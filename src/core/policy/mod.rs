@@ -31,7 +31,9 @@ pub use load::{load, parse_texts};
 pub use window::Window;
 
 /// Commands the bot answers itself, which rules can grant.
-pub const BUILTINS: [&str; 6] = ["help", "audit", "pending", "cancel", "review", "announce"];
+pub const BUILTINS: [&str; 8] = [
+    "help", "audit", "pending", "cancel", "review", "announce", "lock", "locks",
+];
 
 /// How long a confirmation stays open unless a rule says otherwise.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(600);
@@ -245,10 +247,52 @@ pub struct Rule {
     /// Who may run it without its confirmation by giving a reason
     /// (`--break-glass "why"`); None: nobody.
     pub break_glass: Option<Subjects>,
+    /// The lock its runs hold (`lock:`); None: none.
+    pub lock: Option<LockRule>,
     /// The file it came from.
     pub file: PathBuf,
     /// Its line there.
     pub line: usize,
+}
+
+/// A rule's `lock`: runs holding the same lock run one at a time, in the
+/// order they were approved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockRule {
+    /// The lock's name, a template over the request's parameters
+    /// (`deploy/{{ environment }}`) or a fixed name.
+    pub name: String,
+    /// How long a request may wait for it before it expires; None: as
+    /// long as it takes.
+    pub queue_timeout: Option<Duration>,
+    /// Whether a break-glass run passes a lock held by hand
+    /// (`break_glass_passes_lock: true`); it never passes another run.
+    pub break_glass_passes: bool,
+}
+
+/// The lock a request's run must hold, its name rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockSpec {
+    /// The name.
+    pub name: String,
+    /// How long it may wait.
+    pub queue_timeout: Option<Duration>,
+    /// Whether break-glass passes a hand's lock.
+    pub break_glass_passes: bool,
+}
+
+/// The longest lock name.
+pub const MAX_LOCK_NAME: usize = 100;
+
+/// Whether `name` may name a lock: 1 to 100 of letters, digits and
+/// `. _ - / : @`. A name rendered from a chat value is checked here before
+/// it is stored or shown.
+pub fn valid_lock_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_LOCK_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
 }
 
 /// Which parameters chat set, and how the action uses them: what the

@@ -110,6 +110,12 @@ names!(
         Reviewed = "reviewed",
         /// StackStorm posted a message to a room (`chatops.post_message`).
         Announced = "announced",
+        /// A run took a lock, or someone held one by hand (`!lock`).
+        Locked = "locked",
+        /// An approved request waits for a lock.
+        Queued = "queued",
+        /// A lock was released: its run ended, or `!unlock`.
+        Unlocked = "unlocked",
         /// Sealed segments older than `audit.retention` were deleted
         /// (their manifests are kept).
         Pruned = "pruned",

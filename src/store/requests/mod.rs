@@ -52,6 +52,8 @@ pub struct Requests {
     /// Ids given before ids were numbered, of requests still in or since
     /// gone from the store: never given again (fixed at the upgrade).
     retired: sled::Tree,
+    /// The locks runs hold and the requests waiting for them.
+    locks: std::sync::Arc<crate::locks::Locks>,
 }
 
 /// The id counter in the index tree.
@@ -118,6 +120,12 @@ fn settled<A>(r: sled::transaction::TransactionResult<A, StoreError>) -> Result<
 }
 
 impl Requests {
+    /// The locks runs hold and the requests waiting for them, kept
+    /// beside the requests.
+    pub fn locks(&self) -> &crate::locks::Locks {
+        &self.locks
+    }
+
     /// The store in `db`.
     pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
         let store = Requests {
@@ -125,6 +133,7 @@ impl Requests {
             prompts: db.open_tree("prompts")?,
             index: db.open_tree("open_requests")?,
             retired: db.open_tree("retired_ids")?,
+            locks: std::sync::Arc::new(crate::locks::Locks::open(db)?),
         };
         // A store from before numbered ids (or before the open index): its
         // requests are indexed open or closed, and their ids retired, in

@@ -451,6 +451,23 @@ impl Request {
         Ok(())
     }
 
+    /// Approved and waiting for its lock, `user` withdrew it.
+    pub fn cancel_waiting(&mut self, user: &str, now: u64) -> Result<(), Refusal> {
+        self.expect(&[State::Approved])?;
+        self.decided_by = Some(user.to_string());
+        self.close(State::Cancelled, now);
+        Ok(())
+    }
+
+    /// Approved, it waited for its lock longer than its rule's
+    /// `queue_timeout`: it will not run.
+    pub fn expire_waiting(&mut self, why: &str, now: u64) -> Result<(), Refusal> {
+        self.expect(&[State::Approved])?;
+        self.summary = Some(why.to_string());
+        self.close(State::Expired, now);
+        Ok(())
+    }
+
     /// The policy no longer lets it start (see `Policy::gate`), or no
     /// longer allows it at all.
     pub fn refuse(&mut self, why: &str, now: u64) -> Result<(), Refusal> {

@@ -263,23 +263,27 @@ fn check_invariants(
 #[test]
 fn sigkill_at_every_durable_step_leaves_one_truth() {
     // Audit flushes of a deploy: 1 received+matched, 2 allowed+prompt
-    // (after the ref is resolved), 3 the approval, 4 started, 5 finished.
-    let points: [(&str, bool); 15] = [
+    // (after the ref is resolved), 3 the approval, 4 its lock taken, 5
+    // started, 6 finished, 7 its lock released.
+    let points: [(&str, bool); 18] = [
         ("request_stored", false),
         ("audit_before_flush@1", false),
         ("audit_after_flush@1", false),
         ("audit_after_flush@2", false),
         ("approval_recorded", false),
         ("audit_after_flush@3", false),
+        ("lock_acquired", false),
+        ("audit_after_flush@4", false),
         ("action_started", false),
         ("pack_fetching", false),
         ("pack_staged", false),
         ("pack_intent_written", false),
         ("pack_switched", true),
         ("pack_recorded", true),
-        ("audit_before_flush@5", true),
-        ("audit_after_flush@5", true),
+        ("audit_before_flush@6", true),
+        ("audit_after_flush@6", true),
         ("outcome_recorded", true),
+        ("lock_released", true),
     ];
     for (point, switched) in points {
         let site = Site::new();

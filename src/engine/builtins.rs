@@ -459,7 +459,13 @@ fn archived_status(audit: &AuditLog, id: &str, room: &str) -> Option<String> {
         ..Default::default()
     };
     let entries = audit.query(&q).ok()?;
-    let (first, last) = (entries.first()?, entries.last()?);
+    // Its lock's release comes after its end: the last step of its own
+    // life is what it came to.
+    let last = entries
+        .iter()
+        .rev()
+        .find(|e| !matches!(e.event, Event::Locked | Event::Queued | Event::Unlocked))?;
+    let first = entries.first()?;
     let mut s = format!(
         "{id} {} {} by {}, {} at {}",
         last.status.map_or(last.event.name(), |s| s.name()),

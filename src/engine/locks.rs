@@ -174,6 +174,25 @@ impl Engine {
             .collect()
     }
 
+    /// Locks held by a request that is no longer open (a crash between
+    /// its end and the release) are released; what waited is started.
+    pub(super) fn settle_locks(&self, now: u64) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        for view in self.requests.locks().all().unwrap_or_default() {
+            let Some(held) = view.held else { continue };
+            match self.requests.get(&held.request) {
+                Ok(Some(req)) if req.state.is_open() => {}
+                Ok(Some(req)) => fx.extend(self.release_lock(&req, now)),
+                Ok(None) => {
+                    let _ = self.requests.locks().leave(&held.request);
+                }
+                Err(e) => tracing::warn!("lock {}: {e}", view.name),
+            }
+        }
+        fx.extend(self.ready_to_start());
+        fx
+    }
+
     /// At each tick: requests that waited longer than their rule's
     /// `queue_timeout` expire; the next of each free queue is started (a
     /// restart, or a crash between a release and the start that follows).
@@ -200,7 +219,7 @@ impl Engine {
                 fx.extend(self.expire_waiting(&req, &place, t, now));
             }
         }
-        fx.extend(self.ready_to_start());
+        fx.extend(self.settle_locks(now));
         fx
     }
 

@@ -387,7 +387,7 @@ impl Engine {
         if let Some(action) = self.action(&req.action) {
             action.settled(&req.id);
         }
-        Some(vec![
+        let mut fx = vec![
             Effect::Send(reply_to_request(
                 req,
                 Message::plain(format!(
@@ -398,7 +398,9 @@ impl Engine {
                 )),
             )),
             react_request(req, end_reaction(state)),
-        ])
+        ];
+        fx.extend(self.release_lock(req, now));
+        Some(fx)
     }
 
     /// A request the last process died running: finished from what its
@@ -583,6 +585,9 @@ impl Engine {
             )));
             startup.push(react_request(&req, FAILED));
         }
+        // A lock whose run ended just before the stop is released, and
+        // the queue it held back moves on.
+        startup.extend(self.settle_locks(now));
         // What was settled without an audit entry of its own is made
         // durable here.
         if let Err(e) = self.requests.flush() {

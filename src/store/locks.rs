@@ -269,8 +269,10 @@ impl Locks {
             b.remove(key(b'r', request));
             lock = Some(p.lock);
         }
-        self.tree.apply_batch(b)?;
-        crate::crash::point("lock_released");
+        if lock.is_some() {
+            self.tree.apply_batch(b)?;
+            crate::crash::point("lock_released");
+        }
         Ok(lock)
     }
 

@@ -75,6 +75,15 @@ async fn scene(hs: Homeserver) -> Scene {
         "name: pause\npack: tests\naction_ref: core.pause\nformats: ['pause {{ max_pause }}']\nack:\n  format: pausing\n",
     )
     .unwrap();
+    // Runs that take turns: a lock per environment.
+    std::fs::write(
+        extra.join("hold.yaml"),
+        "name: hold\npack: locked\naction_ref: core.pause\nformats: ['hold {{ max_pause }}']\nack:\n  enabled: false\nresult:\n  format: 'held {{ execution.id }}'\n",
+    )
+    .unwrap();
+    policy.push_str(&format!(
+        "\n  - id: locked-holds\n    effect: allow\n    groups: [ops]\n    rooms: [\"{alias}\"]\n    packs: [locked]\n    confirm: false\n    lock: env/prod\n    queue_timeout: 10m\n"
+    ));
     // Approvals from cross-signed devices only.
     std::fs::write(
         extra.join("secure.yaml"),
@@ -1221,4 +1230,145 @@ async fn actions_run_on_a_temporal_worker_and_survive_a_restart() {
         .collect();
     assert_eq!(finished.len(), 1, "reported once: {text}");
     assert_eq!(finished[0]["detail"]["temporal"]["task_queue"], "prod");
+}
+
+/// Locks on Synapse: a run approved while another holds its lock waits and
+/// is told so, then runs after it; a stop with one running and one queued
+/// keeps the queue across the restart and runs each once; a lock held by
+/// hand holds runs until it is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_with_one_lock_take_turns_across_a_restart_and_a_hand_lock() {
+    let Some(hs) = Homeserver::from_env() else {
+        return;
+    };
+    let s = scene(hs).await;
+    let room = s.room(true, false).await;
+    let mut bot = s.start();
+    s.bot_joined(&room).await;
+    let request_of = |body: &str, after: &str| -> String {
+        body.split(after)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_default()
+            .trim_end_matches([')', '.', ':'])
+            .to_string()
+    };
+    // One run holds env/prod; the next waits behind it, then runs.
+    say(&s.alice, &room, "!hold 3").await;
+    let second = say(&s.bob, &room, "!hold 1").await;
+    let waits = s
+        .alice
+        .wait_for("the second told it waits", WAIT, |x| {
+            answer_to(&s.bot, &second)(x) && x.body.contains("waits for lock env/prod: request")
+        })
+        .await;
+    assert!(
+        waits.body.contains("number 1 in the queue"),
+        "{}",
+        waits.body
+    );
+    let (b, a) = (
+        request_of(&waits.body, "Request "),
+        request_of(&waits.body, "lock env/prod: request "),
+    );
+    s.alice
+        .wait_for(
+            "the second's result",
+            WAIT,
+            from_bot(&s.bot, &room, &format!("held {b}")),
+        )
+        .await;
+    let firsts = s.alice.seen.lock().unwrap().clone();
+    let at = |id: &str| {
+        firsts
+            .iter()
+            .position(|x| x.body.contains(&format!("held {id}")))
+    };
+    assert!(at(&a).unwrap() < at(&b).unwrap(), "the first ran first");
+
+    // Stopped with one running and one queued: after the restart the
+    // queued one runs, once; the running one is interrupted, not re-run.
+    say(&s.alice, &room, "!hold 30").await;
+    let queued = say(&s.bob, &room, "!hold 1").await;
+    let waits = s
+        .alice
+        .wait_for("the queued one told it waits", WAIT, |x| {
+            answer_to(&s.bot, &queued)(x) && x.body.contains("waits for lock env/prod")
+        })
+        .await;
+    let (q, r) = (
+        request_of(&waits.body, "Request "),
+        request_of(&waits.body, "lock env/prod: request "),
+    );
+    assert!(bot.stop().success());
+    let mut bot = s.start();
+    s.alice
+        .wait_for(
+            "the queued one's result after the restart",
+            Duration::from_secs(60),
+            from_bot(&s.bot, &room, &format!("held {q}")),
+        )
+        .await;
+
+    // A lock held by hand: runs wait until it is released.
+    let locked = say(&s.bob, &room, "!lock env/prod database maintenance").await;
+    s.alice
+        .wait_for("the lock held", WAIT, |x| {
+            answer_to(&s.bot, &locked)(x) && x.body.contains("🔒 Lock env/prod is held by")
+        })
+        .await;
+    let held_back = say(&s.alice, &room, "!hold 1").await;
+    let waits = s
+        .alice
+        .wait_for("a run held back by hand", WAIT, |x| {
+            answer_to(&s.bot, &held_back)(x) && x.body.contains("database maintenance")
+        })
+        .await;
+    let h = request_of(&waits.body, "Request ");
+    let list = say(&s.alice, &room, "!locks").await;
+    let listed = s
+        .alice
+        .wait_for("!locks", WAIT, answer_to(&s.bot, &list))
+        .await;
+    assert!(
+        listed.body.contains(&format!("waiting: {h}")),
+        "{}",
+        listed.body
+    );
+    say(&s.bob, &room, "!unlock env/prod").await;
+    s.alice
+        .wait_for(
+            "the held-back run's result",
+            WAIT,
+            from_bot(&s.bot, &room, &format!("held {h}")),
+        )
+        .await;
+    assert!(bot.stop().success());
+
+    // Each ran once: one `started` per request in the audit log.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["audit", "--jsonl", "--all", "--config"])
+        .arg(s.dir.path().join("airlock.yaml"))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    for id in [&a, &b, &q, &h] {
+        let started = log
+            .lines()
+            .filter(|l| {
+                l.contains("\"event\":\"started\"") && l.contains(&format!("\"request\":\"{id}\""))
+            })
+            .count();
+        assert_eq!(started, 1, "request {id} started {started} times");
+    }
+    // The one running at the stop ended interrupted; the one queued ran
+    // after the restart.
+    let has = |id: &str, event: &str| {
+        log.lines().any(|l| {
+            l.contains(&format!("\"event\":\"{event}\""))
+                && l.contains(&format!("\"request\":\"{id}\""))
+        })
+    };
+    assert!(has(&r, "interrupted") && !has(&r, "finished"), "{log}");
+    assert!(has(&q, "finished") && !has(&q, "interrupted"), "{log}");
 }

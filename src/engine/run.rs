@@ -31,6 +31,11 @@ impl Engine {
         )
         .entered();
         let started = now();
+        // Shutting down: nothing new starts. A request waiting for its
+        // lock keeps its place, and the next start runs it.
+        if self.cancel.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
         if let Some(refused) = self.refuse_to_start(id, started) {
             return refused;
         }

@@ -302,7 +302,13 @@ impl Engine {
             request_entry(Event::Allowed, &req, now)
                 .rule(Some(&req.rule))
                 .status(req.state)
-                .detail(json!({"parameters": req.params, "confirmation": req.confirmation})),
+                .detail(if req.shown.is_empty() {
+                    json!({"parameters": req.params, "confirmation": req.confirmation})
+                } else {
+                    // What approvers are shown (for an install, the commit
+                    // range): the approval is for exactly that.
+                    json!({"parameters": req.params, "confirmation": req.confirmation, "shown": req.shown})
+                }),
         );
         if let Some(c) = &req.confirmation {
             out.log(
@@ -408,7 +414,11 @@ impl Engine {
         );
         text.push_str(&params_text(&req.params));
         for line in &req.shown {
-            text.push_str(&format!("  → {line}\n"));
+            // An indented line continues the one above it (a commit list).
+            match line.strip_prefix("  ") {
+                Some(more) => text.push_str(&format!("      {more}\n")),
+                None => text.push_str(&format!("  → {line}\n")),
+            }
         }
         let who = if c.self_approve && !c.approvers.is_empty() {
             format!("{} (the requester may approve)", c.approvers_text)

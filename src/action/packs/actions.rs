@@ -164,27 +164,43 @@ impl Action for Install {
             return Err("timeout must be a positive number of seconds".into());
         }
         let sources = self.mgr.resolve(&params).map_err(|e| e.to_string())?;
-        let shown = sources
-            .iter()
-            .map(|src| {
-                format!(
-                    "{} at commit {} ({}) from {}{}",
-                    src.pack,
-                    src.commit,
-                    src.reference.as_deref().unwrap_or("default branch"),
-                    src.url,
-                    if src.fetch_url != src.url {
-                        format!(" (fetched from {})", src.fetch_url)
-                    } else {
-                        String::new()
-                    }
-                )
-            })
-            .collect();
+        let mut shown = Vec::new();
+        let mut changes = Vec::new();
+        for src in &sources {
+            shown.push(format!(
+                "{} at commit {} ({}) from {}{}",
+                src.pack,
+                src.commit,
+                src.reference.as_deref().unwrap_or("default branch"),
+                src.url,
+                if src.fetch_url != src.url {
+                    format!(" (fetched from {})", src.fetch_url)
+                } else {
+                    String::new()
+                }
+            ));
+            // What moving the live version there means: approvers see the
+            // range they approve, and the audit keeps it.
+            match self.mgr.change_from_live(src) {
+                Some(Ok(change)) => {
+                    shown.extend(change.lines(&src.pack));
+                    changes.push(change);
+                }
+                Some(Err(why)) => shown.push(format!(
+                    "{}: what changes from the live version is unknown: {why}",
+                    src.pack
+                )),
+                None => shown.push(format!("{}: not installed yet", src.pack)),
+            }
+        }
+        let mut plan = serde_json::to_value(sources).expect("sources serialize");
+        if !changes.is_empty() {
+            plan = json!({"sources": plan, "changes": changes});
+        }
         Ok(Prepared {
             params,
             shown,
-            plan: serde_json::to_value(sources).expect("sources serialize"),
+            plan,
         })
     }
 
@@ -256,6 +272,8 @@ fn planned_sources(ctx: &RunContext, params: &Params) -> Option<Vec<Source>> {
     } else {
         ctx.plan
     };
+    // With what the install changes worked out, the sources sit beside it.
+    let plan = plan.get("sources").unwrap_or(plan);
     serde_json::from_value(plan.clone()).ok()
 }
 

@@ -35,6 +35,7 @@ use crate::alias::Params;
 use crate::clock;
 
 mod actions;
+mod change;
 mod git;
 mod layout;
 mod records;

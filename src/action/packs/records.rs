@@ -89,6 +89,18 @@ impl Drop for PackLock {
 }
 
 impl PackManager {
+    /// Pack `name`'s lock if nothing holds it now.
+    pub(super) fn try_lock(self: &Arc<Self>, name: &str) -> Option<PackLock> {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if !busy.insert(name.to_string()) {
+            return None;
+        }
+        Some(PackLock {
+            mgr: self.clone(),
+            name: name.to_string(),
+        })
+    }
+
     pub(super) fn lock(self: &Arc<Self>, name: &str) -> PackLock {
         let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         while busy.contains(name) {

@@ -97,3 +97,71 @@ fn an_install_prompt_shows_the_range_forward_back_and_sideways() {
     let shown = last.details()["shown"].to_string();
     assert!(shown.contains("moves sideways"), "{shown}");
 }
+
+#[test]
+fn redeploy_installs_the_commit_an_earlier_request_installed_after_the_branch_moved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, repo) = shipped(tmp.path());
+    let v1 = repo.head();
+    let first = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    let first_id = first.prompt_for.clone().unwrap();
+    bot.reply(BOB, OPS, &first.event_id, "yes");
+    repo.write("actions/a.txt", "a\n");
+    let v2 = repo.commit("v2");
+    deploy(&bot, "main");
+
+    let history = bodies(&bot.say(ALICE, OPS, "!deploys st2-flow"));
+    let lines: Vec<&str> = history.lines().collect();
+    assert!(
+        lines[1].contains(&format!("succeeded st2-flow.flow_deploy at {}", &v2[..12])),
+        "{history}"
+    );
+    assert!(lines[2].starts_with(&first_id), "{history}");
+    assert!(
+        lines[2].contains(&format!("at {} by {ALICE}, approved by {BOB}", &v1[..12])),
+        "{history}"
+    );
+
+    // Asked again: the same commit, though main has moved; the prompt
+    // calls it a rewind and the policy asks for an approval as it does now.
+    let asked = bot.say(ALICE, OPS, &format!("!redeploy {first_id}"));
+    let text = bodies(&asked);
+    assert!(
+        text.contains(&format!(
+            "↩️ Asking again for request {first_id} (st2-flow.flow_deploy, succeeded at"
+        )) && text.contains(&format!("pinned to what it ran (branch={v1})")),
+        "{text}"
+    );
+    let p = prompt(&asked).clone();
+    assert!(p.body.contains(&format!("branch: {v1}")), "{}", p.body);
+    assert!(
+        p.body.contains("goes back 1 commit from the live"),
+        "{}",
+        p.body
+    );
+    let done = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    assert!(done.contains("Successfully deployed flow"), "{done}");
+    let list = bodies(&bot.say(ALICE, OPS, "!pack list"));
+    assert!(
+        list.contains(&v1[..12]) && !list.contains(&v2[..12]),
+        "{list}"
+    );
+
+    // Another room's request answers as an unknown one does; an open one is refused.
+    let elsewhere = bodies(&bot.say(
+        ALICE,
+        "!elsewhere:example.org",
+        &format!("!redeploy {first_id}"),
+    ));
+    assert!(
+        elsewhere.contains(&format!("There is no request \"{first_id}\" kept here")),
+        "{elsewhere}"
+    );
+    let open = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    let still = bodies(&bot.say(
+        ALICE,
+        OPS,
+        &format!("!redeploy {}", open.prompt_for.unwrap()),
+    ));
+    assert!(still.contains("is still pending"), "{still}");
+}

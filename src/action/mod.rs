@@ -608,6 +608,14 @@ pub trait Action: Send + Sync {
     /// The request's outcome is in the audit log: whatever the action kept
     /// to [`recover`](Action::recover) it may go.
     fn settled(&self, _request: &str) {}
+
+    /// For `!redeploy`: the parameters that make a new request run exactly
+    /// what `plan` (an earlier request's preparation of `params`) ran,
+    /// whatever has moved since (a pack install's refs pinned to the
+    /// commits it installed). Empty: the parameters alone say it.
+    fn pinned(&self, _params: &Params, _plan: &serde_json::Value) -> Params {
+        Params::new()
+    }
 }
 
 /// The schemas of every action airlock has, without anything to run them

@@ -90,9 +90,9 @@ impl Engine {
 
     fn on_message(&self, out: &mut Out) {
         /// The commands the engine answers itself.
-        const COMMAND_WORDS: [&str; 11] = [
+        const COMMAND_WORDS: [&str; 13] = [
             "help", "pending", "status", "audit", "review", "cancel", "approve", "deny", "lock",
-            "unlock", "locks",
+            "unlock", "locks", "deploys", "redeploy",
         ];
         let m = out.m;
         // A reply to a prompt: the relation decides, never quoted text.
@@ -137,6 +137,8 @@ impl Engine {
             "lock" => self.builtin_lock(out, args),
             "unlock" => self.builtin_unlock(out, args),
             "locks" => self.builtin_locks(out),
+            "deploys" => self.builtin_deploys(out, args),
+            "redeploy" => self.builtin_redeploy(out, args),
             _ => self.run_alias(out, &cmd),
         }
     }

@@ -39,6 +39,7 @@ use crate::requests::{Request, Requests, State};
 mod approval;
 mod builtins;
 mod checkpoints;
+mod deploys;
 mod events;
 mod inquiry;
 mod locks;

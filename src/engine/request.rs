@@ -98,6 +98,7 @@ impl Engine {
                 params,
                 &matched.overrides,
                 glass.as_deref(),
+                &Params::new(),
             );
         }
     }
@@ -117,7 +118,9 @@ impl Engine {
 
     /// One execution of an alias: parameters and policy, then a request,
     /// prepared here or (when its action must reach the network) by the
-    /// transport through [`Effect::Prepare`].
+    /// transport through [`Effect::Prepare`]. `pin` (a redeploy's) sets
+    /// parameters over the alias's own, before the policy sees them.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn request(
         &self,
         out: &mut Out,
@@ -126,6 +129,7 @@ impl Engine {
         parsed: Params,
         set_in_chat: &[String],
         glass: Option<&str>,
+        pin: &Params,
     ) {
         let m = out.m;
         let now = out.now;
@@ -134,6 +138,10 @@ impl Engine {
         let spec = action.as_ref().map(|a| a.spec());
         let chat = from_chat(alias, spec, &parsed, set_in_chat);
         let (asked, params) = match asked_params(alias, spec, &self.subject(out), parsed)
+            .map(|mut asked| {
+                asked.extend(pin.iter().map(|(k, v)| (k.clone(), v.clone())));
+                asked
+            })
             .and_then(|asked| Ok((asked.clone(), validated(spec, asked)?)))
         {
             Ok(p) => p,

@@ -204,6 +204,37 @@ impl Action for Install {
         })
     }
 
+    /// Each ref pinned to the commit the earlier request installed: 1.x's
+    /// `branch` (one commit for every pack), or 3.x's `packs` entries
+    /// (`name=<commit>`).
+    fn pinned(&self, params: &Params, plan: &Value) -> Params {
+        let plan = plan.get("sources").unwrap_or(plan);
+        let Ok(sources) = serde_json::from_value::<Vec<Source>>(plan.clone()) else {
+            return Params::new();
+        };
+        let mut out = Params::new();
+        let one_commit = sources
+            .first()
+            .filter(|first| sources.iter().all(|s| s.commit == first.commit));
+        if params.contains_key("repo_url")
+            && let Some(first) = one_commit
+        {
+            out.insert("branch".into(), json!(first.commit));
+        } else if let Some(packs) = params.get("packs").and_then(Value::as_array) {
+            let pinned: Vec<Value> = packs
+                .iter()
+                .filter_map(Value::as_str)
+                .zip(&sources)
+                .map(|(entry, src)| {
+                    let what = entry.rsplit_once('=').map_or(entry, |(w, _)| w);
+                    json!(format!("{what}={}", src.commit))
+                })
+                .collect();
+            out.insert("packs".into(), json!(pinned));
+        }
+        out
+    }
+
     fn run(&self, ctx: &RunContext, params: &Params) -> Outcome {
         let Some(sources) = planned_sources(ctx, params) else {
             return Outcome::failed("the request carries no resolved commits");

@@ -1,0 +1,163 @@
+//! Deploy history and redeploy by chat: `!deploys <alias|pack> [n]` lists
+//! the last runs with their outcome, commit, who asked and who approved;
+//! `!redeploy <id>` asks again for exactly what an earlier request ran
+//! (for an install, the same commit, wherever the branch is now), under
+//! the policy as it is now.
+
+use serde_json::json;
+
+use super::{Engine, Out};
+use crate::action::Deployed;
+use crate::alias::Params;
+use crate::audit::{Event, Query, Status};
+use crate::clock;
+
+/// Runs `!deploys` lists unless told otherwise, and at most.
+const DEPLOYS: usize = 10;
+const MOST: usize = 50;
+
+impl Engine {
+    /// `!deploys <alias|pack> [n]`: this room's last `n` runs of an alias
+    /// (`pack.name`) or installs of a pack, newest first.
+    pub(super) fn builtin_deploys(&self, out: &mut Out, args: &str) {
+        if !self.gate(out, "audit") {
+            return;
+        }
+        let mut words = args.split_whitespace();
+        let Some(what) = words.next() else {
+            return out.say(format!(
+                "Usage: {}deploys <alias|pack> [n]",
+                self.settings.prefix
+            ));
+        };
+        let n = words
+            .next()
+            .and_then(|w| w.parse::<usize>().ok())
+            .unwrap_or(DEPLOYS)
+            .clamp(1, MOST);
+        let mut q = Query {
+            room: Some(out.m.room.clone()),
+            event: Some("finished".into()),
+            limit: Some(n),
+            ..Default::default()
+        };
+        if what.contains('.') {
+            q.alias = Some(what.into());
+        } else {
+            q.deployed = Some(what.into());
+        }
+        let e = out
+            .entry(Event::Audit)
+            .status(Status::Ok)
+            .detail(json!({"deploys": what, "n": n}));
+        out.log(e);
+        let entries = match self.audit.query(&q) {
+            Ok(e) => e,
+            Err(e) => return out.say(format!("⚠️ Cannot read the audit log: {e}")),
+        };
+        if entries.is_empty() {
+            return out.say(format!("No runs of {what} in this room."));
+        }
+        let lines: Vec<String> = entries
+            .iter()
+            .rev()
+            .map(|e| {
+                let deployed: Vec<Deployed> = e.detail_field("deployed").unwrap_or_default();
+                let commit = deployed
+                    .iter()
+                    .find(|d| q.deployed.as_deref().is_none_or(|p| d.pack == p))
+                    .map(|d| format!(" at {}", d.commit.get(..12).unwrap_or(&d.commit)))
+                    .unwrap_or_default();
+                let approvers: Vec<String> = e.detail_field("approved_by").unwrap_or_default();
+                format!(
+                    "{} {} {}{commit} by {}{} at {}",
+                    e.request.as_deref().unwrap_or("?"),
+                    e.status.map_or("?", |s| s.name()),
+                    e.alias.as_deref().or(e.action.as_deref()).unwrap_or("?"),
+                    e.sender.as_deref().unwrap_or("?"),
+                    if approvers.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", approved by {}", approvers.join(", "))
+                    },
+                    clock::format_ms(e.ts),
+                )
+            })
+            .collect();
+        out.say(format!(
+            "Last runs of {what} here (newest first; {}redeploy <id> asks for one again):\n{}",
+            self.settings.prefix,
+            lines.join("\n")
+        ));
+    }
+
+    /// `!redeploy <id>`: a new request for exactly what request `id` ran:
+    /// its alias, its parameters, and (for an install) the commits it
+    /// installed. It is decided and confirmed as any request is now.
+    pub(super) fn builtin_redeploy(&self, out: &mut Out, args: &str) {
+        let id = args.split_whitespace().next().unwrap_or_default();
+        // Another room's request answers as an unknown one does.
+        let req = match self.requests.get(id) {
+            Ok(Some(r)) if r.room == out.m.room => r,
+            _ => {
+                return out.say(format!(
+                    "There is no request \"{id}\" kept here (requests are kept for requests.keep after they end; {}deploys lists recent ones).",
+                    self.settings.prefix
+                ));
+            }
+        };
+        if req.state.is_open() {
+            return out.say(format!(
+                "Request {id} is still {}; redeploy asks again for one that has ended.",
+                req.state.name()
+            ));
+        }
+        let Some(alias) = req
+            .alias
+            .as_deref()
+            .and_then(|a| self.aliases().get(a).cloned())
+        else {
+            return out.say(format!(
+                "Request {id}'s alias {} is no longer loaded; it cannot be asked for again.",
+                req.alias.as_deref().unwrap_or("(none)")
+            ));
+        };
+        // What chat gave it: the alias adds its own fixed parameters again.
+        let parsed: Params = req
+            .asked
+            .iter()
+            .filter(|(k, _)| !alias.immutable_parameters.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let pin = self
+            .action(&req.action)
+            .map(|a| a.pinned(&req.params, &req.plan))
+            .unwrap_or_default();
+        let e = out
+            .entry(Event::Matched)
+            .alias(Some(&alias.reference()))
+            .action(&alias.action_ref)
+            .detail(json!({"redeploy_of": id, "pinned": pin}));
+        out.log(e);
+        let pinned = if pin.is_empty() {
+            String::new()
+        } else {
+            let set: Vec<String> = pin
+                .iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => format!("{k}={s}"),
+                    other => format!("{k}={other}"),
+                })
+                .collect();
+            format!(", pinned to what it ran ({})", set.join(" "))
+        };
+        out.say(format!(
+            "↩️ Asking again for request {id} ({}, {} at {}) with the same parameters{pinned}.",
+            alias.reference(),
+            req.state.name(),
+            clock::format_ms(req.finished_ms.unwrap_or(req.created_ms)),
+        ));
+        let command = req.command.clone();
+        self.request(out, &alias, &command, parsed, &req.set_in_chat, None, &pin);
+    }
+}

@@ -81,6 +81,9 @@ pub struct Config {
     /// How long closed requests stay in the store.
     #[serde(default)]
     pub requests: RequestsConfig,
+    /// On-call notifications (`notify:`): a signed webhook, PagerDuty.
+    #[serde(default)]
+    pub notify: Option<crate::notify::NotifyConfig>,
     /// Free space (MB) kept on the disk holding `data_dir`: below it,
     /// nothing new is written, commands are refused with the reason, and
     /// all resumes once space returns. (sled cannot go on after a write
@@ -485,7 +488,14 @@ impl Config {
             #[cfg(feature = "temporal")]
             temporal,
         });
+        let notifier = match &self.notify {
+            Some(n) => Some(Arc::new(
+                crate::notify::Notifier::start(n).map_err(StartError::Notify)?,
+            )),
+            None => None,
+        };
         let engine = Engine::builder(self.settings(), audit, requests)
+            .notifier(notifier)
             .actions(Actions::standard(packs.clone()))
             .catalog(catalog)
             .build(now)?;

@@ -36,4 +36,4 @@ pub mod metrics;
 
 pub use crate::core::{alias, clock, diag, ids, policy, render};
 pub use store::{audit, free_bytes, locks, merkle, requests, segment};
-pub use transport::{console, http, matrix};
+pub use transport::{console, http, matrix, notify};

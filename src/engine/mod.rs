@@ -32,6 +32,7 @@ use crate::alias::{self, AliasSet, Params};
 use crate::audit::{AuditLog, Entry, Event, Query};
 use crate::diag::Diagnostic;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::policy::{self, Policy, Subject, Target};
 use crate::render::Message;
 use crate::requests::{Request, Requests, State};
@@ -43,6 +44,7 @@ mod deploys;
 mod events;
 mod inquiry;
 mod locks;
+mod notices;
 mod protocol;
 mod recheck;
 mod request;
@@ -58,6 +60,9 @@ pub use request::{Evaluation, evaluate, execution_params, params_text};
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A notification target is set up wrong (or its secret is missing).
+    #[error("{0}")]
+    Notify(String),
     /// The database could not be opened.
     #[error("cannot open the database in {0}: {1}")]
     Database(std::path::PathBuf, String),
@@ -166,9 +171,16 @@ pub struct EngineBuilder {
     executor: Arc<dyn Executor>,
     catalog: Arc<dyn Catalog>,
     metrics: Arc<Metrics>,
+    notifier: Option<Arc<Notifier>>,
 }
 
 impl EngineBuilder {
+    /// Who it tells of break-glass runs and failures (nobody by default).
+    pub fn notifier(mut self, notifier: Option<Arc<Notifier>>) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
     /// Where it counts what it does (its own by default).
     pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
@@ -212,6 +224,7 @@ impl EngineBuilder {
             executor: self.executor,
             catalog: self.catalog,
             metrics: self.metrics,
+            notifier: self.notifier,
             aliases: RwLock::new(Arc::new(AliasSet::default())),
             policy: RwLock::new(Arc::new(loaded.policy)),
             noticed: Mutex::new(HashSet::new()),
@@ -253,6 +266,8 @@ pub struct Engine {
     catalog: Arc<dyn Catalog>,
     /// What it counts, derived from the audit entries it writes.
     metrics: Arc<Metrics>,
+    /// Who is told of break-glass runs and failures (`notify:`).
+    notifier: Option<Arc<Notifier>>,
     aliases: RwLock<Arc<AliasSet>>,
     policy: RwLock<Arc<Policy>>,
     /// Edits already answered, and when undecryptable-message warnings were
@@ -286,6 +301,7 @@ impl Engine {
             executor: Arc::new(Embedded::default()),
             catalog: Arc::new((Vec::new(), Policy::default())),
             metrics: Arc::new(Metrics::new()),
+            notifier: None,
         }
     }
 
@@ -455,6 +471,7 @@ impl Engine {
             Ok(written) => {
                 *failing = None;
                 written.iter().for_each(|e| self.metrics.observe(e));
+                self.notify(&written);
                 true
             }
             Err(e) => {

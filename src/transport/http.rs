@@ -318,6 +318,7 @@ pub fn health(engine: &Engine, liveness: &Liveness, now_ms: u64) -> (bool, serde
     if let Err(e) = engine.stores_ok() {
         problems.push(e);
     }
+    problems.extend(engine.notify_problems());
     let age = liveness
         .last_sync()
         .map(|t| now_ms.saturating_sub(t) / 1000);

@@ -4,3 +4,4 @@
 pub mod console;
 pub mod http;
 pub mod matrix;
+pub mod notify;

@@ -62,6 +62,8 @@ struct RawRule {
     queue_timeout: Option<String>,
     #[serde(default)]
     break_glass_passes_lock: bool,
+    #[serde(default)]
+    page_on_failure: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -376,6 +378,7 @@ fn load_rule(
         when,
         break_glass,
         lock,
+        page_on_failure: r.page_on_failure,
         file: PathBuf::new(),
         line: 0,
     })

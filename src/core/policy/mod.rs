@@ -249,6 +249,8 @@ pub struct Rule {
     pub break_glass: Option<Subjects>,
     /// The lock its runs hold (`lock:`); None: none.
     pub lock: Option<LockRule>,
+    /// Whether a failed run under it pages the on-call (`notify:`).
+    pub page_on_failure: bool,
     /// The file it came from.
     pub file: PathBuf,
     /// Its line there.

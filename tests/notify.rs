@@ -1,0 +1,227 @@
+//! On-call notifications against a real HTTP receiver on loopback: a
+//! break-glass run reaches a signed webhook (the signature checked with
+//! the documented scheme) and PagerDuty's Events API v2 (the event checked
+//! against its published contract), its review resolves the incident, and
+//! a dead target neither holds the command back nor goes unreported.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock::notify::{NotifyConfig, SIGNATURE_HEADER, signature};
+use common::*;
+use serde_json::Value;
+
+const ALICE: &str = "@alice:example.org";
+const BOB: &str = "@bob:example.org";
+const PROD: &str = "!prod:example.org";
+
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// An HTTP/1.1 receiver on loopback answering 202 to every POST.
+fn receiver() -> (u16, Arc<Mutex<Vec<Received>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut r = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.trim_end().split_once(':') {
+                    headers.push((k.trim().to_string(), v.trim().to_string()));
+                }
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            seen.lock().unwrap().push(Received {
+                path,
+                headers,
+                body,
+            });
+            let mut s = stream;
+            let _ = s.write_all(
+                b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (port, got)
+}
+
+fn config(port: u16, dead_port: u16) -> NotifyConfig {
+    serde_yaml::from_str(&format!(
+        r#"
+targets:
+  - name: ops-hook
+    webhook: http://127.0.0.1:{port}/hook
+    secret_env: AIRLOCK_TEST_HOOK_SECRET
+  - name: pagerduty
+    pagerduty:
+      routing_key_env: AIRLOCK_TEST_PD_KEY
+      url: http://127.0.0.1:{port}/v2/enqueue
+  - name: gone
+    webhook: http://127.0.0.1:{dead_port}/nobody
+    secret_env: AIRLOCK_TEST_HOOK_SECRET
+routes:
+  - events: [break_glass, failed]
+    targets: [ops-hook, pagerduty, gone]
+retry_after: 50ms
+"#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn break_glass_reaches_a_signed_webhook_and_pagerduty_and_its_review_resolves_it() {
+    const SECRET: &str = "hook-secret-0123456789";
+    const KEY: &str = "R0UT1NGKEY0123456789abcdefABCDEF";
+    // SAFETY: set before any thread of this test binary reads them; no
+    // other test here touches the environment.
+    unsafe {
+        std::env::set_var("AIRLOCK_TEST_HOOK_SECRET", SECRET);
+        std::env::set_var("AIRLOCK_TEST_PD_KEY", KEY);
+    }
+    let (port, got) = receiver();
+    // A port nothing listens on: every delivery to it fails at once.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
+    let mut cfg = settings(tmp.path(), &repo_root().join("policies"), Some(&repo.path));
+    cfg.notify = Some(config(port, dead_port));
+    let bot = Bot::open(cfg);
+
+    let ran = bodies(&bot.say(
+        ALICE,
+        PROD,
+        "!flow deploy main --break-glass \"login outage\"",
+    ));
+    assert!(
+        ran.contains("Successfully deployed flow"),
+        "the command is not held back: {ran}"
+    );
+    let id = request_id(&ran[ran.find("Request ").unwrap()..]);
+    let both = wait_until("the webhook and PagerDuty", Duration::from_secs(10), || {
+        let g = got.lock().unwrap();
+        (g.len() >= 2).then(|| g.clone())
+    });
+    let hook = both.iter().find(|r| r.path == "/hook").unwrap();
+    // The documented scheme: HMAC-SHA256 of the raw body under the shared
+    // secret, hex, after `sha256=`.
+    assert_eq!(
+        hook.header(SIGNATURE_HEADER),
+        Some(signature(SECRET.as_bytes(), &hook.body).as_str())
+    );
+    assert_eq!(hook.header("X-Airlock-Event"), Some("break_glass"));
+    let body = hook.json();
+    assert_eq!(body["action"], "trigger");
+    assert_eq!(body["request"], id.as_str());
+    assert!(
+        body["summary"].as_str().unwrap().contains("login outage"),
+        "{body}"
+    );
+    assert!(!String::from_utf8_lossy(&hook.body).contains(SECRET));
+
+    // PagerDuty's Events API v2: routing_key, event_action, dedup_key of
+    // at most 255 characters, payload.summary (at most 1,024), source and
+    // a severity of critical, error, warning or info.
+    let pd = both
+        .iter()
+        .find(|r| r.path == "/v2/enqueue")
+        .unwrap()
+        .json();
+    assert_eq!(pd["routing_key"], KEY);
+    assert_eq!(pd["event_action"], "trigger");
+    let dedup = pd["dedup_key"].as_str().unwrap().to_string();
+    assert!(!dedup.is_empty() && dedup.len() <= 255 && dedup.contains(&id));
+    let payload = &pd["payload"];
+    let summary = payload["summary"].as_str().unwrap();
+    assert!(!summary.is_empty() && summary.chars().count() <= 1024);
+    assert_eq!(payload["source"], "airlock");
+    assert!(
+        ["critical", "error", "warning", "info"].contains(&payload["severity"].as_str().unwrap())
+    );
+
+    // Reviewed by someone else: the incident is resolved under its key.
+    let reviewed = bodies(&bot.say(BOB, PROD, &format!("!review {id} checked")));
+    assert!(reviewed.contains("reviewed by"), "{reviewed}");
+    let resolve = wait_until("PagerDuty's resolve", Duration::from_secs(10), || {
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.json())
+            .find(|j| j["event_action"] == "resolve")
+    });
+    assert_eq!(resolve["dedup_key"], dedup.as_str());
+    assert_eq!(resolve["routing_key"], KEY);
+
+    // The dead target is reported once its tries are spent, without its
+    // URL's secrets or the key.
+    let problems = wait_until("the dead target reported", Duration::from_secs(20), || {
+        let p = bot.engine.notify_problems();
+        (!p.is_empty()).then_some(p)
+    });
+    assert!(
+        problems[0].contains("notify target gone fails"),
+        "{problems:?}"
+    );
+    assert!(!problems[0].contains(SECRET), "{problems:?}");
+}
+
+#[test]
+fn a_target_without_its_secret_stops_the_start_naming_it() {
+    let cfg: NotifyConfig = serde_yaml::from_str(
+        "targets:\n  - name: pd\n    pagerduty:\n      routing_key_env: AIRLOCK_TEST_UNSET_KEY\n  - name: hook\n    webhook: https://example.org/h\n",
+    )
+    .unwrap();
+    let err = airlock::notify::Notifier::start(&cfg).err().unwrap();
+    assert!(
+        err.contains("notify target pd") && err.contains("AIRLOCK_TEST_UNSET_KEY is not set"),
+        "{err}"
+    );
+    let unsigned: NotifyConfig =
+        serde_yaml::from_str("targets:\n  - name: hook\n    webhook: https://example.org/h\n")
+            .unwrap();
+    let err = airlock::notify::Notifier::start(&unsigned).err().unwrap();
+    assert!(err.contains("needs secret_env"), "{err}");
+}

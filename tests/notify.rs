@@ -225,3 +225,95 @@ fn a_target_without_its_secret_stops_the_start_naming_it() {
     let err = airlock::notify::Notifier::start(&unsigned).err().unwrap();
     assert!(err.contains("needs secret_env"), "{err}");
 }
+
+#[test]
+fn a_request_stuck_behind_a_lock_and_a_lock_held_too_long_are_told_once_and_resolved() {
+    const SECRET: &str = "hook-secret-stuck";
+    // SAFETY: as above; a variable of this test alone.
+    unsafe {
+        std::env::set_var("AIRLOCK_TEST_HOOK_SECRET_2", SECRET);
+    }
+    let (port, got) = receiver();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("aliases")).unwrap();
+    std::fs::write(
+        dir.join("aliases/deploy.yaml"),
+        "name: deploy\npack: svc\naction_ref: core.echo\nformats: ['deploy {{ message }}']\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("p.yaml"),
+        format!("rules:\n  - id: d\n    effect: allow\n    users: ['{ALICE}', '{BOB}']\n    packs: [svc]\n    confirm: false\n    lock: deploy/prod\n  - id: t\n    effect: allow\n    users: ['{ALICE}', '{BOB}']\n    builtins: [lock]\n"),
+    )
+    .unwrap();
+    let mut cfg = settings(dir, &dir.join("p.yaml"), None);
+    cfg.aliases = vec![dir.join("aliases")];
+    cfg.notify = Some(
+        serde_yaml::from_str(&format!(
+            "targets:\n  - name: hook\n    webhook: http://127.0.0.1:{port}/hook\n    secret_env: AIRLOCK_TEST_HOOK_SECRET_2\nroutes:\n  - events: [stuck, lock_held]\n    targets: [hook]\nstuck_after: 10m\nlock_held_after: 1h\n"
+        ))
+        .unwrap(),
+    );
+    let bot = Bot::open(cfg);
+    const OPS: &str = "!ops:example.org";
+    bot.say(BOB, OPS, "!lock deploy/prod maintenance");
+    let waits = bodies(&bot.say(ALICE, OPS, "!deploy prod"));
+    let id = waits
+        .split("⏳ Request ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let events = || -> Vec<(String, String)> {
+        got.lock()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let j = r.json();
+                (
+                    j["event"].as_str().unwrap().to_string(),
+                    j["action"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let until = |n: usize| {
+        wait_until(&format!("{n} notices"), Duration::from_secs(10), || {
+            (events().len() >= n).then(events)
+        })
+    };
+    bot.advance(11 * 60_000);
+    bot.play(bot.engine.tick(bot.now()));
+    assert_eq!(until(1), [("stuck".into(), "trigger".into())]);
+    let stuck = got.lock().unwrap()[0].json();
+    assert!(
+        stuck["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("Request {id}"))
+            && stuck["summary"]
+                .as_str()
+                .unwrap()
+                .contains("waiting for lock deploy/prod"),
+        "{stuck}"
+    );
+    bot.advance(50 * 60_000);
+    bot.play(bot.engine.tick(bot.now()));
+    bot.play(bot.engine.tick(bot.now()));
+    let told = until(2);
+    assert_eq!(told[1], ("lock_held".into(), "trigger".into()));
+    // Released: the run starts, and both matters are resolved, once each.
+    let ran = bodies(&bot.say(BOB, OPS, "!unlock deploy/prod"));
+    assert!(ran.contains("released"), "{ran}");
+    let all = until(4);
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(
+        all[2..].contains(&("stuck".into(), "resolve".into())),
+        "{all:?}"
+    );
+    assert!(
+        all[2..].contains(&("lock_held".into(), "resolve".into())),
+        "{all:?}"
+    );
+}

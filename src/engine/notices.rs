@@ -1,13 +1,50 @@
 //! What the on-call hear of (`notify:`), derived from the audit entries
 //! the engine writes, as its metrics are: a break-glass run (resolved
 //! when someone reviews it) and a failed run under a rule marked
-//! `page_on_failure`.
+//! `page_on_failure`; and, from the tick, an approved request that has
+//! not started in time (`stuck_after`) or a lock held too long
+//! (`lock_held_after`), each resolved when it moves on.
+
+use std::time::Duration;
 
 use serde_json::json;
 
 use super::Engine;
 use crate::audit::{Entry, Event, Status};
 use crate::notify::{Kind, Notice};
+use crate::requests::State;
+
+/// The matters `e` settles: a request that started or ended is no longer
+/// stuck; a released lock is no longer held too long.
+fn moved_on(e: &Entry) -> Vec<Notice> {
+    let resolve = |kind, request: String| Notice {
+        kind,
+        trigger: false,
+        summary: String::new(),
+        details: json!({}),
+        request,
+        ts_ms: e.ts,
+    };
+    let Some(request) = e.request.clone() else {
+        return match e.event {
+            Event::Unlocked => e
+                .detail_field::<String>("lock")
+                .map(|l| vec![resolve(Kind::LockHeld, format!("hand:{l}"))])
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+    };
+    match e.event {
+        Event::Started
+        | Event::Finished
+        | Event::Expired
+        | Event::Cancelled
+        | Event::Interrupted
+        | Event::Denied => vec![resolve(Kind::Stuck, request)],
+        Event::Unlocked => vec![resolve(Kind::LockHeld, request)],
+        _ => Vec::new(),
+    }
+}
 
 impl Engine {
     /// Hand the notices `written` gives rise to to the notifier (which
@@ -17,6 +54,84 @@ impl Engine {
         for e in written {
             if let Some(notice) = self.notice(e) {
                 n.send(notice);
+            }
+            for settled in moved_on(e) {
+                n.once(settled);
+            }
+        }
+    }
+
+    /// At a tick: approved requests not started within `stuck_after`, and
+    /// locks held longer than `lock_held_after`, each told once.
+    pub(super) fn notify_overdue(&self, now: u64) {
+        let Some(n) = &self.notifier else { return };
+        let over =
+            |since: u64, bound: Duration| now.saturating_sub(since) >= bound.as_millis() as u64;
+        let ago =
+            |since: u64| crate::clock::human(Duration::from_millis(now.saturating_sub(since)));
+        if let Some(bound) = n.stuck_after() {
+            for r in self.requests.open_requests().unwrap_or_default() {
+                let approved = r
+                    .approvals
+                    .iter()
+                    .map(|a| a.ts)
+                    .max()
+                    .unwrap_or(r.created_ms);
+                if r.state != State::Approved || !over(approved, bound) {
+                    continue;
+                }
+                let waiting = self.queue_note(&r).unwrap_or_default();
+                let what = r.alias.clone().unwrap_or_else(|| r.action.clone());
+                n.once(Notice {
+                    kind: Kind::Stuck,
+                    trigger: true,
+                    request: r.id.clone(),
+                    summary: format!(
+                        "Request {} ({what}) in {} was approved {} ago and has not started{waiting}",
+                        r.id,
+                        r.room,
+                        ago(approved)
+                    ),
+                    details: json!({"request": r.id, "alias": what, "requester": r.requester, "room": r.room}),
+                    ts_ms: now,
+                });
+            }
+        }
+        if let Some(bound) = n.lock_held_after() {
+            for l in self.requests.locks().all().unwrap_or_default() {
+                let holders = l
+                    .held
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.request.clone(),
+                            format!("request {}", h.request),
+                            h.since_ms,
+                        )
+                    })
+                    .chain(l.manual.iter().map(|m| {
+                        (
+                            format!("hand:{}", l.name),
+                            format!("{} ({})", m.by, m.reason),
+                            m.since_ms,
+                        )
+                    }));
+                for (key, by, since) in holders {
+                    if over(since, bound) {
+                        n.once(Notice {
+                            kind: Kind::LockHeld,
+                            trigger: true,
+                            request: key,
+                            summary: format!(
+                                "Lock {} has been held by {by} for {}",
+                                l.name,
+                                ago(since)
+                            ),
+                            details: json!({"lock": l.name, "held_by": by, "waiting": l.queue}),
+                            ts_ms: now,
+                        });
+                    }
+                }
             }
         }
     }

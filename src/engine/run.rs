@@ -482,6 +482,7 @@ impl Engine {
         }
         self.record(entries);
         fx.extend(self.tick_locks(now));
+        self.notify_overdue(now);
         fx
     }
 

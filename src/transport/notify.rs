@@ -39,6 +39,14 @@ pub struct NotifyConfig {
     /// five tries in all): `1s` by default.
     #[serde(default)]
     pub retry_after: Option<String>,
+    /// An approved request not started this long after (`15m`) is a
+    /// `stuck` notice, resolved when it starts or ends.
+    #[serde(default)]
+    pub stuck_after: Option<String>,
+    /// A lock held this long (`2h`), by a run or by hand, is a
+    /// `lock_held` notice, resolved when it is released.
+    #[serde(default)]
+    pub lock_held_after: Option<String>,
 }
 
 /// One target: a webhook or PagerDuty.
@@ -88,6 +96,10 @@ pub enum Kind {
     BreakGlass,
     /// A run failed under a rule marked `page_on_failure`.
     Failed,
+    /// Approved, and not started within `stuck_after`.
+    Stuck,
+    /// A lock held longer than `lock_held_after`.
+    LockHeld,
 }
 
 impl Kind {
@@ -95,6 +107,8 @@ impl Kind {
         match self {
             Kind::BreakGlass => "break_glass",
             Kind::Failed => "failed",
+            Kind::Stuck => "stuck",
+            Kind::LockHeld => "lock_held",
         }
     }
 }
@@ -106,7 +120,8 @@ pub struct Notice {
     pub kind: Kind,
     /// False: the matter is settled (PagerDuty's `resolve`).
     pub trigger: bool,
-    /// The request it is about.
+    /// The request it is about (for a lock held by hand, `hand:` and the
+    /// lock's name).
     pub request: String,
     /// One line for a person.
     pub summary: String,
@@ -132,6 +147,12 @@ pub struct Notifier {
     routes: Vec<Route>,
     /// Targets whose last notice could not be delivered, and why.
     failing: Arc<Mutex<BTreeMap<String, String>>>,
+    /// `stuck_after` and `lock_held_after`.
+    stuck_after: Option<Duration>,
+    lock_held_after: Option<Duration>,
+    /// Matters triggered and not yet resolved (kind, request): each is
+    /// triggered once, and resolved only if it was.
+    open: Mutex<std::collections::BTreeSet<(&'static str, String)>>,
 }
 
 /// A target's name and its problem with the configuration.
@@ -205,10 +226,20 @@ impl Notifier {
                 tx,
             });
         }
+        let bound = |field: &str, v: &Option<String>| match v.as_deref() {
+            None => Ok(None),
+            Some(s) => crate::clock::parse_duration(s)
+                .filter(|d| !d.is_zero())
+                .map(Some)
+                .ok_or_else(|| format!("notify.{field}: \"{s}\" is not a duration such as 15m")),
+        };
         Ok(Notifier {
             targets,
             routes: cfg.routes.clone(),
             failing,
+            stuck_after: bound("stuck_after", &cfg.stuck_after)?,
+            lock_held_after: bound("lock_held_after", &cfg.lock_held_after)?,
+            open: Mutex::default(),
         })
     }
 
@@ -234,6 +265,32 @@ impl Notifier {
                     tracing::error!(target_name = %t.name, "notify: the target's thread has stopped")
                 }
             }
+        }
+    }
+
+    /// `stuck_after`, if set.
+    pub fn stuck_after(&self) -> Option<Duration> {
+        self.stuck_after
+    }
+
+    /// `lock_held_after`, if set.
+    pub fn lock_held_after(&self) -> Option<Duration> {
+        self.lock_held_after
+    }
+
+    /// Send `n` if it triggers a matter not already open, or resolves
+    /// one that is (a matter never triggered is not resolved).
+    pub fn once(&self, n: Notice) {
+        let key = (n.kind.name(), n.request.clone());
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let news = if n.trigger {
+            open.insert(key)
+        } else {
+            open.remove(&key)
+        };
+        drop(open);
+        if news {
+            self.send(n);
         }
     }
 
@@ -291,7 +348,10 @@ pub fn pagerduty_event(n: &Notice, routing_key: &str) -> Value {
         "payload": {
             "summary": summary,
             "source": "airlock",
-            "severity": match n.kind { Kind::BreakGlass => "warning", Kind::Failed => "error" },
+            "severity": match n.kind {
+                Kind::Failed => "error",
+                Kind::BreakGlass | Kind::Stuck | Kind::LockHeld => "warning",
+            },
             "timestamp": crate::clock::format_ms(n.ts_ms),
             "component": n.details.get("alias").cloned().unwrap_or(Value::Null),
             "group": n.details.get("room").cloned().unwrap_or(Value::Null),

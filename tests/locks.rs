@@ -58,19 +58,6 @@ fn said(fx: &[Effect]) -> String {
         .join("\n")
 }
 
-/// The id of the request a "waits for lock" message names.
-fn waiting_id(text: &str) -> String {
-    let after = text
-        .split_once("⏳ Request ")
-        .unwrap_or_else(|| panic!("no wait in {text}"))
-        .1;
-    after
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// The audit's (event, request) pairs of `events`, in order.
 fn timeline(bot: &Bot, events: &[&str]) -> Vec<(String, String)> {
     bot.engine

@@ -259,12 +259,7 @@ fn a_request_stuck_behind_a_lock_and_a_lock_held_too_long_are_told_once_and_reso
     const OPS: &str = "!ops:example.org";
     bot.say(BOB, OPS, "!lock deploy/prod maintenance");
     let waits = bodies(&bot.say(ALICE, OPS, "!deploy prod"));
-    let id = waits
-        .split("⏳ Request ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let id = waiting_id(&waits);
     let events = || -> Vec<(String, String)> {
         got.lock()
             .unwrap()

@@ -433,10 +433,20 @@ pub fn prompt(sent: &[Sent]) -> &Sent {
 
 /// The request id a bot message names ("… request k3x9pz …").
 pub fn request_id(text: &str) -> String {
-    let after = text
-        .split_once("request ")
-        .or_else(|| text.split_once("Request "))
-        .unwrap_or_else(|| panic!("no request id in {text}"))
+    word_after(text, &["request ", "Request "])
+}
+
+/// The id of the request a "waits for lock" message names.
+pub fn waiting_id(text: &str) -> String {
+    word_after(text, &["⏳ Request "])
+}
+
+/// The word after the first of `marks` found in `text`.
+fn word_after(text: &str, marks: &[&str]) -> String {
+    let after = marks
+        .iter()
+        .find_map(|m| text.split_once(m))
+        .unwrap_or_else(|| panic!("none of {marks:?} in {text}"))
         .1;
     after
         .split_whitespace()

@@ -128,12 +128,18 @@ fn redeploy_installs_the_commit_an_earlier_request_installed_after_the_branch_mo
     let text = bodies(&asked);
     assert!(
         text.contains(&format!(
-            "↩️ Asking again for request {first_id} (st2-flow.flow_deploy, succeeded at"
+            "↩️ Asks again for request {first_id} (st2-flow.flow_deploy, succeeded at"
         )) && text.contains(&format!("pinned to what it ran (branch={v1})")),
         "{text}"
     );
     let p = prompt(&asked).clone();
     assert!(p.body.contains(&format!("branch: {v1}")), "{}", p.body);
+    assert!(
+        p.body
+            .contains(&format!("↩️ Asks again for request {first_id}")),
+        "the prompt says what it repeats: {}",
+        p.body
+    );
     assert!(
         p.body.contains("goes back 1 commit from the live"),
         "{}",

@@ -6,6 +6,7 @@
 
 use serde_json::json;
 
+use super::request::Repeat;
 use super::{Engine, Out};
 use crate::action::Deployed;
 use crate::alias::Params;
@@ -151,13 +152,23 @@ impl Engine {
                 .collect();
             format!(", pinned to what it ran ({})", set.join(" "))
         };
-        out.say(format!(
-            "↩️ Asking again for request {id} ({}, {} at {}) with the same parameters{pinned}.",
+        let note = format!(
+            "Asks again for request {id} ({}, {} at {}) with the same parameters{pinned}.",
             alias.reference(),
             req.state.name(),
             clock::format_ms(req.finished_ms.unwrap_or(req.created_ms)),
-        ));
+        );
+        out.say(format!("↩️ {note}"));
         let command = req.command.clone();
-        self.request(out, &alias, &command, parsed, &req.set_in_chat, None, &pin);
+        let repeat = Repeat { pinned: pin, note };
+        self.request(
+            out,
+            &alias,
+            &command,
+            parsed,
+            &req.set_in_chat,
+            None,
+            Some(&repeat),
+        );
     }
 }

@@ -98,7 +98,7 @@ impl Engine {
                 params,
                 &matched.overrides,
                 glass.as_deref(),
-                &Params::new(),
+                None,
             );
         }
     }
@@ -118,8 +118,9 @@ impl Engine {
 
     /// One execution of an alias: parameters and policy, then a request,
     /// prepared here or (when its action must reach the network) by the
-    /// transport through [`Effect::Prepare`]. `pin` (a redeploy's) sets
-    /// parameters over the alias's own, before the policy sees them.
+    /// transport through [`Effect::Prepare`]. A `repeat` (`!redeploy`)
+    /// sets its pinned parameters over the alias's own, before the policy
+    /// sees them, and its prompt says what it repeats.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn request(
         &self,
@@ -129,7 +130,7 @@ impl Engine {
         parsed: Params,
         set_in_chat: &[String],
         glass: Option<&str>,
-        pin: &Params,
+        repeat: Option<&Repeat>,
     ) {
         let m = out.m;
         let now = out.now;
@@ -139,7 +140,9 @@ impl Engine {
         let chat = from_chat(alias, spec, &parsed, set_in_chat);
         let (asked, params) = match asked_params(alias, spec, &self.subject(out), parsed)
             .map(|mut asked| {
-                asked.extend(pin.iter().map(|(k, v)| (k.clone(), v.clone())));
+                if let Some(r) = repeat {
+                    asked.extend(r.pinned.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
                 asked
             })
             .and_then(|asked| Ok((asked.clone(), validated(spec, asked)?)))
@@ -241,6 +244,7 @@ impl Engine {
             created_ms: now,
             confirmation,
             break_glass,
+            repeats: repeat.map(|r| r.note.clone()),
             ..Request::default()
         };
         let req = match self.requests.create(req) {
@@ -420,6 +424,9 @@ impl Engine {
             req.alias.as_deref().unwrap_or(&req.action),
             req.action
         );
+        if let Some(note) = &req.repeats {
+            text.push_str(&format!("↩️ {note}\n"));
+        }
         text.push_str(&params_text(&req.params));
         for line in &req.shown {
             // An indented line continues the one above it (a commit list).
@@ -473,6 +480,15 @@ impl Engine {
         ));
         Message::plain(text)
     }
+}
+
+/// What a `!redeploy` asks again for.
+pub(super) struct Repeat {
+    /// Parameters pinned to what the earlier request ran.
+    pub(super) pinned: Params,
+    /// For its prompt: which request it repeats, and how and when that
+    /// ended.
+    pub(super) note: String,
 }
 
 /// st2's alias execution parameters for one parsed match: immutable

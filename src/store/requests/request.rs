@@ -335,6 +335,9 @@ pub struct Request {
     /// When it reached a final state.
     #[serde(default)]
     pub finished_ms: Option<u64>,
+    /// What it asks for again (`!redeploy`): the request, its end, when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<String>,
 }
 
 impl Request {

@@ -154,6 +154,18 @@ impl Engine {
         if let Some(summary) = &req.summary {
             text.push_str(&format!(" — {summary}"));
         }
+        // The whole plan its approvers were shown the start of (a chat
+        // message is cut at its limit; the audit's `planned` entry keeps it).
+        if let Some(p) = &req.plan_run {
+            text.push_str(&format!(
+                "\nIts plan ({}, {}, digest {}){}:\n{}",
+                p.action,
+                if p.ok { "succeeded" } else { "failed" },
+                p.digest,
+                if p.truncated { ", cut at 64 KiB" } else { "" },
+                p.output
+            ));
+        }
         out.say(text);
     }
 

@@ -45,6 +45,7 @@ mod events;
 mod inquiry;
 mod locks;
 mod notices;
+mod plan;
 mod protocol;
 mod recheck;
 mod request;

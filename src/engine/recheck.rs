@@ -125,6 +125,19 @@ impl Engine {
                     .map_err(|e| format!("it cannot be prepared again: {e}"))?;
                 Ok((c, Some(prepared)))
             });
+            // Its plan runs again against what is live now: the approvals
+            // to come are for what it shows then.
+            let verdict = verdict.and_then(|(c, prepared)| {
+                let against = prepared.clone().unwrap_or_else(|| Prepared {
+                    params: req.params.clone(),
+                    shown: req.shown.clone(),
+                    plan: req.plan.clone(),
+                });
+                match self.run_plan(&req, &against, || now) {
+                    Some(Err(failed)) => Err(failed),
+                    _ => Ok((c, prepared)),
+                }
+            });
             match verdict {
                 Err(why) => fx.extend(self.refuse_pending(&req, &changed, &why, now)),
                 Ok((c, prepared)) => {

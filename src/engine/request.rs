@@ -256,7 +256,8 @@ impl Engine {
         tracing::Span::current().record("request", req.id.as_str());
         tracing::info!("request {} for {reference}", req.id);
         crate::crash::point("request_stored");
-        if action.prepares_slowly() {
+        // A plan runs an action: never on the event path.
+        if action.prepares_slowly() || self.has_plan(&req) {
             out.effects.push(Effect::Prepare(req.id.clone()));
         } else {
             let prepared = action.prepare(req.params.clone());
@@ -276,6 +277,13 @@ impl Engine {
             Some(action) => action.prepare(req.params.clone()),
             None => Err(format!("action {} is not available in airlock", req.action)),
         };
+        // The rule's plan, against exactly what will run.
+        let prepared = prepared.and_then(|p| match self.run_plan(&req, &p, &now) {
+            Some(Err(failed)) => Err(failed),
+            _ => Ok(p),
+        });
+        // Read again: the plan's run is kept on it.
+        let req = self.requests.get(id).ok().flatten().unwrap_or(req);
         let now = now();
         let m = request_event(&req, now);
         let mut out = Out::new(&m, now);
@@ -466,6 +474,16 @@ impl Engine {
         };
         if c.verified_devices {
             needs.push_str(", from cross-signed devices only");
+        }
+        if let Some(p) = &req.plan_run {
+            text.push_str(&format!(
+                "📋 Its plan ({}) shows (digest {}; the whole in {}status {}):\n{}\n",
+                p.action,
+                &p.digest[..12],
+                self.settings.prefix,
+                req.id,
+                super::plan::first_lines(&p.output, super::plan::PROMPT_LINES)
+            ));
         }
         if let Some(note) = self.lock_note(req, now) {
             text.push_str(&note);

@@ -3,13 +3,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use regex::Regex;
 use serde::Deserialize;
 
 use super::{
     BUILTINS, ConfirmPolicy, Constraint, DEFAULT_EXPIRY, Effect, Glob, LoadedPolicy, LockRule,
-    Rule, Subjects, Window, valid_lock_name,
+    PlanRule, Rule, Subjects, Window, valid_lock_name,
 };
 use crate::diag::{self, Diagnostic, Severity, YamlIndex};
 use crate::{clock, ids};
@@ -64,6 +65,19 @@ struct RawRule {
     break_glass_passes_lock: bool,
     #[serde(default)]
     page_on_failure: bool,
+    #[serde(default)]
+    plan: Option<RawPlan>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    parameters: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -332,6 +346,7 @@ fn load_rule(
     }
     let params = load_params(&r, base, e);
     let lock = load_lock(&r, base, e);
+    let plan = load_plan(&r, base, e);
     let confirm = load_confirm(r.confirm, r.effect, groups, base, e);
     let when = r.when.and_then(|w| {
         Window::parse(w.timezone.as_deref(), &w.days, w.hours.as_deref(), &w.dates)
@@ -379,8 +394,58 @@ fn load_rule(
         break_glass,
         lock,
         page_on_failure: r.page_on_failure,
+        plan,
         file: PathBuf::new(),
         line: 0,
+    })
+}
+
+/// A rule's `plan`: another action of a pack (`pack.name`) and/or
+/// parameters, and a time bound.
+fn load_plan(r: &RawRule, base: &str, e: &mut Report) -> Option<PlanRule> {
+    let p = r.plan.as_ref()?;
+    let field = format!("{base}.plan");
+    if r.effect == Effect::Deny {
+        e(
+            &field,
+            Severity::Error,
+            "a deny rule runs nothing, so it has no plan".into(),
+        );
+    }
+    if let Some(a) = &p.action
+        && !a
+            .split_once('.')
+            .is_some_and(|(pack, name)| !pack.is_empty() && !name.is_empty())
+    {
+        e(
+            &format!("{field}.action"),
+            Severity::Error,
+            format!("\"{a}\" is not an action reference (pack.name)"),
+        );
+    }
+    if p.action.is_none() && p.parameters.is_empty() {
+        e(
+            &field,
+            Severity::Error,
+            "names neither an action nor parameters: it would run the request itself".into(),
+        );
+    }
+    let timeout = match p.timeout.as_deref().map(clock::parse_duration) {
+        None => Duration::from_secs(120),
+        Some(Some(d)) if !d.is_zero() => d,
+        Some(_) => {
+            e(
+                &format!("{field}.timeout"),
+                Severity::Error,
+                "expected a duration such as 30s or 2m".into(),
+            );
+            Duration::from_secs(120)
+        }
+    };
+    Some(PlanRule {
+        action: p.action.clone(),
+        parameters: p.parameters.clone(),
+        timeout,
     })
 }
 

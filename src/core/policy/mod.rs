@@ -251,6 +251,9 @@ pub struct Rule {
     pub lock: Option<LockRule>,
     /// Whether a failed run under it pages the on-call (`notify:`).
     pub page_on_failure: bool,
+    /// What runs before its prompt to show approvers what will change
+    /// (`plan:`); None: nothing.
+    pub plan: Option<PlanRule>,
     /// The file it came from.
     pub file: PathBuf,
     /// Its line there.
@@ -270,6 +273,19 @@ pub struct LockRule {
     /// Whether a break-glass run passes a lock held by hand
     /// (`break_glass_passes_lock: true`); it never passes another run.
     pub break_glass_passes: bool,
+}
+
+/// A rule's `plan`: the same action with some parameters overridden
+/// (`{parameters: {dry_run: true}}`), or another action of the pack
+/// (`{action: mypack.diff}`), run before the prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanRule {
+    /// Another action of the pack; None: the request's own.
+    pub action: Option<String>,
+    /// Parameters set over the request's.
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+    /// How long it may run (2 minutes unless the rule says).
+    pub timeout: Duration,
 }
 
 /// The lock a request's run must hold, its name rendered.

@@ -110,6 +110,8 @@ names!(
         Reviewed = "reviewed",
         /// StackStorm posted a message to a room (`chatops.post_message`).
         Announced = "announced",
+        /// A rule's plan ran before the prompt (`plan:`).
+        Planned = "planned",
         /// A run took a lock, or someone held one by hand (`!lock`).
         Locked = "locked",
         /// An approved request waits for a lock.

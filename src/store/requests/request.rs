@@ -338,6 +338,24 @@ pub struct Request {
     /// What it asks for again (`!redeploy`): the request, its end, when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeats: Option<String>,
+    /// What its rule's plan showed before the prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_run: Option<PlanRun>,
+}
+
+/// A plan's run: what approvers were shown, and its digest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PlanRun {
+    /// The action that ran.
+    pub action: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Its output (at most 64 KiB; `truncated` says if cut).
+    pub output: String,
+    /// Whether the output was cut.
+    pub truncated: bool,
+    /// SHA-256 of the whole output, hex: what the approvals are for.
+    pub digest: String,
 }
 
 impl Request {

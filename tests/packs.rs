@@ -588,3 +588,85 @@ rules:
     let r = bodies(&bot.reply(CAROL, OPS, &again.event_id, "yes"));
     assert!(r.contains("v2"), "{r}");
 }
+
+/// A rule's plan is another action of the pack: a switch of the pack
+/// between the plan and the approval runs the plan again, from the new
+/// version, and the prompt shows what it shows now.
+#[test]
+fn a_pack_switch_between_plan_and_approval_plans_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
+    let actions = |v: &str| {
+        for (name, text) in [
+            ("hello", format!("hello {v}")),
+            ("diff", format!("would change to {v}")),
+        ] {
+            repo.write(
+                &format!("actions/{name}.yaml"),
+                &format!(
+                    "---\nname: {name}\nrunner_type: local-shell-cmd\nentry_point: ''\nparameters:\n  cmd:\n    default: \"echo {text}\"\n    immutable: true\n"
+                ),
+            );
+        }
+    };
+    actions("v1");
+    repo.write(
+        "aliases/hello.yaml",
+        "---\nname: hello\npack: st2-flow\naction_ref: st2-flow.hello\nformats:\n  - \"st2-flow hello\"\nresult:\n  format: \"{{ execution.result.stdout }}\"\n",
+    );
+    repo.commit("actions");
+    let bot = open_bot(
+        tmp.path(),
+        Some(&repo.path),
+        r#"
+groups:
+  ops: ["@alice:example.org", "@bob:example.org"]
+rules:
+  - id: deploy
+    effect: allow
+    groups: [ops]
+    aliases: [st2-flow.flow_deploy]
+    confirm: false
+  - id: hello
+    effect: allow
+    groups: [ops]
+    aliases: [st2-flow.hello]
+    confirm: {approvers: {groups: [ops]}, self_approve: false}
+    plan: {action: st2-flow.diff}
+"#,
+    );
+    assert!(
+        bodies(&bot.say(ALICE, OPS, "!flow deploy main")).contains("Successfully deployed flow")
+    );
+    let p = prompt(&bot.say(ALICE, OPS, "!st2-flow hello")).clone();
+    assert!(
+        p.body.contains("📋 Its plan (st2-flow.diff) shows")
+            && p.body.contains("would change to v1"),
+        "{}",
+        p.body
+    );
+    actions("v2");
+    repo.commit("v2");
+    let again = prompt(&bot.say(ALICE, OPS, "!flow deploy main")).clone();
+    assert!(
+        again.body.contains("would change to v2") && !again.body.contains("would change to v1"),
+        "the plan ran again from the new version: {}",
+        again.body
+    );
+    let planned = bot
+        .engine
+        .audit_log()
+        .query(&airlock::audit::Query {
+            request: p.prompt_for.clone(),
+            event: Some("planned".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(planned.len(), 2, "planned twice");
+    assert_ne!(
+        planned[0].details()["digest"],
+        planned[1].details()["digest"]
+    );
+    let r = bodies(&bot.reply(BOB, OPS, &again.event_id, "yes"));
+    assert!(r.contains("hello v2"), "{r}");
+}

@@ -27,6 +27,13 @@ rules:
     # Pairs reach StackStorm, which refuses what its action does not take.
     extra_params: true
     confirm: {approvers: {groups: [ops]}, self_approve: false}
+  - id: st2-planned
+    effect: allow
+    groups: [ops]
+    packs: [st2plan]
+    confirm: {approvers: {groups: [ops]}, self_approve: false}
+    # A plan on StackStorm: the same action, its message overridden.
+    plan: {parameters: {message: "plan of the deploy"}}
   - id: tools
     effect: allow
     groups: [ops]
@@ -100,6 +107,12 @@ fn write_aliases(dir: &std::path::Path) {
     for (f, t) in &aliases {
         std::fs::write(alias_dir.join(f), t).unwrap();
     }
+    std::fs::write(
+        alias_dir.join("planned.yaml"),
+        alias("planned", "tests.echo", "st2 planned {{ message }}")
+            .replace("pack: st2ops", "pack: st2plan"),
+    )
+    .unwrap();
     std::fs::write(dir.join("p.yaml"), POLICY).unwrap();
 }
 
@@ -397,6 +410,23 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
     );
     let asked = executions(&st2, "tests.ask", &["-n", "1", "--attr", "result"]);
     assert!(asked.contains("\"approved\": true"), "{asked}");
+
+    // A plan runs on StackStorm before the prompt, as its own execution;
+    // approvers see its output, then the request itself runs.
+    let p = prompt(&bot.say(ALICE, OPS, "!st2 planned the deploy")).clone();
+    assert!(
+        p.body.contains("📋 Its plan (tests.echo) shows")
+            && p.body.contains("  plan of the deploy"),
+        "{}",
+        p.body
+    );
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    assert!(r.contains("succeeded: the deploy"), "{r}");
+    let runs = executions(&st2, "tests.echo", &["-n", "2", "--attr", "parameters"]);
+    assert!(
+        runs.contains("plan of the deploy") && runs.contains("\"the deploy\""),
+        "{runs}"
+    );
 
     // st2's announcements reach the rooms the policy lets it post to, and
     // only those.

@@ -1372,3 +1372,86 @@ async fn runs_with_one_lock_take_turns_across_a_restart_and_a_hand_lock() {
     assert!(has(&r, "interrupted") && !has(&r, "finished"), "{log}");
     assert!(has(&q, "finished") && !has(&q, "interrupted"), "{log}");
 }
+
+/// What an install changes and a redeploy on Synapse: a new commit is
+/// shown as a step forward; `!deploys` lists both installs; `!redeploy` of
+/// the first installs its commit again after the branch has moved, its
+/// prompt calling it a rewind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_install_shows_its_range_and_a_redeploy_rewinds_on_synapse() {
+    let Some(hs) = Homeserver::from_env() else {
+        return;
+    };
+    let s = scene(hs).await;
+    let room = s.room(true, false).await;
+    let mut bot = s.start();
+    s.bot_joined(&room).await;
+    let v1 = s.repo.head();
+    deploy_flow(&s, &room, "main").await;
+    s.repo.write("actions/a.txt", "a\n");
+    let v2 = s.repo.commit("add a");
+    let cmd = say(&s.alice, &room, "!flow deploy main").await;
+    let forward = s
+        .alice
+        .wait_for("the second prompt", WAIT, |x| {
+            answer_to(&s.bot, &cmd)(x) && x.body.contains("Confirmation needed")
+        })
+        .await;
+    assert!(
+        forward
+            .body
+            .contains(&format!("1 commit forward from the live {}", &v1[..12]))
+            && forward.body.contains("add a — tests"),
+        "{}",
+        forward.body
+    );
+    reply(&s.bob, &room, &forward.event_id, "yes").await;
+    s.alice
+        .wait_for("the second install", WAIT, |x| {
+            answer_to(&s.bot, &cmd)(x) && x.body.contains("Successfully deployed flow")
+        })
+        .await;
+    let list = say(&s.alice, &room, "!deploys st2-flow").await;
+    let deploys = s
+        .alice
+        .wait_for("!deploys", WAIT, answer_to(&s.bot, &list))
+        .await;
+    let lines: Vec<&str> = deploys.body.lines().collect();
+    assert!(
+        lines.len() == 3 && lines[1].contains(&v2[..12]) && lines[2].contains(&v1[..12]),
+        "{}",
+        deploys.body
+    );
+    let first = lines[2].split_whitespace().next().unwrap().to_string();
+    let again = say(&s.alice, &room, &format!("!redeploy {first}")).await;
+    let rewind = s
+        .alice
+        .wait_for("the redeploy's prompt", WAIT, |x| {
+            answer_to(&s.bot, &again)(x) && x.body.contains("Confirmation needed")
+        })
+        .await;
+    assert!(
+        rewind
+            .body
+            .contains(&format!("↩️ Asks again for request {first}"))
+            && rewind.body.contains(&format!(
+                "goes back 1 commit from the live {} (a rewind)",
+                &v2[..12]
+            )),
+        "{}",
+        rewind.body
+    );
+    reply(&s.bob, &room, &rewind.event_id, "yes").await;
+    s.alice
+        .wait_for("the rewind installed", WAIT, |x| {
+            answer_to(&s.bot, &again)(x) && x.body.contains("Successfully deployed flow")
+        })
+        .await;
+    let packs = say(&s.alice, &room, "!pack list").await;
+    let listed = s
+        .alice
+        .wait_for("!pack list", WAIT, answer_to(&s.bot, &packs))
+        .await;
+    assert!(listed.body.contains(&v1[..12]), "{}", listed.body);
+    assert!(bot.stop().success());
+}

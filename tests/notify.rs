@@ -87,6 +87,77 @@ fn receiver() -> (u16, Arc<Mutex<Vec<Received>>>) {
     (port, got)
 }
 
+/// An event as PagerDuty's published Events API v2 schema has it
+/// (PagerDuty/api-schema, reference/events-v2/openapiv3.json): the body
+/// requires `routing_key` and `event_action` (trigger, acknowledge or
+/// resolve), and knows no other fields than those below; a payload
+/// requires `summary`, `severity` (critical, warning, error or info) and
+/// `source`, all strings; `timestamp` is a date-time, `component`,
+/// `group`, `class` and `client` strings, `custom_details` an object.
+/// PagerDuty's docs bound `dedup_key` at 255 characters and `summary` at
+/// 1,024.
+fn events_v2(e: &Value) {
+    let string = |v: &Value, what: &str| {
+        assert!(v.is_string(), "{what} must be a string: {e}");
+    };
+    string(&e["routing_key"], "routing_key");
+    let action = e["event_action"].as_str().unwrap_or("");
+    assert!(
+        ["trigger", "acknowledge", "resolve"].contains(&action),
+        "{e}"
+    );
+    if action != "trigger" {
+        string(&e["dedup_key"], "dedup_key (required unless triggering)");
+    }
+    if let Some(k) = e["dedup_key"].as_str() {
+        assert!(!k.is_empty() && k.len() <= 255, "{e}");
+    }
+    if let Some(c) = e.get("client") {
+        string(c, "client");
+    }
+    let known = [
+        "routing_key",
+        "event_action",
+        "dedup_key",
+        "payload",
+        "client",
+        "client_url",
+        "links",
+        "images",
+    ];
+    for k in e.as_object().unwrap().keys() {
+        assert!(known.contains(&k.as_str()), "{k} is not in the schema: {e}");
+    }
+    let Some(p) = e.get("payload") else {
+        assert_ne!(action, "trigger", "a trigger carries a payload: {e}");
+        return;
+    };
+    for required in ["summary", "severity", "source"] {
+        string(&p[required], required);
+    }
+    let summary = p["summary"].as_str().unwrap();
+    assert!(
+        !summary.is_empty() && summary.chars().count() <= 1024,
+        "{e}"
+    );
+    let severity = p["severity"].as_str().unwrap();
+    assert!(
+        ["critical", "warning", "error", "info"].contains(&severity),
+        "{e}"
+    );
+    for optional in ["component", "group", "class"] {
+        if let Some(v) = p.get(optional) {
+            string(v, optional);
+        }
+    }
+    if let Some(ts) = p.get("timestamp") {
+        airlock::clock::parse_since(ts.as_str().unwrap(), 0).expect("a date-time");
+    }
+    if let Some(d) = p.get("custom_details") {
+        assert!(d.is_object(), "custom_details must be an object: {e}");
+    }
+}
+
 fn config(port: u16, dead_port: u16) -> NotifyConfig {
     serde_yaml::from_str(&format!(
         r#"
@@ -162,24 +233,23 @@ fn break_glass_reaches_a_signed_webhook_and_pagerduty_and_its_review_resolves_it
     );
     assert!(!String::from_utf8_lossy(&hook.body).contains(SECRET));
 
-    // PagerDuty's Events API v2: routing_key, event_action, dedup_key of
-    // at most 255 characters, payload.summary (at most 1,024), source and
-    // a severity of critical, error, warning or info.
+    // PagerDuty's Events API v2, as its published schema has it.
     let pd = both
         .iter()
         .find(|r| r.path == "/v2/enqueue")
         .unwrap()
         .json();
+    events_v2(&pd);
     assert_eq!(pd["routing_key"], KEY);
     assert_eq!(pd["event_action"], "trigger");
     let dedup = pd["dedup_key"].as_str().unwrap().to_string();
-    assert!(!dedup.is_empty() && dedup.len() <= 255 && dedup.contains(&id));
-    let payload = &pd["payload"];
-    let summary = payload["summary"].as_str().unwrap();
-    assert!(!summary.is_empty() && summary.chars().count() <= 1024);
-    assert_eq!(payload["source"], "airlock");
+    assert!(dedup.contains(&id));
+    assert_eq!(pd["payload"]["source"], "airlock");
     assert!(
-        ["critical", "error", "warning", "info"].contains(&payload["severity"].as_str().unwrap())
+        pd["payload"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("login outage")
     );
 
     // Reviewed by someone else: the incident is resolved under its key.
@@ -192,6 +262,7 @@ fn break_glass_reaches_a_signed_webhook_and_pagerduty_and_its_review_resolves_it
             .map(|r| r.json())
             .find(|j| j["event_action"] == "resolve")
     });
+    events_v2(&resolve);
     assert_eq!(resolve["dedup_key"], dedup.as_str());
     assert_eq!(resolve["routing_key"], KEY);
 

@@ -341,23 +341,28 @@ pub fn pagerduty_event(n: &Notice, routing_key: &str) -> Value {
         return json!({"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup_key});
     }
     let summary: String = n.summary.chars().take(1024).collect();
+    let mut payload = json!({
+        "summary": summary,
+        "source": "airlock",
+        "severity": match n.kind {
+            Kind::Failed => "error",
+            Kind::BreakGlass | Kind::Stuck | Kind::LockHeld => "warning",
+        },
+        "timestamp": crate::clock::format_ms(n.ts_ms),
+        "class": n.kind.name(),
+        "custom_details": n.details,
+    });
+    // The schema's optional strings are left out rather than sent null.
+    for (field, from) in [("component", "alias"), ("group", "room")] {
+        if let Some(v) = n.details.get(from).and_then(Value::as_str) {
+            payload[field] = json!(v);
+        }
+    }
     json!({
         "routing_key": routing_key,
         "event_action": "trigger",
         "dedup_key": dedup_key,
-        "payload": {
-            "summary": summary,
-            "source": "airlock",
-            "severity": match n.kind {
-                Kind::Failed => "error",
-                Kind::BreakGlass | Kind::Stuck | Kind::LockHeld => "warning",
-            },
-            "timestamp": crate::clock::format_ms(n.ts_ms),
-            "component": n.details.get("alias").cloned().unwrap_or(Value::Null),
-            "group": n.details.get("room").cloned().unwrap_or(Value::Null),
-            "class": n.kind.name(),
-            "custom_details": n.details,
-        },
+        "payload": payload,
         "client": "airlock",
     })
 }

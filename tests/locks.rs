@@ -34,7 +34,7 @@ rules:
   - id: locks
     effect: allow
     users: ["{ALICE}", "{BOB}"]
-    builtins: [lock, locks, pending, cancel]
+    builtins: [lock, locks, pending, cancel, audit]
 "#
     )
 }
@@ -219,6 +219,18 @@ fn a_lock_held_by_hand_holds_runs_in_order_across_a_restart_until_released() {
     assert_eq!(started, vec![ids.0.clone(), ids.1.clone()]);
     let free = bodies(&bot.say(ALICE, OPS, "!locks"));
     assert!(free.contains("No lock is held"), "{free}");
+    // The lock's history: the runs that held it, newest first.
+    let history = bodies(&bot.say(ALICE, OPS, "!deploys lock deploy/prod"));
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 3, "{history}");
+    assert!(
+        lines[1].starts_with(&format!("{} succeeded svc.deploy", ids.1)),
+        "{history}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("{} succeeded svc.deploy", ids.0)),
+        "{history}"
+    );
 }
 
 #[test]

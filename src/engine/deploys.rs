@@ -18,17 +18,23 @@ const DEPLOYS: usize = 10;
 const MOST: usize = 50;
 
 impl Engine {
-    /// `!deploys <alias|pack> [n]`: this room's last `n` runs of an alias
-    /// (`pack.name`) or installs of a pack, newest first.
+    /// `!deploys <alias|pack> [n]`, `!deploys lock <name> [n]`: this
+    /// room's last `n` runs of an alias (`pack.name`), installs of a pack,
+    /// or runs that held a lock, newest first.
     pub(super) fn builtin_deploys(&self, out: &mut Out, args: &str) {
         if !self.gate(out, "audit") {
             return;
         }
         let mut words = args.split_whitespace();
-        let Some(what) = words.next() else {
+        let mut what = words.next();
+        let lock = what == Some("lock");
+        if lock {
+            what = words.next();
+        }
+        let Some(what) = what else {
             return out.say(format!(
-                "Usage: {}deploys <alias|pack> [n]",
-                self.settings.prefix
+                "Usage: {p}deploys <alias|pack> [n], or {p}deploys lock <name> [n]",
+                p = self.settings.prefix
             ));
         };
         let n = words
@@ -52,7 +58,12 @@ impl Engine {
             .status(Status::Ok)
             .detail(json!({"deploys": what, "n": n}));
         out.log(e);
-        let entries = match self.audit.query(&q) {
+        let entries = if lock {
+            self.runs_under_lock(&out.m.room, what, n)
+        } else {
+            self.audit.query(&q)
+        };
+        let entries = match entries {
             Ok(e) => e,
             Err(e) => return out.say(format!("⚠️ Cannot read the audit log: {e}")),
         };
@@ -90,6 +101,40 @@ impl Engine {
             self.settings.prefix,
             lines.join("\n")
         ));
+    }
+
+    /// The `finished` entries of the last `n` runs in `room` that took lock
+    /// `name`, oldest first (as a query answers).
+    fn runs_under_lock(
+        &self,
+        room: &str,
+        name: &str,
+        n: usize,
+    ) -> Result<Vec<crate::audit::Entry>, crate::audit::AuditError> {
+        let took = self.audit.query(&Query {
+            room: Some(room.into()),
+            event: Some("locked".into()),
+            limit: None,
+            ..Default::default()
+        })?;
+        let mut ids: Vec<String> = took
+            .iter()
+            .rev()
+            .filter(|e| e.detail_field::<String>("lock").as_deref() == Some(name))
+            .filter_map(|e| e.request.clone())
+            .take(n)
+            .collect();
+        ids.reverse();
+        let mut out = Vec::new();
+        for id in ids {
+            let ended = self.audit.query(&Query {
+                request: Some(id),
+                event: Some("finished".into()),
+                ..Default::default()
+            })?;
+            out.extend(ended.into_iter().last());
+        }
+        Ok(out)
     }
 
     /// `!redeploy <id>`: a new request for exactly what request `id` ran:

@@ -74,7 +74,10 @@ impl Engine {
             ("lock", "lock <name> [reason]"),
             ("lock", "unlock <name>"),
             ("locks", "locks"),
-            ("audit", "deploys <alias|pack> [n] | deploys lock <name> [n]"),
+            (
+                "audit",
+                "deploys <alias|pack> [n] | deploys lock <name> [n]",
+            ),
         ]
         .iter()
         .filter(|(b, _)| policy.may_use(&who, &Target::Builtin(b)))

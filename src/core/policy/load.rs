@@ -3,14 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use regex::Regex;
 use serde::Deserialize;
 
 use super::{
-    BUILTINS, ConfirmPolicy, Constraint, DEFAULT_EXPIRY, Effect, Glob, LoadedPolicy, LockRule,
-    PlanRule, Rule, Subjects, Window, valid_lock_name,
+    BUILTINS, ConfirmPolicy, Constraint, DEFAULT_EXPIRY, Effect, Glob, LoadedPolicy, Rule,
+    Subjects, Window, options,
 };
 use crate::diag::{self, Diagnostic, Severity, YamlIndex};
 use crate::{clock, ids};
@@ -66,18 +65,7 @@ struct RawRule {
     #[serde(default)]
     page_on_failure: bool,
     #[serde(default)]
-    plan: Option<RawPlan>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPlan {
-    #[serde(default)]
-    action: Option<String>,
-    #[serde(default)]
-    parameters: serde_json::Map<String, serde_json::Value>,
-    #[serde(default)]
-    timeout: Option<String>,
+    plan: Option<options::RawPlan>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,7 +135,7 @@ struct RawSubjects {
 }
 
 /// Reports one problem at a field of the file being read.
-type Report<'a> = dyn FnMut(&str, Severity, String) + 'a;
+pub(super) type Report<'a> = dyn FnMut(&str, Severity, String) + 'a;
 
 fn user_glob_ok(g: &str) -> bool {
     ids::is_user_glob(g)
@@ -345,8 +333,17 @@ fn load_rule(
         );
     }
     let params = load_params(&r, base, e);
-    let lock = load_lock(&r, base, e);
-    let plan = load_plan(&r, base, e);
+    let lock = options::lock(
+        (
+            r.lock.as_deref(),
+            r.queue_timeout.as_deref(),
+            r.break_glass_passes_lock,
+        ),
+        r.effect,
+        base,
+        e,
+    );
+    let plan = options::plan(r.plan.as_ref(), r.effect, base, e);
     let confirm = load_confirm(r.confirm, r.effect, groups, base, e);
     let when = r.when.and_then(|w| {
         Window::parse(w.timezone.as_deref(), &w.days, w.hours.as_deref(), &w.dates)
@@ -397,110 +394,6 @@ fn load_rule(
         plan,
         file: PathBuf::new(),
         line: 0,
-    })
-}
-
-/// A rule's `plan`: another action of a pack (`pack.name`) and/or
-/// parameters, and a time bound.
-fn load_plan(r: &RawRule, base: &str, e: &mut Report) -> Option<PlanRule> {
-    let p = r.plan.as_ref()?;
-    let field = format!("{base}.plan");
-    if r.effect == Effect::Deny {
-        e(
-            &field,
-            Severity::Error,
-            "a deny rule runs nothing, so it has no plan".into(),
-        );
-    }
-    if let Some(a) = &p.action
-        && !a
-            .split_once('.')
-            .is_some_and(|(pack, name)| !pack.is_empty() && !name.is_empty())
-    {
-        e(
-            &format!("{field}.action"),
-            Severity::Error,
-            format!("\"{a}\" is not an action reference (pack.name)"),
-        );
-    }
-    if p.action.is_none() && p.parameters.is_empty() {
-        e(
-            &field,
-            Severity::Error,
-            "names neither an action nor parameters: it would run the request itself".into(),
-        );
-    }
-    let timeout = match p.timeout.as_deref().map(clock::parse_duration) {
-        None => Duration::from_secs(120),
-        Some(Some(d)) if !d.is_zero() => d,
-        Some(_) => {
-            e(
-                &format!("{field}.timeout"),
-                Severity::Error,
-                "expected a duration such as 30s or 2m".into(),
-            );
-            Duration::from_secs(120)
-        }
-    };
-    Some(PlanRule {
-        action: p.action.clone(),
-        parameters: p.parameters.clone(),
-        timeout,
-    })
-}
-
-/// A rule's `lock`, `queue_timeout` and `break_glass_passes_lock`.
-fn load_lock(r: &RawRule, base: &str, e: &mut Report) -> Option<LockRule> {
-    let Some(name) = r.lock.as_deref() else {
-        for (set, field) in [
-            (r.queue_timeout.is_some(), "queue_timeout"),
-            (r.break_glass_passes_lock, "break_glass_passes_lock"),
-        ] {
-            if set {
-                e(
-                    &format!("{base}.{field}"),
-                    Severity::Error,
-                    "applies to a rule's lock, and the rule names none (`lock:`)".into(),
-                );
-            }
-        }
-        return None;
-    };
-    let field = format!("{base}.lock");
-    if r.effect == Effect::Deny {
-        e(
-            &field,
-            Severity::Error,
-            "a deny rule runs nothing, so it holds no lock".into(),
-        );
-    }
-    if name.contains("{{") || name.contains("{%") {
-        if let Err(msg) = crate::render::check_template(name) {
-            e(&field, Severity::Error, msg);
-        }
-    } else if !valid_lock_name(name) {
-        e(
-            &field,
-            Severity::Error,
-            format!("\"{name}\" is not a lock name (1 to 100 letters, digits and . _ - / : @)"),
-        );
-    }
-    let queue_timeout = match r.queue_timeout.as_deref().map(clock::parse_duration) {
-        None => None,
-        Some(Some(d)) if !d.is_zero() => Some(d),
-        Some(_) => {
-            e(
-                &format!("{base}.queue_timeout"),
-                Severity::Error,
-                "expected a duration such as 90s, 10m, 2h".into(),
-            );
-            None
-        }
-    };
-    Some(LockRule {
-        name: name.to_string(),
-        queue_timeout,
-        break_glass_passes: r.break_glass_passes_lock,
     })
 }
 

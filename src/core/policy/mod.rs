@@ -25,6 +25,7 @@ use crate::diag::Diagnostic;
 
 mod decide;
 mod load;
+mod options;
 mod window;
 
 pub use load::{load, parse_texts};

@@ -34,6 +34,13 @@ rules:
     confirm: {approvers: {groups: [ops]}, self_approve: false}
     # A plan on StackStorm: the same action, its message overridden.
     plan: {parameters: {message: "plan of the deploy"}}
+  - id: st2-failing-plan
+    effect: allow
+    groups: [ops]
+    packs: [st2failplan]
+    confirm: {approvers: {groups: [ops]}, self_approve: false}
+    # Another action of StackStorm's, which fails: the request is refused.
+    plan: {action: tests.fail}
   - id: tools
     effect: allow
     groups: [ops]
@@ -111,6 +118,12 @@ fn write_aliases(dir: &std::path::Path) {
         alias_dir.join("planned.yaml"),
         alias("planned", "tests.echo", "st2 planned {{ message }}")
             .replace("pack: st2ops", "pack: st2plan"),
+    )
+    .unwrap();
+    std::fs::write(
+        alias_dir.join("failplanned.yaml"),
+        alias("failplanned", "tests.echo", "st2 failplanned {{ message }}")
+            .replace("pack: st2ops", "pack: st2failplan"),
     )
     .unwrap();
     std::fs::write(dir.join("p.yaml"), POLICY).unwrap();
@@ -426,6 +439,15 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
     assert!(
         runs.contains("plan of the deploy") && runs.contains("\"the deploy\""),
         "{runs}"
+    );
+
+    // A plan that runs and fails on StackStorm refuses the request, with
+    // its output; nothing is asked and nothing runs.
+    let r = bodies(&bot.say(ALICE, OPS, "!st2 failplanned the deploy"));
+    assert!(
+        r.contains("cannot run: its plan (tests.fail) failed:")
+            && !r.contains("Confirmation needed"),
+        "{r}"
     );
 
     // st2's announcements reach the rooms the policy lets it post to, and

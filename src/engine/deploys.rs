@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use super::request::Repeat;
+use super::request::{Asking, Repeat};
 use super::{Engine, Out};
 use crate::action::Deployed;
 use crate::alias::Params;
@@ -206,14 +206,12 @@ impl Engine {
         out.say(format!("↩️ {note}"));
         let command = req.command.clone();
         let repeat = Repeat { pinned: pin, note };
-        self.request(
-            out,
-            &alias,
-            &command,
-            parsed,
-            &req.set_in_chat,
-            None,
-            Some(&repeat),
-        );
+        let asking = Asking {
+            command: &command,
+            set_in_chat: &req.set_in_chat,
+            glass: None,
+            repeat: Some(&repeat),
+        };
+        self.request(out, &alias, parsed, &asking);
     }
 }

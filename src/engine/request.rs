@@ -91,15 +91,13 @@ impl Engine {
             .detail(json!({"representation": matched.representation, "parameters": shown}));
         out.log(entry);
         for params in matched.parameters {
-            self.request(
-                out,
-                &alias,
-                cmd,
-                params,
-                &matched.overrides,
-                glass.as_deref(),
-                None,
-            );
+            let asking = Asking {
+                command: cmd,
+                set_in_chat: &matched.overrides,
+                glass: glass.as_deref(),
+                repeat: None,
+            };
+            self.request(out, &alias, params, &asking);
         }
     }
 
@@ -116,22 +114,23 @@ impl Engine {
         out.react(FAILED);
     }
 
-    /// One execution of an alias: parameters and policy, then a request,
-    /// prepared here or (when its action must reach the network) by the
-    /// transport through [`Effect::Prepare`]. A `repeat` (`!redeploy`)
-    /// sets its pinned parameters over the alias's own, before the policy
-    /// sees them, and its prompt says what it repeats.
-    #[allow(clippy::too_many_arguments)]
+    /// One execution of an alias with `parsed` parameters: policy, then a
+    /// request, prepared here or (when its action must reach the network,
+    /// or its rule has a plan) by the transport through
+    /// [`Effect::Prepare`].
     pub(super) fn request(
         &self,
         out: &mut Out,
         alias: &Arc<Alias>,
-        cmd: &str,
         parsed: Params,
-        set_in_chat: &[String],
-        glass: Option<&str>,
-        repeat: Option<&Repeat>,
+        asking: &Asking,
     ) {
+        let Asking {
+            command: cmd,
+            set_in_chat,
+            glass,
+            repeat,
+        } = *asking;
         let m = out.m;
         let now = out.now;
         let reference = alias.reference();
@@ -498,6 +497,19 @@ impl Engine {
         ));
         Message::plain(text)
     }
+}
+
+/// How a request is asked for, besides its parameters.
+pub(super) struct Asking<'a> {
+    /// The command as matched.
+    pub(super) command: &'a str,
+    /// Parameters chat set as trailing `key=value` pairs.
+    pub(super) set_in_chat: &'a [String],
+    /// `--break-glass` and its reason.
+    pub(super) glass: Option<&'a str>,
+    /// A `!redeploy`: its pinned parameters are set over the alias's own
+    /// before the policy sees them, and its prompt says what it repeats.
+    pub(super) repeat: Option<&'a Repeat>,
 }
 
 /// What a `!redeploy` asks again for.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use airlock::audit::{AuditLog, Entry, Event, Query, Status};
-use airlock::policy::{self, Subject, Target};
+use airlock::policy::{Subject, Target};
 use airlock::requests::{Request, Requests};
 use serde_json::json;
 
@@ -234,7 +234,7 @@ fn audit_queries(db: &sled::Db, log: &AuditLog, total: u64, what: &str) {
 
 fn policy_decisions() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let shipped = policy::load(&[root.join("policies")]).policy;
+    let shipped = airlock::catalog::load_policy(&[root.join("policies")]).policy;
     let tmp = tempfile::tempdir().unwrap();
     let mut big =
         String::from("groups:\n  ops: ['@alice:example.org', '@bob:example.org']\nrules:\n");
@@ -247,7 +247,7 @@ fn policy_decisions() {
         "  - id: last\n    effect: allow\n    groups: [ops]\n    aliases: ['st2-flow.*']\n",
     );
     std::fs::write(tmp.path().join("big.yaml"), big).unwrap();
-    let big = policy::load(&[tmp.path().join("big.yaml")]).policy;
+    let big = airlock::catalog::load_policy(&[tmp.path().join("big.yaml")]).policy;
     let params = json!({"packs": ["st2-flow"], "repo_url": "git@github.com:websages/st2-flow", "branch": "main"});
     let params = params.as_object().unwrap();
     let target = Target::Alias {

@@ -51,7 +51,7 @@ fn corpus(compat: &std::path::Path) -> Vec<Alias> {
     files.sort();
     files
         .iter()
-        .map(|f| alias::load_file(f, None, "corpus").expect("corpus alias"))
+        .map(|f| airlock::catalog::load_alias_file(f, None, "corpus").expect("corpus alias"))
         .collect()
 }
 

@@ -614,11 +614,11 @@ impl Catalog for Files {
     fn aliases(&self) -> alias::load::Loaded {
         let mut dirs = self.aliases.clone();
         dirs.extend(self.packs.alias_dirs());
-        alias::load_dirs(&dirs)
+        crate::catalog::load_aliases(&dirs)
     }
 
     fn policy(&self) -> policy::LoadedPolicy {
-        policy::load(&self.policies)
+        crate::catalog::load_policy(&self.policies)
     }
 
     fn actions(&self) -> (Vec<Arc<dyn Action>>, Vec<Diagnostic>) {

@@ -29,6 +29,7 @@ mod store;
 mod transport;
 
 pub mod action;
+pub mod catalog;
 pub mod config;
 pub mod crash;
 pub mod engine;

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use airlock::alias::{self, AliasSet, MatchError};
+use airlock::alias::{AliasSet, MatchError};
 use serde_json::Value;
 
 fn compat_dir() -> Option<PathBuf> {
@@ -39,7 +39,9 @@ fn corpus_files(dir: &std::path::Path) -> Vec<PathBuf> {
 fn corpus_set(dir: &std::path::Path) -> AliasSet {
     let aliases = corpus_files(dir)
         .iter()
-        .map(|f| alias::load_file(f, None, "corpus").unwrap_or_else(|e| panic!("{e:?}")))
+        .map(|f| {
+            airlock::catalog::load_alias_file(f, None, "corpus").unwrap_or_else(|e| panic!("{e:?}"))
+        })
         .collect();
     AliasSet::new(aliases)
 }
@@ -50,7 +52,7 @@ fn every_corpus_file_loads_on_its_own() {
     let files = corpus_files(&dir);
     assert_eq!(files.len(), 144);
     for f in &files {
-        if let Err(diags) = alias::load_file(f, None, "corpus") {
+        if let Err(diags) = airlock::catalog::load_alias_file(f, None, "corpus") {
             panic!("{}: {:?}", f.display(), diags);
         }
     }
@@ -59,7 +61,7 @@ fn every_corpus_file_loads_on_its_own() {
 #[test]
 fn duplicate_refs_are_warnings_naming_both_files() {
     let Some(dir) = compat_dir() else { return };
-    let loaded = alias::load_dirs(&[dir.join("alias_corpus")]);
+    let loaded = airlock::catalog::load_aliases(&[dir.join("alias_corpus")]);
     assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
     let dups: Vec<_> = loaded
         .diagnostics

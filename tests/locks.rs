@@ -305,7 +305,7 @@ fn the_policy_says_which_lock_settings_are_wrong() {
         "rules:\n  - id: a\n    effect: allow\n    users: ['@a:x']\n    packs: [svc]\n    queue_timeout: 5m\n  - id: b\n    effect: allow\n    users: ['@a:x']\n    packs: [svc]\n    lock: \"deploy prod\"\n  - id: c\n    effect: allow\n    users: ['@a:x']\n    packs: [svc]\n    lock: \"deploy/{{ env \"\n    queue_timeout: soon\n",
     )
     .unwrap();
-    let loaded = airlock::policy::Policy::load(&[pol]);
+    let loaded = airlock::catalog::load_policy(&[pol]);
     let text: Vec<String> = loaded.diagnostics.iter().map(|d| d.to_string()).collect();
     let all = text.join("\n");
     assert!(

@@ -28,7 +28,7 @@ fn corpus() -> Option<Vec<alias::Alias>> {
     Some(
         files
             .iter()
-            .map(|f| alias::load_file(f, None, "corpus").unwrap())
+            .map(|f| airlock::catalog::load_alias_file(f, None, "corpus").unwrap())
             .collect(),
     )
 }

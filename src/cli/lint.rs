@@ -6,7 +6,7 @@ use crate::*;
 /// Load aliases for a command that only needs what loaded: problems go to
 /// stderr, they do not stop it.
 pub(crate) fn load_aliases(dirs: &[PathBuf]) -> AliasSet {
-    let loaded = alias::load_dirs(dirs);
+    let loaded = airlock::catalog::load_aliases(dirs);
     print_diagnostics(&loaded.diagnostics);
     AliasSet::new(loaded.aliases)
 }
@@ -62,7 +62,7 @@ pub(crate) fn cmd_check(
     policies: &[PathBuf],
     routed: &dyn Fn(&str) -> bool,
 ) -> ExitCode {
-    let loaded = alias::load_dirs(dirs);
+    let loaded = airlock::catalog::load_aliases(dirs);
     let mut diags = loaded.diagnostics;
     // The packs' actions, checked like aliases.
     let mut metas = action::metadata::core_actions();
@@ -74,7 +74,7 @@ pub(crate) fn cmd_check(
     let policy = if policies.is_empty() {
         None
     } else {
-        let p = policy::load(policies);
+        let p = airlock::catalog::load_policy(policies);
         diags.extend(p.diagnostics);
         Some(p.policy)
     };
@@ -202,7 +202,7 @@ pub(crate) fn cmd_explain(
         })?,
     };
     let cfg = config(&arg)?;
-    let loaded = policy::load(&cfg.policies);
+    let loaded = airlock::catalog::load_policy(&cfg.policies);
     if loaded.has_errors() {
         print_diagnostics(&loaded.diagnostics);
         return Err(ExitCode::from(2));

@@ -312,7 +312,7 @@ pub fn format_parser(cases: u32) {
 
 static SHIPPED: LazyLock<AliasSet> = LazyLock::new(|| {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    AliasSet::new(alias::load_dirs(&[root.join("aliases")]).aliases)
+    AliasSet::new(airlock::catalog::load_aliases(&[root.join("aliases")]).aliases)
 });
 
 pub fn matcher(cases: u32) {

@@ -89,7 +89,7 @@ pub(super) fn validate_pack(dir: &Path, name: &str) -> Result<Option<String>, Pa
         )));
     }
     if dir.join("aliases").is_dir() {
-        let loaded = crate::alias::load::load_pack(dir, name);
+        let loaded = crate::catalog::load_pack_aliases(dir, name);
         let errors: Vec<String> = loaded
             .diagnostics
             .iter()

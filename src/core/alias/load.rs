@@ -57,19 +57,6 @@ fn default_true() -> bool {
     true
 }
 
-/// Load one alias file. `pack_dir` is the pack the file sits in, when it
-/// sits in one: the alias's `pack` must then agree with it (st2's
-/// registrar refuses otherwise). `default_pack` fills a missing `pack`.
-pub fn load_file(
-    path: &Path,
-    pack_dir: Option<&str>,
-    default_pack: &str,
-) -> Result<Alias, Vec<Diagnostic>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![Diagnostic::file(path, format!("cannot read: {e}"))])?;
-    parse_alias(path, &text, pack_dir, default_pack)
-}
-
 /// Parse alias YAML `text` (read from `path`); every problem is reported.
 pub fn parse_alias(
     path: &Path,
@@ -248,108 +235,38 @@ impl Loaded {
     }
 }
 
-fn is_yaml(p: &Path) -> bool {
-    p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-}
-
-fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn base_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 /// An alias file found on disk: its path, the pack directory it sits in
 /// (if any) and the pack it belongs to when it names none.
-struct AliasFile {
-    path: PathBuf,
-    pack_dir: Option<String>,
-    default_pack: String,
+#[derive(Debug, Clone)]
+pub struct AliasFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// The pack directory it sits in, whose name its `pack` must match.
+    pub pack_dir: Option<String>,
+    /// The pack it belongs to when it names none.
+    pub default_pack: String,
 }
 
-/// The alias files of the pack in `dir` (`dir/aliases/*.yaml`), as `pack`.
-fn pack_files(dir: &Path, pack: &str) -> impl Iterator<Item = AliasFile> {
-    let pack = pack.to_string();
-    sorted_entries(&dir.join("aliases"))
-        .into_iter()
-        .filter(|p| is_yaml(p))
-        .map(move |path| AliasFile {
-            path,
-            pack_dir: Some(pack.clone()),
-            default_pack: pack.clone(),
-        })
-}
-
-/// Every alias file under `dirs`.
-fn alias_files(dirs: &[PathBuf]) -> (Vec<AliasFile>, Vec<Diagnostic>) {
-    let mut files = Vec::new();
-    let mut diags = Vec::new();
-    for dir in dirs {
-        if !dir.is_dir() {
-            diags.push(Diagnostic::file(dir, "not a directory"));
-            continue;
-        }
-        // A pack directory itself.
-        if dir.join("aliases").is_dir() {
-            files.extend(pack_files(dir, &base_name(dir)));
-            continue;
-        }
-        // An `aliases/` folder inside a pack: its pack is the parent.
-        let default_pack = match dir.parent() {
-            Some(parent) if base_name(dir) == "aliases" && parent.join("pack.yaml").is_file() => {
-                base_name(parent)
-            }
-            _ => base_name(dir),
-        };
-        for entry in sorted_entries(dir) {
-            if is_yaml(&entry) {
-                files.push(AliasFile {
-                    path: entry,
-                    pack_dir: None,
-                    default_pack: default_pack.clone(),
-                });
-            } else if entry.join("aliases").is_dir() && !base_name(&entry).starts_with('.') {
-                files.extend(pack_files(&entry, &base_name(&entry)));
-            }
-        }
-    }
-    (files, diags)
-}
-
-/// Load the aliases of the pack in `dir`, as pack `name` whatever the
-/// directory is called (a staging checkout, say).
-pub fn load_pack(dir: &Path, name: &str) -> Loaded {
-    load_files(pack_files(dir, name).collect(), Vec::new())
-}
-
-/// Load every alias under `dirs`. A ref defined twice keeps the later file
-/// (as st2's registration does) and both files are named in a warning.
-pub fn load_dirs(dirs: &[PathBuf]) -> Loaded {
-    let (files, diagnostics) = alias_files(dirs);
-    load_files(files, diagnostics)
-}
-
-fn load_files(files: Vec<AliasFile>, mut diagnostics: Vec<Diagnostic>) -> Loaded {
+/// The aliases in `files` (each with its text), in order, with the
+/// problems found reading them (`diagnostics`) and parsing them. A ref
+/// defined twice keeps the later file (as st2's registration does) and
+/// both files are named in a warning.
+pub fn parse_files(files: Vec<(AliasFile, String)>, mut diagnostics: Vec<Diagnostic>) -> Loaded {
     let mut aliases: Vec<Alias> = Vec::new();
     let mut by_ref: HashMap<String, usize> = HashMap::new();
-    for AliasFile {
-        path: file,
-        pack_dir,
-        default_pack,
-    } in files
+    for (
+        AliasFile {
+            path: file,
+            pack_dir,
+            default_pack,
+        },
+        text,
+    ) in files
     {
-        match load_file(&file, pack_dir.as_deref(), &default_pack) {
+        match parse_alias(&file, &text, pack_dir.as_deref(), &default_pack) {
             Ok(alias) => {
                 let r = alias.reference();
                 if let Some(&i) = by_ref.get(&r) {
-                    let text = std::fs::read_to_string(&file).unwrap_or_default();
                     diagnostics.push(YamlIndex::parse(&text).diag(
                         Severity::Warning,
                         &file,

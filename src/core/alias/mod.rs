@@ -18,7 +18,6 @@ use aho_corasick::AhoCorasick;
 use serde_json::Value;
 
 pub use format::{Command, Format, ParseError};
-pub use load::{load_dirs, load_file};
 
 /// Parameters as st2's parser returns them: strings, or null for a group
 /// that did not take part in the match. Insertion order is kept, as in Python.

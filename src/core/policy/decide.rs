@@ -5,11 +5,6 @@
 use super::*;
 
 impl Policy {
-    /// [`load`] as a method.
-    pub fn load(paths: &[PathBuf]) -> LoadedPolicy {
-        load(paths)
-    }
-
     /// Room aliases named by rules, for the transport to resolve.
     pub fn room_aliases(&self) -> Vec<String> {
         let mut v: Vec<String> = self

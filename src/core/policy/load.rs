@@ -145,48 +145,8 @@ fn room_glob_ok(g: &str) -> bool {
     ids::is_room_glob(g)
 }
 
-/// Load every `*.yaml`/`*.yml` in `dirs` (or the files given), reporting
-/// every problem. Nothing from a file with errors is kept: a half-read
-/// policy could allow what the whole one forbids.
-pub fn load(paths: &[PathBuf]) -> LoadedPolicy {
-    let mut files = Vec::new();
-    let mut out = LoadedPolicy::default();
-    for p in paths {
-        if p.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
-            v.retain(|f| matches!(f.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")));
-            v.sort();
-            files.extend(v);
-        } else if p.is_file() {
-            files.push(p.clone());
-        } else {
-            out.diagnostics
-                .push(Diagnostic::file(p, "no such file or directory"));
-        }
-    }
-    let mut texts = Vec::new();
-    for f in files {
-        match std::fs::read_to_string(&f) {
-            Ok(t) => texts.push((f, t)),
-            Err(e) => out
-                .diagnostics
-                .push(Diagnostic::file(&f, format!("cannot read: {e}"))),
-        }
-    }
-    let parsed = parse_texts(&texts);
-    out.diagnostics.extend(parsed.diagnostics);
-    out.policy = parsed.policy;
-    if out.has_errors() {
-        // Never run with part of a policy.
-        out.policy.rules.clear();
-    }
-    out
-}
-
-/// The policy in `files` (path, text), in order: [`load`] without the
-/// file system.
+/// The policy in `files` (path, text), in order; reading them is
+/// `catalog::load_policy`'s.
 pub fn parse_texts(files: &[(PathBuf, String)]) -> LoadedPolicy {
     let mut out = LoadedPolicy::default();
     let mut parsed = Vec::new();

@@ -28,7 +28,7 @@ mod load;
 mod options;
 mod window;
 
-pub use load::{load, parse_texts};
+pub use load::parse_texts;
 pub use window::Window;
 
 /// Commands the bot answers itself, which rules can grant.

@@ -161,13 +161,20 @@ impl Inquirer {
         Some(req.id)
     }
 
-    /// Wait for request `id`'s answer.
+    /// Wait for request `id`'s answer: woken by each write of it (an
+    /// answer, an expiry), and once a second to notice a shutdown.
     fn answer_to(&self, id: &str) -> Option<bool> {
+        // Watched before it is read: a write between the two still wakes.
+        let mut watch = self.requests.watch(id);
+        let mut first = true;
         loop {
             if self.stopping.load(Ordering::Relaxed) {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(200));
+            if !first {
+                watch.wait(Duration::from_secs(1));
+            }
+            first = false;
             let state = match self.requests.get(id) {
                 Ok(Some(r)) => r.state,
                 _ => return None,

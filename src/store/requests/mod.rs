@@ -56,6 +56,16 @@ pub struct Requests {
     locks: std::sync::Arc<crate::locks::Locks>,
 }
 
+/// A watch on one request ([`Requests::watch`]).
+pub struct Watch(sled::Subscriber);
+
+impl Watch {
+    /// Until the request is next written, or `at_most` has passed.
+    pub fn wait(&mut self, at_most: std::time::Duration) {
+        let _ = self.0.next_timeout(at_most);
+    }
+}
+
 /// The id counter in the index tree.
 const IDS: &[u8] = b"ids";
 
@@ -120,6 +130,14 @@ fn settled<A>(r: sled::transaction::TransactionResult<A, StoreError>) -> Result<
 }
 
 impl Requests {
+    /// Wakes its holder when request `id` is written (sled's
+    /// subscription): what waits for an answer waits for a write, not a
+    /// timer.
+    pub fn watch(&self, id: &str) -> Watch {
+        // Ids are all six characters: the prefix is the key.
+        Watch(self.requests.watch_prefix(id.as_bytes()))
+    }
+
     /// The locks runs hold and the requests waiting for them, kept
     /// beside the requests.
     pub fn locks(&self) -> &crate::locks::Locks {

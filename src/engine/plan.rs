@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Engine, request_entry};
 use crate::action::Prepared;
-use crate::action::executor::Job;
+use crate::action::executor::{Followed, Job};
 use crate::audit::{Event, Status};
 use crate::requests::{PlanRun, Request};
 
@@ -67,31 +67,12 @@ impl Engine {
             return Some(Err(format!("its plan's action {name} is not available")));
         };
         let same = name == req.action;
-        // The parameters as asked, and the plan's over them, checked by
-        // the schema as any request's are (an immutable one, such as a
-        // secret from the pack's config, cannot be set by a plan either).
-        // Another action takes what it knows of them.
-        let known: Vec<String> = action
-            .spec()
-            .params
-            .iter()
-            .map(|p| p.name.clone())
-            .collect();
-        let mut params: crate::alias::Params = req
-            .asked
-            .iter()
-            .filter(|(k, _)| same || known.contains(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        params.extend(plan.parameters.clone());
-        let params = match super::request::validated(Some(action.spec()), params) {
+        let params = match plan_params(req, &action, same, &plan.parameters) {
             Ok(p) => p,
             Err(e) => return Some(Err(format!("its plan ({name}) cannot run: {e}"))),
         };
-        let job_id = format!("{}-plan", req.id);
-        let started = now();
         let job = Job {
-            request_id: job_id.clone(),
+            request_id: format!("{}-plan", req.id),
             requester: req.requester.clone(),
             approvers: Vec::new(),
             action,
@@ -101,59 +82,27 @@ impl Engine {
             } else {
                 Value::Null
             },
-            started,
+            started: now(),
             resume: false,
             // A plan asks nobody anything.
             ask: Arc::new(crate::action::nobody),
         };
-        let followed = match self.executor.submit(job) {
-            Ok(()) => {
-                // The time bound: past it, the plan is stopped.
-                let (done, wait) = channel::<()>();
-                let executor = self.executor.clone();
-                let (id, bound) = (job_id.clone(), plan.timeout);
-                std::thread::spawn(move || {
-                    if let Err(RecvTimeoutError::Timeout) = wait.recv_timeout(bound) {
-                        executor.cancel(&id, "airlock (the plan's time bound)");
-                    }
-                });
-                let f = self.executor.follow(&job_id);
-                let _ = done.send(());
-                f
-            }
-            Err(e) => crate::action::executor::Followed {
-                outcome: crate::action::Outcome::failed(e),
-                cancelled_by: None,
-            },
-        };
-        let ok = followed.outcome.status == crate::action::Status::Succeeded;
+        let (followed, stopped) = self.follow_within(job, plan.timeout);
         let mut output = output_of(&followed.outcome);
-        if followed.cancelled_by.is_some() {
+        if stopped {
             output.push_str(&format!(
                 "\n(stopped after {}: the plan's time bound)",
                 crate::clock::human(plan.timeout)
             ));
         }
-        let digest = hex(&Sha256::digest(output.as_bytes()));
-        let truncated = output.len() > KEPT;
-        if truncated {
-            let mut cut = KEPT;
-            while !output.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            output.truncate(cut);
-        }
-        let run = PlanRun {
-            action: name.clone(),
-            ok,
+        let run = PlanRun::of(
+            name.clone(),
+            followed.outcome.status == crate::action::Status::Succeeded,
             output,
-            truncated,
-            digest,
-        };
-        let at = now();
+        );
         self.record(vec![
-            request_entry(Event::Planned, req, at)
-                .status(if ok {
+            request_entry(Event::Planned, req, now())
+                .status(if run.ok {
                     Status::Succeeded
                 } else {
                     Status::Failed
@@ -167,7 +116,7 @@ impl Engine {
             r.plan_run = Some(run.clone());
             Ok(())
         });
-        Some(if ok {
+        Some(if run.ok {
             Ok(run)
         } else {
             Err(format!(
@@ -175,6 +124,79 @@ impl Engine {
                 first_lines(&run.output, PROMPT_LINES)
             ))
         })
+    }
+
+    /// Submit `job` and follow it to its end, stopping it past `bound`;
+    /// whether it was stopped.
+    fn follow_within(&self, job: Job, bound: std::time::Duration) -> (Followed, bool) {
+        let id = job.request_id.clone();
+        if let Err(e) = self.executor.submit(job) {
+            let failed = Followed {
+                outcome: crate::action::Outcome::failed(e),
+                cancelled_by: None,
+            };
+            return (failed, false);
+        }
+        let (done, wait) = channel::<()>();
+        let (executor, watched) = (self.executor.clone(), id.clone());
+        std::thread::spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = wait.recv_timeout(bound) {
+                executor.cancel(&watched, "airlock (the plan's time bound)");
+            }
+        });
+        let followed = self.executor.follow(&id);
+        let _ = done.send(());
+        let stopped = followed.cancelled_by.is_some();
+        (followed, stopped)
+    }
+}
+
+/// The parameters a plan runs with: the request's as asked (only those
+/// another action knows), the plan's over them, checked by the schema as
+/// any request's are (an immutable one, such as a secret from the pack's
+/// config, cannot be set by a plan either).
+fn plan_params(
+    req: &Request,
+    action: &Arc<dyn crate::action::Action>,
+    same: bool,
+    over: &crate::alias::Params,
+) -> Result<crate::alias::Params, String> {
+    let known: Vec<String> = action
+        .spec()
+        .params
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let mut params: crate::alias::Params = req
+        .asked
+        .iter()
+        .filter(|(k, _)| same || known.contains(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    params.extend(over.clone());
+    super::request::validated(Some(action.spec()), params)
+}
+
+impl PlanRun {
+    /// A plan's run from its whole output: digested whole, kept up to
+    /// `KEPT` bytes.
+    fn of(action: String, ok: bool, mut output: String) -> PlanRun {
+        let digest = hex(&Sha256::digest(output.as_bytes()));
+        let truncated = output.len() > KEPT;
+        if truncated {
+            let mut cut = KEPT;
+            while !output.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            output.truncate(cut);
+        }
+        PlanRun {
+            action,
+            ok,
+            output,
+            truncated,
+            digest,
+        }
     }
 }
 

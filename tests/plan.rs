@@ -117,3 +117,19 @@ fn a_plan_can_be_another_action_of_the_pack() {
     );
     assert!(p.body.contains("  would deploy"), "{}", p.body);
 }
+
+#[test]
+fn a_plan_past_its_time_bound_is_stopped_and_the_request_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bot = open(
+        tmp.path(),
+        "{action: deploy_example.sleep, parameters: {seconds: 30}, timeout: 1s}",
+    );
+    let r = bodies(&bot.say(ALICE, OPS, "!deploy api 1.0"));
+    assert!(
+        r.contains("its plan (deploy_example.sleep) failed")
+            && r.contains("stopped after 1s: the plan's time bound"),
+        "{r}"
+    );
+    assert!(!r.contains("Confirmation needed"), "{r}");
+}

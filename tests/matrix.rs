@@ -159,6 +159,14 @@ impl Scene {
         id
     }
 
+    /// Alice says `body` in `room`; the bot's first answer to it.
+    async fn ask(&self, room: &OwnedRoomId, body: &str) -> Seen {
+        let sent = say(&self.alice, room, body).await;
+        self.alice
+            .wait_for(body, WAIT, answer_to(&self.bot, &sent))
+            .await
+    }
+
     /// Wait until the bot has joined `room` (as alice sees it).
     async fn bot_joined(&self, room: &OwnedRoomId) {
         let r = self.alice.room(room).await;
@@ -1325,11 +1333,7 @@ async fn runs_with_one_lock_take_turns_across_a_restart_and_a_hand_lock() {
         })
         .await;
     let h = request_of(&waits.body, "Request ");
-    let list = say(&s.alice, &room, "!locks").await;
-    let listed = s
-        .alice
-        .wait_for("!locks", WAIT, answer_to(&s.bot, &list))
-        .await;
+    let listed = s.ask(&room, "!locks").await;
     assert!(
         listed.body.contains(&format!("waiting: {h}")),
         "{}",
@@ -1411,11 +1415,7 @@ async fn an_install_shows_its_range_and_a_redeploy_rewinds_on_synapse() {
             answer_to(&s.bot, &cmd)(x) && x.body.contains("Successfully deployed flow")
         })
         .await;
-    let list = say(&s.alice, &room, "!deploys st2-flow").await;
-    let deploys = s
-        .alice
-        .wait_for("!deploys", WAIT, answer_to(&s.bot, &list))
-        .await;
+    let deploys = s.ask(&room, "!deploys st2-flow").await;
     let lines: Vec<&str> = deploys.body.lines().collect();
     assert!(
         lines.len() == 3 && lines[1].contains(&v2[..12]) && lines[2].contains(&v1[..12]),
@@ -1447,11 +1447,7 @@ async fn an_install_shows_its_range_and_a_redeploy_rewinds_on_synapse() {
             answer_to(&s.bot, &again)(x) && x.body.contains("Successfully deployed flow")
         })
         .await;
-    let packs = say(&s.alice, &room, "!pack list").await;
-    let listed = s
-        .alice
-        .wait_for("!pack list", WAIT, answer_to(&s.bot, &packs))
-        .await;
+    let listed = s.ask(&room, "!pack list").await;
     assert!(listed.body.contains(&v1[..12]), "{}", listed.body);
     assert!(bot.stop().success());
 }

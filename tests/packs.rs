@@ -314,6 +314,15 @@ fn rollback_restores_the_previous_commit_and_its_aliases() {
     // Rolling back needs another member of ops, and names both commits.
     let p = prompt(&bot.say(ALICE, OPS, "!pack rollback st2-flow")).clone();
     assert!(p.body.contains(&v1) && p.body.contains(&v2), "{}", p.body);
+    // What going back means, as an install's prompt says it.
+    assert!(
+        p.body.contains(&format!(
+            "⚠️ st2-flow: goes back 1 commit from the live {} (a rewind)",
+            &v2[..12]
+        )),
+        "{}",
+        p.body
+    );
     let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
     assert!(
         r.contains(&format!("Rolled st2-flow back to {}", &v1[..12])),

@@ -449,8 +449,13 @@ impl Action for Rollback {
         self.mgr.forget_switches(Some(request));
     }
 
+    /// Working out what it changes may read the pack's repository.
+    fn prepares_slowly(&self) -> bool {
+        true
+    }
+
     /// Pin the version to restore, so the prompt shows it and approval
-    /// restores exactly that one.
+    /// restores exactly that one, and what going back there changes.
     fn prepare(&self, mut params: Params) -> Result<Prepared, String> {
         let name = params
             .get("pack")
@@ -470,7 +475,26 @@ impl Action for Rollback {
             .ok_or_else(|| format!("pack {name} has no earlier version to roll back to"))?;
         params.insert("from_commit".into(), json!(rec.current.commit));
         params.insert("to_commit".into(), json!(target.commit));
-        Ok(Prepared::plain(params))
+        let back = Source {
+            pack: name.clone(),
+            url: target.url.clone(),
+            fetch_url: super::source::fetch_url(&self.mgr.git, &target.url),
+            reference: target.reference.clone(),
+            commit: target.commit.clone(),
+            subtree: false,
+        };
+        let shown = match self.mgr.change_from_live(&back) {
+            Some(Ok(change)) => change.lines(&name),
+            Some(Err(why)) => vec![format!(
+                "{name}: what changes from the live version is unknown: {why}"
+            )],
+            None => Vec::new(),
+        };
+        Ok(Prepared {
+            params,
+            shown,
+            plan: Value::Null,
+        })
     }
 
     fn run(&self, ctx: &RunContext, params: &Params) -> Outcome {

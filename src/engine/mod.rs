@@ -46,6 +46,7 @@ mod inquiry;
 mod locks;
 mod notices;
 mod plan;
+mod prompt;
 mod protocol;
 mod recheck;
 mod request;
@@ -55,8 +56,9 @@ use checkpoints::Checkpoints;
 
 pub use builtins::{pending_line, who_deployed};
 pub use events::{command_text, strip_prefix_caseless};
+pub use prompt::params_text;
 pub use protocol::*;
-pub use request::{Evaluation, evaluate, execution_params, params_text};
+pub use request::{Evaluation, evaluate, execution_params};
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]

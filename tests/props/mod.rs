@@ -58,6 +58,11 @@ pub const TARGETS: &[Target] = &[
         heavy: false,
     },
     Target {
+        name: "lock names rendered from chat values",
+        run: lock_names,
+        heavy: false,
+    },
+    Target {
         name: "alias format parse + extract",
         run: format_parser,
         heavy: true,
@@ -261,6 +266,43 @@ pub fn identifiers(cases: u32) {
             assert!(s.len() <= 255 && !s.contains(char::is_whitespace));
         }
         let _ = airlock::ids::is_user_glob(&s) || airlock::ids::is_room_glob(&s);
+    });
+}
+
+/// A chat value rendered into a rule's lock template (`deploy/{{ env }}`)
+/// either refuses the request or gives a name of only letters, digits and
+/// `. _ - / : @`, at most 100 long: nothing else reaches a sled key, a
+/// message or a log as a lock name.
+pub fn lock_names(cases: u32) {
+    static POLICY: LazyLock<policy::Policy> = LazyLock::new(|| {
+        policy::parse_texts(&[(
+            PathBuf::from("p.yaml"),
+            "rules:\n  - id: r\n    effect: allow\n    users: ['@a:x']\n    packs: [p]\n    lock: \"deploy/{{ env }}\"\n".into(),
+        )])
+        .policy
+    });
+    let mut prod = serde_json::Map::new();
+    prod.insert("env".into(), json!("prod"));
+    let spec = POLICY
+        .lock_for("r", &prod)
+        .unwrap()
+        .expect("the rule's lock");
+    assert_eq!(spec.name, "deploy/prod");
+    let value = pieces(vec![
+        "prod", "{{", "}}", "{%", "/", "..", "\0", "\n", " ", "é", "x",
+    ]);
+    run(cases, value, |v| {
+        let mut params = serde_json::Map::new();
+        params.insert("env".into(), Value::String(v));
+        if let Ok(Some(spec)) = POLICY.lock_for("r", &params) {
+            let n = &spec.name;
+            assert!(!n.is_empty() && n.len() <= 100, "{n:?}");
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c)),
+                "{n:?}"
+            );
+        }
     });
 }
 

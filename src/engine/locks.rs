@@ -141,24 +141,24 @@ impl Engine {
     /// released, its place in a queue given up, and whatever waited next
     /// is started.
     pub(super) fn release_lock(&self, req: &Request, now: u64) -> Vec<Effect> {
-        let locks = self.requests.locks();
-        let held = locks.all().ok().and_then(|all| {
-            all.into_iter()
-                .find(|l| l.held.as_ref().is_some_and(|h| h.request == req.id))
-        });
-        match locks.leave(&req.id) {
-            Ok(_) => {}
+        // Every request's end comes here: one read of the locks tree when
+        // it held none and waited for none.
+        let left = match self.requests.locks().leave(&req.id) {
+            Ok(left) => left,
             Err(e) => {
                 tracing::error!("cannot release the lock of {}: {e}", req.id);
                 return Vec::new();
             }
-        }
-        if let Some(l) = held {
+        };
+        if let Some(name) = &left.held {
             self.record(vec![
                 request_entry(Event::Unlocked, req, now)
                     .status(Status::Ok)
-                    .detail(json!({"lock": l.name, "by": "run", "state": req.state.name()})),
+                    .detail(json!({"lock": name, "by": "run", "state": req.state.name()})),
             ]);
+        }
+        if left.held.is_none() && left.waited.is_none() {
+            return Vec::new();
         }
         self.ready_to_start()
     }
@@ -295,13 +295,7 @@ impl Engine {
     /// For a prompt: who holds the lock this request's run will need.
     pub(super) fn lock_note(&self, req: &Request, now: u64) -> Option<String> {
         let spec = self.lock_of(req).ok()??;
-        let view = self
-            .requests
-            .locks()
-            .all()
-            .ok()?
-            .into_iter()
-            .find(|l| l.name == spec.name)?;
+        let view = self.requests.locks().view(&spec.name).ok()?;
         let blocker = match (view.held, view.manual) {
             (Some(h), _) => Blocker::Run(h),
             (None, Some(m)) => Blocker::Hand(m),

@@ -80,6 +80,15 @@ pub enum Claim {
     },
 }
 
+/// What a request that ended let go of ([`Locks::leave`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Left {
+    /// The lock it held.
+    pub held: Option<String>,
+    /// The lock whose queue it was in.
+    pub waited: Option<String>,
+}
+
 /// One lock as `!locks` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockView {
@@ -252,28 +261,29 @@ impl Locks {
     }
 
     /// `request` has ended: the lock it held is released and its place in
-    /// a queue given up. Returns the lock it held or waited for, if any.
-    pub fn leave(&self, request: &str) -> Result<Option<String>, LockError> {
+    /// a queue given up. Says which, if any (nothing is written if
+    /// neither).
+    pub fn leave(&self, request: &str) -> Result<Left, LockError> {
         let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
         let mut b = sled::Batch::default();
-        let mut lock = None;
+        let mut left = Left::default();
         for kv in self.tree.scan_prefix(b"h") {
             let (k, v) = kv?;
             if serde_json::from_slice::<Held>(&v).is_ok_and(|h| h.request == request) {
-                lock = Some(String::from_utf8_lossy(&k[1..]).into_owned());
+                left.held = Some(String::from_utf8_lossy(&k[1..]).into_owned());
                 b.remove(k);
             }
         }
         if let Some(p) = self.read::<Place>(&key(b'r', request))? {
             b.remove(queue_key(&p.lock, p.ticket));
             b.remove(key(b'r', request));
-            lock = Some(p.lock);
+            left.waited = Some(p.lock);
         }
-        if lock.is_some() {
+        if left.held.is_some() || left.waited.is_some() {
             self.tree.apply_batch(b)?;
             crate::crash::point("lock_released");
         }
-        Ok(lock)
+        Ok(left)
     }
 
     /// Hold lock `name` by hand; the hand already holding it if any.
@@ -364,17 +374,17 @@ impl Locks {
             };
             names.insert(String::from_utf8_lossy(name).into_owned());
         }
-        names
-            .into_iter()
-            .map(|name| {
-                Ok(LockView {
-                    held: self.read(&key(b'h', &name))?,
-                    manual: self.read(&key(b'm', &name))?,
-                    queue: self.queue(&name)?,
-                    name,
-                })
-            })
-            .collect()
+        names.into_iter().map(|name| self.view(&name)).collect()
+    }
+
+    /// Lock `name`: who holds it and what waits for it.
+    pub fn view(&self, name: &str) -> Result<LockView, LockError> {
+        Ok(LockView {
+            held: self.read(&key(b'h', name))?,
+            manual: self.read(&key(b'm', name))?,
+            queue: self.queue(name)?,
+            name: name.to_string(),
+        })
     }
 }
 
@@ -417,7 +427,7 @@ mod tests {
             Claim::Holds
         );
         // a ends: b is next; c cannot jump ahead of it.
-        assert_eq!(l.leave("a").unwrap().as_deref(), Some("deploy/prod"));
+        assert_eq!(l.leave("a").unwrap().held.as_deref(), Some("deploy/prod"));
         assert_eq!(l.ready().unwrap(), vec!["b".to_string()]);
         let (_, blocker, _) = waits(l.claim("deploy/prod", "c", 6, false).unwrap());
         assert_eq!(blocker, Blocker::Queue("b".into()));
@@ -443,7 +453,7 @@ mod tests {
             l.claim("deploy/prod", "g", 4, true).unwrap(),
             Claim::Waits { .. }
         ));
-        assert_eq!(l.leave("a").unwrap().as_deref(), Some("deploy/prod"));
+        assert_eq!(l.leave("a").unwrap().waited.as_deref(), Some("deploy/prod"));
         assert_eq!(l.claim("deploy/prod", "g", 5, true).unwrap(), Claim::Holds);
         assert_eq!(l.unhold("deploy/prod").unwrap().unwrap().by, "@ops:x");
         assert!(l.unhold("deploy/prod").unwrap().is_none());

@@ -181,7 +181,7 @@ impl PlanRun {
     /// A plan's run from its whole output: digested whole, kept up to
     /// `KEPT` bytes.
     fn of(action: String, ok: bool, mut output: String) -> PlanRun {
-        let digest = hex(&Sha256::digest(output.as_bytes()));
+        let digest = crate::audit::hex(&Sha256::digest(output.as_bytes()));
         let truncated = output.len() > KEPT;
         if truncated {
             let mut cut = KEPT;
@@ -221,8 +221,4 @@ pub(super) fn first_lines(text: &str, n: usize) -> String {
         out.push_str(&format!("\n  … {} more lines", lines.len() - n));
     }
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -324,12 +324,7 @@ pub fn webhook_body(n: &Notice, delivery: &str) -> Vec<u8> {
 pub fn signature(key: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
     mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = crate::audit::hex(&mac.finalize().into_bytes());
     format!("sha256={hex}")
 }
 

@@ -157,7 +157,7 @@ fn audit(dir: &std::path::Path) {
 }
 
 /// The query figures over `log` (`total` entries), labelled `what`.
-fn audit_queries(db: &sled::Db, log: &AuditLog, total: u64, what: &str) {
+fn audit_queries(db: &airlock::kv::Db, log: &AuditLog, total: u64, what: &str) {
     let time = |q: &Query| {
         let runs: Vec<Duration> = (0..20)
             .map(|_| {

@@ -145,7 +145,7 @@ fn main() {
         .find(|m| m.spec.reference == "core.local")
         .unwrap();
     let local: Arc<dyn Action> = Arc::new(PackAction::new(meta, None, Arc::default()));
-    let db = sled::Config::new().temporary(true).open().unwrap();
+    let db = airlock::kv::Db::memory();
     let packs = PackManager::new(&tmp.path().join("packs"), &db, GitConfig::default()).unwrap();
     let cfg: TemporalConfig = serde_yaml::from_str(&cfg_text).unwrap();
     let remote = TemporalAction::new(local.clone(), "bench", TemporalClient::new(cfg), packs);

@@ -451,6 +451,16 @@ impl Config {
         let db_path = self.store_path();
         let db = open_store(&db_path)
             .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
+        self.open_with(db, now)
+    }
+
+    /// [`Config::open`] over a database already open: the bot's on disk,
+    /// or one in memory ([`crate::kv::Db::memory`], as the engine's tests
+    /// run). Sealed audit segments still go to `data_dir/audit`.
+    pub fn open_with(&self, db: crate::kv::Db, now: u64) -> Result<Opened, StartError> {
+        std::fs::create_dir_all(&self.data_dir)
+            .map_err(|e| StartError::Database(self.data_dir.clone(), e.to_string()))?;
+        let db_path = self.store_path();
         let audit = AuditLog::open_at(&db, Some(&self.archive_dir()))
             .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
         let requests = Requests::open(&db)
@@ -541,10 +551,7 @@ impl Config {
             crate::action::runners::sandbox::check()?;
         }
         // Its packs directory needs no records: nothing is switched there.
-        let db = sled::Config::new()
-            .temporary(true)
-            .open()
-            .map_err(|e| e.to_string())?;
+        let db = crate::store::kv::Db::memory();
         let packs = PackManager::new(&self.data_dir.join("worker-packs"), &db, self.git.clone())
             .map_err(|e| e.to_string())?;
         Ok(crate::action::temporal::worker::WorkerSetup {

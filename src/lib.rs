@@ -36,5 +36,5 @@ pub mod engine;
 pub mod metrics;
 
 pub use crate::core::{alias, clock, diag, ids, policy, render};
-pub use store::{audit, free_bytes, locks, merkle, requests, segment};
+pub use store::{audit, free_bytes, kv, locks, merkle, requests, segment};
 pub use transport::{console, http, matrix, notify};

@@ -12,7 +12,7 @@ const T0: u64 = 1_790_000_000_000;
 
 struct Store {
     _tmp: tempfile::TempDir,
-    db: sled::Db,
+    db: airlock::kv::Db,
     archive: PathBuf,
     log: AuditLog,
 }
@@ -20,7 +20,7 @@ struct Store {
 impl Store {
     fn new() -> Store {
         let tmp = tempfile::tempdir().unwrap();
-        let db = sled::open(tmp.path().join("db")).unwrap();
+        let db = airlock::kv::Db::Sled(sled::open(tmp.path().join("db")).unwrap());
         let archive = tmp.path().join("audit");
         let log = AuditLog::open_at(&db, Some(&archive)).unwrap();
         Store {

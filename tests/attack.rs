@@ -301,7 +301,7 @@ parameters:
     s.aliases = vec![dir.join("packs")];
     s.runners.configs = configs;
     s.runners.sandbox = sandbox;
-    Bot::open(s)
+    Bot::on_disk(s)
 }
 
 #[test]

@@ -109,8 +109,8 @@ impl Site {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn db(&self) -> sled::Db {
-        sled::open(self.dir.join("data/airlock.sled")).unwrap()
+    fn db(&self) -> airlock::kv::Db {
+        airlock::kv::Db::Sled(sled::open(self.dir.join("data/airlock.sled")).unwrap())
     }
 
     fn live(&self) -> Option<String> {

@@ -533,7 +533,7 @@ fn restart_keeps_pending_requests_and_interrupts_running_ones() {
 fn audit_chain_detects_altered_and_removed_entries() {
     let tmp = tempfile::tempdir().unwrap();
     let s = {
-        let (bot, _repo) = shipped(tmp.path());
+        let (bot, _repo) = shipped_on_disk(tmp.path());
         bot.say(ALICE, OPS, "!help");
         bot.say(MALLORY, OPS, "!flow deploy main");
         bot.say(ALICE, OPS, "!pending");

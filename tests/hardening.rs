@@ -278,7 +278,7 @@ fn global_flags_work_before_and_after_the_subcommand() {
     let cfg = tmp.path().join("airlock.yaml");
     std::fs::write(&cfg, "data_dir: data\n").unwrap();
     // Make a database to verify.
-    let (bot, _repo) = shipped(tmp.path());
+    let (bot, _repo) = shipped_on_disk(tmp.path());
     bot.say(ALICE, OPS, "!help");
     drop(bot);
     let c = cfg.to_str().unwrap();

@@ -137,7 +137,7 @@ fn a_rewritten_history_with_recomputed_hashes_is_caught_by_the_checkpoints() {
     let mut s = settings(tmp.path(), &repo_root().join("policies"), Some(&repo.path));
     s.audit_room = Some(AUDIT_ROOM.into());
     s.audit_checkpoints.entries = 3;
-    let bot = Bot::open(s);
+    let bot = Bot::on_disk(s);
     bot.say(ALICE, OPS, "!help");
     bot.say(MALLORY, OPS, "!flow deploy main");
     let mut posted = bot.play(bot.engine.tick(bot.now()));
@@ -214,7 +214,7 @@ fn a_rewritten_history_with_recomputed_hashes_is_caught_by_the_checkpoints() {
     // audit room, and `!audit verify` says the log does not verify.
     let mut s = settings(tmp.path(), &repo_root().join("policies"), Some(&repo.path));
     s.audit_room = Some(AUDIT_ROOM.into());
-    let bot = Bot::open(s);
+    let bot = Bot::on_disk(s);
     bot.engine.add_checkpoints(
         airlock::audit::Checkpoint::from_export(&room_export(&posted, BOT), BOT).unwrap(),
     );
@@ -237,7 +237,7 @@ fn a_segment_rewritten_with_its_manifest_differs_from_its_seal() {
     let mut s = settings(tmp.path(), &repo_root().join("policies"), Some(&repo.path));
     s.audit_room = Some(AUDIT_ROOM.into());
     s.audit.seal_entries = 5;
-    let bot = Bot::open(s.clone());
+    let bot = Bot::on_disk(s.clone());
     for _ in 0..4 {
         bot.say(ALICE, OPS, "!help");
     }
@@ -261,7 +261,7 @@ fn a_segment_rewritten_with_its_manifest_differs_from_its_seal() {
     db.flush().unwrap();
     drop(meta);
     drop(db);
-    let bot = Bot::open(s);
+    let bot = Bot::on_disk(s);
     bot.engine.add_seals(seals);
     let r = bodies(&bot.say(ALICE, OPS, "!audit verify"));
     assert!(

@@ -17,7 +17,7 @@ pub(crate) fn store_path(arg: &ConfigArg) -> Result<PathBuf, ExitCode> {
 }
 
 /// The database alone, for the read-only commands.
-pub(crate) fn open_db(arg: &ConfigArg) -> Result<sled::Db, ExitCode> {
+pub(crate) fn open_db(arg: &ConfigArg) -> Result<airlock::kv::Db, ExitCode> {
     let path = store_path(arg)?;
     airlock::config::open_store(&path).map_err(|e| {
         fail(format!(

@@ -21,7 +21,11 @@ const SLED_CACHE_BYTES: u64 = 1024 * 1024;
 /// with it, 679 without), and the pages it read back to move them stayed
 /// in sled's cache: 3.4 of the 10 MB the bot on Synapse allocated after
 /// 2,600 commands and still held at 6,000.
-pub fn open_store(path: &Path) -> sled::Result<sled::Db> {
+pub fn open_store(path: &Path) -> sled::Result<super::kv::Db> {
+    open_sled(path).map(super::kv::Db::Sled)
+}
+
+fn open_sled(path: &Path) -> sled::Result<sled::Db> {
     let (moved, copy) = compaction_paths(path);
     if !path.exists() && moved.exists() {
         // A compaction stopped between its two renames: the database is
@@ -88,7 +92,7 @@ pub struct Compacted {
 /// before it replaces it; a crash at any point leaves one whole database,
 /// the old or the new (`open_store` finishes the job).
 pub fn compact_store(path: &Path) -> Result<Compacted, String> {
-    let old = open_store(path).map_err(|e| {
+    let old = open_sled(path).map_err(|e| {
         format!(
             "cannot open {}: {e} (is the bot running? stop it first)",
             path.display()
@@ -97,7 +101,7 @@ pub fn compact_store(path: &Path) -> Result<Compacted, String> {
     let (moved, copy) = compaction_paths(path);
     let failed = |e: &dyn std::fmt::Display| format!("compacting {}: {e}", path.display());
     let before = old.size_on_disk().map_err(|e| failed(&e))?;
-    let new = open_store(&copy).map_err(|e| failed(&e))?;
+    let new = open_sled(&copy).map_err(|e| failed(&e))?;
     let copied = copy_store(&old, &new);
     drop((old, new));
     let (keys, after) = match copied {

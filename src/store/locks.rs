@@ -118,7 +118,7 @@ pub enum LockError {
 
 /// The locks and their queues.
 pub struct Locks {
-    tree: sled::Tree,
+    tree: crate::store::kv::Tree,
     turn: Mutex<()>,
 }
 
@@ -149,7 +149,7 @@ fn json<T: Serialize>(v: &T) -> Vec<u8> {
 
 impl Locks {
     /// The store in `db`.
-    pub fn open(db: &sled::Db) -> sled::Result<Self> {
+    pub fn open(db: &crate::store::kv::Db) -> crate::store::kv::Result<Self> {
         Ok(Locks {
             tree: db.open_tree("locks")?,
             turn: Mutex::new(()),
@@ -205,7 +205,7 @@ impl Locks {
         };
         let place: Option<Place> = self.read(&key(b'r', request))?;
         let Some(blocker) = blocker else {
-            let mut b = sled::Batch::default();
+            let mut b = crate::store::kv::Batch::default();
             if let Some(p) = place {
                 b.remove(queue_key(&p.lock, p.ticket));
                 b.remove(key(b'r', request));
@@ -240,7 +240,7 @@ impl Locks {
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0)
             + 1;
-        let mut b = sled::Batch::default();
+        let mut b = crate::store::kv::Batch::default();
         b.insert(TICKET, &ticket.to_be_bytes());
         b.insert(queue_key(name, ticket), request.as_bytes());
         b.insert(
@@ -265,7 +265,7 @@ impl Locks {
     /// neither).
     pub fn leave(&self, request: &str) -> Result<Left, LockError> {
         let _turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut b = sled::Batch::default();
+        let mut b = crate::store::kv::Batch::default();
         let mut left = Left::default();
         for kv in self.tree.scan_prefix(b"h") {
             let (k, v) = kv?;
@@ -392,10 +392,12 @@ impl Locks {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, Locks) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        (dir, Locks::open(&db).unwrap())
+    /// The locks on each backend: every case below is the contract both keep.
+    fn stores() -> Vec<(Option<tempfile::TempDir>, Locks)> {
+        crate::store::kv::tests::backends()
+            .into_iter()
+            .map(|(dir, db)| (dir, Locks::open(&db).unwrap()))
+            .collect()
     }
 
     fn waits(c: Claim) -> (usize, Blocker, bool) {
@@ -412,62 +414,65 @@ mod tests {
 
     #[test]
     fn one_run_at_a_time_and_the_rest_in_the_order_they_came() {
-        let (_d, l) = store();
-        assert_eq!(l.claim("deploy/prod", "a", 1, false).unwrap(), Claim::Holds);
-        let (pos, blocker, new) = waits(l.claim("deploy/prod", "b", 2, false).unwrap());
-        assert_eq!((pos, new), (1, true));
-        assert!(matches!(blocker, Blocker::Run(h) if h.request == "a"));
-        let (pos, _, new) = waits(l.claim("deploy/prod", "c", 3, false).unwrap());
-        assert_eq!((pos, new), (2, true));
-        // Asking again does not queue twice.
-        assert!(!waits(l.claim("deploy/prod", "c", 4, false).unwrap()).2);
-        // Another lock is free.
-        assert_eq!(
-            l.claim("deploy/staging", "d", 5, false).unwrap(),
-            Claim::Holds
-        );
-        // a ends: b is next; c cannot jump ahead of it.
-        assert_eq!(l.leave("a").unwrap().held.as_deref(), Some("deploy/prod"));
-        assert_eq!(l.ready().unwrap(), vec!["b".to_string()]);
-        let (_, blocker, _) = waits(l.claim("deploy/prod", "c", 6, false).unwrap());
-        assert_eq!(blocker, Blocker::Queue("b".into()));
-        assert_eq!(l.claim("deploy/prod", "b", 7, false).unwrap(), Claim::Holds);
-        assert_eq!(l.waiting("c").unwrap().unwrap().1, 1);
-        assert!(l.waiting("b").unwrap().is_none());
+        for (_d, l) in stores() {
+            assert_eq!(l.claim("deploy/prod", "a", 1, false).unwrap(), Claim::Holds);
+            let (pos, blocker, new) = waits(l.claim("deploy/prod", "b", 2, false).unwrap());
+            assert_eq!((pos, new), (1, true));
+            assert!(matches!(blocker, Blocker::Run(h) if h.request == "a"));
+            let (pos, _, new) = waits(l.claim("deploy/prod", "c", 3, false).unwrap());
+            assert_eq!((pos, new), (2, true));
+            // Asking again does not queue twice.
+            assert!(!waits(l.claim("deploy/prod", "c", 4, false).unwrap()).2);
+            // Another lock is free.
+            assert_eq!(
+                l.claim("deploy/staging", "d", 5, false).unwrap(),
+                Claim::Holds
+            );
+            // a ends: b is next; c cannot jump ahead of it.
+            assert_eq!(l.leave("a").unwrap().held.as_deref(), Some("deploy/prod"));
+            assert_eq!(l.ready().unwrap(), vec!["b".to_string()]);
+            let (_, blocker, _) = waits(l.claim("deploy/prod", "c", 6, false).unwrap());
+            assert_eq!(blocker, Blocker::Queue("b".into()));
+            assert_eq!(l.claim("deploy/prod", "b", 7, false).unwrap(), Claim::Holds);
+            assert_eq!(l.waiting("c").unwrap().unwrap().1, 1);
+            assert!(l.waiting("b").unwrap().is_none());
+        }
     }
 
     #[test]
     fn a_hand_holds_runs_back_until_released_and_break_glass_passes_only_if_allowed() {
-        let (_d, l) = store();
-        assert!(
-            l.hold("deploy/prod", "@ops:x", "freeze", 1)
-                .unwrap()
-                .is_ok()
-        );
-        let again = l.hold("deploy/prod", "@bob:x", "mine", 2).unwrap();
-        assert_eq!(again.unwrap_err().by, "@ops:x");
-        let (_, blocker, _) = waits(l.claim("deploy/prod", "a", 3, false).unwrap());
-        assert!(matches!(blocker, Blocker::Hand(m) if m.reason == "freeze"));
-        // A break-glass run its rule lets pass, once a is not ahead of it.
-        assert!(matches!(
-            l.claim("deploy/prod", "g", 4, true).unwrap(),
-            Claim::Waits { .. }
-        ));
-        assert_eq!(l.leave("a").unwrap().waited.as_deref(), Some("deploy/prod"));
-        assert_eq!(l.claim("deploy/prod", "g", 5, true).unwrap(), Claim::Holds);
-        assert_eq!(l.unhold("deploy/prod").unwrap().unwrap().by, "@ops:x");
-        assert!(l.unhold("deploy/prod").unwrap().is_none());
+        for (_d, l) in stores() {
+            assert!(
+                l.hold("deploy/prod", "@ops:x", "freeze", 1)
+                    .unwrap()
+                    .is_ok()
+            );
+            let again = l.hold("deploy/prod", "@bob:x", "mine", 2).unwrap();
+            assert_eq!(again.unwrap_err().by, "@ops:x");
+            let (_, blocker, _) = waits(l.claim("deploy/prod", "a", 3, false).unwrap());
+            assert!(matches!(blocker, Blocker::Hand(m) if m.reason == "freeze"));
+            // A break-glass run its rule lets pass, once a is not ahead of it.
+            assert!(matches!(
+                l.claim("deploy/prod", "g", 4, true).unwrap(),
+                Claim::Waits { .. }
+            ));
+            assert_eq!(l.leave("a").unwrap().waited.as_deref(), Some("deploy/prod"));
+            assert_eq!(l.claim("deploy/prod", "g", 5, true).unwrap(), Claim::Holds);
+            assert_eq!(l.unhold("deploy/prod").unwrap().unwrap().by, "@ops:x");
+            assert!(l.unhold("deploy/prod").unwrap().is_none());
+        }
     }
 
     #[test]
     fn names_that_are_not_lock_names_are_refused() {
-        let (_d, l) = store();
-        for bad in ["", "a b", "x\0y", "<b>", &"x".repeat(101)] {
-            assert!(matches!(
-                l.claim(bad, "a", 1, false),
-                Err(LockError::BadName(_))
-            ));
+        for (_d, l) in stores() {
+            for bad in ["", "a b", "x\0y", "<b>", &"x".repeat(101)] {
+                assert!(matches!(
+                    l.claim(bad, "a", 1, false),
+                    Err(LockError::BadName(_))
+                ));
+            }
+            assert!(valid_name("deploy/prod-eu_1:api@v2"));
         }
-        assert!(valid_name("deploy/prod-eu_1:api@v2"));
     }
 }

@@ -3,8 +3,10 @@
 
 pub mod audit;
 pub mod db;
+pub mod kv;
 pub mod locks;
 pub mod merkle;
+pub mod packs;
 pub mod requests;
 pub mod segment;
 

@@ -188,9 +188,36 @@ pub fn settings(dir: &Path, policies: &Path, seed_repo: Option<&Path>) -> Config
     }
 }
 
+/// The in-memory databases of this test process, by data directory: a
+/// bot opened again on the same configuration (a restart) finds what the
+/// last one stored, as it would on disk.
+static MEMORY: Mutex<Vec<(PathBuf, airlock::kv::Db)>> = Mutex::new(Vec::new());
+
+fn memory_db(data_dir: &Path) -> airlock::kv::Db {
+    let mut dbs = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, db)) = dbs.iter().find(|(d, _)| d == data_dir) {
+        return db.clone();
+    }
+    let db = airlock::kv::Db::memory();
+    dbs.push((data_dir.to_path_buf(), db.clone()));
+    db
+}
+
 impl Bot {
+    /// The engine over in-memory stores (sled is not touched; a restart
+    /// on the same configuration keeps what was stored).
     pub fn open(config: Config) -> Self {
-        let dir = config.data_dir.parent().unwrap().to_path_buf();
+        let now = airlock::clock::now_ms();
+        let db = memory_db(&config.data_dir);
+        match config.open_with(db, now) {
+            Ok(opened) => Bot::over(&config, opened, now),
+            Err(e) => panic!("engine: {e}"),
+        }
+    }
+
+    /// The engine over the database on disk, as the bot runs: for what
+    /// reads it afterwards (the CLI, a test editing the store, a crash).
+    pub fn on_disk(config: Config) -> Self {
         let now = airlock::clock::now_ms();
         // A restart in the same process: the last engine's threads (a run
         // noticing the shutdown) may hold the database a moment longer.
@@ -207,6 +234,11 @@ impl Bot {
                 Err(e) => panic!("engine: {e}"),
             }
         };
+        Bot::over(&config, opened, now)
+    }
+
+    fn over(config: &Config, opened: airlock::config::Opened, now: u64) -> Self {
+        let dir = config.data_dir.parent().unwrap().to_path_buf();
         Bot {
             engine: Arc::new(opened.engine),
             packs: opened.packs,
@@ -322,12 +354,19 @@ impl Bot {
 /// a local git repository in `dir`.
 pub fn shipped(dir: &Path) -> (Bot, PackRepo) {
     let repo = PackRepo::new(&dir.join("st2-flow"), "st2-flow");
-    let bot = Bot::open(settings(
-        dir,
-        &repo_root().join("policies"),
-        Some(&repo.path),
-    ));
+    let bot = Bot::open(shipped_settings(dir, &repo));
     (bot, repo)
+}
+
+/// Like [`shipped`], on the database on disk (for what reads it after).
+pub fn shipped_on_disk(dir: &Path) -> (Bot, PackRepo) {
+    let repo = PackRepo::new(&dir.join("st2-flow"), "st2-flow");
+    let bot = Bot::on_disk(shipped_settings(dir, &repo));
+    (bot, repo)
+}
+
+fn shipped_settings(dir: &Path, repo: &PackRepo) -> Config {
+    settings(dir, &repo_root().join("policies"), Some(&repo.path))
 }
 
 /// Like [`shipped`], under the policy `yaml`.
@@ -375,11 +414,11 @@ pub fn write_config(dir: &Path, repo: &PackRepo) -> PathBuf {
 /// The database at `path`, once the engine that had it open has let go:
 /// a thread of its (a fetch's, a run's) may hold it a moment after the
 /// engine is dropped.
-pub fn open_db(path: &Path) -> sled::Db {
+pub fn open_db(path: &Path) -> airlock::kv::Db {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match sled::open(path) {
-            Ok(db) => return db,
+            Ok(db) => return airlock::kv::Db::Sled(db),
             Err(e)
                 if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>

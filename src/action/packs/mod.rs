@@ -98,9 +98,7 @@ pub enum PackError {
 /// The packs directory and its records: installs, rollbacks and uninstalls, serialized per pack.
 pub struct PackManager {
     dir: PathBuf,
-    records: sled::Tree,
-    /// Switches of `packs/<name>` in progress, by `request \0 pack`.
-    intents: sled::Tree,
+    store: crate::store::packs::PackRecords,
     git: GitConfig,
     busy: Mutex<HashSet<String>>,
     freed: Condvar,
@@ -108,7 +106,11 @@ pub struct PackManager {
 
 impl PackManager {
     /// Manage packs under `dir`, their records in `db`; settles what a crash left half-switched.
-    pub fn new(dir: &Path, db: &sled::Db, git: GitConfig) -> Result<Arc<Self>, PackError> {
+    pub fn new(
+        dir: &Path,
+        db: &crate::store::kv::Db,
+        git: GitConfig,
+    ) -> Result<Arc<Self>, PackError> {
         for sub in ["git", "versions", "staging"] {
             std::fs::create_dir_all(dir.join(".airlock").join(sub)).map_err(|e| {
                 PackError::Disk(format!(
@@ -119,11 +121,7 @@ impl PackManager {
         }
         let mgr = PackManager {
             dir: dir.to_path_buf(),
-            records: db
-                .open_tree("packs")
-                .map_err(|e| PackError::Store(e.to_string()))?,
-            intents: db
-                .open_tree("pack_intents")
+            store: crate::store::packs::PackRecords::open(db)
                 .map_err(|e| PackError::Store(e.to_string()))?,
             git,
             busy: Mutex::new(HashSet::new()),

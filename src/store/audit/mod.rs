@@ -701,13 +701,16 @@ mod tests {
     use super::epoch::*;
     use super::*;
 
-    /// An empty log in a store of its own (the directory lives as long as
-    /// the first value).
-    fn fresh() -> (tempfile::TempDir, sled::Db, AuditLog) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let log = AuditLog::open(&db).unwrap();
-        (dir, db, log)
+    /// An empty log on each backend (the directory lives as long as the
+    /// first value): every case below is the contract both keep.
+    fn fresh() -> Vec<(Option<tempfile::TempDir>, crate::store::kv::Db, AuditLog)> {
+        crate::store::kv::tests::backends()
+            .into_iter()
+            .map(|(dir, db)| {
+                let log = AuditLog::open(&db).unwrap();
+                (dir, db, log)
+            })
+            .collect()
     }
 
     fn entry(i: u64) -> Entry {
@@ -721,43 +724,45 @@ mod tests {
     /// equal, key order kept.
     #[test]
     fn details_are_stored_as_a_value_would_be() {
-        let (_dir, _db, log) = fresh();
-        let detail = serde_json::json!({"z": 1, "a": {"y": [1, "two", null], "b": "ü \" {{"}});
-        let stored = log.record(entry(1).detail(detail.clone())).unwrap();
-        let mut as_value = serde_json::to_value(&stored).unwrap();
-        as_value["detail"] = detail.clone();
-        assert_eq!(
-            serde_json::to_vec(&as_value).unwrap(),
-            serde_json::to_vec(&stored).unwrap()
-        );
-        let read = log.query(&Query::default()).unwrap().remove(0);
-        assert_eq!(read, stored);
-        assert_eq!(read.details(), detail);
-        assert_eq!(read.details()["a"]["b"], "ü \" {{");
-        assert_eq!(read.detail_field::<u64>("z"), Some(1));
-        assert_eq!(read.detail_field::<String>("z"), None);
-        assert_eq!(read.detail_field::<Value>("a"), Some(detail["a"].clone()));
-        assert!(log.verify().unwrap().ok());
-        let none = log.record(entry(2)).unwrap();
-        assert!(!serde_json::to_string(&none).unwrap().contains("detail"));
-        assert_eq!(none.details(), serde_json::Value::Null);
+        for (_dir, _db, log) in fresh() {
+            let detail = serde_json::json!({"z": 1, "a": {"y": [1, "two", null], "b": "ü \" {{"}});
+            let stored = log.record(entry(1).detail(detail.clone())).unwrap();
+            let mut as_value = serde_json::to_value(&stored).unwrap();
+            as_value["detail"] = detail.clone();
+            assert_eq!(
+                serde_json::to_vec(&as_value).unwrap(),
+                serde_json::to_vec(&stored).unwrap()
+            );
+            let read = log.query(&Query::default()).unwrap().remove(0);
+            assert_eq!(read, stored);
+            assert_eq!(read.details(), detail);
+            assert_eq!(read.details()["a"]["b"], "ü \" {{");
+            assert_eq!(read.detail_field::<u64>("z"), Some(1));
+            assert_eq!(read.detail_field::<String>("z"), None);
+            assert_eq!(read.detail_field::<Value>("a"), Some(detail["a"].clone()));
+            assert!(log.verify().unwrap().ok());
+            let none = log.record(entry(2)).unwrap();
+            assert!(!serde_json::to_string(&none).unwrap().contains("detail"));
+            assert_eq!(none.details(), serde_json::Value::Null);
+        }
     }
 
     #[test]
     fn index_is_rebuilt_when_an_append_was_cut_short() {
-        let (_dir, db, log) = fresh();
-        log.append((0..10).map(entry).collect()).unwrap();
-        // As if the process died after the log write, before the index's.
-        let index = db.open_tree("audit_index").unwrap();
-        index.clear().unwrap();
-        let log = AuditLog::open(&db).unwrap();
-        let q = Query {
-            user: Some("@u1:example.org".into()),
-            ..Default::default()
-        };
-        let seqs: Vec<u64> = log.query(&q).unwrap().iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, vec![2, 5, 8]);
-        assert!(log.verify().unwrap().ok());
+        for (_dir, db, log) in fresh() {
+            log.append((0..10).map(entry).collect()).unwrap();
+            // As if the process died after the log write, before the index's.
+            let index = db.open_tree("audit_index").unwrap();
+            index.clear().unwrap();
+            let log = AuditLog::open(&db).unwrap();
+            let q = Query {
+                user: Some("@u1:example.org".into()),
+                ..Default::default()
+            };
+            let seqs: Vec<u64> = log.query(&q).unwrap().iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, vec![2, 5, 8]);
+            assert!(log.verify().unwrap().ok());
+        }
     }
 
     /// Appends one at a time (as the bot makes them) add to a value's
@@ -765,26 +770,27 @@ mod tests {
     /// three keys, not 300, and a query still finds every entry in order.
     #[test]
     fn appends_fill_a_posting_chunk_before_starting_the_next() {
-        let (_dir, db, log) = fresh();
-        for i in 0..299 {
-            log.record(entry(i)).unwrap();
+        for (_dir, db, log) in fresh() {
+            for i in 0..299 {
+                log.record(entry(i)).unwrap();
+            }
+            // One append crossing a chunk's end fills it and starts the next.
+            log.append(vec![entry(299), entry(300)]).unwrap();
+            let index = db.open_tree("audit_index").unwrap();
+            let chunks: Vec<(u64, usize)> = index
+                .scan_prefix(index_prefix(b'r', "!r:example.org"))
+                .map(|kv| kv.unwrap())
+                .map(|(k, v)| (key_seq(&k), v.len() / 8))
+                .collect();
+            assert_eq!(chunks, [(1, 128), (129, 128), (257, 45)]);
+            let q = Query {
+                room: Some("!r:example.org".into()),
+                limit: Some(1_000),
+                ..Default::default()
+            };
+            let seqs: Vec<u64> = log.query(&q).unwrap().iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=301).collect::<Vec<u64>>());
         }
-        // One append crossing a chunk's end fills it and starts the next.
-        log.append(vec![entry(299), entry(300)]).unwrap();
-        let index = db.open_tree("audit_index").unwrap();
-        let chunks: Vec<(u64, usize)> = index
-            .scan_prefix(index_prefix(b'r', "!r:example.org"))
-            .map(|kv| kv.unwrap())
-            .map(|(k, v)| (key_seq(&k), v.len() / 8))
-            .collect();
-        assert_eq!(chunks, [(1, 128), (129, 128), (257, 45)]);
-        let q = Query {
-            room: Some("!r:example.org".into()),
-            limit: Some(1_000),
-            ..Default::default()
-        };
-        let seqs: Vec<u64> = log.query(&q).unwrap().iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, (1..=301).collect::<Vec<u64>>());
     }
 
     /// An index written by an older airlock (posting lists for senders,
@@ -792,24 +798,25 @@ mod tests {
     /// every entry, and nothing of the old index is left.
     #[test]
     fn an_index_of_an_older_format_is_rebuilt() {
-        let (_dir, db, log) = fresh();
-        log.append((0..25).map(entry).collect()).unwrap();
-        let index = db.open_tree("audit_index").unwrap();
-        for k in index.scan_prefix([BY_SENDER]).keys() {
-            index.remove(k.unwrap()).unwrap();
+        for (_dir, db, log) in fresh() {
+            log.append((0..25).map(entry).collect()).unwrap();
+            let index = db.open_tree("audit_index").unwrap();
+            for k in index.scan_prefix([BY_SENDER]).keys() {
+                index.remove(k.unwrap()).unwrap();
+            }
+            index.remove(FORMAT).unwrap();
+            let old = index_prefix(b'u', "@u1:example.org");
+            index.insert(&old, &2u64.to_be_bytes()).unwrap();
+            let log = AuditLog::open(&db).unwrap();
+            let q = Query {
+                user: Some("@u1:example.org".into()),
+                ..Default::default()
+            };
+            let seqs: Vec<u64> = log.query(&q).unwrap().iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, vec![2, 5, 8, 11, 14, 17, 20, 23]);
+            assert!(index.get(&old).unwrap().is_none());
+            assert!(log.verify().unwrap().ok());
         }
-        index.remove(FORMAT).unwrap();
-        let old = index_prefix(b'u', "@u1:example.org");
-        index.insert(&old, &2u64.to_be_bytes()).unwrap();
-        let log = AuditLog::open(&db).unwrap();
-        let q = Query {
-            user: Some("@u1:example.org".into()),
-            ..Default::default()
-        };
-        let seqs: Vec<u64> = log.query(&q).unwrap().iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, vec![2, 5, 8, 11, 14, 17, 20, 23]);
-        assert!(index.get(&old).unwrap().is_none());
-        assert!(log.verify().unwrap().ok());
     }
 
     /// The bot's appends, one or a few entries each, fill the log's
@@ -817,33 +824,34 @@ mod tests {
     /// newest first, and the chain verifies.
     #[test]
     fn entries_are_read_back_across_chunks() {
-        let (_dir, db, log) = fresh();
-        for i in 0..40 {
-            log.record(entry(i)).unwrap();
+        for (_dir, db, log) in fresh() {
+            for i in 0..40 {
+                log.record(entry(i)).unwrap();
+            }
+            log.append((40..47).map(entry).collect()).unwrap();
+            let tree = db.open_tree("audit").unwrap();
+            let chunks = tree.scan_prefix(CHUNK).count();
+            assert!((2..=10).contains(&chunks), "{chunks} chunks");
+            for seq in [1, 8, 9, 20, 47] {
+                assert_eq!(log.read(seq).unwrap().unwrap().seq, seq);
+            }
+            assert!(log.read(48).unwrap().is_none());
+            let seqs = |v: Vec<Entry>| v.iter().map(|e| e.seq).collect::<Vec<u64>>();
+            assert_eq!(
+                seqs(log.after(0, 100).unwrap()),
+                (1..=47).collect::<Vec<_>>()
+            );
+            assert_eq!(seqs(log.after(19, 3).unwrap()), [20, 21, 22]);
+            let newest = log
+                .query(&Query {
+                    limit: Some(10),
+                    ..Default::default()
+                })
+                .unwrap();
+            assert_eq!(seqs(newest), (38..=47).collect::<Vec<_>>());
+            let v = log.verify().unwrap();
+            assert!(v.ok() && v.entries == 47, "{:?}", v.problems);
         }
-        log.append((40..47).map(entry).collect()).unwrap();
-        let tree = db.open_tree("audit").unwrap();
-        let chunks = tree.scan_prefix(CHUNK).count();
-        assert!((2..=10).contains(&chunks), "{chunks} chunks");
-        for seq in [1, 8, 9, 20, 47] {
-            assert_eq!(log.read(seq).unwrap().unwrap().seq, seq);
-        }
-        assert!(log.read(48).unwrap().is_none());
-        let seqs = |v: Vec<Entry>| v.iter().map(|e| e.seq).collect::<Vec<u64>>();
-        assert_eq!(
-            seqs(log.after(0, 100).unwrap()),
-            (1..=47).collect::<Vec<_>>()
-        );
-        assert_eq!(seqs(log.after(19, 3).unwrap()), [20, 21, 22]);
-        let newest = log
-            .query(&Query {
-                limit: Some(10),
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(seqs(newest), (38..=47).collect::<Vec<_>>());
-        let v = log.verify().unwrap();
-        assert!(v.ok() && v.entries == 47, "{:?}", v.problems);
     }
 
     /// A log an older airlock wrote, a key per entry, is moved into
@@ -851,68 +859,69 @@ mod tests {
     /// from its head.
     #[test]
     fn entries_stored_a_key_each_are_moved_into_chunks() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let tree = db.open_tree("audit").unwrap();
-        let mut head = Head::default();
-        for i in 0..30 {
-            let mut e = entry(i);
-            e.seq = head.seq + 1;
-            e.prev = std::mem::take(&mut head.hash);
-            let mut key = OLD_ENTRY.to_vec();
-            key.extend_from_slice(&e.seq.to_be_bytes());
-            tree.insert(key, e.seal()).unwrap();
-            head = Head {
-                seq: e.seq,
-                hash: e.hash,
-            };
+        for (_dir, db) in crate::store::kv::tests::backends() {
+            let tree = db.open_tree("audit").unwrap();
+            let mut head = Head::default();
+            for i in 0..30 {
+                let mut e = entry(i);
+                e.seq = head.seq + 1;
+                e.prev = std::mem::take(&mut head.hash);
+                let mut key = OLD_ENTRY.to_vec();
+                key.extend_from_slice(&e.seq.to_be_bytes());
+                tree.insert(key, e.seal()).unwrap();
+                head = Head {
+                    seq: e.seq,
+                    hash: e.hash,
+                };
+            }
+            tree.insert(HEAD, serde_json::to_vec(&head).unwrap())
+                .unwrap();
+            let log = AuditLog::open(&db).unwrap();
+            assert_eq!(tree.scan_prefix(OLD_ENTRY).count(), 0);
+            let v = log.verify().unwrap();
+            assert!(v.ok() && v.entries == 30, "{:?}", v.problems);
+            assert_eq!(log.record(entry(30)).unwrap().seq, 31);
+            let mine = log
+                .query(&Query {
+                    user: Some("@u1:example.org".into()),
+                    ..Default::default()
+                })
+                .unwrap();
+            assert_eq!(mine.len(), 10);
+            assert!(log.verify().unwrap().ok());
         }
-        tree.insert(HEAD, serde_json::to_vec(&head).unwrap())
-            .unwrap();
-        let log = AuditLog::open(&db).unwrap();
-        assert_eq!(tree.scan_prefix(OLD_ENTRY).count(), 0);
-        let v = log.verify().unwrap();
-        assert!(v.ok() && v.entries == 30, "{:?}", v.problems);
-        assert_eq!(log.record(entry(30)).unwrap().seq, 31);
-        let mine = log
-            .query(&Query {
-                user: Some("@u1:example.org".into()),
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(mine.len(), 10);
-        assert!(log.verify().unwrap().ok());
     }
 
     /// A chunk of the log cut short is reported by `verify`, which goes
     /// on with the chunks after it.
     #[test]
     fn verify_reports_a_chunk_cut_short_and_goes_on() {
-        let (_dir, db, log) = fresh();
-        for i in 0..40 {
-            log.record(entry(i)).unwrap();
+        for (_dir, db, log) in fresh() {
+            for i in 0..40 {
+                log.record(entry(i)).unwrap();
+            }
+            let tree = db.open_tree("audit").unwrap();
+            let (k, chunk) = tree.scan_prefix(CHUNK).next().unwrap().unwrap();
+            tree.insert(k, &chunk[..chunk.len() - 1]).unwrap();
+            let v = log.verify().unwrap();
+            assert!(
+                v.problems[0].starts_with("audit entry 1 is unreadable: the chunk of entries"),
+                "{:?}",
+                v.problems
+            );
+            assert!(
+                v.problems[1].contains("does not chain to the entry before it"),
+                "{:?}",
+                v.problems
+            );
+            assert!(v.entries > 20, "{}", v.entries);
         }
-        let tree = db.open_tree("audit").unwrap();
-        let (k, chunk) = tree.scan_prefix(CHUNK).next().unwrap().unwrap();
-        tree.insert(k, &chunk[..chunk.len() - 1]).unwrap();
-        let v = log.verify().unwrap();
-        assert!(
-            v.problems[0].starts_with("audit entry 1 is unreadable: the chunk of entries"),
-            "{:?}",
-            v.problems
-        );
-        assert!(
-            v.problems[1].contains("does not chain to the entry before it"),
-            "{:?}",
-            v.problems
-        );
-        assert!(v.entries > 20, "{}", v.entries);
     }
 
     /// Take entry `seq`'s copy out of `sender`'s chunks, as someone
     /// editing the store would: its stored bytes, the chunk rewritten
     /// without it.
-    fn take_copy(index: &sled::Tree, sender: &str, seq: u64) -> Vec<u8> {
+    fn take_copy(index: &crate::store::kv::Tree, sender: &str, seq: u64) -> Vec<u8> {
         for kv in index.scan_prefix(index_prefix(BY_SENDER, sender)) {
             let (k, chunk) = kv.unwrap();
             let copies = framed_in(&chunk).unwrap();
@@ -930,7 +939,7 @@ mod tests {
 
     /// File `bytes` as entry `seq`'s copy under `sender`, in a chunk of
     /// its own.
-    fn put_copy(index: &sled::Tree, sender: &str, seq: u64, bytes: &[u8]) {
+    fn put_copy(index: &crate::store::kv::Tree, sender: &str, seq: u64, bytes: &[u8]) {
         index
             .insert(copy_key(sender, seq), framed(seq, bytes))
             .unwrap();
@@ -940,32 +949,33 @@ mod tests {
     /// before starting the next: a few keys, not one per entry.
     #[test]
     fn copies_fill_a_chunk_before_starting_the_next() {
-        let (_dir, db, log) = fresh();
-        for i in 0..60 {
-            log.record(entry(i * 3)).unwrap();
+        for (_dir, db, log) in fresh() {
+            for i in 0..60 {
+                log.record(entry(i * 3)).unwrap();
+            }
+            let index = db.open_tree("audit_index").unwrap();
+            let chunks: Vec<(usize, usize, usize)> = index
+                .scan_prefix(index_prefix(BY_SENDER, "@u0:example.org"))
+                .map(|kv| {
+                    let chunk = kv.unwrap().1;
+                    let copies = framed_in(&chunk).unwrap();
+                    let last = copies.last().unwrap().1.len() + 12;
+                    (copies.len(), chunk.len(), last)
+                })
+                .collect();
+            assert_eq!(chunks.iter().map(|c| c.0).sum::<usize>(), 60);
+            // Filled, not overfilled: each but the newest reached the size
+            // with its last copy.
+            for &(_, len, last) in &chunks[..chunks.len() - 1] {
+                assert!(
+                    len >= ENTRY_CHUNK_BYTES && len - last < ENTRY_CHUNK_BYTES,
+                    "{chunks:?}"
+                );
+            }
+            let total: usize = chunks.iter().map(|c| c.1).sum();
+            assert!(chunks.len() <= total / ENTRY_CHUNK_BYTES + 1, "{chunks:?}");
+            assert!(log.verify().unwrap().ok());
         }
-        let index = db.open_tree("audit_index").unwrap();
-        let chunks: Vec<(usize, usize, usize)> = index
-            .scan_prefix(index_prefix(BY_SENDER, "@u0:example.org"))
-            .map(|kv| {
-                let chunk = kv.unwrap().1;
-                let copies = framed_in(&chunk).unwrap();
-                let last = copies.last().unwrap().1.len() + 12;
-                (copies.len(), chunk.len(), last)
-            })
-            .collect();
-        assert_eq!(chunks.iter().map(|c| c.0).sum::<usize>(), 60);
-        // Filled, not overfilled: each but the newest reached the size
-        // with its last copy.
-        for &(_, len, last) in &chunks[..chunks.len() - 1] {
-            assert!(
-                len >= ENTRY_CHUNK_BYTES && len - last < ENTRY_CHUNK_BYTES,
-                "{chunks:?}"
-            );
-        }
-        let total: usize = chunks.iter().map(|c| c.1).sum();
-        assert!(chunks.len() <= total / ENTRY_CHUNK_BYTES + 1, "{chunks:?}");
-        assert!(log.verify().unwrap().ok());
     }
 
     /// Queries by user read the copies, so `verify` checks them too: a
@@ -973,60 +983,61 @@ mod tests {
     /// user, one removed and a chunk cut short are each reported.
     #[test]
     fn verify_catches_a_copy_that_differs_from_the_log() {
-        let (_dir, db, log) = fresh();
-        log.append((0..9).map(entry).collect()).unwrap();
-        assert!(log.verify().unwrap().ok());
-        let index = db.open_tree("audit_index").unwrap();
+        for (_dir, db, log) in fresh() {
+            log.append((0..9).map(entry).collect()).unwrap();
+            assert!(log.verify().unwrap().ok());
+            let index = db.open_tree("audit_index").unwrap();
 
-        let mut e = parse(5, &take_copy(&index, "@u1:example.org", 5)).unwrap();
-        e.detail = Detail::new(&serde_json::json!({"command": "something else"}));
-        put_copy(&index, "@u1:example.org", 5, &e.seal());
-        let seen = log
-            .query(&Query {
-                user: Some("@u1:example.org".into()),
+            let mut e = parse(5, &take_copy(&index, "@u1:example.org", 5)).unwrap();
+            e.detail = Detail::new(&serde_json::json!({"command": "something else"}));
+            put_copy(&index, "@u1:example.org", 5, &e.seal());
+            let seen = log
+                .query(&Query {
+                    user: Some("@u1:example.org".into()),
+                    ..Default::default()
+                })
+                .unwrap();
+            let altered = seen.iter().find(|e| e.seq == 5).unwrap();
+            assert_eq!(altered.details()["command"], "something else");
+            let v = log.verify().unwrap();
+            assert_eq!(
+                v.problems,
+                vec![
+                    "the copy of entry 5 that queries by user read differs from the log (altered or misfiled)",
+                ]
+            );
+
+            take_copy(&index, "@u1:example.org", 5);
+            let moved = take_copy(&index, "@u2:example.org", 6);
+            put_copy(&index, "@u0:example.org", 6, &moved);
+            let v = log.verify().unwrap();
+            assert_eq!(
+                v.problems,
+                vec![
+                    "the copy of entry 6 that queries by user read differs from the log (altered or misfiled)",
+                    "1 entry has no copy for queries by user (it would not show)",
+                ]
+            );
+
+            let (k, chunk) = index
+                .scan_prefix(index_prefix(BY_SENDER, "@u2:example.org"))
+                .next()
+                .unwrap()
+                .unwrap();
+            index.insert(k, &chunk[..chunk.len() - 1]).unwrap();
+            let q = Query {
+                user: Some("@u2:example.org".into()),
                 ..Default::default()
-            })
-            .unwrap();
-        let altered = seen.iter().find(|e| e.seq == 5).unwrap();
-        assert_eq!(altered.details()["command"], "something else");
-        let v = log.verify().unwrap();
-        assert_eq!(
-            v.problems,
-            vec![
-                "the copy of entry 5 that queries by user read differs from the log (altered or misfiled)",
-            ]
-        );
-
-        take_copy(&index, "@u1:example.org", 5);
-        let moved = take_copy(&index, "@u2:example.org", 6);
-        put_copy(&index, "@u0:example.org", 6, &moved);
-        let v = log.verify().unwrap();
-        assert_eq!(
-            v.problems,
-            vec![
-                "the copy of entry 6 that queries by user read differs from the log (altered or misfiled)",
-                "1 entry has no copy for queries by user (it would not show)",
-            ]
-        );
-
-        let (k, chunk) = index
-            .scan_prefix(index_prefix(BY_SENDER, "@u2:example.org"))
-            .next()
-            .unwrap()
-            .unwrap();
-        index.insert(k, &chunk[..chunk.len() - 1]).unwrap();
-        let q = Query {
-            user: Some("@u2:example.org".into()),
-            ..Default::default()
-        };
-        let err = log.query(&q).unwrap_err().to_string();
-        assert!(err.contains("is cut or altered"), "{err}");
-        let v = log.verify().unwrap();
-        assert!(
-            v.problems.iter().any(|p| p.contains("is cut or altered")),
-            "{:?}",
-            v.problems
-        );
+            };
+            let err = log.query(&q).unwrap_err().to_string();
+            assert!(err.contains("is cut or altered"), "{err}");
+            let v = log.verify().unwrap();
+            assert!(
+                v.problems.iter().any(|p| p.contains("is cut or altered")),
+                "{:?}",
+                v.problems
+            );
+        }
     }
 
     /// Past a few thousand matches entries are read in a pipeline on two
@@ -1034,51 +1045,53 @@ mod tests {
     /// `since` still cut at the newest.
     #[test]
     fn large_queries_read_on_two_threads_miss_and_reorder_nothing() {
-        let (_dir, _db, log) = fresh();
-        for start in (0..30_000).step_by(1000) {
-            log.append((start..start + 1000).map(entry).collect())
+        for (_dir, _db, log) in fresh() {
+            for start in (0..30_000).step_by(1000) {
+                log.append((start..start + 1000).map(entry).collect())
+                    .unwrap();
+            }
+            let q = Query {
+                user: Some("@u1:example.org".into()),
+                ..Default::default()
+            };
+            let seqs: Vec<u64> = log.query(&q).unwrap().iter().map(|e| e.seq).collect();
+            let want: Vec<u64> = (0..30_000).filter(|i| i % 3 == 1).map(|i| i + 1).collect();
+            assert_eq!(seqs, want);
+            let newest = log
+                .query(&Query {
+                    limit: Some(5_000),
+                    ..q.clone()
+                })
                 .unwrap();
+            assert_eq!(newest.len(), 5_000);
+            assert_eq!(newest.first().unwrap().seq, want[want.len() - 5_000]);
+            assert_eq!(newest.last().unwrap().seq, 30_000 - 1);
+            let since = log
+                .query(&Query {
+                    since: Some(1_700_000_000_000 + 25_000),
+                    ..q
+                })
+                .unwrap();
+            assert!(since.iter().all(|e| e.ts >= 1_700_000_000_000 + 25_000));
+            assert_eq!(since.len(), want.iter().filter(|s| **s > 25_000).count());
         }
-        let q = Query {
-            user: Some("@u1:example.org".into()),
-            ..Default::default()
-        };
-        let seqs: Vec<u64> = log.query(&q).unwrap().iter().map(|e| e.seq).collect();
-        let want: Vec<u64> = (0..30_000).filter(|i| i % 3 == 1).map(|i| i + 1).collect();
-        assert_eq!(seqs, want);
-        let newest = log
-            .query(&Query {
-                limit: Some(5_000),
-                ..q.clone()
-            })
-            .unwrap();
-        assert_eq!(newest.len(), 5_000);
-        assert_eq!(newest.first().unwrap().seq, want[want.len() - 5_000]);
-        assert_eq!(newest.last().unwrap().seq, 30_000 - 1);
-        let since = log
-            .query(&Query {
-                since: Some(1_700_000_000_000 + 25_000),
-                ..q
-            })
-            .unwrap();
-        assert!(since.iter().all(|e| e.ts >= 1_700_000_000_000 + 25_000));
-        assert_eq!(since.len(), want.iter().filter(|s| **s > 25_000).count());
     }
 
     #[test]
     fn queries_return_the_newest_matches_oldest_first() {
-        let (_dir, _db, log) = fresh();
-        for i in 0..30 {
-            log.record(entry(i)).unwrap();
+        for (_dir, _db, log) in fresh() {
+            for i in 0..30 {
+                log.record(entry(i)).unwrap();
+            }
+            log.append((30..60).map(entry).collect()).unwrap();
+            let q = Query {
+                user: Some("@u0:example.org".into()),
+                limit: Some(4),
+                ..Default::default()
+            };
+            let seqs: Vec<u64> = log.query(&q).unwrap().iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, vec![49, 52, 55, 58]);
+            assert_eq!(log.len(), 60);
         }
-        log.append((30..60).map(entry).collect()).unwrap();
-        let q = Query {
-            user: Some("@u0:example.org".into()),
-            limit: Some(4),
-            ..Default::default()
-        };
-        let seqs: Vec<u64> = log.query(&q).unwrap().iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, vec![49, 52, 55, 58]);
-        assert_eq!(log.len(), 60);
     }
 }

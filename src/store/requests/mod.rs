@@ -8,6 +8,9 @@ mod request;
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::kv::{self, Batch, Db, Tree};
+
+pub use crate::store::kv::Watch;
 pub use request::*;
 
 /// Why the store could not answer.
@@ -39,8 +42,8 @@ pub enum Update<T> {
 /// entry, whose flush makes both durable (one fsync, not two).
 #[derive(Clone)]
 pub struct Requests {
-    requests: sled::Tree,
-    prompts: sled::Tree,
+    requests: Tree,
+    prompts: Tree,
     /// Tree `open_requests`, written in the same transaction as the
     /// records: the open requests' keys, oldest first ([`open_key`]);
     /// the closed ones' by when they closed ([`closed_key`]); the id
@@ -48,22 +51,12 @@ pub struct Requests {
     /// requests on every tick, and for those closed long enough to go:
     /// scanning every request ever made grew its time and memory with the
     /// store's age (each scan pulled the whole tree into sled's cache).
-    index: sled::Tree,
+    index: Tree,
     /// Ids given before ids were numbered, of requests still in or since
     /// gone from the store: never given again (fixed at the upgrade).
-    retired: sled::Tree,
+    retired: Tree,
     /// The locks runs hold and the requests waiting for them.
     locks: std::sync::Arc<crate::locks::Locks>,
-}
-
-/// A watch on one request ([`Requests::watch`]).
-pub struct Watch(sled::Subscriber);
-
-impl Watch {
-    /// Until the request is next written, or `at_most` has passed.
-    pub fn wait(&mut self, at_most: std::time::Duration) {
-        let _ = self.0.next_timeout(at_most);
-    }
 }
 
 /// The id counter in the index tree.
@@ -135,7 +128,7 @@ impl Requests {
     /// timer.
     pub fn watch(&self, id: &str) -> Watch {
         // Ids are all six characters: the prefix is the key.
-        Watch(self.requests.watch_prefix(id.as_bytes()))
+        self.requests.watch_prefix(id.as_bytes())
     }
 
     /// The locks runs hold and the requests waiting for them, kept
@@ -145,7 +138,7 @@ impl Requests {
     }
 
     /// The store in `db`.
-    pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
+    pub fn open(db: &Db) -> Result<Self, StoreError> {
         let store = Requests {
             requests: db.open_tree("requests")?,
             prompts: db.open_tree("prompts")?,
@@ -157,8 +150,8 @@ impl Requests {
         // requests are indexed open or closed, and their ids retired, in
         // one pass, once.
         if store.index.get(IDS)?.is_none() {
-            let mut batch = sled::Batch::default();
-            let mut retired = sled::Batch::default();
+            let mut batch = Batch::default();
+            let mut retired = Batch::default();
             for item in store.requests.iter() {
                 let (id, bytes) = item?;
                 let req = parse(&String::from_utf8_lossy(&id), &bytes)?;
@@ -180,13 +173,14 @@ impl Requests {
 
     /// Store a new request under the next id.
     pub fn create(&self, mut req: Request) -> Result<Request, StoreError> {
-        use sled::Transactional;
         use sled::transaction::abort;
         loop {
             // `retired` joins the transaction only to be read: sled blocks
             // a plain read of any tree while a transaction runs.
-            let created = settled((&self.requests, &self.index, &self.retired).transaction(
-                |(requests, index, retired)| {
+            let created = settled(kv::transaction(
+                &[&self.requests, &self.index, &self.retired],
+                |t| {
+                    let (requests, index, retired) = (&t[0], &t[1], &t[2]);
                     let Some(Ok(mut ids)) =
                         index.get(IDS)?.map(|b| serde_json::from_slice::<Ids>(&b))
                     else {
@@ -226,15 +220,16 @@ impl Requests {
     /// their ids. The audit log keeps their whole history, and answers
     /// for them from then on (`!status`, `airlock audit --request`).
     pub fn prune(&self, before: u64) -> Result<Vec<String>, StoreError> {
-        use sled::Transactional;
         let mut end = vec![b'c'];
         end.extend_from_slice(&before.to_be_bytes());
         let mut gone = Vec::new();
         for key in self.index.range(b"c".to_vec()..end).keys() {
             let key = key?;
             let id = String::from_utf8_lossy(&key[OPEN_ID_AT.min(key.len())..]).into_owned();
-            let removed = settled((&self.requests, &self.index, &self.prompts).transaction(
-                |(requests, index, prompts)| {
+            let removed = settled(kv::transaction(
+                &[&self.requests, &self.index, &self.prompts],
+                |t| {
+                    let (requests, index, prompts) = (&t[0], &t[1], &t[2]);
                     let Some(bytes) = requests.get(id.as_bytes())? else {
                         index.remove(&key)?;
                         return Ok(false);
@@ -289,37 +284,35 @@ impl Requests {
         id: &str,
         f: impl FnMut(&mut Request) -> Result<T, Refusal>,
     ) -> Result<Update<T>, StoreError> {
-        use sled::Transactional;
         use sled::transaction::abort;
         // sled's transactions take `Fn`; a retry calls `f` again.
         let f = std::cell::RefCell::new(f);
-        settled(
-            (&self.requests, &self.index).transaction(|(requests, index)| {
-                let Some(old_bytes) = requests.get(id.as_bytes())? else {
-                    return abort(StoreError::NotFound(id.to_string()));
-                };
-                let old = match parse(id, &old_bytes) {
-                    Ok(old) => old,
-                    Err(e) => return abort(e),
-                };
-                let mut new = old.clone();
-                match (f.borrow_mut())(&mut new) {
-                    Err(reason) => Ok(Update::Refused(old, reason)),
-                    Ok(out) => {
-                        let bytes = serde_json::to_vec(&new).expect("request serializes");
-                        requests.insert(id.as_bytes(), bytes)?;
-                        // The index entry follows from the record (`prepared`
-                        // restarts `created_ms`): rewrite it only if it changed.
-                        let (was, is) = (index_key(&old), index_key(&new));
-                        if was != is {
-                            index.remove(was)?;
-                            index.insert(is, &[])?;
-                        }
-                        Ok(Update::Done(new, out))
+        settled(kv::transaction(&[&self.requests, &self.index], |t| {
+            let (requests, index) = (&t[0], &t[1]);
+            let Some(old_bytes) = requests.get(id.as_bytes())? else {
+                return abort(StoreError::NotFound(id.to_string()));
+            };
+            let old = match parse(id, &old_bytes) {
+                Ok(old) => old,
+                Err(e) => return abort(e),
+            };
+            let mut new = old.clone();
+            match (f.borrow_mut())(&mut new) {
+                Err(reason) => Ok(Update::Refused(old, reason)),
+                Ok(out) => {
+                    let bytes = serde_json::to_vec(&new).expect("request serializes");
+                    requests.insert(id.as_bytes(), bytes)?;
+                    // The index entry follows from the record (`prepared`
+                    // restarts `created_ms`): rewrite it only if it changed.
+                    let (was, is) = (index_key(&old), index_key(&new));
+                    if was != is {
+                        index.remove(was)?;
+                        index.insert(is, &[])?;
                     }
+                    Ok(Update::Done(new, out))
                 }
-            }),
-        )
+            }
+        }))
     }
 
     /// Remember which message is a request's prompt, so a reply to it finds
@@ -369,11 +362,15 @@ mod tests {
     use crate::alias::Params;
     use request::tests::request;
 
-    fn store() -> (tempfile::TempDir, sled::Db, Requests) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let requests = Requests::open(&db).unwrap();
-        (dir, db, requests)
+    /// The store on each backend: every case below is the contract both keep.
+    fn stores() -> Vec<(Option<tempfile::TempDir>, Db, Requests)> {
+        kv::tests::backends()
+            .into_iter()
+            .map(|(dir, db)| {
+                let requests = Requests::open(&db).unwrap();
+                (dir, db, requests)
+            })
+            .collect()
     }
 
     fn stored(requests: &Requests, created_ms: u64) -> Request {
@@ -391,61 +388,63 @@ mod tests {
 
     #[test]
     fn open_requests_are_the_open_ones_oldest_first_however_many_closed() {
-        let (_dir, _db, requests) = store();
-        let late = stored(&requests, 3_000);
-        let early = stored(&requests, 1_000);
-        let closed: Vec<Request> = (0..50).map(|i| stored(&requests, 2_000 + i)).collect();
-        for r in &closed {
-            let Update::Done(r, ()) = requests
-                .update(&r.id, |r| r.unprepared("no such commit", 4_000))
-                .unwrap()
-            else {
-                panic!("a preparing request fails");
-            };
-            assert_eq!(r.state, State::Failed);
+        for (_dir, _db, requests) in stores() {
+            let late = stored(&requests, 3_000);
+            let early = stored(&requests, 1_000);
+            let closed: Vec<Request> = (0..50).map(|i| stored(&requests, 2_000 + i)).collect();
+            for r in &closed {
+                let Update::Done(r, ()) = requests
+                    .update(&r.id, |r| r.unprepared("no such commit", 4_000))
+                    .unwrap()
+                else {
+                    panic!("a preparing request fails");
+                };
+                assert_eq!(r.state, State::Failed);
+            }
+            // Closing takes a request out of the index, not just out of the
+            // answer: the ticks read two entries, not fifty-two.
+            assert_eq!(requests.index.scan_prefix(b"o").count(), 2);
+            assert_eq!(
+                ids(&requests.open_requests().unwrap()),
+                [early.id.as_str(), late.id.as_str()]
+            );
+            // Open to open keeps it listed, with its new state; a refused
+            // transition changes nothing.
+            requests
+                .update(&late.id, |r| {
+                    r.prepared(Prepared::plain(Params::new()), 5_000)
+                })
+                .unwrap();
+            assert!(matches!(
+                requests.update(&late.id, |r| r.start(5_001)).unwrap(),
+                Update::Refused(_, Refusal::State(State::Pending))
+            ));
+            let open = requests.open_requests().unwrap();
+            assert_eq!(ids(&open), [early.id.as_str(), late.id.as_str()]);
+            assert_eq!(open[1].state, State::Pending);
+            requests.update(&late.id, |r| r.expire(700_000)).unwrap();
+            assert_eq!(ids(&requests.open_requests().unwrap()), [early.id.as_str()]);
         }
-        // Closing takes a request out of the index, not just out of the
-        // answer: the ticks read two entries, not fifty-two.
-        assert_eq!(requests.index.scan_prefix(b"o").count(), 2);
-        assert_eq!(
-            ids(&requests.open_requests().unwrap()),
-            [early.id.as_str(), late.id.as_str()]
-        );
-        // Open to open keeps it listed, with its new state; a refused
-        // transition changes nothing.
-        requests
-            .update(&late.id, |r| {
-                r.prepared(Prepared::plain(Params::new()), 5_000)
-            })
-            .unwrap();
-        assert!(matches!(
-            requests.update(&late.id, |r| r.start(5_001)).unwrap(),
-            Update::Refused(_, Refusal::State(State::Pending))
-        ));
-        let open = requests.open_requests().unwrap();
-        assert_eq!(ids(&open), [early.id.as_str(), late.id.as_str()]);
-        assert_eq!(open[1].state, State::Pending);
-        requests.update(&late.id, |r| r.expire(700_000)).unwrap();
-        assert_eq!(ids(&requests.open_requests().unwrap()), [early.id.as_str()]);
     }
 
     #[test]
     fn a_store_from_before_the_open_index_is_indexed_once_on_open() {
-        let (_dir, db, requests) = store();
-        let open = stored(&requests, 2_000);
-        let closed = stored(&requests, 1_000);
-        requests
-            .update(&closed.id, |r| r.unprepared("gone", 3_000))
-            .unwrap();
-        // As an older airlock left it: records only, no index.
-        drop(requests);
-        db.drop_tree("open_requests").unwrap();
-        let requests = Requests::open(&db).unwrap();
-        assert_eq!(ids(&requests.open_requests().unwrap()), [open.id.as_str()]);
-        assert_eq!(
-            requests.get(&closed.id).unwrap().unwrap().state,
-            State::Failed
-        );
+        for (_dir, db, requests) in stores() {
+            let open = stored(&requests, 2_000);
+            let closed = stored(&requests, 1_000);
+            requests
+                .update(&closed.id, |r| r.unprepared("gone", 3_000))
+                .unwrap();
+            // As an older airlock left it: records only, no index.
+            drop(requests);
+            db.drop_tree("open_requests").unwrap();
+            let requests = Requests::open(&db).unwrap();
+            assert_eq!(ids(&requests.open_requests().unwrap()), [open.id.as_str()]);
+            assert_eq!(
+                requests.get(&closed.id).unwrap().unwrap().state,
+                State::Failed
+            );
+        }
     }
 
     fn closed_at(requests: &Requests, created_ms: u64, closed_ms: u64) -> Request {
@@ -461,67 +460,70 @@ mod tests {
 
     #[test]
     fn closed_requests_leave_after_their_time_but_an_unreviewed_break_glass() {
-        let (_dir, _db, requests) = store();
-        let old = closed_at(&requests, 1_000, 2_000);
-        requests.bind_prompt(&old.id, "!ops", "$prompt").unwrap();
-        let recent = closed_at(&requests, 1_000, 9_000);
-        let open = stored(&requests, 1_000);
-        let glass = stored(&requests, 1_000);
-        requests
-            .update(&glass.id, |r| {
-                r.break_glass = Some(BreakGlass {
-                    reason: "prod down".into(),
-                    reviewed_by: None,
-                    reviewed_ms: None,
-                });
-                r.unprepared("failed", 3_000)
-            })
-            .unwrap();
-        assert_eq!(requests.prune(5_000).unwrap(), vec![old.id.clone()]);
-        assert_eq!(requests.get(&old.id).unwrap(), None);
-        assert_eq!(requests.by_prompt("!ops", "$prompt").unwrap(), None);
-        for kept in [&recent, &open, &glass] {
-            assert!(requests.get(&kept.id).unwrap().is_some(), "{}", kept.id);
+        for (_dir, _db, requests) in stores() {
+            let old = closed_at(&requests, 1_000, 2_000);
+            requests.bind_prompt(&old.id, "!ops", "$prompt").unwrap();
+            let recent = closed_at(&requests, 1_000, 9_000);
+            let open = stored(&requests, 1_000);
+            let glass = stored(&requests, 1_000);
+            requests
+                .update(&glass.id, |r| {
+                    r.break_glass = Some(BreakGlass {
+                        reason: "prod down".into(),
+                        reviewed_by: None,
+                        reviewed_ms: None,
+                    });
+                    r.unprepared("failed", 3_000)
+                })
+                .unwrap();
+            assert_eq!(requests.prune(5_000).unwrap(), vec![old.id.clone()]);
+            assert_eq!(requests.get(&old.id).unwrap(), None);
+            assert_eq!(requests.by_prompt("!ops", "$prompt").unwrap(), None);
+            for kept in [&recent, &open, &glass] {
+                assert!(requests.get(&kept.id).unwrap().is_some(), "{}", kept.id);
+            }
+            // Reviewed, the break-glass run goes too; nothing else is due.
+            requests
+                .update(&glass.id, |r| r.review("@bob:x", 6_000))
+                .unwrap();
+            assert_eq!(requests.prune(5_000).unwrap(), vec![glass.id.clone()]);
+            assert!(requests.prune(5_000).unwrap().is_empty());
+            assert_eq!(ids(&requests.open_requests().unwrap()), [open.id.as_str()]);
+            assert_eq!(requests.prune(10_000).unwrap(), vec![recent.id.clone()]);
         }
-        // Reviewed, the break-glass run goes too; nothing else is due.
-        requests
-            .update(&glass.id, |r| r.review("@bob:x", 6_000))
-            .unwrap();
-        assert_eq!(requests.prune(5_000).unwrap(), vec![glass.id.clone()]);
-        assert!(requests.prune(5_000).unwrap().is_empty());
-        assert_eq!(ids(&requests.open_requests().unwrap()), [open.id.as_str()]);
-        assert_eq!(requests.prune(10_000).unwrap(), vec![recent.id.clone()]);
     }
 
     #[test]
     fn an_id_is_never_given_twice_even_after_its_request_left() {
-        let (_dir, db, requests) = store();
-        let mut seen = std::collections::HashSet::new();
-        for round in 0..3 {
-            for i in 0..200 {
-                let r = closed_at(&requests, round * 1_000 + i, round * 1_000 + i + 1);
-                assert!(seen.insert(r.id.clone()), "{} given twice", r.id);
+        for (_dir, db, requests) in stores() {
+            let mut seen = std::collections::HashSet::new();
+            for round in 0..3 {
+                for i in 0..200 {
+                    let r = closed_at(&requests, round * 1_000 + i, round * 1_000 + i + 1);
+                    assert!(seen.insert(r.id.clone()), "{} given twice", r.id);
+                }
+                requests.prune(u64::MAX).unwrap();
             }
-            requests.prune(u64::MAX).unwrap();
+            // Ids given before ids were numbered are retired at the upgrade,
+            // and skipped when the counter reaches them.
+            let key: Ids =
+                serde_json::from_slice(&requests.index.get(IDS).unwrap().unwrap()).unwrap();
+            let next = ids::nth(key.next, key.key).unwrap();
+            requests.retired.insert(next.as_bytes(), &[]).unwrap();
+            assert_ne!(stored(&requests, 9).id, next);
+            drop(requests);
+            let legacy = Request {
+                id: "legacy".into(),
+                ..request(1)
+            };
+            db.open_tree("requests")
+                .unwrap()
+                .insert("legacy", serde_json::to_vec(&legacy).unwrap())
+                .unwrap();
+            db.open_tree("open_requests").unwrap().remove(IDS).unwrap();
+            let requests = Requests::open(&db).unwrap();
+            assert!(requests.retired.contains_key("legacy").unwrap());
+            assert_eq!(ids(&requests.open_requests().unwrap()).len(), 2);
         }
-        // Ids given before ids were numbered are retired at the upgrade,
-        // and skipped when the counter reaches them.
-        let key: Ids = serde_json::from_slice(&requests.index.get(IDS).unwrap().unwrap()).unwrap();
-        let next = ids::nth(key.next, key.key).unwrap();
-        requests.retired.insert(next.as_bytes(), &[]).unwrap();
-        assert_ne!(stored(&requests, 9).id, next);
-        drop(requests);
-        let legacy = Request {
-            id: "legacy".into(),
-            ..request(1)
-        };
-        db.open_tree("requests")
-            .unwrap()
-            .insert("legacy", serde_json::to_vec(&legacy).unwrap())
-            .unwrap();
-        db.open_tree("open_requests").unwrap().remove(IDS).unwrap();
-        let requests = Requests::open(&db).unwrap();
-        assert!(requests.retired.contains_key("legacy").unwrap());
-        assert_eq!(ids(&requests.open_requests().unwrap()).len(), 2);
     }
 }

@@ -89,12 +89,12 @@ fn pruned_key(first: u64) -> [u8; 9] {
 #[derive(Clone)]
 pub(super) struct Archive {
     dir: Option<PathBuf>,
-    meta: sled::Tree,
+    meta: crate::store::kv::Tree,
     open: Arc<Mutex<Vec<Arc<Segment>>>>,
 }
 
 impl Archive {
-    pub(super) fn new(dir: Option<PathBuf>, meta: sled::Tree) -> Self {
+    pub(super) fn new(dir: Option<PathBuf>, meta: crate::store::kv::Tree) -> Self {
         Archive {
             dir,
             meta,
@@ -197,7 +197,7 @@ impl Archive {
         now: u64,
         setting: &str,
     ) -> Result<(), AuditError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = crate::store::kv::Batch::default();
         for m in due {
             batch.insert(
                 &pruned_key(m.first),
@@ -333,7 +333,7 @@ impl Archive {
     pub(super) fn store(
         &self,
         manifests: &[Manifest],
-        more: sled::Batch,
+        more: crate::store::kv::Batch,
     ) -> Result<(), AuditError> {
         let mut batch = more;
         for m in manifests {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use airlock::audit::{AuditLog, Entry, Event, Query, Status};
 use airlock::policy::{Subject, Target};
-use airlock::requests::{Request, Requests};
+use airlock::requests::{Ask, Origin, Request, Requests};
 use serde_json::json;
 
 fn entry(i: u64, users: u64) -> Entry {
@@ -283,6 +283,31 @@ fn policy_decisions() {
     }
 }
 
+/// A command's request, as the engine makes one.
+fn request(requester: &str, command: &str, now: u64) -> Request {
+    Request::asked(
+        Origin {
+            requester: requester.into(),
+            room: "!ops:example.org".into(),
+            event_id: format!("${now}"),
+            thread: None,
+            power_level: None,
+        },
+        Ask {
+            command: command.into(),
+            alias: None,
+            action: "core.noop".into(),
+            asked: Default::default(),
+            params: Default::default(),
+            set_in_chat: Vec::new(),
+            rule: "bench".into(),
+        },
+        None,
+        None,
+        now,
+    )
+}
+
 /// What the bot asks on every tick: the open requests, here 5 among
 /// 100,000 closed ones, with the bot's cache; and what keeping them
 /// indexed costs a request's life (create, then close, one transaction
@@ -294,12 +319,11 @@ fn open_requests(dir: &std::path::Path) {
     let t = Instant::now();
     for i in 0..closed {
         let r = requests
-            .create(Request {
-                created_ms: 1_700_000_000_000 + i,
-                requester: format!("@user{}:example.org", i % 100),
-                command: format!("flow deploy branch-{i}"),
-                ..Request::default()
-            })
+            .create(request(
+                &format!("@user{}:example.org", i % 100),
+                &format!("flow deploy branch-{i}"),
+                1_700_000_000_000 + i,
+            ))
             .unwrap();
         requests
             .update(&r.id, |r| r.unprepared("bench", 1_700_000_000_000 + i))
@@ -311,10 +335,11 @@ fn open_requests(dir: &std::path::Path) {
     );
     for i in 0..5 {
         requests
-            .create(Request {
-                created_ms: 1_800_000_000_000 + i,
-                ..Request::default()
-            })
+            .create(request(
+                "@alice:example.org",
+                "flow status",
+                1_800_000_000_000 + i,
+            ))
             .unwrap();
     }
     requests.flush().unwrap();

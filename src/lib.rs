@@ -9,9 +9,11 @@
 //!    what, where, with whose confirmation), [`render`] (ack/result
 //!    templates and the messages sent), [`ids`] (Matrix identifiers),
 //!    [`diag`] (file:line:field diagnostics), [`clock`] (timestamps,
-//!    durations), `pyre` (Python regex syntax);
-//! 2. `store`, the durable records on sled: [`requests`] (each request and
-//!    its confirmation state machine) and [`audit`] (the hash-chained log);
+//!    durations), [`request`] (a request's state machine, from asked to
+//!    done), `pyre` (Python regex syntax);
+//! 2. `store`, the durable records over [`kv`] (sled, or memory):
+//!    [`requests`] (requests by id, the open ones indexed, their prompts),
+//!    [`locks`], the pack records and [`audit`] (the hash-chained log);
 //! 3. [`action`]: what an approved request runs (`core.*`, `packs.*`);
 //! 4. [`engine`]: messages in, effects out: match → policy → confirm →
 //!    run → render, every step recorded in the audit log. It takes time as
@@ -35,6 +37,6 @@ pub mod crash;
 pub mod engine;
 pub mod metrics;
 
-pub use crate::core::{alias, clock, diag, ids, policy, render};
+pub use crate::core::{alias, clock, diag, ids, policy, render, request};
 pub use store::{audit, free_bytes, kv, locks, merkle, requests, segment};
 pub use transport::{console, http, matrix, notify};

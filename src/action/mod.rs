@@ -384,29 +384,7 @@ pub struct Deployed {
     pub commit: String,
 }
 
-/// What `prepare` fixed when the request was made: exactly what will run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prepared {
-    /// The parameters, as the prompt lists them and the run receives them.
-    pub params: Params,
-    /// What they resolved to, one line each, shown under the parameters
-    /// ("→ st2-flow at commit 5d1f0c… (main) from …").
-    pub shown: Vec<String>,
-    /// What the action itself needs at run time beyond the parameters (an
-    /// install's pinned commits); opaque to the engine.
-    pub plan: Value,
-}
-
-impl Prepared {
-    /// Parameters that need no resolving.
-    pub fn plain(params: Params) -> Self {
-        Prepared {
-            params,
-            shown: Vec::new(),
-            plan: Value::Null,
-        }
-    }
-}
+pub use crate::core::request::Prepared;
 
 /// What a running action may know about its request.
 pub struct RunContext<'a> {

@@ -9,3 +9,4 @@ pub mod ids;
 pub mod policy;
 pub(crate) mod pyre;
 pub mod render;
+pub mod request;

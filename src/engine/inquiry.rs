@@ -17,7 +17,7 @@ use crate::audit::{AuditLog, Event};
 use crate::clock;
 use crate::metrics::Metrics;
 use crate::render::Message;
-use crate::requests::{Confirmation, Request, Requests, State};
+use crate::requests::{Ask, Confirmation, Origin, Request, Requests, State};
 
 /// The action name an inquiry's request carries: never run, only answered.
 pub const INQUIRY: &str = "st2.inquiry";
@@ -96,31 +96,29 @@ impl Inquirer {
                 verified_devices: false,
             })
         };
-        let req = Request {
-            id: String::new(),
-            state: State::Pending,
-            requester: p.requester.clone(),
-            room: p.room.clone(),
-            event_id: p.event_id.clone(),
-            thread: p.thread.clone(),
-            command: format!("StackStorm asks: {question}"),
-            alias: p.alias.clone(),
-            action: INQUIRY.into(),
-            params: json!({"question": question, "request": p.id})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-            asked: Default::default(),
-            shown: Vec::new(),
-            plan: serde_json::Value::Null,
-            set_in_chat: Vec::new(),
-            rule: p.rule.clone(),
-            power_level: p.power_level,
-            created_ms: now,
-            confirmation: Some(confirmation),
-            break_glass: None,
-            ..Request::default()
-        };
+        let req = Request::question(
+            Origin {
+                requester: p.requester.clone(),
+                room: p.room.clone(),
+                event_id: p.event_id.clone(),
+                thread: p.thread.clone(),
+                power_level: p.power_level,
+            },
+            Ask {
+                command: format!("StackStorm asks: {question}"),
+                alias: p.alias.clone(),
+                action: INQUIRY.into(),
+                asked: Default::default(),
+                params: json!({"question": question, "request": p.id})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                set_in_chat: Vec::new(),
+                rule: p.rule.clone(),
+            },
+            confirmation,
+            now,
+        );
         let req = match self.requests.create(req) {
             Ok(r) => r,
             Err(e) => {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{
     Effect, Engine, FAILED, Out, Outgoing, SEEN, WAITING, reply_to_request, request_entry,
@@ -15,7 +15,7 @@ use crate::audit::{Event, Status};
 use crate::clock;
 use crate::policy::{self, ConfirmPolicy, Decision, FromChat, Policy, Subject, Target};
 use crate::render::{self, Message};
-use crate::requests::{BreakGlass, Confirmation, QuorumPart, Request, State, Update};
+use crate::requests::{Ask, BreakGlass, Confirmation, Origin, QuorumPart, Request, State, Update};
 
 impl Engine {
     /// Who sent the event `out` answers, where and when.
@@ -222,29 +222,28 @@ impl Engine {
         let confirmation = confirm
             .as_ref()
             .map(|c| confirmation(c, now + c.expires.as_millis() as u64));
-        let req = Request {
-            id: String::new(),
-            state: State::Preparing,
-            requester: m.sender.clone(),
-            room: m.room.clone(),
-            event_id: m.event_id.clone(),
-            thread: m.thread.clone(),
-            command: cmd.to_string(),
-            alias: Some(reference.clone()),
-            action: alias.action_ref.clone(),
-            asked,
-            params,
-            shown: Vec::new(),
-            plan: Value::Null,
-            set_in_chat: chat.pairs,
-            rule,
-            power_level: m.power_level,
-            created_ms: now,
+        let req = Request::asked(
+            Origin {
+                requester: m.sender.clone(),
+                room: m.room.clone(),
+                event_id: m.event_id.clone(),
+                thread: m.thread.clone(),
+                power_level: m.power_level,
+            },
+            Ask {
+                command: cmd.to_string(),
+                alias: Some(reference.clone()),
+                action: alias.action_ref.clone(),
+                asked,
+                params,
+                set_in_chat: chat.pairs,
+                rule,
+            },
             confirmation,
             break_glass,
-            repeats: repeat.map(|r| r.note.clone()),
-            ..Request::default()
-        };
+            now,
+        )
+        .repeating(repeat.map(|r| r.note.clone()));
         let req = match self.requests.create(req) {
             Ok(r) => r,
             Err(e) => {

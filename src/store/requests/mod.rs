@@ -4,14 +4,13 @@
 //! log keeps its history).
 
 mod ids;
-mod request;
 
 use serde::{Deserialize, Serialize};
 
 use crate::store::kv::{self, Batch, Db, Tree};
 
+pub use crate::core::request::*;
 pub use crate::store::kv::Watch;
-pub use request::*;
 
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -358,9 +357,9 @@ impl Requests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::action::Prepared;
     use crate::alias::Params;
-    use request::tests::request;
+    use crate::core::request::Prepared;
+    use crate::core::request::tests::request;
 
     /// The store on each backend: every case below is the contract both keep.
     fn stores() -> Vec<(Option<tempfile::TempDir>, Db, Requests)> {
@@ -375,9 +374,10 @@ mod tests {
 
     fn stored(requests: &Requests, created_ms: u64) -> Request {
         requests
-            .create(Request {
-                created_ms,
-                ..request(1)
+            .create({
+                let mut r = request(1);
+                r.created_ms = created_ms;
+                r
             })
             .unwrap()
     }
@@ -512,10 +512,8 @@ mod tests {
             requests.retired.insert(next.as_bytes(), &[]).unwrap();
             assert_ne!(stored(&requests, 9).id, next);
             drop(requests);
-            let legacy = Request {
-                id: "legacy".into(),
-                ..request(1)
-            };
+            let mut legacy = request(1);
+            legacy.id = "legacy".into();
             db.open_tree("requests")
                 .unwrap()
                 .insert("legacy", serde_json::to_vec(&legacy).unwrap())

@@ -1,4 +1,6 @@
-//! Requests, their state machine, and their store in sled.
+//! The request: its state machine and what it records. Pure: every
+//! transition takes `now`; the store (`store::requests`) only persists
+//! what these methods produce.
 //!
 //! ```text
 //! preparing ──▶ pending ──approve×N──▶ approved ──▶ running ──▶ succeeded | failed
@@ -8,8 +10,10 @@
 //! ```
 //!
 //! [`Request`] owns the machine: each transition is a method that takes
-//! `now` and refuses from a wrong state, so no caller can skip a step. The
-//! store applies a transition in a sled transaction on the stored record
+//! `now` and refuses from a wrong state, so no caller can skip a step; a
+//! request is made only by [`Request::asked`] (a chat command, from
+//! `preparing`) or [`Request::question`] (a question an action asks,
+//! straight to `pending`). The store applies a transition in a sled transaction on the stored record
 //! ([`Requests::update`]), so two approvals racing each other cannot both
 //! move a request to `approved`, and only one caller ever moves `approved`
 //! to `running`. sled runs transactions one at a time, holding off every
@@ -21,7 +25,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::action::Prepared;
 use crate::alias::Params;
 
 /// Where a request is in its life.
@@ -263,7 +266,7 @@ pub struct Approval {
 /// One command on its way to execution: exactly what will run, who asked,
 /// and who approved. `..Request::default()` fills what a new request has
 /// not yet: approvals, decisions, results.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Request {
     /// Six readable characters.
     pub id: String,
@@ -358,7 +361,136 @@ pub struct PlanRun {
     pub digest: String,
 }
 
+/// What `prepare` fixed when the request was made: exactly what will run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// The parameters, as the prompt lists them and the run receives them.
+    pub params: Params,
+    /// What they resolved to, one line each, shown under the parameters
+    /// ("→ st2-flow at commit 5d1f0c… (main) from …").
+    pub shown: Vec<String>,
+    /// What the action itself needs at run time beyond the parameters (an
+    /// install's pinned commits); opaque to the engine.
+    pub plan: Value,
+}
+
+impl Prepared {
+    /// Parameters that need no resolving.
+    pub fn plain(params: Params) -> Self {
+        Prepared {
+            params,
+            shown: Vec::new(),
+            plan: Value::Null,
+        }
+    }
+}
+
+/// Who asked, where: what every request starts from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    /// A Matrix user ID.
+    pub requester: String,
+    /// The room ID.
+    pub room: String,
+    /// The event that asked.
+    pub event_id: String,
+    /// The thread it was asked in.
+    pub thread: Option<String>,
+    /// The requester's power level there, then.
+    pub power_level: Option<i64>,
+}
+
+/// What a chat command asks to run ([`Request::asked`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ask {
+    /// The command as matched.
+    pub command: String,
+    /// The alias (`pack.name`).
+    pub alias: Option<String>,
+    /// The action.
+    pub action: String,
+    /// The parameters as asked.
+    pub asked: Params,
+    /// What will run (the asked ones with the alias's fixed ones).
+    pub params: Params,
+    /// Parameters the command set as trailing `key=value` pairs.
+    pub set_in_chat: Vec<String>,
+    /// The rule that allowed it.
+    pub rule: String,
+}
+
 impl Request {
+    /// A chat command's request, in `preparing`: its action resolves
+    /// what will run next ([`Request::prepared`]). The store gives its id.
+    pub fn asked(
+        origin: Origin,
+        ask: Ask,
+        confirmation: Option<Confirmation>,
+        break_glass: Option<BreakGlass>,
+        now: u64,
+    ) -> Request {
+        Request::new(
+            State::Preparing,
+            origin,
+            ask,
+            confirmation,
+            break_glass,
+            now,
+        )
+    }
+
+    /// A question an action asks in chat (a StackStorm inquiry): nothing
+    /// to prepare, so straight to `pending`, under `confirmation`.
+    pub fn question(origin: Origin, ask: Ask, confirmation: Confirmation, now: u64) -> Request {
+        Request::new(State::Pending, origin, ask, Some(confirmation), None, now)
+    }
+
+    fn new(
+        state: State,
+        origin: Origin,
+        ask: Ask,
+        confirmation: Option<Confirmation>,
+        break_glass: Option<BreakGlass>,
+        now: u64,
+    ) -> Request {
+        Request {
+            id: String::new(),
+            state,
+            requester: origin.requester,
+            room: origin.room,
+            event_id: origin.event_id,
+            thread: origin.thread,
+            power_level: origin.power_level,
+            command: ask.command,
+            alias: ask.alias,
+            action: ask.action,
+            params: ask.params,
+            asked: ask.asked,
+            set_in_chat: ask.set_in_chat,
+            rule: ask.rule,
+            shown: Vec::new(),
+            plan: Value::Null,
+            created_ms: now,
+            confirmation,
+            break_glass,
+            basis: None,
+            approvals: Vec::new(),
+            prompt_event: None,
+            decided_by: None,
+            result: None,
+            summary: None,
+            started_ms: None,
+            finished_ms: None,
+            repeats: None,
+            plan_run: None,
+        }
+    }
+
+    /// Mark it as asking again for what another request ran (`!redeploy`).
+    pub fn repeating(mut self, note: Option<String>) -> Request {
+        self.repeats = note;
+        self
+    }
     fn expect(&self, from: &[State]) -> Result<(), Refusal> {
         if from.contains(&self.state) {
             Ok(())
@@ -588,27 +720,24 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn request(approvals: u32) -> Request {
-        Request {
-            id: "abc234".into(),
-            state: State::Preparing,
-            requester: "@alice:example.org".into(),
-            room: "!ops".into(),
-            event_id: "$cmd".into(),
-            thread: None,
-            command: "flow deploy main".into(),
-            alias: Some("st2-flow.flow_deploy".into()),
-            action: "packs.install".into(),
-            params: Params::new(),
-            shown: Vec::new(),
-            plan: Value::Null,
-            set_in_chat: Vec::new(),
-            rule: "r".into(),
-            power_level: None,
-            break_glass: None,
-            basis: None,
-            asked: Params::new(),
-            created_ms: 1_000,
-            confirmation: (approvals > 0).then(|| Confirmation {
+        let mut r = Request::asked(
+            Origin {
+                requester: "@alice:example.org".into(),
+                room: "!ops".into(),
+                event_id: "$cmd".into(),
+                thread: None,
+                power_level: None,
+            },
+            Ask {
+                command: "flow deploy main".into(),
+                alias: Some("st2-flow.flow_deploy".into()),
+                action: "packs.install".into(),
+                asked: Params::new(),
+                params: Params::new(),
+                set_in_chat: Vec::new(),
+                rule: "r".into(),
+            },
+            (approvals > 0).then(|| Confirmation {
                 approvers: Vec::new(),
                 approvers_text: "anyone".into(),
                 approvals,
@@ -617,8 +746,11 @@ pub(crate) mod tests {
                 quorum: Vec::new(),
                 verified_devices: false,
             }),
-            ..Request::default()
-        }
+            None,
+            1_000,
+        );
+        r.id = "abc234".into();
+        r
     }
 
     #[test]

@@ -71,7 +71,7 @@ fn run(label: &str, runs: usize, notify_port: Option<u16>) {
         notify,
         ..Config::default()
     };
-    let now = airlock::clock::now_ms();
+    let now = airlock::wall::now_ms();
     let engine = config.open(now).unwrap().engine;
     let mut times = Vec::new();
     for i in 0..runs {

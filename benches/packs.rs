@@ -11,7 +11,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use airlock::clock;
 use airlock::config::Config;
 use airlock::engine::{Effect, Engine, Incoming};
 
@@ -136,7 +135,7 @@ impl Bot {
             ..Config::default()
         };
         Bot {
-            engine: config.open(clock::now_ms()).unwrap().engine,
+            engine: config.open(airlock::wall::now_ms()).unwrap().engine,
             n: 0,
         }
     }
@@ -149,15 +148,15 @@ impl Bot {
             "!b:example.org",
             &format!("$b{}", self.n),
             &format!("!deploy {url} now"),
-            clock::now_ms(),
+            airlock::wall::now_ms(),
         );
         let t = Instant::now();
-        let mut fx = self.engine.handle(&m, clock::now_ms());
+        let mut fx = self.engine.handle(&m, airlock::wall::now_ms());
         let mut succeeded = false;
         while let Some(e) = fx.pop() {
             match e {
-                Effect::Prepare(id) => fx.extend(self.engine.prepare(&id, clock::now_ms)),
-                Effect::Execute(id) => fx.extend(self.engine.execute(&id, clock::now_ms)),
+                Effect::Prepare(id) => fx.extend(self.engine.prepare(&id, airlock::wall::now_ms)),
+                Effect::Execute(id) => fx.extend(self.engine.execute(&id, airlock::wall::now_ms)),
                 Effect::React { key: "✅", .. } => succeeded = true,
                 _ => {}
             }

@@ -90,7 +90,7 @@ fn main() {
         data_dir: dir.join("data"),
         ..Config::default()
     };
-    let now = airlock::clock::now_ms();
+    let now = airlock::wall::now_ms();
     let engine = config.open(now).unwrap().engine;
     let mut full = Vec::new();
     let (mut handling, mut executing) = (Vec::new(), Vec::new());

@@ -451,13 +451,19 @@ impl Config {
         let db_path = self.store_path();
         let db = open_store(&db_path)
             .map_err(|e| StartError::Database(db_path.clone(), e.to_string()))?;
-        self.open_with(db, now)
+        self.open_with(db, Arc::new(crate::wall::now_ms), now)
     }
 
-    /// [`Config::open`] over a database already open: the bot's on disk,
-    /// or one in memory ([`crate::kv::Db::memory`], as the engine's tests
-    /// run). Sealed audit segments still go to `data_dir/audit`.
-    pub fn open_with(&self, db: crate::kv::Db, now: u64) -> Result<Opened, StartError> {
+    /// [`Config::open`] over a database already open (the bot's on disk,
+    /// or one in memory, [`crate::kv::Db::memory`], as the engine's tests
+    /// run) and a clock (the wall clock, or a test's). Sealed audit
+    /// segments still go to `data_dir/audit`.
+    pub fn open_with(
+        &self,
+        db: crate::kv::Db,
+        clock: crate::engine::Clock,
+        now: u64,
+    ) -> Result<Opened, StartError> {
         std::fs::create_dir_all(&self.data_dir)
             .map_err(|e| StartError::Database(self.data_dir.clone(), e.to_string()))?;
         let db_path = self.store_path();
@@ -504,7 +510,7 @@ impl Config {
             )),
             None => None,
         };
-        let engine = Engine::builder(self.settings(), audit, requests)
+        let engine = Engine::builder(self.settings(), audit, requests, clock)
             .notifier(notifier)
             .actions(Actions::standard(packs.clone()))
             .catalog(catalog)

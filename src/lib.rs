@@ -36,6 +36,7 @@ pub mod config;
 pub mod crash;
 pub mod engine;
 pub mod metrics;
+pub mod wall;
 
 pub use crate::core::{alias, clock, diag, ids, policy, render, request};
 pub use store::{audit, free_bytes, kv, locks, merkle, requests, segment};

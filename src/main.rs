@@ -282,7 +282,7 @@ fn main() -> ExitCode {
             None => since
                 .as_deref()
                 .map(|s| {
-                    clock::parse_since(s, clock::now_ms()).ok_or_else(|| {
+                    clock::parse_since(s, airlock::wall::now_ms()).ok_or_else(|| {
                         fail("--since: expected RFC 3339 (2026-11-24T18:00:00Z) or a span such as 2h")
                     })
                 })
@@ -370,7 +370,7 @@ fn check_ids(user: &str, room: &str) -> Result<(), ExitCode> {
 }
 
 fn open_engine(cfg: &Config) -> Result<Arc<Engine>, ExitCode> {
-    cfg.open(clock::now_ms())
+    cfg.open(airlock::wall::now_ms())
         .map(|o| Arc::new(o.engine))
         .map_err(fail)
 }

@@ -193,7 +193,7 @@ pub(crate) fn cmd_explain(
     command: &str,
 ) -> Outcome {
     check_ids(user, room)?;
-    let now = clock::now_ms();
+    let now = airlock::wall::now_ms();
     let at = match at {
         None => now,
         Some(s) => clock::parse_since(s, now).ok_or_else(|| {

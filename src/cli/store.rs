@@ -48,7 +48,7 @@ pub(crate) fn cmd_pending(arg: ConfigArg) -> Outcome {
     if open.is_empty() {
         println!("No open requests.");
     }
-    let now = clock::now_ms();
+    let now = airlock::wall::now_ms();
     for r in open {
         println!("{}", engine::pending_line(&r, now));
     }

@@ -1,15 +1,7 @@
 //! Wall-clock time as the rest of the crate stores it: milliseconds since
 //! the Unix epoch, shown as RFC 3339.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// The wall clock, for transports and the CLI (the engine takes time as input).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use std::time::Duration;
 
 /// `2026-11-24T18:31:09Z` (UTC, seconds).
 pub fn format_ms(ms: u64) -> String {

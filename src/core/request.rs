@@ -14,7 +14,7 @@
 //! request is made only by [`Request::asked`] (a chat command, from
 //! `preparing`) or [`Request::question`] (a question an action asks,
 //! straight to `pending`). The store applies a transition in a sled transaction on the stored record
-//! ([`Requests::update`]), so two approvals racing each other cannot both
+//! ([`crate::requests::Requests::update`]), so two approvals racing each other cannot both
 //! move a request to `approved`, and only one caller ever moves `approved`
 //! to `running`. sled runs transactions one at a time, holding off every
 //! other write meanwhile: a transition must stay a pure function of the

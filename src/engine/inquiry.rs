@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -34,16 +34,15 @@ pub(super) struct Inquirer {
     pub outbox: Arc<Mutex<Vec<Effect>>>,
     pub prefix: String,
     pub parent: Request,
-    /// The engine's time when the run started, and the instant it was read:
-    /// the inquirer's clock is that time plus what has passed since.
-    pub started: (u64, Instant),
+    /// The engine's clock.
+    pub clock: super::Clock,
     /// Set when airlock stops: the wait ends, the question stays open.
     pub stopping: Arc<AtomicBool>,
 }
 
 impl Inquirer {
     fn now(&self) -> u64 {
-        self.started.0 + self.started.1.elapsed().as_millis() as u64
+        (self.clock)()
     }
 
     fn record(&self, entry: crate::audit::Entry) {
@@ -160,7 +159,8 @@ impl Inquirer {
     }
 
     /// Wait for request `id`'s answer: woken by each write of it (an
-    /// answer, an expiry), and once a second to notice a shutdown.
+    /// answer, an expiry, the touch `begin_shutdown` gives it), never by
+    /// a timer but the question's own deadline.
     fn answer_to(&self, id: &str) -> Option<bool> {
         // Watched before it is read: a write between the two still wakes.
         let mut watch = self.requests.watch(id);
@@ -170,7 +170,7 @@ impl Inquirer {
                 return None;
             }
             if !first {
-                watch.wait(Duration::from_secs(1));
+                watch.wait(ANSWER_WITHIN);
             }
             first = false;
             let state = match self.requests.get(id) {

@@ -60,6 +60,11 @@ pub use prompt::params_text;
 pub use protocol::*;
 pub use request::{Evaluation, evaluate, execution_params};
 
+/// Time as the engine reads it where no entry point hands it in (a
+/// question a running action asks): ms since the epoch. The bot passes
+/// [`crate::wall::now_ms`]; tests, their own clock.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -170,6 +175,7 @@ pub struct EngineBuilder {
     settings: Settings,
     audit: AuditLog,
     requests: Requests,
+    clock: Clock,
     actions: Actions,
     executor: Arc<dyn Executor>,
     catalog: Arc<dyn Catalog>,
@@ -222,6 +228,7 @@ impl EngineBuilder {
             settings: self.settings,
             audit: self.audit,
             requests: self.requests,
+            clock: self.clock,
             builtin: self.actions.clone(),
             actions: RwLock::new(Arc::new(self.actions)),
             executor: self.executor,
@@ -261,6 +268,7 @@ pub struct Engine {
     settings: Settings,
     audit: AuditLog,
     requests: Requests,
+    clock: Clock,
     /// The built-in actions, and those with the packs' actions added.
     builtin: Actions,
     actions: RwLock<Arc<Actions>>,
@@ -294,10 +302,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine over these stores; see [`EngineBuilder`].
-    pub fn builder(settings: Settings, audit: AuditLog, requests: Requests) -> EngineBuilder {
+    /// An engine over these stores and this clock; see [`EngineBuilder`].
+    pub fn builder(
+        settings: Settings,
+        audit: AuditLog,
+        requests: Requests,
+        clock: Clock,
+    ) -> EngineBuilder {
         EngineBuilder {
             settings,
+            clock,
             audit,
             requests,
             actions: Actions::default(),

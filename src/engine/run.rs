@@ -205,7 +205,7 @@ impl Engine {
                     outbox: self.outbox.clone(),
                     prefix: self.settings.prefix.clone(),
                     parent: req.clone(),
-                    started: (started, std::time::Instant::now()),
+                    clock: self.clock.clone(),
                     stopping: self.cancel.clone(),
                 };
                 Arc::new(move |q: &str| inquirer.ask(q))
@@ -497,6 +497,13 @@ impl Engine {
     pub fn begin_shutdown(&self) {
         self.cancel.store(true, Ordering::Relaxed);
         self.executor.shutdown();
+        // A question an action waits on ends its wait now: its request is
+        // written (unchanged), which wakes the waiter to see the shutdown.
+        for r in self.requests.open_requests().unwrap_or_default() {
+            if super::inquiry::is_inquiry(&r) {
+                let _ = self.requests.touch(&r.id);
+            }
+        }
     }
 
     /// Requests still running when the process must exit: marked

@@ -20,8 +20,8 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::clock::now_ms;
 use crate::engine::{Effect, Engine, Incoming, Kind};
+use crate::wall::now_ms;
 
 struct Shared {
     out: Mutex<Printer>,
@@ -121,7 +121,7 @@ impl Console {
         }
         self.wait();
         // Nothing runs any more; what the runs left unflushed is stored.
-        self.engine.interrupt_running(crate::clock::now_ms());
+        self.engine.interrupt_running(crate::wall::now_ms());
     }
 
     fn wait(&self) {

@@ -213,7 +213,7 @@ fn audit_jsonl(
         return r;
     }
     let (query, after, follow) =
-        match export_query(req.uri().query().unwrap_or(""), crate::clock::now_ms()) {
+        match export_query(req.uri().query().unwrap_or(""), crate::wall::now_ms()) {
             Ok(q) => q,
             Err(e) => return bad_request(e),
         };
@@ -294,7 +294,7 @@ fn route(
     }
     match path {
         "/healthz" => {
-            let (ok, body) = health(engine, liveness, crate::clock::now_ms());
+            let (ok, body) = health(engine, liveness, crate::wall::now_ms());
             let status = if ok {
                 StatusCode::OK
             } else {

@@ -86,7 +86,7 @@ pub fn unique() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
         "{}x{}x{}",
-        airlock::clock::now_ms() % 100_000_000,
+        airlock::wall::now_ms() % 100_000_000,
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )

@@ -162,7 +162,7 @@ pub struct Bot {
     pub packs: Arc<PackManager>,
     pub dir: PathBuf,
     next: AtomicU64,
-    clock: AtomicU64,
+    clock: Arc<AtomicU64>,
     pub reactions: Mutex<Vec<(String, &'static str)>>,
 }
 
@@ -207,44 +207,37 @@ impl Bot {
     /// The engine over in-memory stores (sled is not touched; a restart
     /// on the same configuration keeps what was stored).
     pub fn open(config: Config) -> Self {
-        let now = airlock::clock::now_ms();
         let db = memory_db(&config.data_dir);
-        match config.open_with(db, now) {
-            Ok(opened) => Bot::over(&config, opened, now),
-            Err(e) => panic!("engine: {e}"),
-        }
+        Bot::over(&config, db)
     }
 
     /// The engine over the database on disk, as the bot runs: for what
     /// reads it afterwards (the CLI, a test editing the store, a crash).
     pub fn on_disk(config: Config) -> Self {
-        let now = airlock::clock::now_ms();
-        // A restart in the same process: the last engine's threads (a run
-        // noticing the shutdown) may hold the database a moment longer.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let opened = loop {
-            match config.open(now) {
-                Ok(o) => break o,
-                Err(e)
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("engine: {e}"),
-            }
-        };
-        Bot::over(&config, opened, now)
+        std::fs::create_dir_all(&config.data_dir).unwrap();
+        let db = open_db(&config.store_path());
+        Bot::over(&config, db)
     }
 
-    fn over(config: &Config, opened: airlock::config::Opened, now: u64) -> Self {
-        let dir = config.data_dir.parent().unwrap().to_path_buf();
+    /// The engine on `db`, its clock the bot's (starting at the wall
+    /// clock's time; tests move it).
+    fn over(config: &Config, db: airlock::kv::Db) -> Self {
+        let now = airlock::wall::now_ms();
+        let clock = Arc::new(AtomicU64::new(now));
+        let engine_clock = {
+            let clock = clock.clone();
+            Arc::new(move || clock.load(Ordering::Relaxed))
+        };
+        let opened = match config.open_with(db, engine_clock, now) {
+            Ok(o) => o,
+            Err(e) => panic!("engine: {e}"),
+        };
         Bot {
             engine: Arc::new(opened.engine),
             packs: opened.packs,
-            dir,
+            dir: config.data_dir.parent().unwrap().to_path_buf(),
             next: AtomicU64::new(1),
-            clock: AtomicU64::new(now),
+            clock,
             reactions: Mutex::new(Vec::new()),
         }
     }
@@ -417,8 +410,8 @@ pub fn write_config(dir: &Path, repo: &PackRepo) -> PathBuf {
 pub fn open_db(path: &Path) -> airlock::kv::Db {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match sled::open(path) {
-            Ok(db) => return airlock::kv::Db::Sled(db),
+        match airlock::config::open_store(path) {
+            Ok(db) => return db,
             Err(e)
                 if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>

@@ -32,7 +32,6 @@ use git2::{Oid, Repository};
 
 use crate::action::RunContext;
 use crate::alias::Params;
-use crate::clock;
 
 mod actions;
 mod change;
@@ -198,7 +197,7 @@ impl PackManager {
             reference: src.reference.clone(),
             url: src.url.clone(),
             version,
-            installed_ms: clock::now_ms(),
+            installed_ms: crate::wall::now_ms(),
             installed_by: ctx.requester.to_string(),
             request: ctx.request_id.to_string(),
             aliases,
@@ -376,7 +375,7 @@ impl PackManager {
         let from = rec.current.clone();
         rec.previous.remove(0);
         rec.current = Installed {
-            installed_ms: clock::now_ms(),
+            installed_ms: crate::wall::now_ms(),
             installed_by: ctx.requester.to_string(),
             request: ctx.request_id.to_string(),
             ..target

@@ -130,6 +130,14 @@ impl Requests {
         self.requests.watch_prefix(id.as_bytes())
     }
 
+    /// Write request `id` again, unchanged: wakes whoever [watches](Self::watch) it.
+    pub fn touch(&self, id: &str) -> Result<(), StoreError> {
+        if let Some(bytes) = self.requests.get(id.as_bytes())? {
+            self.requests.insert(id.as_bytes(), bytes)?;
+        }
+        Ok(())
+    }
+
     /// The locks runs hold and the requests waiting for them, kept
     /// beside the requests.
     pub fn locks(&self) -> &crate::locks::Locks {
@@ -160,7 +168,7 @@ impl Requests {
             store.retired.apply_batch(retired)?;
             store.retired.flush()?;
             let ids = Ids {
-                key: ids::new_key(crate::clock::now_ms()),
+                key: ids::new_key(crate::wall::now_ms()),
                 next: 0,
             };
             batch.insert(OPEN_INDEXED, &[]);

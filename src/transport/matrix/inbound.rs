@@ -342,11 +342,11 @@ impl Bot {
         // Latency breakdown for the log: homeserver to us, engine, sending.
         let (event, seen_ms, m_ts) = (
             m.event_id.clone(),
-            crate::clock::now_ms().saturating_sub(m.ts_ms),
+            crate::wall::now_ms().saturating_sub(m.ts_ms),
             m.ts_ms,
         );
         let t = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || engine.handle(&m, crate::clock::now_ms())).await {
+        match tokio::task::spawn_blocking(move || engine.handle(&m, crate::wall::now_ms())).await {
             Ok(fx) => {
                 let handled = t.elapsed();
                 let answers = fx.iter().any(|e| matches!(e, Effect::Send(_)));
@@ -354,7 +354,7 @@ impl Bot {
                 if answers {
                     self.engine
                         .metrics()
-                        .replied(crate::clock::now_ms().saturating_sub(m_ts));
+                        .replied(crate::wall::now_ms().saturating_sub(m_ts));
                 }
                 tracing::debug!(
                     "{event}: seen {seen_ms} ms after it was sent, engine {handled:?}, answered after {:?}",

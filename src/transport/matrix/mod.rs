@@ -99,7 +99,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     let opened = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || config.open(crate::clock::now_ms()))
+        tokio::task::spawn_blocking(move || config.open(crate::wall::now_ms()))
             .await
             .map_err(|e| Error::Config(e.to_string()))??
     };
@@ -188,7 +188,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .flatten();
     if token.is_none() {
         sync_with_retry(&client, sync.clone()).await;
-        bot.liveness.synced(crate::clock::now_ms());
+        bot.liveness.synced(crate::wall::now_ms());
     }
     bot.register_handlers();
     for room in client.invited_rooms() {
@@ -209,7 +209,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         let engine = bot.engine.clone();
         std::thread::spawn(move || {
             crate::action::st2::listen_announcements(&st2, |event| {
-                tx.send(engine.announce(&as_user, &event, crate::clock::now_ms()))
+                tx.send(engine.announce(&as_user, &event, crate::wall::now_ms()))
                     .is_ok()
             })
         });
@@ -248,7 +248,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 }
                 let engine = bot.engine.clone();
                 if let Ok(fx) =
-                    tokio::task::spawn_blocking(move || engine.tick(crate::clock::now_ms())).await
+                    tokio::task::spawn_blocking(move || engine.tick(crate::wall::now_ms())).await
                 {
                     bot.clone().apply(fx).await;
                 }
@@ -267,7 +267,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             r = client.sync_once(sync.clone()) => match r {
                 Ok(response) => {
                     backoff = Duration::from_millis(500);
-                    let now = crate::clock::now_ms();
+                    let now = crate::wall::now_ms();
                     bot.liveness.synced(now);
                     bot.engine.metrics().sync(true, newest_event_age(&response, now));
                 }
@@ -290,7 +290,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     bot.shutdown().await;
     // The head as it stands at the end, so the homeserver holds it.
-    let last = bot.engine.checkpoint(crate::clock::now_ms(), true);
+    let last = bot.engine.checkpoint(crate::wall::now_ms(), true);
     bot.clone().apply(last).await;
     bot.reactions.close();
     let _ = tokio::time::timeout(Duration::from_secs(10), lane).await;
@@ -326,7 +326,7 @@ impl Bot {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, finished.recv()).await;
         let engine = self.engine.clone();
         let _ =
-            tokio::task::spawn_blocking(move || engine.interrupt_running(crate::clock::now_ms()))
+            tokio::task::spawn_blocking(move || engine.interrupt_running(crate::wall::now_ms()))
                 .await;
     }
 }

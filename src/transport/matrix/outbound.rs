@@ -320,13 +320,13 @@ impl Bot {
                     }
                     Effect::Prepare(id) => self
                         .clone()
-                        .background(move |e| e.prepare(&id, crate::clock::now_ms)),
+                        .background(move |e| e.prepare(&id, crate::wall::now_ms)),
                     Effect::Execute(id) => self
                         .clone()
-                        .background(move |e| e.execute(&id, crate::clock::now_ms)),
+                        .background(move |e| e.execute(&id, crate::wall::now_ms)),
                     Effect::Resume(id) => self
                         .clone()
-                        .background(move |e| e.resume(&id, crate::clock::now_ms)),
+                        .background(move |e| e.resume(&id, crate::wall::now_ms)),
                 }
             }
         })

@@ -105,7 +105,7 @@ impl Bot {
 
     pub(super) async fn reload(self: &Arc<Self>) {
         let engine = self.engine.clone();
-        let r = tokio::task::spawn_blocking(move || engine.reload(crate::clock::now_ms())).await;
+        let r = tokio::task::spawn_blocking(move || engine.reload(crate::wall::now_ms())).await;
         match r {
             Ok(Ok(fx)) => {
                 tracing::info!("aliases and policy reloaded");

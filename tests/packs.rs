@@ -679,3 +679,36 @@ rules:
     let r = bodies(&bot.reply(BOB, OPS, &again.event_id, "yes"));
     assert!(r.contains("hello v2"), "{r}");
 }
+
+/// A contributor calling an action's `prepare` can tell a bad command
+/// from a missing pack from a remote that did not answer, and each still
+/// reads as the reason the requester is given.
+#[test]
+fn prepare_errors_say_what_kind_of_fix_they_want() {
+    use airlock::action::{Actions, PrepareError};
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = shipped(tmp.path());
+    let actions = Actions::standard(bot.packs.clone());
+    let params = |v: serde_json::Value| v.as_object().unwrap().clone();
+    let rollback = actions.get("packs.rollback").unwrap();
+    assert_eq!(
+        rollback.prepare(params(serde_json::json!({"pack": "../etc"}))),
+        Err(PrepareError::Invalid(
+            "\"../etc\" is not a valid pack name".into()
+        ))
+    );
+    assert_eq!(
+        rollback.prepare(params(serde_json::json!({"pack": "st2-flow"}))),
+        Err(PrepareError::NotFound(
+            "pack st2-flow is not installed".into()
+        ))
+    );
+    let install = actions.get("packs.install").unwrap();
+    // Nothing listens on port 9 of loopback.
+    let err = install
+        .prepare(params(
+            serde_json::json!({"packs": ["http://127.0.0.1:9/nothing.git"]}),
+        ))
+        .unwrap_err();
+    assert!(matches!(err, PrepareError::Unavailable(_)), "{err:?}");
+}

@@ -55,6 +55,18 @@ pub struct Progress {
     pub lines: Vec<String>,
 }
 
+/// Why an executor did not take a job.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// The request is running here already: it runs once.
+    #[error("request {0} is already running")]
+    AlreadyRunning(String),
+    /// Where it would run cannot take it now (a remote executor down).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// Runs approved requests' actions.
 pub trait Executor: Send + Sync {
     /// A name for the audit log (`embedded`, `st2`, `temporal`).
@@ -62,7 +74,7 @@ pub trait Executor: Send + Sync {
 
     /// Hand `job` over; it runs once (a second submit of the same request
     /// is refused).
-    fn submit(&self, job: Job) -> Result<(), String>;
+    fn submit(&self, job: Job) -> Result<(), SubmitError>;
 
     /// Wait for the job submitted as `request_id` to end (blocking).
     fn follow(&self, request_id: &str) -> Followed;
@@ -109,10 +121,10 @@ impl Executor for Embedded {
         "embedded"
     }
 
-    fn submit(&self, job: Job) -> Result<(), String> {
+    fn submit(&self, job: Job) -> Result<(), SubmitError> {
         let mut running = self.lock();
         if running.contains_key(&job.request_id) {
-            return Err(format!("request {} is already running", job.request_id));
+            return Err(SubmitError::AlreadyRunning(job.request_id));
         }
         running.insert(
             job.request_id.clone(),

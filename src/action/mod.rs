@@ -535,6 +535,26 @@ impl OutputTail {
     }
 }
 
+/// Why an action cannot prepare a request. Each reads as the reason the
+/// requester is given ("pack foo is not installed"); the kind says what
+/// kind of fix it wants, for a caller that matches on it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrepareError {
+    /// A parameter's value is not one the action accepts: the requester
+    /// fixes the command.
+    #[error("{0}")]
+    Invalid(String),
+    /// What the parameters name (a pack, a version, an action on the
+    /// remote) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// What it must reach to resolve them (a git remote, StackStorm's API,
+    /// the pack on disk) failed: trying again later may work.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// What an alias's `action_ref` runs: a schema, a preparation when the request is made, and the run once it is approved.
 pub trait Action: Send + Sync {
     /// Its schema.
@@ -542,7 +562,7 @@ pub trait Action: Send + Sync {
 
     /// Complete validated parameters when the request is made. What this
     /// returns is shown in the confirmation prompt and is exactly what runs.
-    fn prepare(&self, params: Params) -> Result<Prepared, String> {
+    fn prepare(&self, params: Params) -> Result<Prepared, PrepareError> {
         Ok(Prepared::plain(params))
     }
 

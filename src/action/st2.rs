@@ -26,7 +26,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Action, ActionSpec, Handover, Outcome, Prepared, Remote, RunContext, Status, hand_over,
+    Action, ActionSpec, Handover, Outcome, PrepareError, Prepared, Remote, RunContext, Status,
+    hand_over,
 };
 use crate::alias::Params;
 use crate::policy::Glob;
@@ -188,16 +189,20 @@ impl Action for St2Action {
     /// st2's metadata for the action and its runner: unknown parameters
     /// and missing required ones are refused now, before anyone is asked
     /// to approve.
-    fn prepare(&self, params: Params) -> Result<Prepared, String> {
+    fn prepare(&self, params: Params) -> Result<Prepared, PrepareError> {
         let reference = &self.spec.reference;
         let action = self
             .get(&format!("/api/v1/actions/{reference}"))
-            .map_err(|e| format!("{e} (looking up action {reference})"))?;
+            .map_err(|e| {
+                PrepareError::Unavailable(format!("{e} (looking up action {reference})"))
+            })?;
         let runner = action["runner_type"]
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let runners = self.get(&format!("/api/v1/runnertypes/?name={runner}"))?;
+        let runners = self
+            .get(&format!("/api/v1/runnertypes/?name={runner}"))
+            .map_err(PrepareError::Unavailable)?;
         let mut schema = action["parameters"]
             .as_object()
             .cloned()
@@ -218,25 +223,27 @@ impl Action for St2Action {
         if !unknown.is_empty() {
             let mut known: Vec<&str> = schema.keys().map(String::as_str).collect();
             known.sort();
-            return Err(format!(
+            return Err(PrepareError::Invalid(format!(
                 "StackStorm's {reference} takes no parameter {} (it takes: {})",
                 unknown.join(", "),
                 known.join(", ")
-            ));
+            )));
         }
         for (k, p) in &schema {
             if p["required"] == true && p.get("default").is_none() && !params.contains_key(k) {
-                return Err(format!("StackStorm's {reference} needs parameter {k}"));
+                return Err(PrepareError::Invalid(format!(
+                    "StackStorm's {reference} needs parameter {k}"
+                )));
             }
             if p["immutable"] == true && params.contains_key(k) {
-                return Err(format!(
+                return Err(PrepareError::Invalid(format!(
                     "parameter {k} of {reference} is immutable: it cannot be given"
-                ));
+                )));
             }
             if p["secret"] == true && params.contains_key(k) {
-                return Err(format!(
+                return Err(PrepareError::Invalid(format!(
                     "parameter {k} of {reference} is secret: it cannot be given in chat"
-                ));
+                )));
             }
         }
         Ok(Prepared {

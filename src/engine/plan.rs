@@ -132,7 +132,7 @@ impl Engine {
         let id = job.request_id.clone();
         if let Err(e) = self.executor.submit(job) {
             let failed = Followed {
-                outcome: crate::action::Outcome::failed(e),
+                outcome: crate::action::Outcome::failed(e.to_string()),
                 cancelled_by: None,
             };
             return (failed, false);

@@ -121,7 +121,7 @@ impl Engine {
                     .action(&req.action)
                     .ok_or_else(|| format!("action {} is gone", req.action))?;
                 let prepared = validated(Some(action.spec()), req.asked.clone())
-                    .and_then(|params| action.prepare(params))
+                    .and_then(|params| action.prepare(params).map_err(|e| e.to_string()))
                     .map_err(|e| format!("it cannot be prepared again: {e}"))?;
                 Ok((c, Some(prepared)))
             });

@@ -258,7 +258,7 @@ impl Engine {
             out.effects.push(Effect::Prepare(req.id.clone()));
         } else {
             let prepared = action.prepare(req.params.clone());
-            self.prepared(out, req, prepared);
+            self.prepared(out, req, prepared.map_err(|e| e.to_string()));
         }
     }
 
@@ -271,7 +271,9 @@ impl Engine {
             _ => return Vec::new(),
         };
         let prepared = match self.action(&req.action) {
-            Some(action) => action.prepare(req.params.clone()),
+            Some(action) => action
+                .prepare(req.params.clone())
+                .map_err(|e| e.to_string()),
             None => Err(format!("action {} is not available in airlock", req.action)),
         };
         // The rule's plan, against exactly what will run.

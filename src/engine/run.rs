@@ -86,7 +86,7 @@ impl Engine {
         let followed = match self.executor.submit(job) {
             Ok(()) => self.executor.follow(&req.id),
             Err(e) => Followed {
-                outcome: Outcome::failed(e),
+                outcome: Outcome::failed(e.to_string()),
                 cancelled_by: None,
             },
         };
@@ -162,7 +162,7 @@ impl Engine {
         let followed = match self.executor.submit(job) {
             Ok(()) => self.executor.follow(&req.id),
             Err(e) => Followed {
-                outcome: Outcome::failed(e),
+                outcome: Outcome::failed(e.to_string()),
                 cancelled_by: None,
             },
         };

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::PackManager;
 use super::git::Fetched;
 use super::records::PackRecord;
 use super::source::{Source, valid_pack_name};
+use super::{PackError, PackManager};
 use crate::action::{
-    Action, ActionSpec, Deployed, Outcome, ParamSpec, Prepared, RunContext, Status,
+    Action, ActionSpec, Deployed, Outcome, ParamSpec, PrepareError, Prepared, RunContext, Status,
 };
 use crate::alias::Params;
 use crate::alias::cast::ParamType;
@@ -145,25 +145,27 @@ impl Action for Install {
 
     /// Pin every ref to a commit: the prompt shows the commits, and they,
     /// not the branches, are what the run installs.
-    fn prepare(&self, params: Params) -> Result<Prepared, String> {
+    fn prepare(&self, params: Params) -> Result<Prepared, PrepareError> {
         let register = params
             .get("register")
             .and_then(Value::as_str)
             .unwrap_or("all");
         for kind in register.split(',').map(str::trim) {
             if !REGISTER_KINDS.contains(&kind) {
-                return Err(format!(
+                return Err(PrepareError::Invalid(format!(
                     "register: unknown kind \"{kind}\" (one of {})",
                     REGISTER_KINDS.join(", ")
-                ));
+                )));
             }
         }
         if let Some(t) = params.get("timeout").and_then(Value::as_i64)
             && t <= 0
         {
-            return Err("timeout must be a positive number of seconds".into());
+            return Err(PrepareError::Invalid(
+                "timeout must be a positive number of seconds".into(),
+            ));
         }
-        let sources = self.mgr.resolve(&params).map_err(|e| e.to_string())?;
+        let sources = self.mgr.resolve(&params)?;
         let mut shown = Vec::new();
         let mut changes = Vec::new();
         for src in &sources {
@@ -365,7 +367,7 @@ impl Action for Uninstall {
         self.mgr.forget_switches(Some(request));
     }
 
-    fn prepare(&self, params: Params) -> Result<Prepared, String> {
+    fn prepare(&self, params: Params) -> Result<Prepared, PrepareError> {
         for p in params
             .get("packs")
             .and_then(Value::as_array)
@@ -374,10 +376,12 @@ impl Action for Uninstall {
         {
             let name = p.as_str().unwrap_or_default();
             if !valid_pack_name(name) {
-                return Err(format!("\"{name}\" is not a valid pack name"));
+                return Err(
+                    PackError::Invalid(format!("\"{name}\" is not a valid pack name")).into(),
+                );
             }
             if self.mgr.record(name).is_none() {
-                return Err(format!("pack {name} is not installed"));
+                return Err(PackError::NotInstalled(name.to_string()).into());
             }
         }
         Ok(Prepared::plain(params))
@@ -456,23 +460,23 @@ impl Action for Rollback {
 
     /// Pin the version to restore, so the prompt shows it and approval
     /// restores exactly that one, and what going back there changes.
-    fn prepare(&self, mut params: Params) -> Result<Prepared, String> {
+    fn prepare(&self, mut params: Params) -> Result<Prepared, PrepareError> {
         let name = params
             .get("pack")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
         if !valid_pack_name(&name) {
-            return Err(format!("\"{name}\" is not a valid pack name"));
+            return Err(PackError::Invalid(format!("\"{name}\" is not a valid pack name")).into());
         }
         let rec = self
             .mgr
             .record(&name)
-            .ok_or_else(|| format!("pack {name} is not installed"))?;
+            .ok_or_else(|| PackError::NotInstalled(name.clone()))?;
         let target = rec
             .previous
             .first()
-            .ok_or_else(|| format!("pack {name} has no earlier version to roll back to"))?;
+            .ok_or_else(|| PackError::NoEarlierVersion(name.clone()))?;
         params.insert("from_commit".into(), json!(rec.current.commit));
         params.insert("to_commit".into(), json!(target.commit));
         let back = Source {

@@ -94,6 +94,18 @@ pub enum PackError {
     NoEarlierVersion(String),
 }
 
+impl From<PackError> for crate::action::PrepareError {
+    fn from(e: PackError) -> Self {
+        use crate::action::PrepareError as P;
+        let text = e.to_string();
+        match e {
+            PackError::Invalid(_) | PackError::NotAPack(_) => P::Invalid(text),
+            PackError::NotInstalled(_) | PackError::NoEarlierVersion(_) => P::NotFound(text),
+            _ => P::Unavailable(text),
+        }
+    }
+}
+
 /// The packs directory and its records: installs, rollbacks and uninstalls, serialized per pack.
 pub struct PackManager {
     dir: PathBuf,

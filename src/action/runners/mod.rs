@@ -26,7 +26,7 @@ use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
 use super::metadata::{ActionMeta, Runner};
-use super::{Action, ActionSpec, Outcome, Prepared, RunContext, Status};
+use super::{Action, ActionSpec, Outcome, PrepareError, Prepared, RunContext, Status};
 use crate::alias::Params;
 use crate::alias::cast::ParamType;
 
@@ -373,18 +373,24 @@ impl Action for PackAction {
         Some(dir.file_name()?.to_string_lossy().into_owned())
     }
 
-    fn prepare(&self, params: Params) -> Result<Prepared, String> {
+    fn prepare(&self, params: Params) -> Result<Prepared, PrepareError> {
         // The version live now is the one that runs, even if the pack is
         // switched before the request is approved.
         let pack_dir = match &self.root {
-            Some(r) => Some(
-                r.canonicalize()
-                    .map_err(|e| format!("pack {} at {}: {e}", self.meta.pack, r.display()))?,
-            ),
+            Some(r) => Some(r.canonicalize().map_err(|e| {
+                PrepareError::Unavailable(format!(
+                    "pack {} at {}: {e}",
+                    self.meta.pack,
+                    r.display()
+                ))
+            })?),
             None => None,
         };
-        let rendered = self.render(&params, pack_dir.as_deref())?;
-        self.check(&rendered, pack_dir.as_deref())?;
+        let rendered = self
+            .render(&params, pack_dir.as_deref())
+            .map_err(PrepareError::Invalid)?;
+        self.check(&rendered, pack_dir.as_deref())
+            .map_err(PrepareError::Invalid)?;
         let secrets = self.secret_values(&rendered);
         let shown = match &pack_dir {
             Some(d) if d.parent().and_then(Path::file_name) == Some(self.meta.pack.as_ref()) => {

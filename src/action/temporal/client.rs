@@ -505,7 +505,7 @@ impl Action for TemporalAction {
         self.inner.spec()
     }
 
-    fn prepare(&self, params: Params) -> Result<Prepared, String> {
+    fn prepare(&self, params: Params) -> Result<Prepared, crate::action::PrepareError> {
         let mut p = self.inner.prepare(params)?;
         p.shown
             .push(format!("runs on Temporal, task queue {}", self.queue));

@@ -92,232 +92,324 @@ enum Frame {
 /// Read `text` (markers in place of values) as a POSIX shell does, far
 /// enough to know where each marker stands.
 fn lex(text: &str) -> Lexed {
-    let chars: Vec<(usize, char)> = text.char_indices().collect();
-    let at = |i: usize| chars.get(i).map(|c| c.1);
-    let mut out = Lexed::default();
-    let mut stack = vec![Frame::Command {
-        parens: 0,
-        in_case: false,
-    }];
-    // Here-documents whose body starts after the next unquoted newline.
-    let mut pending: Vec<(String, bool, bool)> = Vec::new();
-    let mut word_start = true;
-    let mut i = 0;
-    let marker_end = |from: usize| -> usize {
+    let mut l = Lexer {
+        text,
+        chars: text.char_indices().collect(),
+        out: Lexed::default(),
+        stack: vec![Frame::Command {
+            parens: 0,
+            in_case: false,
+        }],
+        pending: Vec::new(),
+        word_start: true,
+        i: 0,
+    };
+    while l.i < l.chars.len() {
+        l.step();
+    }
+    l.out
+}
+
+/// The lexer's state: where it is, the frames it is inside, and the
+/// here-documents whose bodies start after the next unquoted newline.
+struct Lexer<'a> {
+    text: &'a str,
+    chars: Vec<(usize, char)>,
+    out: Lexed,
+    stack: Vec<Frame>,
+    pending: Vec<(String, bool, bool)>,
+    /// The next character starts a word (where `#` starts a comment and
+    /// `case` a case statement).
+    word_start: bool,
+    i: usize,
+}
+
+/// Whether a step moved on by itself (`Moved`) or leaves the character
+/// to the common tail: word boundaries, `case`, one character on.
+enum Flow {
+    Moved,
+    Tail,
+}
+
+impl Lexer<'_> {
+    fn at(&self, i: usize) -> Option<char> {
+        self.chars.get(i).map(|c| c.1)
+    }
+
+    /// The index of the marker's close from `from` on.
+    fn marker_end(&self, from: usize) -> usize {
         let mut j = from;
-        while j < chars.len() && chars[j].1 != CLOSE {
+        while j < self.chars.len() && self.chars[j].1 != CLOSE {
             j += 1;
         }
-        j.min(chars.len().saturating_sub(1))
-    };
-    let byte = |i: usize| chars.get(i).map_or(text.len(), |c| c.0);
-    let push = |out: &mut Lexed, from: usize, to: usize, context: Context| {
-        out.found.push(Found {
-            start: byte(from),
-            end: byte(to + 1),
+        j.min(self.chars.len().saturating_sub(1))
+    }
+
+    fn byte(&self, i: usize) -> usize {
+        self.chars.get(i).map_or(self.text.len(), |c| c.0)
+    }
+
+    /// Record the marker from `from` to `to` (character indexes) in `context`.
+    fn push(&mut self, from: usize, to: usize, context: Context) {
+        let (start, end) = (self.byte(from), self.byte(to + 1));
+        self.out.found.push(Found {
+            start,
+            end,
             context,
             heredoc: None,
         });
-    };
-    while i < chars.len() {
-        let c = chars[i].1;
-        let frame = *stack.last().expect("the command frame stays");
-        if c == OPEN {
-            let j = marker_end(i);
-            let prev = if i > 0 { at(i - 1) } else { None };
-            let context = match frame {
-                _ if prev == Some('$') => Context::Unsupported("right after $"),
-                Frame::Command { in_case: true, .. } => {
-                    Context::Unsupported("in a case statement inside $( )")
-                }
-                Frame::Command { .. } => Context::Unquoted,
-                Frame::Double => Context::Double,
-                Frame::Backquote => Context::Unsupported("inside backquotes"),
-                Frame::Brace(_) => Context::Unsupported("inside ${ }"),
-                Frame::Arith(_) => Context::Unsupported("inside $(( ))"),
-            };
-            push(&mut out, i, j, context);
-            word_start = false;
-            i = j + 1;
-            continue;
-        }
-        // `$((`, `$(` and `${` open the same frames unquoted or in `"…"`.
-        if c == '$'
+    }
+
+    fn frame(&self) -> Frame {
+        *self.stack.last().expect("the command frame stays")
+    }
+
+    fn set_frame(&mut self, f: Frame) {
+        *self.stack.last_mut().expect("the command frame stays") = f;
+    }
+
+    fn step(&mut self) {
+        let c = self.chars[self.i].1;
+        let frame = self.frame();
+        let flow = if c == OPEN {
+            self.marker(frame)
+        } else if c == '$'
             && matches!(frame, Frame::Command { .. } | Frame::Double)
-            && let Some((opened, len)) = expansion(at(i + 1), at(i + 2))
+            && let Some((opened, len)) = expansion(self.at(self.i + 1), self.at(self.i + 2))
         {
-            word_start = matches!(opened, Frame::Command { .. });
-            stack.push(opened);
-            i += len;
-            continue;
-        }
-        // A backslash escapes the next character, unquoted or in `"…"`;
-        // a value right after one cannot be written as itself.
-        if c == '\\' && matches!(frame, Frame::Command { .. } | Frame::Double) {
-            if at(i + 1) == Some(OPEN) {
-                let j = marker_end(i + 1);
-                push(&mut out, i + 1, j, Context::Unsupported("right after \\"));
-                i = j + 1;
-            } else {
-                i += 2;
+            // `$((`, `$(` and `${` open the same frames unquoted or in `"…"`.
+            self.word_start = matches!(opened, Frame::Command { .. });
+            self.stack.push(opened);
+            self.i += len;
+            Flow::Moved
+        } else if c == '\\' && matches!(frame, Frame::Command { .. } | Frame::Double) {
+            self.escape()
+        } else {
+            match frame {
+                Frame::Command { parens, in_case } => self.command(c, parens, in_case),
+                other => self.nested(c, other),
             }
-            word_start = false;
-            continue;
+        };
+        if let Flow::Tail = flow {
+            self.tail(c);
         }
+    }
+
+    /// A value's marker: where it stands decides how it is written.
+    fn marker(&mut self, frame: Frame) -> Flow {
+        let i = self.i;
+        let j = self.marker_end(i);
+        let prev = if i > 0 { self.at(i - 1) } else { None };
+        let context = match frame {
+            _ if prev == Some('$') => Context::Unsupported("right after $"),
+            Frame::Command { in_case: true, .. } => {
+                Context::Unsupported("in a case statement inside $( )")
+            }
+            Frame::Command { .. } => Context::Unquoted,
+            Frame::Double => Context::Double,
+            Frame::Backquote => Context::Unsupported("inside backquotes"),
+            Frame::Brace(_) => Context::Unsupported("inside ${ }"),
+            Frame::Arith(_) => Context::Unsupported("inside $(( ))"),
+        };
+        self.push(i, j, context);
+        self.word_start = false;
+        self.i = j + 1;
+        Flow::Moved
+    }
+
+    /// A backslash escapes the next character, unquoted or in `"…"`; a
+    /// value right after one cannot be written as itself.
+    fn escape(&mut self) -> Flow {
+        let i = self.i;
+        if self.at(i + 1) == Some(OPEN) {
+            let j = self.marker_end(i + 1);
+            self.push(i + 1, j, Context::Unsupported("right after \\"));
+            self.i = j + 1;
+        } else {
+            self.i += 2;
+        }
+        self.word_start = false;
+        Flow::Moved
+    }
+
+    /// A character outside quotes (at the top, or inside `$( )`).
+    fn command(&mut self, c: char, parens: u32, in_case: bool) -> Flow {
+        let nested = self.stack.len() > 1;
+        match c {
+            '\'' => return self.single_quoted(),
+            '"' => self.stack.push(Frame::Double),
+            '`' => self.stack.push(Frame::Backquote),
+            '#' if self.word_start => return self.comment(),
+            '(' if nested => self.set_frame(Frame::Command {
+                parens: parens + 1,
+                in_case,
+            }),
+            ')' if nested && parens == 0 => {
+                self.stack.pop();
+                self.i += 1;
+                self.word_start = false;
+                return Flow::Moved;
+            }
+            ')' if nested => self.set_frame(Frame::Command {
+                parens: parens - 1,
+                in_case,
+            }),
+            '<' if self.at(self.i + 1) == Some('<') && self.at(self.i + 2) != Some('<') => {
+                return self.heredoc_start();
+            }
+            '\n' if !self.pending.is_empty() => {
+                self.i = heredoc_bodies(
+                    self.text,
+                    &self.chars,
+                    self.i + 1,
+                    &mut self.pending,
+                    &mut self.out,
+                );
+                self.word_start = true;
+                return Flow::Moved;
+            }
+            _ => {}
+        }
+        Flow::Tail
+    }
+
+    /// `'…'`: nothing inside is special; a value there is written quoted
+    /// (but not in `$'…'`, whose escapes it could not control).
+    fn single_quoted(&mut self) -> Flow {
+        let i = self.i;
+        let mut j = i + 1;
+        while j < self.chars.len() && self.chars[j].1 != '\'' {
+            if self.chars[j].1 == OPEN {
+                let k = self.marker_end(j);
+                let ctx = if i > 0 && self.at(i - 1) == Some('$') {
+                    Context::Unsupported("inside $' '")
+                } else {
+                    Context::Single
+                };
+                self.push(j, k, ctx);
+                j = k;
+            }
+            j += 1;
+        }
+        self.i = j + 1;
+        self.word_start = false;
+        Flow::Moved
+    }
+
+    /// `#` at a word's start: the rest of the line is a comment.
+    fn comment(&mut self) -> Flow {
+        let mut j = self.i;
+        while j < self.chars.len() && self.chars[j].1 != '\n' {
+            if self.chars[j].1 == OPEN {
+                let k = self.marker_end(j);
+                self.push(j, k, Context::Unsupported("in a comment"));
+                j = k;
+            }
+            j += 1;
+        }
+        self.i = j;
+        Flow::Moved
+    }
+
+    /// `<<` or `<<-`: a here-document, and its delimiter word.
+    fn heredoc_start(&mut self) -> Flow {
+        let mut j = self.i + 2;
+        let strip_tabs = self.at(j) == Some('-');
+        if strip_tabs {
+            j += 1;
+        }
+        while matches!(self.at(j), Some(' ' | '\t')) {
+            j += 1;
+        }
+        let mut delim = String::new();
+        let mut quoted = false;
+        while let Some(d) = self.at(j) {
+            if d.is_whitespace() || matches!(d, ';' | '&' | '|' | '<' | '>' | '(' | ')') {
+                break;
+            }
+            if d == OPEN {
+                let k = self.marker_end(j);
+                self.push(j, k, Context::Unsupported("as a here-document's delimiter"));
+                j = k + 1;
+                continue;
+            }
+            if matches!(d, '\'' | '"' | '\\') {
+                quoted = true;
+            } else {
+                delim.push(d);
+            }
+            j += 1;
+        }
+        self.pending.push((delim, quoted, strip_tabs));
+        self.i = j;
+        self.word_start = true;
+        Flow::Moved
+    }
+
+    /// A character inside `"…"`, backquotes, `${ }` or `$(( ))`.
+    fn nested(&mut self, c: char, frame: Frame) -> Flow {
+        let i = self.i;
         match frame {
-            Frame::Command { parens, in_case } => match c {
-                '\'' => {
-                    let mut j = i + 1;
-                    while j < chars.len() && chars[j].1 != '\'' {
-                        if chars[j].1 == OPEN {
-                            let k = marker_end(j);
-                            let ctx = if at(i.wrapping_sub(1)) == Some('$') && i > 0 {
-                                Context::Unsupported("inside $' '")
-                            } else {
-                                Context::Single
-                            };
-                            push(&mut out, j, k, ctx);
-                            j = k;
-                        }
-                        j += 1;
-                    }
-                    i = j + 1;
-                    word_start = false;
-                    continue;
-                }
-                '"' => stack.push(Frame::Double),
-                '`' => stack.push(Frame::Backquote),
-                '#' if word_start => {
-                    let mut j = i;
-                    while j < chars.len() && chars[j].1 != '\n' {
-                        if chars[j].1 == OPEN {
-                            let k = marker_end(j);
-                            push(&mut out, j, k, Context::Unsupported("in a comment"));
-                            j = k;
-                        }
-                        j += 1;
-                    }
-                    i = j;
-                    continue;
-                }
-                '(' if stack.len() > 1 => {
-                    *stack.last_mut().expect("frame") = Frame::Command {
-                        parens: parens + 1,
-                        in_case,
-                    };
-                }
-                ')' if stack.len() > 1 => {
-                    if parens == 0 {
-                        stack.pop();
-                        i += 1;
-                        word_start = false;
-                        continue;
-                    }
-                    *stack.last_mut().expect("frame") = Frame::Command {
-                        parens: parens - 1,
-                        in_case,
-                    };
-                }
-                '<' if at(i + 1) == Some('<') && at(i + 2) != Some('<') => {
-                    // A here-document: its delimiter word.
-                    let mut j = i + 2;
-                    let strip_tabs = at(j) == Some('-');
-                    if strip_tabs {
-                        j += 1;
-                    }
-                    while matches!(at(j), Some(' ' | '\t')) {
-                        j += 1;
-                    }
-                    let mut delim = String::new();
-                    let mut quoted = false;
-                    while let Some(d) = at(j) {
-                        if d.is_whitespace() || matches!(d, ';' | '&' | '|' | '<' | '>' | '(' | ')')
-                        {
-                            break;
-                        }
-                        if d == OPEN {
-                            let k = marker_end(j);
-                            push(
-                                &mut out,
-                                j,
-                                k,
-                                Context::Unsupported("as a here-document's delimiter"),
-                            );
-                            j = k + 1;
-                            continue;
-                        }
-                        if matches!(d, '\'' | '"' | '\\') {
-                            quoted = true;
-                        } else {
-                            delim.push(d);
-                        }
-                        j += 1;
-                    }
-                    pending.push((delim, quoted, strip_tabs));
-                    i = j;
-                    word_start = true;
-                    continue;
-                }
-                '\n' if !pending.is_empty() => {
-                    i = heredoc_bodies(text, &chars, i + 1, &mut pending, &mut out);
-                    word_start = true;
-                    continue;
-                }
-                _ => {}
-            },
+            Frame::Command { .. } => {}
             Frame::Double => match c {
                 '"' => {
-                    stack.pop();
+                    self.stack.pop();
                 }
-                '`' => stack.push(Frame::Backquote),
+                '`' => self.stack.push(Frame::Backquote),
                 _ => {}
             },
             Frame::Backquote => match c {
                 '\\' => {
-                    i += 2;
-                    continue;
+                    self.i += 2;
+                    return Flow::Moved;
                 }
                 '`' => {
-                    stack.pop();
+                    self.stack.pop();
                 }
                 _ => {}
             },
             Frame::Brace(n) => match c {
-                '{' => *stack.last_mut().expect("frame") = Frame::Brace(n + 1),
+                '{' => self.set_frame(Frame::Brace(n + 1)),
                 '}' if n == 1 => {
-                    stack.pop();
+                    self.stack.pop();
                 }
-                '}' => *stack.last_mut().expect("frame") = Frame::Brace(n - 1),
+                '}' => self.set_frame(Frame::Brace(n - 1)),
                 _ => {}
             },
             Frame::Arith(n) => match c {
-                '(' => *stack.last_mut().expect("frame") = Frame::Arith(n + 1),
-                ')' if n <= 2 && at(i + 1) == Some(')') => {
-                    stack.pop();
-                    i += 2;
-                    continue;
+                '(' => self.set_frame(Frame::Arith(n + 1)),
+                ')' if n <= 2 && self.at(i + 1) == Some(')') => {
+                    self.stack.pop();
+                    self.i += 2;
+                    return Flow::Moved;
                 }
-                ')' => *stack.last_mut().expect("frame") = Frame::Arith(n.saturating_sub(1)),
+                ')' => self.set_frame(Frame::Arith(n.saturating_sub(1))),
                 _ => {}
             },
         }
-        // `case` inside `$( )` makes `)` a pattern's end, not the
-        // substitution's: what follows cannot be placed with certainty.
-        if let Frame::Command { parens, .. } = *stack.last().expect("frame")
-            && stack.len() > 1
-            && word_start
-            && text[chars[i].0..].starts_with("case")
-            && at(i + 4).is_none_or(|c| c.is_whitespace())
+        Flow::Tail
+    }
+
+    /// After a character that did not move on by itself: `case` inside
+    /// `$( )` makes `)` a pattern's end, not the substitution's, so what
+    /// follows cannot be placed with certainty; then word boundaries.
+    fn tail(&mut self, c: char) {
+        let i = self.i;
+        if let Frame::Command { parens, .. } = self.frame()
+            && self.stack.len() > 1
+            && self.word_start
+            && self.text[self.chars[i].0..].starts_with("case")
+            && self.at(i + 4).is_none_or(|c| c.is_whitespace())
         {
-            *stack.last_mut().expect("frame") = Frame::Command {
+            self.set_frame(Frame::Command {
                 parens,
                 in_case: true,
-            };
+            });
         }
-        word_start = c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')' | '<' | '>');
-        i += 1;
+        self.word_start =
+            c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')' | '<' | '>');
+        self.i += 1;
     }
-    out
 }
 
 /// The frame a `$` followed by `next` and `after` opens (`$((`, `$(`,

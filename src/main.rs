@@ -377,11 +377,12 @@ fn open_engine(cfg: &Config) -> Result<Arc<Engine>, ExitCode> {
 
 fn cmd_run(arg: ConfigArg) -> Outcome {
     let cfg = config(&arg)?;
+    let engine = open_engine(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(fail)?;
-    rt.block_on(airlock::matrix::run(cfg)).map_err(fail)?;
+    rt.block_on(airlock::matrix::run(cfg, engine)).map_err(fail)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -84,9 +84,50 @@ struct Bot {
     reactions: outbound::Reactions,
 }
 
-/// Log in (or restore the saved session), sync, and serve until SIGTERM or
-/// SIGINT.
-pub async fn run(config: Config) -> Result<(), Error> {
+/// Log in (or restore the saved session) and serve `engine` (opened by
+/// the caller, as the console's is) until SIGTERM or SIGINT.
+pub async fn run(config: Config, engine: Arc<Engine>) -> Result<(), Error> {
+    let (client, me, homeserver) = connect(&config).await?;
+    let (running, finished) = mpsc::channel(1);
+    let bot = Arc::new(Bot {
+        client: client.clone(),
+        engine,
+        me,
+        prompts_in_flight: std::sync::Mutex::new(HashMap::new()),
+        prompt_sent: Notify::new(),
+        running: std::sync::Mutex::new(Some(running)),
+        finished: tokio::sync::Mutex::new(finished),
+        liveness: Arc::new(Liveness::default()),
+        reactions: outbound::Reactions::new(),
+    });
+    let lane = tokio::spawn(bot.clone().send_reactions());
+    let http = serve_http(&config, &bot).await?;
+    bot.resolve_room_aliases().await;
+    let sync = SyncSettings::default().timeout(Duration::from_secs(30));
+    bot.clone().catch_up(sync.clone()).await;
+    follow_announcements(&config, &bot);
+    if let Some(room) = &config.audit_room {
+        bot.load_checkpoints(room).await;
+    }
+    let ticker = tokio::spawn(bot.clone().tick_every_second());
+    tracing::info!("airlock is running as {} on {homeserver}", bot.me);
+    let served = bot.clone().sync_until_stopped(sync).await;
+    ticker.abort();
+    if let Some(http) = http {
+        http.abort();
+    }
+    bot.shutdown().await;
+    // The head as it stands at the end, so the homeserver holds it.
+    let last = bot.engine.checkpoint(crate::wall::now_ms(), true);
+    bot.clone().apply(last).await;
+    bot.reactions.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), lane).await;
+    served
+}
+
+/// The client, logged in as the configured user with its store under
+/// `data_dir/matrix`; the user and the homeserver.
+async fn connect(config: &Config) -> Result<(Client, matrix_sdk::ruma::OwnedUserId, String), Error> {
     let homeserver = config.homeserver.clone().ok_or_else(|| {
         Error::Config("no homeserver (config `homeserver` or AIRLOCK_HOMESERVER)".into())
     })?;
@@ -96,15 +137,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .ok_or_else(|| Error::Config("no bot user (config `user_id` or AIRLOCK_USER)".into()))?;
     let user_id =
         UserId::parse(&user).map_err(|e| Error::Config(format!("user_id {user}: {e}")))?;
-
-    let opened = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || config.open(crate::wall::now_ms()))
-            .await
-            .map_err(|e| Error::Config(e.to_string()))??
-    };
-    let engine = Arc::new(opened.engine);
-
     let store = config.data_dir.join("matrix");
     std::fs::create_dir_all(&store).map_err(|e| Error::Session(store.clone(), e.to_string()))?;
     let passphrase = std::env::var("AIRLOCK_STORE_PASSPHRASE").ok();
@@ -130,171 +162,165 @@ pub async fn run(config: Config) -> Result<(), Error> {
         &store.join("session.json"),
     )
     .await?;
+    Ok((client, user_id, homeserver))
+}
 
-    let (running, finished) = mpsc::channel(1);
-    let bot = Arc::new(Bot {
-        client: client.clone(),
-        engine,
-        me: user_id,
-        prompts_in_flight: std::sync::Mutex::new(HashMap::new()),
-        prompt_sent: Notify::new(),
-        running: std::sync::Mutex::new(Some(running)),
-        finished: tokio::sync::Mutex::new(finished),
-        liveness: Arc::new(Liveness::default()),
-        reactions: outbound::Reactions::new(),
-    });
-    let lane = tokio::spawn(bot.clone().send_reactions());
-    let http = match &config.http.listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| Error::Config(format!("http.listen {addr}: {e}")))?;
-            tracing::info!("serving /healthz and /metrics on {addr}");
-            let export = if config.http.audit_export {
-                let token = std::env::var(crate::http::AUDIT_TOKEN_ENV)
-                    .ok()
-                    .filter(|t| t.len() >= 16)
-                    .ok_or_else(|| {
-                        Error::Config(format!(
-                            "http.audit_export serves every room's audit entries: set {} (16 characters or more) in the bot's environment; clients send it as a bearer token",
-                            crate::http::AUDIT_TOKEN_ENV
-                        ))
-                    })?;
-                Some(crate::http::AuditExport::new(token))
-            } else {
-                None
-            };
-            Some(tokio::spawn(crate::http::serve(
-                listener,
-                bot.engine.clone(),
-                bot.liveness.clone(),
-                export,
-            )))
-        }
-        None => None,
+/// The HTTP listener (`/healthz`, `/metrics`, the audit export), if
+/// `http.listen` is set.
+async fn serve_http(
+    config: &Config,
+    bot: &Arc<Bot>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, Error> {
+    let Some(addr) = &config.http.listen else {
+        return Ok(None);
     };
-    bot.resolve_room_aliases().await;
-
-    let sync = SyncSettings::default().timeout(Duration::from_secs(30));
-    // A first start must not act on the room history: sync once before any
-    // handler exists. Later starts resume from the stored sync token, so
-    // nothing that arrived while the bot was down is lost (the engine
-    // still refuses commands older than `max_command_age`).
-    let token = client
-        .state_store()
-        .get_kv_data(matrix_sdk::store::StateStoreDataKey::SyncToken)
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .ok()
-        .flatten();
-    if token.is_none() {
-        sync_with_retry(&client, sync.clone()).await;
-        bot.liveness.synced(crate::wall::now_ms());
-    }
-    bot.register_handlers();
-    for room in client.invited_rooms() {
-        if let Some(inviter) = room.invite_details().await.ok().and_then(|d| d.inviter) {
-            bot.clone()
-                .answer_invite(room, inviter.user_id().to_owned())
-                .await;
-        }
-    }
-    bot.clone().apply(bot.engine.take_startup_effects()).await;
-    // StackStorm's announcements, posted where the policy allows.
-    if let Some((st2, as_user)) = config
+        .map_err(|e| Error::Config(format!("http.listen {addr}: {e}")))?;
+    tracing::info!("serving /healthz and /metrics on {addr}");
+    let export = if config.http.audit_export {
+        let token = std::env::var(crate::http::AUDIT_TOKEN_ENV)
+            .ok()
+            .filter(|t| t.len() >= 16)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "http.audit_export serves every room's audit entries: set {} (16 characters or more) in the bot's environment; clients send it as a bearer token",
+                    crate::http::AUDIT_TOKEN_ENV
+                ))
+            })?;
+        Some(crate::http::AuditExport::new(token))
+    } else {
+        None
+    };
+    Ok(Some(tokio::spawn(crate::http::serve(
+        listener,
+        bot.engine.clone(),
+        bot.liveness.clone(),
+        export,
+    ))))
+}
+
+/// StackStorm's announcements, posted where the policy allows (when
+/// `st2.announce_as` is set).
+fn follow_announcements(config: &Config, bot: &Arc<Bot>) {
+    let Some((st2, as_user)) = config
         .st2
         .clone()
         .and_then(|c| c.announce_as.clone().map(|u| (c, u)))
-    {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let engine = bot.engine.clone();
-        std::thread::spawn(move || {
-            crate::action::st2::listen_announcements(&st2, |event| {
-                tx.send(engine.announce(&as_user, &event, crate::wall::now_ms()))
-                    .is_ok()
-            })
-        });
-        let bot = bot.clone();
-        tokio::spawn(async move {
-            while let Some(fx) = rx.recv().await {
-                bot.clone().apply(fx).await;
+    else {
+        return;
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let engine = bot.engine.clone();
+    std::thread::spawn(move || {
+        crate::action::st2::listen_announcements(&st2, |event| {
+            tx.send(engine.announce(&as_user, &event, crate::wall::now_ms()))
+                .is_ok()
+        })
+    });
+    let bot = bot.clone();
+    tokio::spawn(async move {
+        while let Some(fx) = rx.recv().await {
+            bot.clone().apply(fx).await;
+        }
+    });
+}
+
+impl Bot {
+    /// Before serving: a first start syncs once without handlers (it must
+    /// not act on the room history; later starts resume from the stored
+    /// sync token, so nothing that arrived while the bot was down is lost,
+    /// and the engine still refuses commands older than
+    /// `max_command_age`); then the handlers, pending invites, and what
+    /// the engine's start left to send.
+    async fn catch_up(self: Arc<Self>, sync: SyncSettings) {
+        let token = self
+            .client
+            .state_store()
+            .get_kv_data(matrix_sdk::store::StateStoreDataKey::SyncToken)
+            .await
+            .ok()
+            .flatten();
+        if token.is_none() {
+            sync_with_retry(&self.client, sync).await;
+            self.liveness.synced(crate::wall::now_ms());
+        }
+        self.register_handlers();
+        for room in self.client.invited_rooms() {
+            if let Some(inviter) = room.invite_details().await.ok().and_then(|d| d.inviter) {
+                self.clone()
+                    .answer_invite(room, inviter.user_id().to_owned())
+                    .await;
             }
-        });
+        }
+        self.clone().apply(self.engine.take_startup_effects()).await;
     }
-    if let Some(room) = &config.audit_room {
-        let (found, seals) = bot.read_checkpoints(room).await;
+
+    /// The checkpoints and seals already posted in the audit room.
+    async fn load_checkpoints(&self, room: &str) {
+        let (found, seals) = self.read_checkpoints(room).await;
         tracing::info!(
             "{} audit checkpoint(s) and {} seal(s) found in {room}",
             found.len(),
             seals.len()
         );
-        bot.engine.add_checkpoints(found);
-        bot.engine.add_seals(seals);
+        self.engine.add_checkpoints(found);
+        self.engine.add_seals(seals);
     }
 
-    let ticker = {
-        let bot = bot.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(1));
-            for n in 0u64.. {
-                every.tick().await;
-                // What the allocator holds free goes back to the system now
-                // and then, so a burst of commands leaves no lasting growth;
-                // the first time soon after start, when the memory the
-                // first sync and the stores' setup used has been freed.
-                #[cfg(target_env = "gnu")]
-                if n % 30 == 2 {
-                    // SAFETY: malloc_trim only returns free memory.
-                    let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
-                }
-                let engine = bot.engine.clone();
-                if let Ok(fx) =
-                    tokio::task::spawn_blocking(move || engine.tick(crate::wall::now_ms())).await
-                {
-                    bot.clone().apply(fx).await;
-                }
+    /// The engine's tick, every second, for as long as the bot runs.
+    async fn tick_every_second(self: Arc<Self>) {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        for n in 0u64.. {
+            every.tick().await;
+            // What the allocator holds free goes back to the system now
+            // and then, so a burst of commands leaves no lasting growth;
+            // the first time soon after start, when the memory the first
+            // sync and the stores' setup used has been freed.
+            #[cfg(target_env = "gnu")]
+            if n % 30 == 2 {
+                // SAFETY: malloc_trim only returns free memory.
+                let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
             }
-        })
-    };
-
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::Config(e.to_string()))?;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| Error::Config(e.to_string()))?;
-    tracing::info!("airlock is running as {} on {homeserver}", bot.me);
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        tokio::select! {
-            r = client.sync_once(sync.clone()) => match r {
-                Ok(response) => {
-                    backoff = Duration::from_millis(500);
-                    let now = crate::wall::now_ms();
-                    bot.liveness.synced(now);
-                    bot.engine.metrics().sync(true, newest_event_age(&response, now));
-                }
-                Err(e) => {
-                    bot.engine.metrics().sync(false, None);
-                    let wait = retry_after(&e).unwrap_or(backoff);
-                    tracing::warn!("sync failed ({e}); retrying in {wait:?}");
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
-                }
-            },
-            _ = hup.recv() => bot.reload().await,
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            let engine = self.engine.clone();
+            if let Ok(fx) =
+                tokio::task::spawn_blocking(move || engine.tick(crate::wall::now_ms())).await
+            {
+                self.clone().apply(fx).await;
+            }
         }
     }
-    ticker.abort();
-    if let Some(http) = http {
-        http.abort();
+
+    /// Sync (backing off on failures) until SIGTERM or SIGINT; SIGHUP
+    /// reloads aliases and policy.
+    async fn sync_until_stopped(self: Arc<Self>, sync: SyncSettings) -> Result<(), Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Config(e.to_string()))?;
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::Config(e.to_string()))?;
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            tokio::select! {
+                r = self.client.sync_once(sync.clone()) => match r {
+                    Ok(response) => {
+                        backoff = Duration::from_millis(500);
+                        let now = crate::wall::now_ms();
+                        self.liveness.synced(now);
+                        self.engine.metrics().sync(true, newest_event_age(&response, now));
+                    }
+                    Err(e) => {
+                        self.engine.metrics().sync(false, None);
+                        let wait = retry_after(&e).unwrap_or(backoff);
+                        tracing::warn!("sync failed ({e}); retrying in {wait:?}");
+                        tokio::time::sleep(wait).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                    }
+                },
+                _ = hup.recv() => self.reload().await,
+                _ = term.recv() => return Ok(()),
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
     }
-    bot.shutdown().await;
-    // The head as it stands at the end, so the homeserver holds it.
-    let last = bot.engine.checkpoint(crate::wall::now_ms(), true);
-    bot.clone().apply(last).await;
-    bot.reactions.close();
-    let _ = tokio::time::timeout(Duration::from_secs(10), lane).await;
-    Ok(())
 }
 
 /// How old the newest room event in a sync response is (ms): the sync lag.

@@ -382,7 +382,8 @@ fn cmd_run(arg: ConfigArg) -> Outcome {
         .enable_all()
         .build()
         .map_err(fail)?;
-    rt.block_on(airlock::matrix::run(cfg, engine)).map_err(fail)?;
+    rt.block_on(airlock::matrix::run(cfg, engine))
+        .map_err(fail)?;
     Ok(ExitCode::SUCCESS)
 }
 

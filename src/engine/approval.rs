@@ -27,6 +27,48 @@ impl Verdict {
     }
 }
 
+/// For a quorum: the part the last approval counts for, and what is
+/// still missing (both empty without one).
+fn quorum_text(req: &Request) -> (String, String) {
+    let Some(c) = req.confirmation.as_ref().filter(|c| !c.quorum.is_empty()) else {
+        return (String::new(), String::new());
+    };
+    let users: Vec<&str> = req.approvals.iter().map(|a| a.user.as_str()).collect();
+    let part = c
+        .assign(&users)
+        .last()
+        .copied()
+        .flatten()
+        .map(|i| format!(" ({})", c.quorum[i].text))
+        .unwrap_or_default();
+    (
+        part,
+        format!(" Still needed: {}.", c.missing(&users).join(" and ")),
+    )
+}
+
+/// What a check of an answer found: go on and record it, or it was
+/// handled already (a queued request taken out of its queue).
+enum Answer {
+    Record,
+    Handled,
+}
+
+/// Refuse `verdict` on `req` to its sender, saying why, and record it.
+fn refuse(out: &mut Out, req: &Request, verdict: Verdict, why: String) {
+    let user = out.m.sender.as_str();
+    out.log(
+        request_entry(Event::ApprovalRefused, req, out.now)
+            .sender(user)
+            .detail(json!({"verdict": verdict.name(), "reason": why})),
+    );
+    out.say(format!(
+        "🚫 Cannot {} request {}: {why}.",
+        verdict.name(),
+        req.id
+    ));
+}
+
 /// Under `verified_devices`, an approval counts only from a device its
 /// owner has cross-signed: an access token alone (a new, unsigned login)
 /// cannot approve.
@@ -153,69 +195,89 @@ impl Engine {
         } else {
             verdict
         };
-        let refuse = |out: &mut Out, why: String| {
-            out.log(
-                request_entry(Event::ApprovalRefused, req, now)
-                    .sender(user)
-                    .detail(json!({"verdict": verdict.name(), "reason": why})),
-            );
-            out.say(format!(
-                "🚫 Cannot {} request {}: {why}.",
-                verdict.name(),
-                req.id
-            ));
-        };
         if verdict == Verdict::Cancel && req.state == State::Running {
-            // The requester, or anyone who could have approved it, may stop it.
-            // Without a confirmation, whoever may use `cancel` here may.
-            let approver = req.confirmation.is_none()
-                || self.may_decide(req, user, m.power_level, now).is_ok();
-            if user != req.requester && !approver {
-                return refuse(out, "only the requester or an approver can stop it".into());
+            if let Err(why) = self.stop_for(out, req, user) {
+                refuse(out, req, verdict, why);
             }
-            if !self.stop_running(&req.id, user) {
-                return refuse(out, "it is not running in this process".into());
-            }
-            out.log(
-                request_entry(Event::Cancelled, req, now)
-                    .sender(user)
-                    .status(Status::Running)
-                    .detail(json!({"while": "running"})),
-            );
-            out.say(format!("🛑 Stopping request {} for {user}…", req.id));
             return;
         }
-        if verdict == Verdict::Cancel {
-            if user != req.requester {
-                return refuse(out, "only the requester can cancel it".into());
-            }
-            if self.cancel_waiting(out, req, user) {
-                return;
-            }
-        } else if let Err(why) = self.may_decide(req, user, m.power_level, now) {
-            return refuse(out, why);
-        } else if verdict == Verdict::Approve
-            && let Err(why) = device_counts(req, user, &m.device)
-        {
-            return refuse(out, why);
+        match self.may_answer(out, req, verdict) {
+            Ok(Answer::Handled) => return,
+            Ok(Answer::Record) => {}
+            Err(why) => return refuse(out, req, verdict, why),
         }
         let result = self.requests.update(&req.id, |r| match verdict {
             Verdict::Approve => r.approve(user, now),
             Verdict::Deny => r.deny(user, now),
             Verdict::Cancel => r.cancel(user, now),
         });
-        let (req, step) = match result {
+        match result {
             Ok(Update::Done(r, step)) => {
                 crate::crash::point("approval_recorded");
-                (r, step)
+                self.answered(out, &r, step, verdict);
             }
-            Ok(Update::Refused(_, why)) => return refuse(out, why.to_string()),
-            Err(e) => return refuse(out, e.to_string()),
-        };
+            Ok(Update::Refused(_, why)) => refuse(out, req, verdict, why.to_string()),
+            Err(e) => refuse(out, req, verdict, e.to_string()),
+        }
+    }
+
+    /// `!cancel` of a running request: the requester, or anyone who could
+    /// have approved it, may stop it (without a confirmation, whoever may
+    /// use `cancel` here).
+    fn stop_for(&self, out: &mut Out, req: &Request, user: &str) -> Result<(), String> {
+        let approver = req.confirmation.is_none()
+            || self
+                .may_decide(req, user, out.m.power_level, out.now)
+                .is_ok();
+        if user != req.requester && !approver {
+            return Err("only the requester or an approver can stop it".into());
+        }
+        if !self.stop_running(&req.id, user) {
+            return Err("it is not running in this process".into());
+        }
+        out.log(
+            request_entry(Event::Cancelled, req, out.now)
+                .sender(user)
+                .status(Status::Running)
+                .detail(json!({"while": "running"})),
+        );
+        out.say(format!("🛑 Stopping request {} for {user}…", req.id));
+        Ok(())
+    }
+
+    /// Whether the sender may give this answer: only the requester
+    /// cancels (a queued request leaves its queue here); approvals and
+    /// denials follow the confirmation's rules, and an approval its
+    /// device rules.
+    fn may_answer(&self, out: &mut Out, req: &Request, verdict: Verdict) -> Result<Answer, String> {
+        let m = out.m;
+        let user = m.sender.as_str();
+        if verdict == Verdict::Cancel {
+            if user != req.requester {
+                return Err("only the requester can cancel it".into());
+            }
+            if self.cancel_waiting(out, req, user) {
+                return Ok(Answer::Handled);
+            }
+            return Ok(Answer::Record);
+        }
+        self.may_decide(req, user, m.power_level, out.now)?;
+        if verdict == Verdict::Approve {
+            device_counts(req, user, &m.device)?;
+        }
+        Ok(Answer::Record)
+    }
+
+    /// Say what the recorded answer did: counted, approved (and on to its
+    /// run), closed, or too late.
+    fn answered(&self, out: &mut Out, req: &Request, step: Step, verdict: Verdict) {
+        let m = out.m;
+        let now = out.now;
+        let user = m.sender.as_str();
         match step {
             Step::Expired => {
                 out.log(
-                    request_entry(Event::Expired, &req, now)
+                    request_entry(Event::Expired, req, now)
                         .status(Status::Expired)
                         .sender(user),
                 );
@@ -223,7 +285,7 @@ impl Engine {
                     "⌛ Request {} expired before it was approved.",
                     req.id
                 ));
-                out.effects.push(react_request(&req, FAILED));
+                out.effects.push(react_request(req, FAILED));
             }
             Step::Closed => {
                 let (event, icon, done) = if verdict == Verdict::Cancel {
@@ -232,7 +294,7 @@ impl Engine {
                     (Event::Rejected, "🚫", "denied")
                 };
                 out.log(
-                    request_entry(event, &req, now)
+                    request_entry(event, req, now)
                         .sender(user)
                         .status(req.state),
                 );
@@ -241,47 +303,27 @@ impl Engine {
                     "{icon} Request {} was {done} by {user}; it will not run.",
                     req.id
                 ));
-                out.effects.push(react_request(&req, FAILED));
+                out.effects.push(react_request(req, FAILED));
             }
             Step::Counted => {
                 let (have, need) = (req.approvals.len(), req.approvals_needed());
                 out.log(
-                    request_entry(Event::Approval, &req, now)
+                    request_entry(Event::Approval, req, now)
                         .sender(user)
                         .status(Status::Pending)
                         .detail(json!({"approvals": have, "needed": need})),
                 );
-                // For a quorum: the part this approval counts for, and what
-                // is still missing.
-                let (part, missing) =
-                    match req.confirmation.as_ref().filter(|c| !c.quorum.is_empty()) {
-                        Some(c) => {
-                            let users: Vec<&str> =
-                                req.approvals.iter().map(|a| a.user.as_str()).collect();
-                            let part = c
-                                .assign(&users)
-                                .last()
-                                .copied()
-                                .flatten()
-                                .map(|i| format!(" ({})", c.quorum[i].text))
-                                .unwrap_or_default();
-                            (
-                                part,
-                                format!(" Still needed: {}.", c.missing(&users).join(" and ")),
-                            )
-                        }
-                        None => (String::new(), String::new()),
-                    };
+                let (part, missing) = quorum_text(req);
                 out.say(format!(
                     "👍 Approval {have} of {need} for request {} recorded from {user}{part}.{missing}",
                     req.id
                 ));
             }
-            Step::Approved if super::inquiry::is_inquiry(&req) => {
+            Step::Approved if super::inquiry::is_inquiry(req) => {
                 // A question a running action asked: the answer goes back to
                 // it (it waits on the request's state); nothing runs here.
                 out.log(
-                    request_entry(Event::Approval, &req, now)
+                    request_entry(Event::Approval, req, now)
                         .sender(user)
                         .status(Status::Approved)
                         .detail(json!({"answer": "yes"})),
@@ -293,7 +335,7 @@ impl Engine {
             }
             Step::Approved => {
                 out.log(
-                    request_entry(Event::Approval, &req, now)
+                    request_entry(Event::Approval, req, now)
                         .sender(user)
                         .status(Status::Approved)
                         .detail(json!({
@@ -309,7 +351,7 @@ impl Engine {
                         req.id
                     ));
                 }
-                self.accept(out, &req);
+                self.accept(out, req);
             }
         }
     }

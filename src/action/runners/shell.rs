@@ -406,8 +406,7 @@ impl Lexer<'_> {
                 in_case: true,
             });
         }
-        self.word_start =
-            c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')' | '<' | '>');
+        self.word_start = c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')' | '<' | '>');
         self.i += 1;
     }
 }

@@ -127,7 +127,9 @@ pub async fn run(config: Config, engine: Arc<Engine>) -> Result<(), Error> {
 
 /// The client, logged in as the configured user with its store under
 /// `data_dir/matrix`; the user and the homeserver.
-async fn connect(config: &Config) -> Result<(Client, matrix_sdk::ruma::OwnedUserId, String), Error> {
+async fn connect(
+    config: &Config,
+) -> Result<(Client, matrix_sdk::ruma::OwnedUserId, String), Error> {
     let homeserver = config.homeserver.clone().ok_or_else(|| {
         Error::Config("no homeserver (config `homeserver` or AIRLOCK_HOMESERVER)".into())
     })?;

@@ -312,25 +312,60 @@ pub fn parse(
         ));
         return Err(errors);
     };
-    let entry_point = match str_field("entry_point").filter(|e| !e.is_empty()) {
-        Some(e) => match inside_actions(e) {
-            Some(p) => Some(p),
-            None => {
-                err(
-                    "entry_point",
-                    format!("\"{e}\" leaves the pack's actions directory"),
-                );
-                None
-            }
-        },
-        None => None,
-    };
-    if runner == Runner::ShellScript && str_field("entry_point").is_none_or(str::is_empty) {
+    let entry_point = entry_point(str_field("entry_point"), runner, &mut err);
+    let (params, schemas) = parameters(raw.get("parameters"), runner, &mut err);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let spec = spec(
+        &format!("{pack}.{name}"),
+        str_field("description").unwrap_or_default(),
+        params,
+        runner,
+    );
+    Ok(Some(ActionMeta {
+        spec,
+        runner,
+        pack: pack.to_string(),
+        entry_point,
+        schemas,
+        output_schema: raw.get("output_schema").cloned(),
+        file: file.to_path_buf(),
+    }))
+}
+
+/// The action's script, inside the pack's actions directory (required by
+/// local-shell-script).
+fn entry_point(
+    field: Option<&str>,
+    runner: Runner,
+    err: &mut dyn FnMut(&str, String),
+) -> Option<PathBuf> {
+    if runner == Runner::ShellScript && field.is_none_or(str::is_empty) {
         err("entry_point", "local-shell-script needs a script".into());
     }
+    let e = field.filter(|e| !e.is_empty())?;
+    let inside = inside_actions(e);
+    if inside.is_none() {
+        err(
+            "entry_point",
+            format!("\"{e}\" leaves the pack's actions directory"),
+        );
+    }
+    inside
+}
+
+/// The action's parameters (with the runner's it does not redeclare),
+/// and their schemas as written; a shell command's template must leave
+/// every value somewhere it can be written as data.
+fn parameters(
+    raw: Option<&Value>,
+    runner: Runner,
+    err: &mut dyn FnMut(&str, String),
+) -> (Vec<ParamSpec>, Map<String, Value>) {
     let mut params: Vec<ParamSpec> = Vec::new();
     let mut schemas = Map::new();
-    match raw.get("parameters") {
+    match raw {
         None | Some(Value::Null) => {}
         Some(Value::Object(m)) => {
             for (pname, schema) in m {
@@ -373,11 +408,13 @@ pub fn parse(
         }
         _ => {}
     }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let description = str_field("description").unwrap_or_default();
-    let mut spec = ActionSpec::new(&format!("{pack}.{name}"), description, params);
+    (params, schemas)
+}
+
+/// The schema the engine checks requests against: which parameters are
+/// the runner's controls, and which reach the command as arguments.
+fn spec(reference: &str, description: &str, params: Vec<ParamSpec>, runner: Runner) -> ActionSpec {
+    let mut spec = ActionSpec::new(reference, description, params);
     spec.controls = runner
         .param_names()
         .iter()
@@ -402,15 +439,7 @@ pub fn parse(
             .collect(),
         Runner::Http => Vec::new(),
     };
-    Ok(Some(ActionMeta {
-        spec,
-        runner,
-        pack: pack.to_string(),
-        entry_point,
-        schemas,
-        output_schema: raw.get("output_schema").cloned(),
-        file: file.to_path_buf(),
-    }))
+    spec
 }
 
 /// st2's parameter name rule, `^\w+$`.

@@ -42,6 +42,7 @@ mod builtins;
 mod checkpoints;
 mod deploys;
 mod events;
+mod explain;
 mod inquiry;
 mod locks;
 mod notices;
@@ -56,6 +57,7 @@ use checkpoints::Checkpoints;
 
 pub use builtins::{pending_line, who_deployed};
 pub use events::{command_text, strip_prefix_caseless};
+pub use explain::{Explained, explain};
 pub use prompt::params_text;
 pub use protocol::*;
 pub use request::{Evaluation, evaluate, execution_params};

@@ -148,66 +148,9 @@ impl Engine {
             Ok(p) => p,
             Err(e) => return self.refuse_to_run(out, alias, e),
         };
-        let target = Target::Alias {
-            reference: &reference,
-            pack: &alias.pack,
-            action_ref: &alias.action_ref,
-        };
-        let decision = self
-            .policy()
-            .decide(&self.subject(out), &target, &params, &chat);
-        let (rule, confirm, may_break_glass) = match decision {
-            Decision::Deny { rule, reason } => {
-                let entry = out
-                    .entry(Event::Denied)
-                    .alias(Some(&reference))
-                    .action(&alias.action_ref)
-                    .rule(rule.as_deref())
-                    .status(Status::Denied)
-                    .detail(json!({"reason": reason, "parameters": params}));
-                out.log(entry);
-                out.say(format!("🚫 Refused: {reason}."));
-                out.react(FAILED);
-                return;
-            }
-            Decision::Allow {
-                rule,
-                confirm,
-                break_glass,
-            } => (rule, confirm, break_glass),
-        };
-        // st2's `extra.security.twofactor`: the alias asks for a second
-        // person even where the rule asks for no confirmation.
-        let confirm = confirm.or_else(|| alias.twofactor().then(ConfirmPolicy::second_person));
-        // Break-glass skips the confirmation (never a deny rule), only
-        // where the rule names the requester for it.
-        let (confirm, break_glass) = match glass {
-            None => (confirm, None),
-            Some(reason) if may_break_glass => (
-                None,
-                Some(BreakGlass {
-                    reason: reason.to_string(),
-                    reviewed_by: None,
-                    reviewed_ms: None,
-                }),
-            ),
-            Some(_) => {
-                let reason = format!(
-                    "rule {rule} does not let {} break glass for {reference}; ask without --break-glass to get it approved",
-                    m.sender
-                );
-                let entry = out
-                    .entry(Event::Denied)
-                    .alias(Some(&reference))
-                    .action(&alias.action_ref)
-                    .rule(Some(&rule))
-                    .status(Status::Denied)
-                    .detail(json!({"reason": reason, "parameters": params}));
-                out.log(entry);
-                out.say(format!("🚫 Refused: {reason}."));
-                out.react(FAILED);
-                return;
-            }
+        let Some((rule, confirm, break_glass)) = self.allowed(out, alias, &params, &chat, glass)
+        else {
+            return;
         };
         let Some(action) = action else {
             return self.refuse_to_run(
@@ -244,6 +187,76 @@ impl Engine {
             now,
         )
         .repeating(repeat.map(|r| r.note.clone()));
+        self.store_and_prepare(out, alias, action, req);
+    }
+
+    /// The policy's answer for this execution: the rule, who must confirm
+    /// (the alias's st2 `twofactor` asks for a second person where the
+    /// rule asks for none), and the break-glass it runs under; or None,
+    /// said and recorded.
+    fn allowed(
+        &self,
+        out: &mut Out,
+        alias: &Alias,
+        params: &Params,
+        chat: &FromChat,
+        glass: Option<&str>,
+    ) -> Option<(String, Option<ConfirmPolicy>, Option<BreakGlass>)> {
+        let reference = alias.reference();
+        let target = Target::Alias {
+            reference: &reference,
+            pack: &alias.pack,
+            action_ref: &alias.action_ref,
+        };
+        let decision = self
+            .policy()
+            .decide(&self.subject(out), &target, params, chat);
+        let (rule, confirm, may_break_glass) = match decision {
+            Decision::Deny { rule, reason } => {
+                deny(out, alias, rule.as_deref(), &reason, params);
+                return None;
+            }
+            Decision::Allow {
+                rule,
+                confirm,
+                break_glass,
+            } => (rule, confirm, break_glass),
+        };
+        let confirm = confirm.or_else(|| alias.twofactor().then(ConfirmPolicy::second_person));
+        // Break-glass skips the confirmation (never a deny rule), only
+        // where the rule names the requester for it.
+        match glass {
+            None => Some((rule, confirm, None)),
+            Some(reason) if may_break_glass => Some((
+                rule,
+                None,
+                Some(BreakGlass {
+                    reason: reason.to_string(),
+                    reviewed_by: None,
+                    reviewed_ms: None,
+                }),
+            )),
+            Some(_) => {
+                let reason = format!(
+                    "rule {rule} does not let {} break glass for {reference}; ask without --break-glass to get it approved",
+                    out.m.sender
+                );
+                deny(out, alias, Some(&rule), &reason, params);
+                None
+            }
+        }
+    }
+
+    /// Store the new request and prepare it: here, or (when its action
+    /// must reach the network, or its rule has a plan) by the transport
+    /// through [`Effect::Prepare`].
+    fn store_and_prepare(
+        &self,
+        out: &mut Out,
+        alias: &Alias,
+        action: Arc<dyn crate::action::Action>,
+        req: Request,
+    ) {
         let req = match self.requests.create(req) {
             Ok(r) => r,
             Err(e) => {
@@ -251,7 +264,7 @@ impl Engine {
             }
         };
         tracing::Span::current().record("request", req.id.as_str());
-        tracing::info!("request {} for {reference}", req.id);
+        tracing::info!("request {} for {}", req.id, alias.reference());
         crate::crash::point("request_stored");
         // A plan runs an action: never on the event path.
         if action.prepares_slowly() || self.has_plan(&req) {
@@ -510,6 +523,20 @@ pub(super) fn validated(spec: Option<&ActionSpec>, params: Params) -> Result<Par
         Some(s) => s.validate(params),
         None => Ok(params.into_iter().filter(|(_, v)| !v.is_null()).collect()),
     }
+}
+
+/// Refuse an execution the policy denies: said, recorded, ❌ on the command.
+fn deny(out: &mut Out, alias: &Alias, rule: Option<&str>, reason: &str, params: &Params) {
+    let entry = out
+        .entry(Event::Denied)
+        .alias(Some(&alias.reference()))
+        .action(&alias.action_ref)
+        .rule(rule)
+        .status(Status::Denied)
+        .detail(json!({"reason": reason, "parameters": params}));
+    out.log(entry);
+    out.say(format!("🚫 Refused: {reason}."));
+    out.react(FAILED);
 }
 
 /// What a command would do, decided but not done (`airlock policy explain`).

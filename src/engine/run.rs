@@ -259,39 +259,7 @@ impl Engine {
         if let Ending::CancelledBy(user) = &ending {
             outcome.summary = format!("cancelled by {user} while running: {}", outcome.summary);
         }
-        // The whole result stays in the audit (a chat message may cut it).
-        let mut detail = json!({
-            "summary": outcome.summary, "elapsed_ms": elapsed_ms, "result": outcome.result,
-        });
-        if let Ending::CancelledBy(user) = &ending {
-            detail["cancelled_by"] = json!(user);
-        }
-        if !outcome.proofs.is_empty() {
-            detail["secrets"] = Value::Object(
-                outcome
-                    .proofs
-                    .iter()
-                    .map(|(k, v)| (k.clone(), json!(v)))
-                    .collect(),
-            );
-        }
-        if let Some(first) = outcome.deployed.first() {
-            detail["commit"] = json!(first.commit);
-            detail["deployed"] = json!(outcome.deployed);
-        }
-        // Who approved it, in the entry that says what it did: who
-        // deployed what is answered from this one entry, long after the
-        // request itself has left the store (`requests.keep`).
-        if !req.approvals.is_empty() {
-            detail["approved_by"] =
-                json!(req.approvals.iter().map(|a| &a.user).collect::<Vec<_>>());
-        }
-        if recovered.is_some() {
-            detail["recovered"] = json!(true);
-        }
-        if let Some(remote) = &outcome.remote {
-            detail[remote.audit_key] = remote.view.clone();
-        }
+        let detail = outcome_detail(&req, &outcome, &ending, elapsed_ms, recovered.is_some());
         let event = if interrupted {
             Event::Interrupted
         } else {
@@ -698,3 +666,47 @@ fn execution_view(
         "web_url": Value::Null,
     })
 }
+
+/// The `finished` / `interrupted` entry's detail: the whole result (a
+/// chat message may cut it), how long, who cancelled it, the secrets'
+/// proofs, what it deployed and who approved it (who deployed what is
+/// answered from this one entry, long after the request itself has left
+/// the store), and where it ran when not here.
+fn outcome_detail(
+    req: &Request,
+    outcome: &Outcome,
+    ending: &Ending,
+    elapsed_ms: u64,
+    recovered: bool,
+) -> Value {
+    let mut detail = json!({
+        "summary": outcome.summary, "elapsed_ms": elapsed_ms, "result": outcome.result,
+    });
+    if let Ending::CancelledBy(user) = ending {
+        detail["cancelled_by"] = json!(user);
+    }
+    if !outcome.proofs.is_empty() {
+        detail["secrets"] = Value::Object(
+            outcome
+                .proofs
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect(),
+        );
+    }
+    if let Some(first) = outcome.deployed.first() {
+        detail["commit"] = json!(first.commit);
+        detail["deployed"] = json!(outcome.deployed);
+    }
+    if !req.approvals.is_empty() {
+        detail["approved_by"] = json!(req.approvals.iter().map(|a| &a.user).collect::<Vec<_>>());
+    }
+    if recovered {
+        detail["recovered"] = json!(true);
+    }
+    if let Some(remote) = &outcome.remote {
+        detail[remote.audit_key] = remote.view.clone();
+    }
+    detail
+}
+

@@ -709,4 +709,3 @@ fn outcome_detail(
     }
     detail
 }
-

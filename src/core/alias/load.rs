@@ -100,41 +100,7 @@ pub fn parse_alias(
         );
     }
 
-    let mut formats = Vec::new();
-    for (i, f) in raw.formats.iter().enumerate() {
-        let field = format!("formats[{i}]");
-        match normalise_format(f) {
-            Ok((display, reprs, match_multiple)) => {
-                let display_only =
-                    reprs.is_empty() && display.as_deref().is_some_and(|d| !d.is_empty());
-                let sources = if display_only {
-                    vec![String::new()]
-                } else {
-                    reprs
-                };
-                let mut compiled = Vec::new();
-                for (j, r) in sources.iter().enumerate() {
-                    match Format::compile(r) {
-                        Ok(c) => compiled.push(Arc::new(c)),
-                        Err(e) => {
-                            let at = if f.is_string() {
-                                field.clone()
-                            } else {
-                                format!("{field}.representation[{j}]")
-                            };
-                            err(&at, e);
-                        }
-                    }
-                }
-                formats.push(AliasFormat {
-                    display,
-                    representations: compiled,
-                    match_multiple,
-                });
-            }
-            Err(msg) => err(&field, msg),
-        }
-    }
+    let formats = compile_formats(&raw.formats, &mut err);
 
     let immutable_parameters = match raw.immutable_parameters.as_ref().map(serde_json::to_value) {
         None => Params::new(),
@@ -177,6 +143,50 @@ pub fn parse_alias(
         extra,
         file: path.to_path_buf(),
     })
+}
+
+/// Each of `formats` (st2's strings or display/representation mappings)
+/// compiled; what does not compile is reported under its field.
+fn compile_formats(
+    formats: &[serde_yaml::Value],
+    err: &mut dyn FnMut(&str, String),
+) -> Vec<AliasFormat> {
+    let mut compiled_formats = Vec::new();
+    for (i, f) in formats.iter().enumerate() {
+        let field = format!("formats[{i}]");
+        match normalise_format(f) {
+            Ok((display, reprs, match_multiple)) => {
+                let display_only =
+                    reprs.is_empty() && display.as_deref().is_some_and(|d| !d.is_empty());
+                let sources = if display_only {
+                    vec![String::new()]
+                } else {
+                    reprs
+                };
+                let mut compiled = Vec::new();
+                for (j, r) in sources.iter().enumerate() {
+                    match Format::compile(r) {
+                        Ok(c) => compiled.push(Arc::new(c)),
+                        Err(e) => {
+                            let at = if f.is_string() {
+                                field.clone()
+                            } else {
+                                format!("{field}.representation[{j}]")
+                            };
+                            err(&at, e);
+                        }
+                    }
+                }
+                compiled_formats.push(AliasFormat {
+                    display,
+                    representations: compiled,
+                    match_multiple,
+                });
+            }
+            Err(msg) => err(&field, msg),
+        }
+    }
+    compiled_formats
 }
 
 /// st2's `normalise_alias_format_string`: (display, representations, match_multiple).

@@ -8,7 +8,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 use super::{
-    BUILTINS, ConfirmPolicy, Constraint, DEFAULT_EXPIRY, Effect, Glob, LoadedPolicy, Rule,
+    BUILTINS, Confirm, ConfirmPolicy, Constraint, DEFAULT_EXPIRY, Effect, Glob, LoadedPolicy, Rule,
     Subjects, Window, options,
 };
 use crate::diag::{self, Diagnostic, Severity, YamlIndex};
@@ -253,6 +253,56 @@ fn load_rule(
             "rule names no users or groups, so it can never match".into(),
         );
     }
+    check_targets(&r, base, e);
+    let params = load_params(&r, base, e);
+    let lock = options::lock(
+        (
+            r.lock.as_deref(),
+            r.queue_timeout.as_deref(),
+            r.break_glass_passes_lock,
+        ),
+        r.effect,
+        base,
+        e,
+    );
+    let plan = options::plan(r.plan.as_ref(), r.effect, base, e);
+    let confirm = load_confirm(r.confirm, r.effect, groups, base, e);
+    let when = r.when.and_then(|w| {
+        Window::parse(w.timezone.as_deref(), &w.days, w.hours.as_deref(), &w.dates)
+            .map_err(|(field, msg)| e(&format!("{base}.when.{field}"), Severity::Error, msg))
+            .ok()
+    });
+    let break_glass = r
+        .break_glass
+        .map(|b| load_break_glass(b, r.effect, &confirm, groups, base, e));
+    let globs = |v: &[String]| v.iter().map(|s| Glob::new(s)).collect::<Vec<_>>();
+    Some(Rule {
+        id: r.id,
+        effect: r.effect,
+        description: r.description,
+        subjects: who,
+        rooms: globs(&r.rooms),
+        min_power_level: r.min_power_level,
+        aliases: globs(&r.aliases),
+        actions: globs(&r.actions),
+        packs: globs(&r.packs),
+        builtins: globs(&r.builtins),
+        params,
+        extra_params: r.extra_params,
+        confirm,
+        when,
+        break_glass,
+        lock,
+        page_on_failure: r.page_on_failure,
+        plan,
+        file: PathBuf::new(),
+        line: 0,
+    })
+}
+
+/// Where and what a rule covers: rooms that are room IDs, aliases or
+/// globs; something to match; known built-ins; a sane power level.
+fn check_targets(r: &RawRule, base: &str, e: &mut Report) {
     for (j, room) in r.rooms.iter().enumerate() {
         if !room_glob_ok(room) {
             e(
@@ -292,69 +342,38 @@ fn load_rule(
             format!("power level {pl} is unusual"),
         );
     }
-    let params = load_params(&r, base, e);
-    let lock = options::lock(
-        (
-            r.lock.as_deref(),
-            r.queue_timeout.as_deref(),
-            r.break_glass_passes_lock,
-        ),
-        r.effect,
-        base,
-        e,
-    );
-    let plan = options::plan(r.plan.as_ref(), r.effect, base, e);
-    let confirm = load_confirm(r.confirm, r.effect, groups, base, e);
-    let when = r.when.and_then(|w| {
-        Window::parse(w.timezone.as_deref(), &w.days, w.hours.as_deref(), &w.dates)
-            .map_err(|(field, msg)| e(&format!("{base}.when.{field}"), Severity::Error, msg))
-            .ok()
-    });
-    let break_glass = r.break_glass.map(|b| {
-        let field = format!("{base}.break_glass");
-        if r.effect == Effect::Deny {
-            e(
-                &field,
-                Severity::Error,
-                "deny rules cannot be broken: break-glass skips a confirmation, never a deny rule"
-                    .into(),
-            );
-        }
-        if b.users.is_empty() && b.groups.is_empty() {
-            e(&field, Severity::Error, "names no users or groups".into());
-        }
-        if matches!(confirm, Some(None)) {
-            e(
-                &field,
-                Severity::Warning,
-                "the rule asks for no confirmation, so there is nothing to break".into(),
-            );
-        }
-        subjects(groups, &b.users, &b.groups, &field, e)
-    });
-    let globs = |v: &[String]| v.iter().map(|s| Glob::new(s)).collect::<Vec<_>>();
-    Some(Rule {
-        id: r.id,
-        effect: r.effect,
-        description: r.description,
-        subjects: who,
-        rooms: globs(&r.rooms),
-        min_power_level: r.min_power_level,
-        aliases: globs(&r.aliases),
-        actions: globs(&r.actions),
-        packs: globs(&r.packs),
-        builtins: globs(&r.builtins),
-        params,
-        extra_params: r.extra_params,
-        confirm,
-        when,
-        break_glass,
-        lock,
-        page_on_failure: r.page_on_failure,
-        plan,
-        file: PathBuf::new(),
-        line: 0,
-    })
+}
+
+/// Who may break the rule's glass: never a deny rule's, and only where
+/// there is a confirmation to skip.
+fn load_break_glass(
+    b: RawSubjects,
+    effect: Effect,
+    confirm: &Confirm,
+    groups: &BTreeMap<String, Vec<Glob>>,
+    base: &str,
+    e: &mut Report,
+) -> Subjects {
+    let field = format!("{base}.break_glass");
+    if effect == Effect::Deny {
+        e(
+            &field,
+            Severity::Error,
+            "deny rules cannot be broken: break-glass skips a confirmation, never a deny rule"
+                .into(),
+        );
+    }
+    if b.users.is_empty() && b.groups.is_empty() {
+        e(&field, Severity::Error, "names no users or groups".into());
+    }
+    if matches!(confirm, Confirm::Never) {
+        e(
+            &field,
+            Severity::Warning,
+            "the rule asks for no confirmation, so there is nothing to break".into(),
+        );
+    }
+    subjects(groups, &b.users, &b.groups, &field, e)
 }
 
 /// A rule's parameter constraints: `values` or an anchored `regex` each.
@@ -416,114 +435,117 @@ fn load_params(r: &RawRule, base: &str, e: &mut Report) -> BTreeMap<String, Cons
     params
 }
 
-/// A rule's `confirm`: `Some(None)` for an explicit `confirm: false`.
+/// A rule's `confirm`.
 fn load_confirm(
     confirm: Option<RawConfirm>,
     effect: Effect,
     groups: &BTreeMap<String, Vec<Glob>>,
     base: &str,
     e: &mut Report,
-) -> Option<Option<ConfirmPolicy>> {
+) -> Confirm {
     match confirm {
-        None => None,
+        None => Confirm::Default,
         Some(_) if effect == Effect::Deny => {
             e(
                 &format!("{base}.confirm"),
                 Severity::Error,
                 "deny rules cannot ask for confirmation".into(),
             );
-            None
+            Confirm::Default
         }
-        Some(RawConfirm::Flag(false)) => Some(None),
-        Some(RawConfirm::Flag(true)) => Some(Some(ConfirmPolicy {
-            approvers: Subjects::default(),
-            approvals: 1,
-            self_approve: true,
-            expires: DEFAULT_EXPIRY,
-            quorum: Vec::new(),
-            verified_devices: false,
-        })),
-        Some(RawConfirm::Spec(c)) => {
-            let mut quorum = Vec::new();
-            let raw_approvers = c.approvers.unwrap_or_default();
-            let (mut users, mut group_names) = (raw_approvers.users, raw_approvers.groups);
-            let mut approvals = c.approvals.unwrap_or(1);
-            if let Some(parts) = &c.quorum {
-                if !users.is_empty() || !group_names.is_empty() || c.approvals.is_some() {
-                    e(
-                        &format!("{base}.confirm.quorum"),
-                        Severity::Error,
-                        "a quorum names its approvers and approvals per part; drop approvers and approvals".into(),
-                    );
-                }
-                if parts.is_empty() {
-                    e(
-                        &format!("{base}.confirm.quorum"),
-                        Severity::Error,
-                        "needs at least one part".into(),
-                    );
-                }
-                approvals = 0;
-                for (i, part) in parts.iter().enumerate() {
-                    let field = format!("{base}.confirm.quorum[{i}]");
-                    if part.users.is_empty() && part.groups.is_empty() {
-                        e(&field, Severity::Error, "names no users or groups".into());
-                    }
-                    let n = part.approvals.unwrap_or(1);
-                    if n == 0 {
-                        e(
-                            &format!("{field}.approvals"),
-                            Severity::Error,
-                            "must be at least 1".into(),
-                        );
-                    }
-                    quorum.push((subjects(groups, &part.users, &part.groups, &field, e), n));
-                    users.extend(part.users.iter().cloned());
-                    group_names.extend(part.groups.iter().cloned());
-                    approvals += n;
-                }
+        Some(RawConfirm::Flag(false)) => Confirm::Never,
+        Some(RawConfirm::Flag(true)) => Confirm::By(ConfirmPolicy::anyone_allowed()),
+        Some(RawConfirm::Spec(c)) => Confirm::By(confirm_spec(c, groups, base, e)),
+    }
+}
+
+/// A confirmation spelled out: approvers and approvals, or a quorum of
+/// parts (each its approvers and approvals); when it expires.
+fn confirm_spec(
+    c: RawConfirmSpec,
+    groups: &BTreeMap<String, Vec<Glob>>,
+    base: &str,
+    e: &mut Report,
+) -> ConfirmPolicy {
+    let raw_approvers = c.approvers.unwrap_or_default();
+    let (mut users, mut group_names) = (raw_approvers.users, raw_approvers.groups);
+    let mut approvals = c.approvals.unwrap_or(1);
+    let mut quorum = Vec::new();
+    if let Some(parts) = &c.quorum {
+        if !users.is_empty() || !group_names.is_empty() || c.approvals.is_some() {
+            e(
+                &format!("{base}.confirm.quorum"),
+                Severity::Error,
+                "a quorum names its approvers and approvals per part; drop approvers and approvals"
+                    .into(),
+            );
+        }
+        if parts.is_empty() {
+            e(
+                &format!("{base}.confirm.quorum"),
+                Severity::Error,
+                "needs at least one part".into(),
+            );
+        }
+        approvals = 0;
+        for (i, part) in parts.iter().enumerate() {
+            let field = format!("{base}.confirm.quorum[{i}]");
+            if part.users.is_empty() && part.groups.is_empty() {
+                e(&field, Severity::Error, "names no users or groups".into());
             }
-            let approvers = if quorum.is_empty() {
-                subjects(
-                    groups,
-                    &users,
-                    &group_names,
-                    &format!("{base}.confirm.approvers"),
-                    e,
-                )
-            } else {
-                // The union; each part was checked above.
-                subjects(groups, &users, &group_names, "", &mut |_, _, _| {})
-            };
-            if approvals == 0 {
+            let n = part.approvals.unwrap_or(1);
+            if n == 0 {
                 e(
-                    &format!("{base}.confirm.approvals"),
+                    &format!("{field}.approvals"),
                     Severity::Error,
-                    "must be at least 1 (use `confirm: false` for none)".into(),
+                    "must be at least 1".into(),
                 );
             }
-            let expires = match c.expires.as_deref().map(clock::parse_duration) {
-                None => DEFAULT_EXPIRY,
-                Some(Some(d)) if !d.is_zero() => d,
-                Some(_) => {
-                    e(
-                        &format!("{base}.confirm.expires"),
-                        Severity::Error,
-                        "expected a duration such as 90s, 10m, 2h".into(),
-                    );
-                    DEFAULT_EXPIRY
-                }
-            };
-            let self_approve = c.self_approve.unwrap_or(approvers.is_empty());
-            Some(Some(ConfirmPolicy {
-                approvers,
-                approvals,
-                self_approve,
-                expires,
-                quorum,
-                verified_devices: c.verified_devices,
-            }))
+            quorum.push((subjects(groups, &part.users, &part.groups, &field, e), n));
+            users.extend(part.users.iter().cloned());
+            group_names.extend(part.groups.iter().cloned());
+            approvals += n;
         }
+    }
+    let approvers = if quorum.is_empty() {
+        subjects(
+            groups,
+            &users,
+            &group_names,
+            &format!("{base}.confirm.approvers"),
+            e,
+        )
+    } else {
+        // The union; each part was checked above.
+        subjects(groups, &users, &group_names, "", &mut |_, _, _| {})
+    };
+    if approvals == 0 {
+        e(
+            &format!("{base}.confirm.approvals"),
+            Severity::Error,
+            "must be at least 1 (use `confirm: false` for none)".into(),
+        );
+    }
+    let expires = match c.expires.as_deref().map(clock::parse_duration) {
+        None => DEFAULT_EXPIRY,
+        Some(Some(d)) if !d.is_zero() => d,
+        Some(_) => {
+            e(
+                &format!("{base}.confirm.expires"),
+                Severity::Error,
+                "expected a duration such as 90s, 10m, 2h".into(),
+            );
+            DEFAULT_EXPIRY
+        }
+    };
+    let self_approve = c.self_approve.unwrap_or(approvers.is_empty());
+    ConfirmPolicy {
+        approvers,
+        approvals,
+        self_approve,
+        expires,
+        quorum,
+        verified_devices: c.verified_devices,
     }
 }
 

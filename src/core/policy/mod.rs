@@ -203,14 +203,36 @@ impl ConfirmPolicy {
     /// what an st2 alias marked `extra.security.twofactor` asks for.
     pub fn second_person() -> Self {
         ConfirmPolicy {
+            self_approve: false,
+            ..ConfirmPolicy::anyone_allowed()
+        }
+    }
+
+    /// One approval by anyone allowed to run the command here, the
+    /// requester too: `confirm: true`, and a risky action's default.
+    pub fn anyone_allowed() -> Self {
+        ConfirmPolicy {
             approvers: Subjects::default(),
             approvals: 1,
-            self_approve: false,
+            self_approve: true,
             expires: DEFAULT_EXPIRY,
             quorum: Vec::new(),
             verified_devices: false,
         }
     }
+}
+
+/// What a rule says about confirmation.
+#[derive(Debug, Clone)]
+pub enum Confirm {
+    /// Nothing: a risky action (`packs.install` and the like) needs one
+    /// approval by anyone allowed, anything else none.
+    Default,
+    /// `confirm: false`: none, even for a risky action.
+    Never,
+    /// `confirm: true` (one approval, anyone allowed, the requester
+    /// too) or the confirmation spelled out.
+    By(ConfirmPolicy),
 }
 
 /// One rule of the policy.
@@ -241,8 +263,8 @@ pub struct Rule {
     /// Whether chat `key=value` pairs may set parameters `params` does not
     /// constrain (only matters when `params` is not empty).
     pub extra_params: bool,
-    /// `Some(None)`: `confirm: false` (explicitly none).
-    pub confirm: Option<Option<ConfirmPolicy>>,
+    /// Who must confirm what it allows.
+    pub confirm: Confirm,
     /// When it applies (`when:`); None: always.
     pub when: Option<Window>,
     /// Who may run it without its confirmation by giving a reason
@@ -467,16 +489,10 @@ impl Rule {
         let risky =
             matches!(target, Target::Alias { action_ref, .. } if risky_by_default(action_ref));
         match &self.confirm {
-            Some(explicit) => explicit.clone(),
-            None if risky => Some(ConfirmPolicy {
-                approvers: Subjects::default(),
-                approvals: 1,
-                self_approve: true,
-                expires: DEFAULT_EXPIRY,
-                quorum: Vec::new(),
-                verified_devices: false,
-            }),
-            None => None,
+            Confirm::By(c) => Some(c.clone()),
+            Confirm::Never => None,
+            Confirm::Default if risky => Some(ConfirmPolicy::anyone_allowed()),
+            Confirm::Default => None,
         }
     }
 

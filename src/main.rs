@@ -11,7 +11,7 @@ use airlock::audit::{AuditLog, Checkpoint, Query};
 use airlock::config::{Config, LogFormat};
 use airlock::diag::Diagnostic;
 use airlock::engine::{self, Engine};
-use airlock::policy::{self, Subject};
+use airlock::policy::Subject;
 use airlock::requests::Requests;
 use airlock::{action, clock, ids};
 

@@ -78,81 +78,9 @@ pub(crate) fn cmd_check(
         diags.extend(p.diagnostics);
         Some(p.policy)
     };
-    // Rules naming aliases or actions that do not exist can never match.
     if let Some(p) = &policy {
         let set = AliasSet::new(loaded.aliases.clone());
-        let mut specs = action::standard_specs();
-        specs.extend(metas.iter().map(|m| m.spec.clone()));
-        // A value a cmd template writes unquoted must be constrained by
-        // every rule that lets someone run the action.
-        for m in &metas {
-            for name in action::metadata::unquoted_cmd_params(m) {
-                // Every way a rule reaches it counts: by action, alias or pack.
-                let unconstrained = p.rules.iter().any(|r| {
-                    r.effect == policy::Effect::Allow
-                        && set
-                            .aliases()
-                            .iter()
-                            .filter(|a| a.action_ref == m.spec.reference)
-                            .any(|a| {
-                                r.targets(&policy::Target::Alias {
-                                    reference: &a.reference(),
-                                    pack: &a.pack,
-                                    action_ref: &a.action_ref,
-                                })
-                            })
-                        && !r.params.contains_key(&name)
-                });
-                if unconstrained {
-                    let text = std::fs::read_to_string(&m.file).unwrap_or_default();
-                    diags.push(airlock::diag::YamlIndex::parse(&text).diag(
-                        airlock::diag::Severity::Warning,
-                        &m.file,
-                        "parameters.cmd.default",
-                        format!(
-                            "{{{{ {name} | safe }}}} writes {name} into the shell unquoted, and a rule allowing {} does not constrain {name} by values or regex",
-                            m.spec.reference
-                        ),
-                    ));
-                }
-            }
-        }
-        for r in &p.rules {
-            for g in &r.aliases {
-                if !set.aliases().iter().any(|a| g.matches(&a.reference())) {
-                    diags.push(warn_rule(
-                        r,
-                        format!("aliases: no loaded alias matches \"{}\"", g.text),
-                    ));
-                }
-            }
-            for g in &r.actions {
-                let routed_match = set
-                    .aliases()
-                    .iter()
-                    .any(|a| routed(&a.action_ref) && g.matches(&a.action_ref));
-                if !routed_match && !specs.iter().any(|s| g.matches(&s.reference)) {
-                    diags.push(warn_rule(
-                        r,
-                        format!("actions: airlock has no action matching \"{}\"", g.text),
-                    ));
-                }
-            }
-        }
-        let refs: Vec<String> = set.aliases().iter().map(|a| a.reference()).collect();
-        let targets: Vec<policy::Target> = set
-            .aliases()
-            .iter()
-            .zip(&refs)
-            .map(|(a, reference)| policy::Target::Alias {
-                reference,
-                pack: &a.pack,
-                action_ref: &a.action_ref,
-            })
-            .collect();
-        for (r, why) in p.unconstrained_paths(&targets) {
-            diags.push(warn_rule(r, why));
-        }
+        diags.extend(airlock::catalog::cross_check(&set, &metas, p, routed));
     }
     for d in &diags {
         println!("{d}");
@@ -170,17 +98,6 @@ pub(crate) fn cmd_check(
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    }
-}
-
-pub(crate) fn warn_rule(r: &policy::Rule, message: String) -> Diagnostic {
-    Diagnostic {
-        severity: airlock::diag::Severity::Warning,
-        file: r.file.clone(),
-        line: r.line,
-        column: 3,
-        field: format!("rule {}", r.id),
-        message,
     }
 }
 

@@ -575,28 +575,7 @@ pub fn substitute(text: &str) -> Result<String, String> {
         fix_ends(f.start, shift, &mut ends);
         let inner = &text[f.start + OPEN.len_utf8()..f.end - CLOSE.len_utf8()];
         let value = decode(inner).ok_or("a value's marker was damaged")?;
-        if value.contains('\0') {
-            return Err("a value holds a NUL byte, which no shell argument can carry".into());
-        }
-        if let Context::Unsupported(where_) = f.context {
-            return Err(format!(
-                "the cmd template places a value {where_}, where the shell would not read it as data"
-            ));
-        }
-        if let Some(h) = f.heredoc.map(|i| &lexed.heredocs[i])
-            && h.strip_tabs
-            && (value.contains("\n\t")
-                || (value.starts_with('\t')
-                    && text[..f.start]
-                        .rsplit('\n')
-                        .next()
-                        .is_some_and(|l| l.chars().all(|c| c == '\t'))))
-        {
-            return Err(
-                "a value has a line starting with a tab, which the cmd template's <<- here-document would strip"
-                    .into(),
-            );
-        }
+        placeable(text, &lexed, f, &value)?;
         let written = write(&value, &f.context);
         out.push_str(&text[last..f.start]);
         out.push_str(&written);
@@ -605,13 +584,55 @@ pub fn substitute(text: &str) -> Result<String, String> {
     }
     fix_ends(usize::MAX, shift, &mut ends);
     out.push_str(&text[last..]);
-    // A value may not end its here-document early: the first delimiter
-    // line of each body must still be the template's own. And dash drops
-    // the byte after a line's start that matches the delimiter's start
-    // when that byte is not ASCII (`EO¡` reads back as `EO` and half a
-    // character): in an expanding body such a line is opened with an
-    // empty expansion, `${x+}`, which no delimiter matches; in a quoted
-    // body the value is refused.
+    let openers = heredoc_openers(text, &lexed, &out, &ends)?;
+    for at in openers.into_iter().rev() {
+        out.insert_str(at, "${x+}");
+    }
+    Ok(out)
+}
+
+/// Whether `value` can be written where marker `f` stands: no NUL, a
+/// supported place, and no line a `<<-` here-document would strip.
+fn placeable(text: &str, lexed: &Lexed, f: &Found, value: &str) -> Result<(), String> {
+    if value.contains('\0') {
+        return Err("a value holds a NUL byte, which no shell argument can carry".into());
+    }
+    if let Context::Unsupported(where_) = f.context {
+        return Err(format!(
+            "the cmd template places a value {where_}, where the shell would not read it as data"
+        ));
+    }
+    if let Some(h) = f.heredoc.map(|i| &lexed.heredocs[i])
+        && h.strip_tabs
+        && (value.contains("\n\t")
+            || (value.starts_with('\t')
+                && text[..f.start]
+                    .rsplit('\n')
+                    .next()
+                    .is_some_and(|l| l.chars().all(|c| c == '\t'))))
+    {
+        return Err(
+            "a value has a line starting with a tab, which the cmd template's <<- here-document would strip"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// A value may not end its here-document early: the first delimiter
+/// line of each body must still be the template's own. And dash drops
+/// the byte after a line's start that matches the delimiter's start when
+/// that byte is not ASCII (`EO¡` reads back as `EO` and half a
+/// character): in an expanding body such a line is opened with an empty
+/// expansion, `${x+}` (at the offsets returned), which no delimiter
+/// matches; in a quoted body the value is refused. `ends` is where each
+/// delimiter line landed in `out`.
+fn heredoc_openers(
+    text: &str,
+    lexed: &Lexed,
+    out: &str,
+    ends: &[Option<usize>],
+) -> Result<Vec<usize>, String> {
     let mut openers = Vec::new();
     for (i, h) in lexed.heredocs.iter().enumerate() {
         if !lexed.found.iter().any(|f| f.heredoc == Some(i)) {
@@ -660,10 +681,7 @@ pub fn substitute(text: &str) -> Result<String, String> {
             pos += line.len();
         }
     }
-    for at in openers.into_iter().rev() {
-        out.insert_str(at, "${x+}");
-    }
-    Ok(out)
+    Ok(openers)
 }
 
 /// The length of what [`substitute`] writes for `f`.

@@ -385,69 +385,20 @@ impl Parser {
             self.read_until(')')?;
             return Ok(None);
         }
-        let (open, opaque) = if self.starts_with("<=") {
-            self.pos += 2;
-            ("(?<=", true)
-        } else if self.starts_with("<!") {
-            self.pos += 2;
-            ("(?<!", true)
-        } else if self.peek() == Some('=') {
-            self.pos += 1;
-            ("(?=", true)
-        } else if self.peek() == Some('!') {
-            self.pos += 1;
-            ("(?!", true)
-        } else if self.peek() == Some('>') {
-            self.pos += 1;
-            ("(?>", true)
-        } else if self.peek() == Some(':') {
-            self.pos += 1;
-            ("(?:", false)
-        } else if self.peek() == Some('(') {
-            // Conditional `(?(id)yes|no)`: passed through, never searched.
-            self.pos += 1;
-            let cond = self.read_until(')')?;
-            self.out.push_str(&format!("(?({cond})"));
-            let inner = self.parse_alternation(depth + 1)?;
-            self.close_group()?;
-            drop(inner);
-            return Ok(Some(Token::Opaque(cond)));
-        } else {
-            // Inline flags: `(?aiLmsux)` or scoped `(?i-m:...)`.
-            let mut flags = String::new();
-            while let Some(c) = self.peek().filter(|c| c.is_ascii_alphabetic() || *c == '-') {
-                flags.push(c);
-                self.pos += 1;
-            }
-            if flags.is_empty() {
-                return Err(self.err("unknown extension"));
-            }
-            self.inline_flags = true;
-            // Rust has no `a`, `L` or `u`: ASCII/locale/unicode modes.
-            let rust_flags: String = flags.chars().filter(|c| "imsx-".contains(*c)).collect();
-            match self.peek() {
-                Some(')') => {
-                    self.pos += 1;
-                    if rust_flags.trim_matches('-').is_empty() {
-                        return Ok(None);
-                    }
-                    self.out.push_str(&format!("(?{rust_flags})"));
-                    return Ok(None);
-                }
-                Some(':') => {
-                    self.pos += 1;
-                    if rust_flags.trim_matches('-').is_empty() {
-                        self.out.push_str("(?:");
-                    } else {
-                        self.out.push_str(&format!("(?{rust_flags}:"));
-                    }
-                    let inner = self.parse_alternation(depth + 1)?;
-                    self.close_group()?;
-                    return Ok(Some(Token::Group(None, inner)));
-                }
-                _ => return Err(self.err("missing -, : or )")),
-            }
+        // Lookarounds and atomic groups match nothing a search can name.
+        const OPENERS: [(&str, &str, bool); 6] = [
+            ("<=", "(?<=", true),
+            ("<!", "(?<!", true),
+            ("=", "(?=", true),
+            ("!", "(?!", true),
+            (">", "(?>", true),
+            (":", "(?:", false),
+        ];
+        let Some(&(prefix, open, opaque)) = OPENERS.iter().find(|(p, ..)| self.starts_with(p))
+        else {
+            return self.conditional_or_flags(depth);
         };
+        self.pos += prefix.len();
         self.out.push_str(open);
         let inner = self.parse_alternation(depth + 1)?;
         self.close_group()?;
@@ -455,6 +406,53 @@ impl Parser {
             Ok(Some(Token::Opaque(open.to_string())))
         } else {
             Ok(Some(Token::Group(None, inner)))
+        }
+    }
+
+    /// After `(?`: a conditional `(?(id)yes|no)`, passed through and
+    /// never searched, or inline flags, `(?aiLmsux)` or scoped
+    /// `(?i-m:...)`.
+    fn conditional_or_flags(&mut self, depth: usize) -> Result<Option<Token>, PyRegexError> {
+        if self.peek() == Some('(') {
+            self.pos += 1;
+            let cond = self.read_until(')')?;
+            self.out.push_str(&format!("(?({cond})"));
+            self.parse_alternation(depth + 1)?;
+            self.close_group()?;
+            return Ok(Some(Token::Opaque(cond)));
+        }
+        let mut flags = String::new();
+        while let Some(c) = self.peek().filter(|c| c.is_ascii_alphabetic() || *c == '-') {
+            flags.push(c);
+            self.pos += 1;
+        }
+        if flags.is_empty() {
+            return Err(self.err("unknown extension"));
+        }
+        self.inline_flags = true;
+        // Rust has no `a`, `L` or `u`: ASCII/locale/unicode modes.
+        let rust_flags: String = flags.chars().filter(|c| "imsx-".contains(*c)).collect();
+        let plain = rust_flags.trim_matches('-').is_empty();
+        match self.peek() {
+            Some(')') => {
+                self.pos += 1;
+                if !plain {
+                    self.out.push_str(&format!("(?{rust_flags})"));
+                }
+                Ok(None)
+            }
+            Some(':') => {
+                self.pos += 1;
+                if plain {
+                    self.out.push_str("(?:");
+                } else {
+                    self.out.push_str(&format!("(?{rust_flags}:"));
+                }
+                let inner = self.parse_alternation(depth + 1)?;
+                self.close_group()?;
+                Ok(Some(Token::Group(None, inner)))
+            }
+            _ => Err(self.err("missing -, : or )")),
         }
     }
 

@@ -46,6 +46,7 @@ mod explain;
 mod inquiry;
 mod locks;
 mod notices;
+mod outcome;
 mod plan;
 mod prompt;
 mod protocol;

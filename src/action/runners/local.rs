@@ -235,31 +235,7 @@ pub struct Ran {
 /// the process has exited and its output is read.
 /// What it prints is also fed to `output`, for `!status`.
 pub fn run(spawn: &Spawn, cancel: &AtomicBool, output: &Arc<OutputTail>) -> std::io::Result<Ran> {
-    let mut cmd = Command::new(&spawn.program);
-    cmd.args(&spawn.args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own group, so everything it starts can be stopped with it.
-        .process_group(0);
-    // SAFETY: `guard` makes only async-signal-safe calls (fork, sigaction,
-    // prctl, close, waitpid, kill, _exit), as code between fork and exec
-    // must.
-    unsafe {
-        cmd.pre_exec(guard);
-    }
-    for k in WITHHELD_ENV
-        .iter()
-        .copied()
-        .chain(spawn.withheld.iter().map(String::as_str))
-    {
-        cmd.env_remove(k);
-    }
-    cmd.envs(spawn.env.iter().map(|(k, v)| (k, v)));
-    if let Some(d) = &spawn.cwd {
-        cmd.current_dir(d);
-    }
-    let mut child = cmd.spawn()?;
+    let mut child = command(spawn).spawn()?;
     let pgid = child.id() as i32;
     let cap = spawn.output_cap;
     // The run ends when the process has exited and its output is read (a
@@ -339,6 +315,37 @@ pub fn run(spawn: &Spawn, cancel: &AtomicBool, output: &Arc<OutputTail>) -> std:
         dropped: (out_dropped, err_dropped),
         invalid_utf8,
     })
+}
+
+/// The command `spawn` describes: in a group of its own, its stdin
+/// closed, its output piped, the withheld variables removed, and the
+/// guard between fork and exec.
+fn command(spawn: &Spawn) -> Command {
+    let mut cmd = Command::new(&spawn.program);
+    cmd.args(&spawn.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so everything it starts can be stopped with it.
+        .process_group(0);
+    // SAFETY: `guard` makes only async-signal-safe calls (fork, sigaction,
+    // prctl, close, waitpid, kill, _exit), as code between fork and exec
+    // must.
+    unsafe {
+        cmd.pre_exec(guard);
+    }
+    for k in WITHHELD_ENV
+        .iter()
+        .copied()
+        .chain(spawn.withheld.iter().map(String::as_str))
+    {
+        cmd.env_remove(k);
+    }
+    cmd.envs(spawn.env.iter().map(|(k, v)| (k, v)));
+    if let Some(d) = &spawn.cwd {
+        cmd.current_dir(d);
+    }
+    cmd
 }
 
 /// Runs in the child between fork and exec. It forks once more: the new

@@ -222,18 +222,9 @@ impl PackAction {
         Ok(real)
     }
 
-    /// Run the rendered parameters `p` on the action's runner.
-    fn run_rendered(
-        &self,
-        ctx: &RunContext,
-        p: &Params,
-        pack_dir: Option<&Path>,
-    ) -> Result<(&'static str, Value), String> {
-        let reference = &self.meta.spec.reference;
-        if self.meta.runner == Runner::Http {
-            return http::Request::from_params(p, reference)?.send();
-        }
-        let timeout = p.get("timeout").cloned().unwrap_or(json!(60));
+    /// The process's environment: the `env` parameter, then st2's
+    /// `ST2_ACTION_*` variables.
+    fn environment(&self, ctx: &RunContext, p: &Params) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = p
             .get("env")
             .and_then(Value::as_object)
@@ -252,7 +243,17 @@ impl PackAction {
                 if debug { "True" } else { "False" }.into(),
             ),
         ]);
-        let (program, args) = match self.meta.runner {
+        env
+    }
+
+    /// The program and its arguments: `/bin/sh -c cmd`, or the script
+    /// with its positional and named arguments under its interpreter.
+    fn command(
+        &self,
+        p: &Params,
+        pack_dir: Option<&Path>,
+    ) -> Result<(PathBuf, Vec<String>), String> {
+        Ok(match self.meta.runner {
             Runner::ShellCmd => (
                 PathBuf::from("/bin/sh"),
                 vec![
@@ -287,7 +288,23 @@ impl PackAction {
                 let args = local::script_args(&named, &schema, op);
                 interpreter(&script, args)
             }
-        };
+        })
+    }
+
+    /// Run the rendered parameters `p` on the action's runner.
+    fn run_rendered(
+        &self,
+        ctx: &RunContext,
+        p: &Params,
+        pack_dir: Option<&Path>,
+    ) -> Result<(&'static str, Value), String> {
+        let reference = &self.meta.spec.reference;
+        if self.meta.runner == Runner::Http {
+            return http::Request::from_params(p, reference)?.send();
+        }
+        let timeout = p.get("timeout").cloned().unwrap_or(json!(60));
+        let env = self.environment(ctx, p);
+        let (program, args) = self.command(p, pack_dir)?;
         // The sandbox inside sudo: bubblewrap forbids gaining privileges,
         // so sudo must come first.
         let (program, args) = match self.cfg.sandbox {

@@ -2,6 +2,7 @@
 //! entries in chunks, posting lists, copies by sender). The newest takes
 //! appends; an older one is sealed and its trees dropped whole.
 
+use crate::store::kv::{self, Batch, Bytes, Db, Tree};
 use sha2::{Digest, Sha256};
 
 use super::parallel::in_batches;
@@ -145,12 +146,12 @@ pub(super) fn framed_in(chunk: &[u8]) -> Option<Vec<(u64, std::ops::Range<usize>
 /// to the newest while it is under `cap` bytes, then to new ones keyed by
 /// their first seq.
 pub(super) fn add_to_chunks(
-    tree: &crate::store::kv::Tree,
-    batch: &mut crate::store::kv::Batch,
+    tree: &Tree,
+    batch: &mut Batch,
     prefix: &[u8],
     records: &[(u64, Vec<u8>)],
     cap: usize,
-) -> crate::store::kv::Result<()> {
+) -> kv::Result<()> {
     let newest = tree.scan_prefix(prefix).next_back().transpose()?;
     let mut open = newest
         .filter(|(_, old)| old.len() < cap)
@@ -178,11 +179,7 @@ pub(super) fn add_to_chunks(
 /// Index writes for `entries` (in seq order), stored as `stored`: each
 /// field value's seqs and each sender's copies added to their newest
 /// chunks in `index`.
-pub(super) fn index_batch(
-    index: &crate::store::kv::Tree,
-    entries: &[Entry],
-    stored: &[crate::store::kv::Bytes],
-) -> crate::store::kv::Result<crate::store::kv::Batch> {
+pub(super) fn index_batch(index: &Tree, entries: &[Entry], stored: &[Bytes]) -> kv::Result<Batch> {
     type Records = Vec<(u64, Vec<u8>)>;
     let mut postings: std::collections::BTreeMap<Vec<u8>, Records> = Default::default();
     let mut copies: std::collections::BTreeMap<Vec<u8>, Records> = Default::default();
@@ -200,7 +197,7 @@ pub(super) fn index_batch(
                 .push((e.seq, framed(e.seq, bytes)));
         }
     }
-    let mut batch = crate::store::kv::Batch::default();
+    let mut batch = Batch::default();
     for (prefix, records) in postings {
         add_to_chunks(index, &mut batch, &prefix, &records, CHUNK_BYTES)?;
     }
@@ -219,9 +216,9 @@ pub(super) fn index_batch(
 pub(super) struct Epoch {
     /// Its number.
     pub(super) n: u64,
-    db: crate::store::kv::Db,
-    tree: crate::store::kv::Tree,
-    index: crate::store::kv::Tree,
+    db: Db,
+    tree: Tree,
+    index: Tree,
 }
 
 /// The names of epoch `n`'s trees: (entries, index).
@@ -235,7 +232,7 @@ pub(super) fn tree_names(n: u64) -> (String, String) {
 
 impl Epoch {
     /// Open epoch `n` in `db`, indexing what a crash left unindexed.
-    pub(super) fn open(db: &crate::store::kv::Db, n: u64) -> Result<Self, AuditError> {
+    pub(super) fn open(db: &Db, n: u64) -> Result<Self, AuditError> {
         let (t, i) = tree_names(n);
         let log = Epoch {
             n,
@@ -317,7 +314,7 @@ impl Epoch {
                 .iter()
                 .map(|(k, b)| (key_seq(k), framed(key_seq(k), b)))
                 .collect();
-            let mut batch = crate::store::kv::Batch::default();
+            let mut batch = Batch::default();
             add_to_chunks(&self.tree, &mut batch, CHUNK, &records, ENTRY_CHUNK_BYTES)?;
             for (k, _) in &old {
                 batch.remove(k);
@@ -335,12 +332,7 @@ impl Epoch {
     fn chunks_from(
         &self,
         first: u64,
-    ) -> Result<
-        impl DoubleEndedIterator<
-            Item = crate::store::kv::Result<(crate::store::kv::Bytes, crate::store::kv::Bytes)>,
-        >,
-        AuditError,
-    > {
+    ) -> Result<impl DoubleEndedIterator<Item = kv::Result<(Bytes, Bytes)>>, AuditError> {
         let start = holder(&self.tree, first)?.map_or(0, |(k, _)| key_seq(&k));
         Ok(self.tree.range(chunk_key(start)..=chunk_key(u64::MAX)))
     }
@@ -386,7 +378,7 @@ impl Epoch {
                     break;
                 }
                 entries.push(parse(seq, &chunk[at.clone()])?);
-                stored.push(crate::store::kv::Bytes::from(&chunk[at]));
+                stored.push(Bytes::from(&chunk[at]));
             }
             self.index
                 .apply_batch(index_batch(&self.index, &entries, &stored)?)?;
@@ -409,13 +401,13 @@ impl Epoch {
         if batch.is_empty() {
             return Ok(batch);
         }
-        let mut writes = crate::store::kv::Batch::default();
+        let mut writes = Batch::default();
         let mut stored = Vec::with_capacity(batch.len());
         let mut records = Vec::with_capacity(batch.len());
         for e in batch.iter_mut() {
             e.seq = head.seq + 1;
             e.prev = std::mem::take(&mut head.hash);
-            let bytes = crate::store::kv::Bytes::from(e.seal());
+            let bytes = Bytes::from(e.seal());
             records.push((e.seq, framed(e.seq, &bytes)));
             stored.push(bytes);
             head = Head {
@@ -613,7 +605,7 @@ impl Epoch {
 
 /// An entry as stored: its seq, the chunk that holds it, where its bytes
 /// lie in the chunk.
-type Stored = (u64, crate::store::kv::Bytes, std::ops::Range<usize>);
+type Stored = (u64, Bytes, std::ops::Range<usize>);
 
 /// What a chunk of the log holds, as its errors name it.
 pub(super) const ENTRIES: &str = "entries";
@@ -622,10 +614,7 @@ pub(super) const COPIES: &str = "copies for queries by user";
 
 /// The entries in chunk `(key, chunk)` (of the log, or of copies: `what`),
 /// oldest first.
-pub(super) fn unchunk(
-    (key, chunk): (crate::store::kv::Bytes, crate::store::kv::Bytes),
-    what: &str,
-) -> Result<Vec<Stored>, AuditError> {
+pub(super) fn unchunk((key, chunk): (Bytes, Bytes), what: &str) -> Result<Vec<Stored>, AuditError> {
     let framed = framed_in(&chunk).ok_or_else(|| {
         AuditError::Corrupt(
             key_seq(&key),
@@ -640,10 +629,7 @@ pub(super) fn unchunk(
 
 /// The chunk of the log that holds entry `seq`, if any: the last to start
 /// at or before it.
-pub(super) fn holder(
-    tree: &crate::store::kv::Tree,
-    seq: u64,
-) -> crate::store::kv::Result<Option<(crate::store::kv::Bytes, crate::store::kv::Bytes)>> {
+pub(super) fn holder(tree: &Tree, seq: u64) -> kv::Result<Option<(Bytes, Bytes)>> {
     tree.range(chunk_key(0)..=chunk_key(seq))
         .next_back()
         .transpose()
@@ -654,14 +640,14 @@ pub(super) fn holder(
 /// could do, and what `verify` and the checkpoints are tested against.
 #[doc(hidden)]
 pub fn edit_stored(
-    db: &crate::store::kv::Db,
+    db: &Db,
     seq: u64,
     edit: impl FnOnce(Option<&[u8]>) -> Option<Vec<u8>>,
 ) -> Result<(), AuditError> {
     let tree = db.open_tree("audit")?;
     let (key, entries) = match holder(&tree, seq)? {
         Some(kv) => (kv.0.clone(), unchunk(kv, ENTRIES)?),
-        None => (crate::store::kv::Bytes::default(), Vec::new()),
+        None => (Bytes::default(), Vec::new()),
     };
     let Some((_, chunk, at)) = entries.iter().find(|(s, _, _)| *s == seq) else {
         // Not stored: filed in a chunk of its own.

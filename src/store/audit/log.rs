@@ -3,6 +3,7 @@
 //! query, follow and check covers both, and finds each entry once: a
 //! segment counts only below the first entry still in sled.
 
+use crate::store::kv::{Batch, Db, Tree};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -41,8 +42,8 @@ impl Default for SealPolicy {
 /// The log.
 #[derive(Clone)]
 pub struct AuditLog {
-    db: crate::store::kv::Db,
-    meta: crate::store::kv::Tree,
+    db: Db,
+    meta: Tree,
     epochs: Arc<RwLock<Vec<Epoch>>>,
     archive: Archive,
     /// Appends take turns: each reads the head it extends.
@@ -54,13 +55,13 @@ pub struct AuditLog {
 impl AuditLog {
     /// Open the log in `db` without an archive directory (a store that
     /// has never sealed, or for what needs only the unsealed part).
-    pub fn open(db: &crate::store::kv::Db) -> Result<Self, AuditError> {
+    pub fn open(db: &Db) -> Result<Self, AuditError> {
         Self::open_at(db, None)
     }
 
     /// Open the log in `db`, its segments in `archive`; finish or undo
     /// whatever step of a sealing a crash cut short.
-    pub fn open_at(db: &crate::store::kv::Db, archive: Option<&Path>) -> Result<Self, AuditError> {
+    pub fn open_at(db: &Db, archive: Option<&Path>) -> Result<Self, AuditError> {
         let meta = db.open_tree("audit_meta")?;
         let live: Vec<u64> = match meta.get(EPOCHS)? {
             Some(b) => serde_json::from_slice(&b)
@@ -408,7 +409,7 @@ impl AuditLog {
             .map(|x| x.n)
             .filter(|n| *n != e.n)
             .collect();
-        let mut batch = crate::store::kv::Batch::default();
+        let mut batch = Batch::default();
         batch.insert(EPOCHS, serde_json::to_vec(&live).expect("json"));
         self.archive.store(&manifests, batch)?;
         crate::crash::point("seal_manifest_stored");

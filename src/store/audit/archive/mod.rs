@@ -13,6 +13,7 @@
 
 mod scan;
 
+use crate::store::kv::{Batch, Tree};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -89,12 +90,12 @@ fn pruned_key(first: u64) -> [u8; 9] {
 #[derive(Clone)]
 pub(super) struct Archive {
     dir: Option<PathBuf>,
-    meta: crate::store::kv::Tree,
+    meta: Tree,
     open: Arc<Mutex<Vec<Arc<Segment>>>>,
 }
 
 impl Archive {
-    pub(super) fn new(dir: Option<PathBuf>, meta: crate::store::kv::Tree) -> Self {
+    pub(super) fn new(dir: Option<PathBuf>, meta: Tree) -> Self {
         Archive {
             dir,
             meta,
@@ -197,7 +198,7 @@ impl Archive {
         now: u64,
         setting: &str,
     ) -> Result<(), AuditError> {
-        let mut batch = crate::store::kv::Batch::default();
+        let mut batch = Batch::default();
         for m in due {
             batch.insert(
                 &pruned_key(m.first),
@@ -330,11 +331,7 @@ impl Archive {
     }
 
     /// Store `manifests` and the meta writes of `more` in one batch.
-    pub(super) fn store(
-        &self,
-        manifests: &[Manifest],
-        more: crate::store::kv::Batch,
-    ) -> Result<(), AuditError> {
+    pub(super) fn store(&self, manifests: &[Manifest], more: Batch) -> Result<(), AuditError> {
         let mut batch = more;
         for m in manifests {
             batch.insert(&manifest_key(m.first), serde_json::to_vec(m).expect("json"));

@@ -322,25 +322,26 @@ fn a_secret_reaches_no_output_by_any_path() {
         std::thread::spawn(move || bodies(&bot.say(ALICE, OPS, "!leak")))
     };
     // While it runs, its live output in !pending and !status.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never saw the live line: {seen}"
-        );
-        let open = bot.engine.requests().open_requests().unwrap();
-        if let Some(r) = open.first() {
+    wait_until(
+        "the live line, masked",
+        std::time::Duration::from_secs(20),
+        || {
+            let r = bot
+                .engine
+                .requests()
+                .open_requests()
+                .unwrap()
+                .into_iter()
+                .next()?;
             let status = bodies(&bot.say(ALICE, OPS, &format!("!status {}", r.id)));
             let pending = bodies(&bot.say(ALICE, OPS, "!pending"));
             seen.push_str(&status);
             seen.push_str(&pending);
-            if status.contains("live ********") {
+            status.contains("live ********").then(|| {
                 assert!(pending.contains("live ********"), "{pending}");
-                break;
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+            })
+        },
+    );
     let done = runner.join().unwrap();
     assert!(done.contains("out: {'********': ['********']}"), "{done}");
     seen.push_str(&done);
@@ -524,21 +525,16 @@ fn followers_that_hang_up_end_and_their_number_is_bounded() {
     drop(held);
     // Every stream ends once its client is gone: the full number can
     // follow again (within a deadline, as the streams notice).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let again: Vec<_> = (0..airlock::http::MAX_FOLLOWERS)
-            .map(|_| follow())
-            .collect();
-        if again.iter().all(|(_, h)| h.ends_with("200")) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "streams outlived their clients"
-        );
-        drop(again);
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_until(
+        "the streams ending with their clients",
+        std::time::Duration::from_secs(10),
+        || {
+            let again: Vec<_> = (0..airlock::http::MAX_FOLLOWERS)
+                .map(|_| follow())
+                .collect();
+            again.iter().all(|(_, h)| h.ends_with("200")).then_some(())
+        },
+    );
 }
 
 /// An action tries to read each of airlock's credentials: the password in

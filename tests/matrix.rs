@@ -14,7 +14,7 @@ use matrix_sdk::ruma::events::room::message::{
     Relation, ReplacementMetadata, RoomMessageEventContent,
 };
 use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
-use mx::{AUDIT_TOKEN, Airlock, Homeserver, Seen, User, unique};
+use mx::{AUDIT_TOKEN, Airlock, Homeserver, Seen, User, eventually, unique};
 
 const PW: &str = "correct horse battery staple";
 const WAIT: Duration = Duration::from_secs(30);
@@ -170,15 +170,20 @@ impl Scene {
     /// Wait until the bot has joined `room` (as alice sees it).
     async fn bot_joined(&self, room: &OwnedRoomId) {
         let r = self.alice.room(room).await;
-        for _ in 0..300 {
-            if let Ok(Some(m)) = r.get_member(&self.bot).await
-                && *m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Join
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the bot never joined {room}");
+        let what = format!("the bot joining {room}");
+        eventually(&what, WAIT, || async {
+            let m = r.get_member(&self.bot).await.ok()??;
+            (*m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Join)
+                .then_some(())
+        })
+        .await
+    }
+
+    /// Wait until alice's and bob's clients know the bot's device, so what
+    /// they send in an encrypted room is encrypted for it.
+    async fn devices_known(&self) {
+        self.alice.knows_devices_of(&self.bot).await;
+        self.bob.knows_devices_of(&self.bot).await;
     }
 }
 
@@ -283,17 +288,14 @@ async fn deploy_with_confirmation_on_synapse() {
     // The bot is healthy once it syncs, and says so on /healthz.
     let http = reqwest::Client::new();
     let url = |path: &str| format!("http://127.0.0.1:{}{path}", s.http_port);
-    let mut body = serde_json::Value::Null;
-    for _ in 0..300 {
+    let body: serde_json::Value = eventually("a healthy /healthz", WAIT, || async {
         let health = http.get(url("/healthz")).send().await.unwrap();
         let code = health.status();
-        body = health.json().await.unwrap();
-        if code == 200 {
-            break;
-        }
-        assert_eq!(code, 503, "{body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let body: serde_json::Value = health.json().await.unwrap();
+        assert!(code == 200 || code == 503, "{code}: {body}");
+        (code == 200).then_some(body)
+    })
+    .await;
     assert_eq!(body["status"], "ok", "{body}");
     // A SIEM shipper tails the audit log while the bot runs.
     let mut follower = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
@@ -605,16 +607,13 @@ async fn history_threads_and_outages() {
             answer_to(&s.bot, &fresh),
         )
         .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        !s.alice
-            .seen
-            .lock()
-            .unwrap()
-            .iter()
-            .any(answer_to(&s.bot, &old)),
-        "a command from before the bot joined was answered"
-    );
+    s.alice
+        .never_sees(
+            "an answer to a command from before the bot joined",
+            Duration::from_secs(1),
+            answer_to(&s.bot, &old),
+        )
+        .await;
 
     // A deploy asked for in a thread: prompt, approval and result stay there.
     let root = say(&s.alice, &room, "deploying from a thread").await;
@@ -665,10 +664,29 @@ async fn history_threads_and_outages() {
             answer_to(&s.bot, &slow)(x) && x.body == "pausing"
         })
         .await;
+    let failed_syncs = || async {
+        let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", s.http_port))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("airlock_syncs_total{outcome=\"failed\"} "))
+            .map_or(Some(0.0), |n| n.trim().parse::<f64>().ok())
+    };
+    let failed_before = failed_syncs().await.unwrap_or(0.0);
     proxy.cut();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    eventually("the bot noticing the outage", WAIT, || async {
+        failed_syncs().await.filter(|n| *n > failed_before)
+    })
+    .await;
+    // The command must reach the bot older than its max_command_age (10 s):
+    // the server comes back once that much time has passed since it was sent.
+    let too_old = tokio::time::Instant::now() + Duration::from_secs(11);
     let during = say(&s.alice, &room, "!pending").await;
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    tokio::time::sleep_until(too_old).await;
     proxy.restore();
     let late = s
         .alice
@@ -710,8 +728,7 @@ async fn encrypted_room_deploy_and_invites_by_policy() {
     let mut bot = s.start();
     let room = s.room(true, true).await;
     s.bot_joined(&room).await;
-    // Let both sides see each other's devices before the first message.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.devices_known().await;
     deploy_flow(&s, &room, "main").await;
     // With reaction_approvals on, 👍 on the prompt approves like "yes".
     s.repo.branch("other");
@@ -784,18 +801,12 @@ async fn encrypted_room_deploy_and_invites_by_policy() {
     let mut req = CreateRoom::new();
     req.invite = vec![s.bot.clone()];
     let hers = s.mallory.client.create_room(req).await.unwrap();
-    let declined = async {
-        for _ in 0..100 {
-            if let Ok(Some(m)) = hers.get_member(&s.bot).await
-                && *m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Leave
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        false
-    };
-    assert!(declined.await, "the bot should decline mallory's invite");
+    eventually("the bot declining mallory's invite", WAIT, || async {
+        let m = hers.get_member(&s.bot).await.ok()??;
+        (*m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Leave)
+            .then_some(())
+    })
+    .await;
     // A sync after the decline has been handled (the bot answers again),
     // and declining logged no error.
     say(&s.alice, &room, "!help").await;
@@ -973,8 +984,7 @@ async fn only_cross_signed_devices_approve_under_verified_devices() {
     let mut bot = s.start();
     let room = s.room(true, true).await;
     s.bot_joined(&room).await;
-    // Let every side see the others' devices before the first message.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.devices_known().await;
     let cmd = say(&s.alice, &room, "!secure echo hello").await;
     let prompt = s
         .alice
@@ -1071,15 +1081,10 @@ async fn actions_run_on_stackstorm_and_survive_a_restart() {
         ])
         .1
     };
-    let deadline = std::time::Instant::now() + WAIT;
-    while !list().contains("\"running\"") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never ran on st2: {}",
-            list()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the run on st2", WAIT, || async {
+        list().contains("\"running\"").then_some(())
+    })
+    .await;
     // Stopped mid-run: st2's execution goes on.
     assert!(bot.stop().success());
     let mut bot = s.start();
@@ -1201,11 +1206,10 @@ async fn actions_run_on_a_temporal_worker_and_survive_a_restart() {
     );
     let request = common::request_id(&prompt.body);
     reply(&s.bob, &room, &prompt.event_id, "yes").await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while server.describe(&request).is_none() {
-        assert!(std::time::Instant::now() < deadline, "never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the workflow starting", WAIT, || async {
+        server.describe(&request).map(drop)
+    })
+    .await;
     // Killed mid-run: the workflow goes on.
     bot.kill();
     let mut bot = s.start();

@@ -35,11 +35,9 @@ impl GitDaemon {
             .stderr(Stdio::null())
             .spawn()
             .expect("git daemon (the git CLI) must be installed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "git daemon did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until("git daemon listening", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).ok().map(drop)
+        });
         GitDaemon { child, port }
     }
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use common::*;
 
-/// The environment variable the bot reads the API key from (this file has
-/// one test, so setting it races with nothing).
-const KEY_ENV: &str = "AIRLOCK_TEST_ST2_API_KEY";
+/// The environment variable a bot would read the API key from: the
+/// tests hand the key in instead (`St2Config::api_key`), so none sets it.
+const KEY_ENV: &str = "AIRLOCK_TEST_ST2_API_KEY_UNSET";
 
 const POLICY: &str = r#"
 groups:
@@ -65,15 +65,29 @@ fn bot(dir: &std::path::Path, url: &str) -> Bot {
 
 /// The bot over what `bot` wrote in `dir`, as a restart finds it.
 fn reopen(dir: &std::path::Path, url: &str) -> Bot {
+    with_key(dir, url, KEY)
+}
+
+/// The bot with StackStorm API key `key`.
+fn with_key(dir: &std::path::Path, url: &str, key: &str) -> Bot {
     let mut s = settings(dir, &dir.join("p.yaml"), None);
     s.aliases = vec![dir.join("aliases")];
-    s.st2 = Some(
-        serde_yaml::from_str::<St2Config>(&format!(
-            "url: {url}\napi_key_env: {KEY_ENV}\nactions: [\"tests.*\"]\n"
-        ))
-        .unwrap(),
-    );
+    let mut st2 = serde_yaml::from_str::<St2Config>(&format!(
+        "url: {url}\napi_key_env: {KEY_ENV}\nactions: [\"tests.*\"]\n"
+    ))
+    .unwrap();
+    st2.api_key = Some(airlock::action::st2::ApiKey(key.into()));
+    s.st2 = Some(st2);
     Bot::open(s)
+}
+
+/// A stand-in, and a bot in a directory of its own using it.
+fn setup() -> Option<(StandIn, tempfile::TempDir, Arc<Bot>)> {
+    let venv = venv()?;
+    let st2 = StandIn::start(&venv);
+    let tmp = tempfile::tempdir().unwrap();
+    let bot = Arc::new(bot(tmp.path(), &st2.url));
+    Some((st2, tmp, bot))
 }
 
 fn write_aliases(dir: &std::path::Path) {
@@ -180,14 +194,10 @@ fn approved(bot: &Bot, cmd: &str) -> String {
 }
 
 #[test]
-fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
-    let Some(venv) = venv() else { return };
-    let st2 = StandIn::start(&venv);
-    // SAFETY: the only test in this binary, before any thread reads it.
-    unsafe { std::env::set_var(KEY_ENV, KEY) };
-    let tmp = tempfile::tempdir().unwrap();
-    let bot = bot(tmp.path(), &st2.url);
-
+fn a_run_on_stackstorm_reports_its_execution_and_audits_it() {
+    let Some((st2, _tmp, bot)) = setup() else {
+        return;
+    };
     // The prompt says where it runs; the approved run reports st2's
     // execution and its result through the alias's template.
     let p = prompt(&bot.say(ALICE, OPS, "!st2 echo hello")).clone();
@@ -234,7 +244,13 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         last.details()["st2_execution"]["parameters"]["message"],
         "hello"
     );
+}
 
+#[test]
+fn a_chat_value_holding_jinja_reaches_stackstorm_as_data() {
+    let Some((_st2, _tmp, bot)) = setup() else {
+        return;
+    };
     // A chat value holding Jinja reaches st2 as data: st2 renders it back
     // to the text typed, and the datastore stays out of the result.
     let r = approved(&bot, "!st2 echo {{ st2kv.system.db_password }}");
@@ -243,7 +259,13 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         "{r}"
     );
     assert!(!r.contains(DB_PASSWORD), "{r}");
+}
 
+#[test]
+fn stackstorm_endings_and_refusals_reach_the_room() {
+    let Some((_st2, _tmp, bot)) = setup() else {
+        return;
+    };
     // Slow scheduling: st2 holds it `scheduled` for a while; it is
     // followed until it runs and ends.
     let r = approved(&bot, "!st2 queued eventually");
@@ -272,10 +294,15 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
     // Actions not routed still run here.
     let r = approved(&bot, "!local echo here");
     assert!(!r.contains("StackStorm"), "{r}");
+}
 
+#[test]
+fn a_cut_stream_is_polled_and_cancel_stops_the_execution_there() {
+    let Some((st2, _tmp, bot)) = setup() else {
+        return;
+    };
     // The stream is cut mid-run: airlock polls, and the result still
     // arrives, once.
-    let bot = Arc::new(bot);
     let (_, runner) = running(&bot, "!st2 slow 2");
     st2.control("/_test/cut_streams");
     let done = runner.join().unwrap();
@@ -290,7 +317,13 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
     assert!(done.contains("canceled"), "{done}");
     let cancelled = executions(&st2, "tests.slow", &["-n", "1"]);
     assert!(cancelled.contains("\"canceled\""), "{cancelled}");
+}
 
+#[test]
+fn a_restart_reattaches_to_a_running_execution_and_never_resubmits() {
+    let Some((st2, tmp, bot)) = setup() else {
+        return;
+    };
     // airlock stops while an execution runs on st2: it is not cancelled
     // there, and the next start re-attaches by the request id in its
     // context and reports it once, never submitting it again.
@@ -326,7 +359,13 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
             .name(),
         "succeeded"
     );
+}
 
+#[test]
+fn a_submission_answered_503_is_asked_after_and_runs_once() {
+    let Some((st2, _tmp, bot)) = setup() else {
+        return;
+    };
     // st2 answers 503 twice as the request is submitted: airlock asks
     // whether it arrived, tries again, and the run succeeds once.
     let p = prompt(&bot.say(ALICE, OPS, "!st2 echo after an outage")).clone();
@@ -339,7 +378,13 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         1,
         "submitted once: {list}"
     );
+}
 
+#[test]
+fn a_workflow_question_is_a_prompt_answered_under_the_approver_rules() {
+    let Some((st2, _tmp, bot)) = setup() else {
+        return;
+    };
     // A workflow stops to ask (core.ask): its question becomes a prompt
     // in the room, answered under the same approver rules (not by the
     // requester), and the answer goes back to st2, which goes on.
@@ -367,7 +412,13 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
     assert!(done.contains("succeeded"), "{done}");
     let asked = executions(&st2, "tests.ask", &["--attr", "result"]);
     assert!(asked.contains("\"approved\": true"), "{asked}");
+}
 
+#[test]
+fn a_question_open_across_a_restart_is_not_asked_again() {
+    let Some((st2, tmp, bot)) = setup() else {
+        return;
+    };
     // airlock stops while the question waits: the next start follows the
     // same workflow and waits on the prompt already in the room; it does
     // not ask again, and the answer to that prompt is the one st2 gets.
@@ -391,27 +442,30 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         });
     }
     // The re-attached run reached the question once its output says so.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !bodies(&bot.say(ALICE, OPS, &format!("!status {request}")))
-        .contains("│ StackStorm asks: Roll back now?")
-    {
-        assert!(std::time::Instant::now() < deadline, "never re-attached");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_until(
+        "the re-attached run at the question",
+        Duration::from_secs(60),
+        || {
+            bodies(&bot.say(ALICE, OPS, &format!("!status {request}")))
+                .contains("│ StackStorm asks: Roll back now?")
+                .then_some(())
+        },
+    );
     let r = bodies(&bot.reply(BOB, OPS, &question.event_id, "yes"));
     assert!(r.contains("answered yes to StackStorm's question"), "{r}");
     let mut again = Vec::new();
-    let resumed = loop {
-        again.extend(bot.play(bot.engine.tick(bot.now())));
-        match done.recv_timeout(std::time::Duration::from_millis(200)) {
-            Ok(r) => break r,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => assert!(
-                std::time::Instant::now() < deadline,
-                "the answer never reached the re-attached run: {again:?}"
-            ),
-            Err(e) => panic!("the resumed run ended without an answer: {e}"),
-        }
-    };
+    let resumed = wait_until(
+        "the answer reaching the re-attached run",
+        Duration::from_secs(60),
+        || {
+            again.extend(bot.play(bot.engine.tick(bot.now())));
+            match done.recv_timeout(Duration::from_millis(200)) {
+                Ok(r) => Some(r),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                Err(e) => panic!("the resumed run ended without an answer: {e}"),
+            }
+        },
+    );
     assert!(
         resumed.contains(&format!("♻️ airlock restarted while request {request}"))
             && resumed.contains("succeeded"),
@@ -423,7 +477,13 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
     );
     let asked = executions(&st2, "tests.ask", &["-n", "1", "--attr", "result"]);
     assert!(asked.contains("\"approved\": true"), "{asked}");
+}
 
+#[test]
+fn plans_run_on_stackstorm_before_the_prompt() {
+    let Some((st2, _tmp, bot)) = setup() else {
+        return;
+    };
     // A plan runs on StackStorm before the prompt, as its own execution;
     // approvers see its output, then the request itself runs.
     let p = prompt(&bot.say(ALICE, OPS, "!st2 planned the deploy")).clone();
@@ -449,7 +509,13 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
             && !r.contains("Confirmation needed"),
         "{r}"
     );
+}
 
+#[test]
+fn announcements_reach_only_the_rooms_the_policy_allows() {
+    let Some((_st2, _tmp, bot)) = setup() else {
+        return;
+    };
     // st2's announcements reach the rooms the policy lets it post to, and
     // only those.
     let sent = bot.play(bot.engine.announce(
@@ -471,11 +537,16 @@ fn approved_requests_run_on_stackstorm_with_chat_values_as_data() {
         events.ends_with(&["announced".to_string(), "announced".to_string()]),
         "{events:?}"
     );
+}
 
-    // A wrong key: a message naming the problem, nothing run.
-    // SAFETY: as above; nothing else runs now.
-    unsafe { std::env::set_var(KEY_ENV, "wrong-key") };
+/// A wrong key: a message naming the problem, nothing run.
+#[test]
+fn a_wrong_api_key_is_named_and_nothing_runs() {
+    let Some(venv) = venv() else { return };
+    let st2 = StandIn::start(&venv);
+    let tmp = tempfile::tempdir().unwrap();
+    write_aliases(tmp.path());
+    let bot = with_key(tmp.path(), &st2.url, "wrong-key");
     let r = bodies(&bot.say(ALICE, OPS, "!st2 echo hi"));
     assert!(r.contains("refused the API key"), "{r}");
-    unsafe { std::env::set_var(KEY_ENV, KEY) };
 }

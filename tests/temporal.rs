@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use airlock::action::temporal::{TemporalAction, TemporalClient, TemporalConfig};
 use airlock::action::{Action, RunContext, Status, metadata, runners};
@@ -142,20 +142,15 @@ fn approved(bot: &Bot, cmd: &str) -> String {
 /// The PIDs `ops.long` wrote (the shell, then its `sleep`), once both are
 /// there.
 fn pids(file: &Path) -> Vec<i32> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    wait_until("ops.long starting", Duration::from_secs(60), || {
         let found: Vec<i32> = std::fs::read_to_string(file)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.trim().parse().ok())
             .collect();
         // Both written, and found on the host (what the end checks).
-        if found.len() >= 2 && !started_from(file).is_empty() {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "ops.long never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        (found.len() >= 2 && !started_from(file).is_empty()).then_some(found)
+    })
 }
 
 /// The host PIDs of what `ops.long` started for the test whose PID file
@@ -183,16 +178,12 @@ fn starts(file: &Path) -> usize {
     std::fs::read_to_string(file).unwrap().lines().count() / 2
 }
 
-/// Wait until nothing `ops.long` started for `file`'s test runs.
+/// Wait until nothing `ops.long` started for `file`'s test runs (fails
+/// the test past 10 s).
 fn all_gone(file: &Path) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !started_from(file).is_empty() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
+    wait_until("ops.long's processes gone", Duration::from_secs(10), || {
+        started_from(file).is_empty().then_some(true)
+    })
 }
 
 fn finished_detail(bot: &Bot, request: &str) -> serde_json::Value {
@@ -410,8 +401,9 @@ fn a_lost_only_worker_fails_its_request_without_another_worker() {
     // The workflow is over: a worker of the queue that comes back later
     // runs nothing.
     let _late = Worker::start(&cfg, "prod", &pids_env);
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    assert_eq!(starts(&pid_file), 1, "not run again by a late worker");
+    stays_false("run again by a late worker", Duration::from_secs(3), || {
+        starts(&pid_file) != 1
+    });
 }
 
 #[test]
@@ -427,12 +419,15 @@ fn cancel_restart_and_an_outage_lose_nothing() {
     let cfg = worker_config(dir, "prod", &server.url());
     let bot = Arc::new(bot(dir, &server.url()));
     let (request, runner) = approve_in_background(&bot, "!prod say later");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !bodies(&bot.say(ALICE, OPS, &format!("!status {request}"))).contains("cannot be reached")
-    {
-        assert!(Instant::now() < deadline, "no retry shown");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        "the retry shown in !status",
+        Duration::from_secs(30),
+        || {
+            bodies(&bot.say(ALICE, OPS, &format!("!status {request}")))
+                .contains("cannot be reached")
+                .then_some(())
+        },
+    );
     server.up();
     let _worker = Worker::start(&cfg, "prod", &[("PIDS", pid_file.to_str().unwrap())]);
     let r = runner.join().unwrap();
@@ -470,11 +465,9 @@ fn cancel_restart_and_an_outage_lose_nothing() {
     // and the next start re-attaches by the request ID and reports it
     // once.
     let (request, runner) = approve_in_background(&bot, "!nap");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.describe(&request).is_none() {
-        assert!(Instant::now() < deadline, "never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("the workflow starting", Duration::from_secs(30), || {
+        server.describe(&request).map(drop)
+    });
     bot.engine.begin_shutdown();
     let said = runner.join().unwrap();
     assert!(

@@ -86,6 +86,21 @@ pub struct St2Config {
     /// in a room before st2 may post there. None: no announcements.
     #[serde(default)]
     pub announce_as: Option<String>,
+    /// The API key itself, handed in by code that embeds airlock (a test,
+    /// a composition of its own); never read from a file. None: read
+    /// from `api_key_env` when needed.
+    #[serde(skip)]
+    pub api_key: Option<ApiKey>,
+}
+
+/// An API key: shown as `***` by `Debug`, so it never reaches a log.
+#[derive(Clone)]
+pub struct ApiKey(pub String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 fn default_key_env() -> String {
@@ -93,6 +108,19 @@ fn default_key_env() -> String {
 }
 
 impl St2Config {
+    /// The API key: the one handed in, or `api_key_env`'s value.
+    pub fn key(&self) -> Result<String, String> {
+        if let Some(k) = &self.api_key {
+            return Ok(k.0.clone());
+        }
+        std::env::var(&self.api_key_env).map_err(|_| {
+            format!(
+                "no StackStorm API key: set {} in airlock's environment",
+                self.api_key_env
+            )
+        })
+    }
+
     /// Whether action `reference` runs on StackStorm.
     pub fn routes(&self, reference: &str) -> bool {
         self.actions.iter().any(|g| Glob::new(g).matches(reference))
@@ -124,12 +152,7 @@ impl St2Action {
     }
 
     fn key(&self) -> Result<String, String> {
-        std::env::var(&self.cfg.api_key_env).map_err(|_| {
-            format!(
-                "no StackStorm API key: set {} in airlock's environment",
-                self.cfg.api_key_env
-            )
-        })
+        self.cfg.key()
     }
 
     fn url(&self, path: &str) -> String {
@@ -535,12 +558,12 @@ pub fn listen_announcements(cfg: &St2Config, mut f: impl FnMut(Value) -> bool) {
     );
     let mut wait = Duration::from_secs(1);
     loop {
-        let Ok(key) = std::env::var(&cfg.api_key_env) else {
-            tracing::warn!(
-                "no StackStorm API key in {}: no announcements",
-                cfg.api_key_env
-            );
-            return;
+        let key = match cfg.key() {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::warn!("{e}: no announcements");
+                return;
+            }
         };
         let started = Instant::now();
         let mut go_on = true;

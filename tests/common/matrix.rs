@@ -18,6 +18,26 @@ use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessa
 use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use tokio::sync::Notify;
 
+/// Wait until `f` yields something, polling every 100 ms; fail, naming
+/// `what`, past `within`. The async `wait_until`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The test homeserver: started by scripts/test (scripts/synapse).
 pub struct Homeserver {
     pub url: String,
@@ -233,13 +253,37 @@ impl User {
     }
 
     pub async fn room(&self, id: &OwnedRoomId) -> Room {
-        for _ in 0..100 {
-            if let Some(r) = self.client.get_room(id) {
-                return r;
+        let what = format!("{} in {id}", self.id);
+        eventually(&what, Duration::from_secs(10), || async {
+            self.client.get_room(id)
+        })
+        .await
+    }
+
+    /// Assert that nothing seen satisfies `f` for `window` (what a test
+    /// checks when the thing to see is that the bot does not answer).
+    pub async fn never_sees(&self, what: &str, window: Duration, f: impl Fn(&Seen) -> bool) {
+        let end = tokio::time::Instant::now() + window;
+        loop {
+            let notified = self.notify.notified();
+            if let Some(s) = self.seen.lock().unwrap().iter().find(|s| f(s)) {
+                panic!("{} saw {what}: {}", self.id, s.body);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if tokio::time::timeout_at(end, notified).await.is_err() {
+                return;
+            }
         }
-        panic!("{} is not in {id}", self.id);
+    }
+
+    /// Wait until this user's client knows a device of `user` (so what it
+    /// sends in an encrypted room is encrypted for that device too).
+    pub async fn knows_devices_of(&self, user: &OwnedUserId) {
+        let what = format!("{} knowing {user}'s devices", self.id);
+        eventually(&what, Duration::from_secs(30), || async {
+            let devices = self.client.encryption().get_user_devices(user).await.ok()?;
+            (devices.devices().count() > 0).then_some(())
+        })
+        .await
     }
 
     pub async fn join(&self, id: &OwnedRoomId) -> Room {

@@ -408,19 +408,15 @@ pub fn write_config(dir: &Path, repo: &PackRepo) -> PathBuf {
 /// a thread of its (a fetch's, a run's) may hold it a moment after the
 /// engine is dropped.
 pub fn open_db(path: &Path) -> airlock::kv::Db {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match airlock::config::open_store(path) {
-            Ok(db) => return db,
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+    wait_until(
+        &format!("{} free to open", path.display()),
+        Duration::from_secs(10),
+        || match airlock::config::open_store(path) {
+            Ok(db) => Some(db),
+            Err(e) if e.to_string().contains("could not acquire lock") => None,
             Err(e) => panic!("{}: {e}", path.display()),
-        }
-    }
+        },
+    )
 }
 
 /// Add `text` to the end of the file at `path`.
@@ -454,6 +450,18 @@ pub fn wait_until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Assert that `f` stays false for `window`: what a test checks when the
+/// thing to see is that something does not happen (polled, failing the
+/// moment it does).
+pub fn stays_false(what: &str, window: Duration, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + window;
+    while std::time::Instant::now() < end {
+        assert!(!f(), "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!f(), "{what}");
 }
 
 /// The prompt among `sent`, with its request id.

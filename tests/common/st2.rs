@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::repo_root;
 
@@ -51,14 +51,9 @@ impl StandIn {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let url = loop {
-            if let Ok(u) = std::fs::read_to_string(&url_file) {
-                break u;
-            }
-            assert!(Instant::now() < deadline, "the stand-in did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let url = super::wait_until("the stand-in starting", Duration::from_secs(20), || {
+            std::fs::read_to_string(&url_file).ok()
+        });
         StandIn {
             child,
             url,
@@ -127,14 +122,10 @@ impl StandIn {
     }
 
     pub fn wait_status(&self, id: &str, want: &str) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let e = self.execution(id);
-            if e["status"] == want {
-                return e;
-            }
-            assert!(Instant::now() < deadline, "{id} never reached {want}: {e}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        super::wait_until(
+            &format!("{id} reaching {want}"),
+            Duration::from_secs(20),
+            || Some(self.execution(id)).filter(|e| e["status"] == want),
+        )
     }
 }

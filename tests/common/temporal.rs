@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The `temporal` binary, from AIRLOCK_TEST_TEMPORAL (scripts/test sets it).
 pub fn binary() -> Option<PathBuf> {
@@ -64,26 +64,22 @@ impl Server {
             .spawn()
             .expect("start temporal");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        let (bin, port) = (self.bin.clone(), self.port);
+        let child = &mut self.child;
+        super::wait_until("temporal serving", Duration::from_secs(60), || {
             // A server that could not bind has exited; the health answer
             // below would then come from someone else's port.
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
+            let exited = child.as_mut().and_then(|c| c.try_wait().ok().flatten());
             assert!(exited.is_none(), "temporal exited: {exited:?}");
-            let out = Command::new(&self.bin)
+            let out = Command::new(&bin)
                 .args(["operator", "cluster", "health", "--address"])
-                .arg(format!("127.0.0.1:{}", self.port))
+                .arg(format!("127.0.0.1:{port}"))
                 .output()
                 .expect("temporal operator");
-            if String::from_utf8_lossy(&out.stdout).contains("SERVING") {
-                return;
-            }
-            assert!(Instant::now() < deadline, "temporal did not start");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            String::from_utf8_lossy(&out.stdout)
+                .contains("SERVING")
+                .then_some(())
+        });
     }
 
     /// Stop it (SIGKILL: its state is on disk).

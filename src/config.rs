@@ -22,6 +22,7 @@ use crate::engine::{Catalog, Engine, Settings, StartError};
 use crate::requests::Requests;
 use crate::{alias, clock, ids, policy};
 
+pub use crate::http::HttpConfig;
 pub use crate::store::db::{Compacted, compact_store, open_store, store_exists};
 
 /// `airlock.yaml`.
@@ -104,22 +105,6 @@ pub struct Config {
     /// needs the `temporal` cargo feature).
     #[serde(default)]
     pub temporal: Option<TemporalConfig>,
-}
-
-/// The HTTP listener.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// `host:port` to listen on (off when absent; keep it on loopback or
-    /// behind a proxy: it serves no secrets, but the metrics name rules
-    /// and actions).
-    #[serde(default)]
-    pub listen: Option<String>,
-    /// Also serve the audit log as JSON lines (`GET /audit.jsonl?since=2h
-    /// &follow=true`), for a log shipper and `airlock audit --follow`
-    /// while the bot runs. Off by default: the log says who ran what.
-    #[serde(default)]
-    pub audit_export: bool,
 }
 
 /// When the audit log's head is posted to the audit room: after `entries`
@@ -437,6 +422,19 @@ impl Config {
         self.data_dir.join("audit")
     }
 
+    /// What the Matrix transport needs of it.
+    pub fn matrix_settings(&self) -> crate::matrix::Settings {
+        crate::matrix::Settings {
+            homeserver: self.homeserver.clone(),
+            user_id: self.user_id.clone(),
+            device_name: self.device_name.clone(),
+            store_dir: self.data_dir.join("matrix"),
+            http: self.http.clone(),
+            st2: self.st2.clone(),
+            audit_room: self.audit_room.clone(),
+        }
+    }
+
     /// Where the database lives: `airlock.sled` under `data_dir`.
     pub fn store_path(&self) -> PathBuf {
         self.data_dir.join("airlock.sled")
@@ -504,7 +502,7 @@ impl Config {
             #[cfg(feature = "temporal")]
             temporal,
         });
-        let notifier = match &self.notify {
+        let notifier: Option<Arc<dyn crate::engine::Notify>> = match &self.notify {
             Some(n) => Some(Arc::new(
                 crate::notify::Notifier::start(n).map_err(StartError::Notify)?,
             )),

@@ -4,25 +4,34 @@
 //! The tree follows the pipeline a chat message takes, in dependency
 //! order (each layer uses only the ones above it):
 //!
-//! 1. `core`, pure logic with no sled, git2 or tokio: [`alias`] (StackStorm
-//!    alias files, and matching a command to one), [`policy`] (who may run
-//!    what, where, with whose confirmation), [`render`] (ack/result
-//!    templates and the messages sent), [`ids`] (Matrix identifiers),
-//!    [`diag`] (file:line:field diagnostics), [`clock`] (timestamps,
-//!    durations), [`request`] (a request's state machine, from asked to
-//!    done), `pyre` (Python regex syntax);
+//! 1. `core`, pure logic with no sled, git2, tokio, file or clock:
+//!    [`alias`] (StackStorm alias files, and matching a command to one),
+//!    [`policy`] (who may run what, where, with whose confirmation),
+//!    [`render`] (ack/result templates and the messages sent), [`ids`]
+//!    (Matrix identifiers), [`diag`] (file:line:field diagnostics),
+//!    [`clock`] (timestamps, durations), [`request`] (a request's state
+//!    machine, from asked to done), `pyre` (Python regex syntax); and
+//!    [`catalog`], which reads alias and policy files for core's parsers;
 //! 2. `store`, the durable records over [`kv`] (sled, or memory):
 //!    [`requests`] (requests by id, the open ones indexed, their prompts),
 //!    [`locks`], the pack records and [`audit`] (the hash-chained log);
-//! 3. [`action`]: what an approved request runs (`core.*`, `packs.*`);
+//!    [`metrics`] counts what the audit entries record;
+//! 3. [`action`]: what an approved request runs (`core.*`, `packs.*`, st2's
+//!    runners, StackStorm, Temporal);
 //! 4. [`engine`]: messages in, effects out: match → policy → confirm →
 //!    run → render, every step recorded in the audit log. It takes time as
-//!    an argument and its stores and actions from its builder;
-//! 5. `transport`: [`console`] (stdin) and [`matrix`] (matrix-sdk), which
-//!    own the clock, the threads and the sockets;
-//! 6. [`config`] (`airlock.yaml`) and the `airlock` binary, which compose
-//!    the rest; [`metrics`] counts what the audit entries record, for the
-//!    optional HTTP listener (`/healthz`, `/metrics`).
+//!    an argument (or its injected clock) and its stores, actions and
+//!    notice sink from its builder;
+//! 5. `transport`: [`console`] (stdin), [`matrix`] (matrix-sdk), [`http`]
+//!    (`/healthz`, `/metrics`, the audit export) and [`notify`] (webhooks,
+//!    PagerDuty), which own the clock, the threads and the sockets;
+//! 6. [`config`] (`airlock.yaml`, and `Config::open`, the composition
+//!    root), [`lint`] (`airlock check` across files) and the `airlock`
+//!    binary.
+//!
+//! Beside the layers, used from any but `core` and `engine`: [`wall`] (the
+//! one reading of the wall clock) and [`crash`] (named crash points, which
+//! `engine` marks too).
 
 #![warn(missing_docs)]
 
@@ -35,6 +44,7 @@ pub mod catalog;
 pub mod config;
 pub mod crash;
 pub mod engine;
+pub mod lint;
 pub mod metrics;
 pub mod wall;
 

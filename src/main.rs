@@ -382,7 +382,7 @@ fn cmd_run(arg: ConfigArg) -> Outcome {
         .enable_all()
         .build()
         .map_err(fail)?;
-    rt.block_on(airlock::matrix::run(cfg, engine))
+    rt.block_on(airlock::matrix::run(cfg.matrix_settings(), engine))
         .map_err(fail)?;
     Ok(ExitCode::SUCCESS)
 }

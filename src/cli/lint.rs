@@ -80,7 +80,7 @@ pub(crate) fn cmd_check(
     };
     if let Some(p) = &policy {
         let set = AliasSet::new(loaded.aliases.clone());
-        diags.extend(airlock::catalog::cross_check(&set, &metas, p, routed));
+        diags.extend(airlock::lint::cross_check(&set, &metas, p, routed));
     }
     for d in &diags {
         println!("{d}");

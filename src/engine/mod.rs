@@ -32,7 +32,6 @@ use crate::alias::{self, AliasSet, Params};
 use crate::audit::{AuditLog, Entry, Event, Query};
 use crate::diag::Diagnostic;
 use crate::metrics::Metrics;
-use crate::notify::Notifier;
 use crate::policy::{self, Policy, Subject, Target};
 use crate::render::Message;
 use crate::requests::{Request, Requests, State};
@@ -59,6 +58,7 @@ use checkpoints::Checkpoints;
 pub use builtins::{pending_line, who_deployed};
 pub use events::{command_text, strip_prefix_caseless};
 pub use explain::{Explained, explain};
+pub use notices::{Kind as NoticeKind, Notice, Notify};
 pub use prompt::params_text;
 pub use protocol::*;
 pub use request::{Evaluation, evaluate, execution_params};
@@ -183,12 +183,12 @@ pub struct EngineBuilder {
     executor: Arc<dyn Executor>,
     catalog: Arc<dyn Catalog>,
     metrics: Arc<Metrics>,
-    notifier: Option<Arc<Notifier>>,
+    notifier: Option<Arc<dyn Notify>>,
 }
 
 impl EngineBuilder {
     /// Who it tells of break-glass runs and failures (nobody by default).
-    pub fn notifier(mut self, notifier: Option<Arc<Notifier>>) -> Self {
+    pub fn notifier(mut self, notifier: Option<Arc<dyn Notify>>) -> Self {
         self.notifier = notifier;
         self
     }
@@ -281,7 +281,7 @@ pub struct Engine {
     /// What it counts, derived from the audit entries it writes.
     metrics: Arc<Metrics>,
     /// Who is told of break-glass runs and failures (`notify:`).
-    notifier: Option<Arc<Notifier>>,
+    notifier: Option<Arc<dyn Notify>>,
     aliases: RwLock<Arc<AliasSet>>,
     policy: RwLock<Arc<Policy>>,
     /// Edits already answered, and when undecryptable-message warnings were

@@ -7,12 +7,72 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{Value, json};
 
 use super::Engine;
 use crate::audit::{Entry, Event, Status};
-use crate::notify::{Kind, Notice};
 use crate::requests::State;
+
+/// Where the engine's notices go: the on-call's webhook or pager
+/// (`transport::notify`'s `Notifier`), or a test's.
+pub trait Notify: Send + Sync {
+    /// Queue `n` for whoever it is routed to; never waits.
+    fn send(&self, n: Notice);
+    /// Send `n` if it triggers a matter not already open, or resolves one
+    /// that is.
+    fn once(&self, n: Notice);
+    /// How long an approved request may wait to start before it is news.
+    fn stuck_after(&self) -> Option<Duration>;
+    /// How long a lock may be held before it is news.
+    fn lock_held_after(&self) -> Option<Duration>;
+    /// What keeps notices from arriving, for `/healthz`.
+    fn problems(&self) -> Vec<String>;
+}
+
+/// What a notice is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A run without its confirmation (resolved when someone reviews it).
+    BreakGlass,
+    /// A run failed under a rule marked `page_on_failure`.
+    Failed,
+    /// Approved, and not started within `stuck_after`.
+    Stuck,
+    /// A lock held longer than `lock_held_after`.
+    LockHeld,
+}
+
+impl Kind {
+    /// Its name in configuration and payloads (`break_glass`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::BreakGlass => "break_glass",
+            Kind::Failed => "failed",
+            Kind::Stuck => "stuck",
+            Kind::LockHeld => "lock_held",
+        }
+    }
+}
+
+/// One notice.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// About what.
+    pub kind: Kind,
+    /// False: the matter is settled (PagerDuty's `resolve`).
+    pub trigger: bool,
+    /// The request it is about (for a lock held by hand, `hand:` and the
+    /// lock's name).
+    pub request: String,
+    /// One line for a person.
+    pub summary: String,
+    /// The rest (room, who, alias, reason…).
+    pub details: Value,
+    /// When (ms since the epoch).
+    pub ts_ms: u64,
+}
 
 /// The matters `e` settles: a request that started or ended is no longer
 /// stuck; a released lock is no longer held too long.

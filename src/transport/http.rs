@@ -3,6 +3,7 @@
 //! and with `http.audit_export` `GET /audit.jsonl` to whoever bears the
 //! token. Nothing here changes any state.
 
+use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +21,22 @@ use tokio::net::TcpListener;
 use crate::audit::Query;
 use crate::engine::Engine;
 use crate::metrics::Liveness;
+
+/// The HTTP listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `host:port` to listen on (off when absent; keep it on loopback or
+    /// behind a proxy: it serves no secrets, but the metrics name rules
+    /// and actions).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Also serve the audit log as JSON lines (`GET /audit.jsonl?since=2h
+    /// &follow=true`), for a log shipper and `airlock audit --follow`
+    /// while the bot runs. Off by default: the log says who ran what.
+    #[serde(default)]
+    pub audit_export: bool,
+}
 
 /// A sync older than this makes the bot unhealthy: the loop syncs at least
 /// every 30 s (its long-poll timeout) while the homeserver answers.

@@ -6,6 +6,7 @@
 //! Secrets (the webhook's HMAC key, PagerDuty's routing key) come from the
 //! environment only, and never reach a log.
 
+pub use crate::engine::{Notice, NoticeKind as Kind};
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -86,49 +87,6 @@ pub struct Route {
     pub events: Vec<Kind>,
     /// Target names.
     pub targets: Vec<String>,
-}
-
-/// What a notice is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// A run without its confirmation (resolved when someone reviews it).
-    BreakGlass,
-    /// A run failed under a rule marked `page_on_failure`.
-    Failed,
-    /// Approved, and not started within `stuck_after`.
-    Stuck,
-    /// A lock held longer than `lock_held_after`.
-    LockHeld,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::BreakGlass => "break_glass",
-            Kind::Failed => "failed",
-            Kind::Stuck => "stuck",
-            Kind::LockHeld => "lock_held",
-        }
-    }
-}
-
-/// One notice.
-#[derive(Debug, Clone)]
-pub struct Notice {
-    /// About what.
-    pub kind: Kind,
-    /// False: the matter is settled (PagerDuty's `resolve`).
-    pub trigger: bool,
-    /// The request it is about (for a lock held by hand, `hand:` and the
-    /// lock's name).
-    pub request: String,
-    /// One line for a person.
-    pub summary: String,
-    /// The rest (room, who, alias, reason…).
-    pub details: Value,
-    /// When (ms since the epoch).
-    pub ts_ms: u64,
 }
 
 enum Sink {
@@ -440,5 +398,23 @@ fn post(
         Ok(())
     } else {
         Err(format!("the receiver answered {status}"))
+    }
+}
+
+impl crate::engine::Notify for Notifier {
+    fn send(&self, n: Notice) {
+        Notifier::send(self, n)
+    }
+    fn once(&self, n: Notice) {
+        Notifier::once(self, n)
+    }
+    fn stuck_after(&self) -> Option<Duration> {
+        Notifier::stuck_after(self)
+    }
+    fn lock_held_after(&self) -> Option<Duration> {
+        Notifier::lock_held_after(self)
+    }
+    fn problems(&self) -> Vec<String> {
+        Notifier::problems(self)
     }
 }

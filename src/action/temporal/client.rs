@@ -11,31 +11,18 @@ use serde_json::json;
 use temporalio_client::errors::{WorkflowGetResultError, WorkflowStartError};
 use temporalio_client::tonic::Code;
 use temporalio_client::{
-    Client, ClientOptions, Connection, ConnectionOptions, Url, WorkflowCancelOptions,
-    WorkflowDescribeOptions, WorkflowExecutionStatus, WorkflowGetResultOptions,
-    WorkflowIdReusePolicy, WorkflowStartOptions, WorkflowTerminateOptions,
+    Client, WorkflowCancelOptions, WorkflowDescribeOptions, WorkflowExecutionStatus,
+    WorkflowGetResultOptions, WorkflowIdReusePolicy, WorkflowStartOptions,
+    WorkflowTerminateOptions,
 };
 
 use super::worker::AirlockRequest;
-use super::{Dispatch, PackAt, Ran, TemporalConfig};
+use super::{Dispatch, PackAt, Ran, TemporalConfig, connect};
 use crate::action::packs::PackManager;
 use crate::action::{
     Action, ActionSpec, Handover, Outcome, Prepared, Remote, RunContext, Status, hand_over,
 };
 use crate::alias::Params;
-
-/// A connection to Temporal for `airlock worker` or the bot.
-pub(super) async fn connect(cfg: &TemporalConfig) -> Result<Client, String> {
-    let url = Url::parse(&cfg.url).map_err(|e| format!("temporal.url {:?}: {e}", cfg.url))?;
-    let options = ConnectionOptions::new(url)
-        .identity(format!("airlock-bot-{}", std::process::id()))
-        .connect_timeout(Duration::from_secs(5))
-        .build();
-    let conn = Connection::connect(options)
-        .await
-        .map_err(|e| e.to_string())?;
-    Client::new(conn, ClientOptions::new(cfg.namespace.clone()).build()).map_err(|e| e.to_string())
-}
 
 /// The runtime the bot's Temporal calls run on: actions run on plain
 /// threads, and the client is async. Made once, never dropped.

@@ -29,6 +29,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use std::time::Duration;
+
+use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Url};
+
 use crate::alias::Params;
 use crate::policy::Glob;
 
@@ -149,3 +153,16 @@ pub struct Ran {
 /// The workflow type's name, as Temporal's UI and `temporal workflow list`
 /// show it.
 pub const WORKFLOW_TYPE: &str = "AirlockRequest";
+
+/// A connection to Temporal for `airlock worker` or the bot.
+pub(crate) async fn connect(cfg: &TemporalConfig) -> Result<Client, String> {
+    let url = Url::parse(&cfg.url).map_err(|e| format!("temporal.url {:?}: {e}", cfg.url))?;
+    let options = ConnectionOptions::new(url)
+        .identity(format!("airlock-bot-{}", std::process::id()))
+        .connect_timeout(Duration::from_secs(5))
+        .build();
+    let conn = Connection::connect(options)
+        .await
+        .map_err(|e| e.to_string())?;
+    Client::new(conn, ClientOptions::new(cfg.namespace.clone()).build()).map_err(|e| e.to_string())
+}

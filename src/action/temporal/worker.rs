@@ -243,7 +243,7 @@ pub async fn run(setup: WorkerSetup) -> Result<(), String> {
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "localhost".into())
     );
-    let client = super::client::connect(&setup.temporal)
+    let client = super::connect(&setup.temporal)
         .await
         .map_err(|e| format!("Temporal at {}: {e}", setup.temporal.url))?;
     let runtime = temporalio_sdk::Runtime::from_current_tokio(Default::default())

@@ -28,7 +28,6 @@ use matrix_sdk::config::SyncSettings;
 use matrix_sdk::ruma::{OwnedRoomId, UserId};
 use tokio::sync::{Notify, mpsc};
 
-use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::Liveness;
 
@@ -84,9 +83,28 @@ struct Bot {
     reactions: outbound::Reactions,
 }
 
+/// What the transport needs of `airlock.yaml` (`Config::matrix_settings`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The homeserver's URL.
+    pub homeserver: Option<String>,
+    /// The bot's Matrix user ID.
+    pub user_id: Option<String>,
+    /// The device name a first login gets.
+    pub device_name: String,
+    /// Where matrix-sdk keeps its store and the session (`data_dir/matrix`).
+    pub store_dir: PathBuf,
+    /// The HTTP listener.
+    pub http: crate::http::HttpConfig,
+    /// StackStorm, whose announcements are followed (`announce_as`).
+    pub st2: Option<crate::action::st2::St2Config>,
+    /// The room audit checkpoints are posted to and read from.
+    pub audit_room: Option<String>,
+}
+
 /// Log in (or restore the saved session) and serve `engine` (opened by
 /// the caller, as the console's is) until SIGTERM or SIGINT.
-pub async fn run(config: Config, engine: Arc<Engine>) -> Result<(), Error> {
+pub async fn run(config: Settings, engine: Arc<Engine>) -> Result<(), Error> {
     let (client, me, homeserver) = connect(&config).await?;
     let (running, finished) = mpsc::channel(1);
     let bot = Arc::new(Bot {
@@ -128,7 +146,7 @@ pub async fn run(config: Config, engine: Arc<Engine>) -> Result<(), Error> {
 /// The client, logged in as the configured user with its store under
 /// `data_dir/matrix`; the user and the homeserver.
 async fn connect(
-    config: &Config,
+    config: &Settings,
 ) -> Result<(Client, matrix_sdk::ruma::OwnedUserId, String), Error> {
     let homeserver = config.homeserver.clone().ok_or_else(|| {
         Error::Config("no homeserver (config `homeserver` or AIRLOCK_HOMESERVER)".into())
@@ -139,7 +157,7 @@ async fn connect(
         .ok_or_else(|| Error::Config("no bot user (config `user_id` or AIRLOCK_USER)".into()))?;
     let user_id =
         UserId::parse(&user).map_err(|e| Error::Config(format!("user_id {user}: {e}")))?;
-    let store = config.data_dir.join("matrix");
+    let store = config.store_dir.clone();
     std::fs::create_dir_all(&store).map_err(|e| Error::Session(store.clone(), e.to_string()))?;
     let passphrase = std::env::var("AIRLOCK_STORE_PASSPHRASE").ok();
     let client = Client::builder()
@@ -170,7 +188,7 @@ async fn connect(
 /// The HTTP listener (`/healthz`, `/metrics`, the audit export), if
 /// `http.listen` is set.
 async fn serve_http(
-    config: &Config,
+    config: &Settings,
     bot: &Arc<Bot>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, Error> {
     let Some(addr) = &config.http.listen else {
@@ -204,7 +222,7 @@ async fn serve_http(
 
 /// StackStorm's announcements, posted where the policy allows (when
 /// `st2.announce_as` is set).
-fn follow_announcements(config: &Config, bot: &Arc<Bot>) {
+fn follow_announcements(config: &Settings, bot: &Arc<Bot>) {
     let Some((st2, as_user)) = config
         .st2
         .clone()

@@ -1266,14 +1266,23 @@ async fn runs_with_one_lock_take_turns_across_a_restart_and_a_hand_lock() {
             .to_string()
     };
     // One run holds env/prod; the next waits behind it, then runs.
-    say(&s.alice, &room, "!hold 3").await;
+    // The two may reach the bot in either order: whichever it took second
+    // is told it waits.
+    let first = say(&s.alice, &room, "!hold 3").await;
     let second = say(&s.bob, &room, "!hold 1").await;
     let waits = s
         .alice
-        .wait_for("the second told it waits", WAIT, |x| {
-            answer_to(&s.bot, &second)(x) && x.body.contains("waits for lock env/prod: request")
-        })
+        .wait_for(
+            "the second told it waits",
+            WAIT,
+            from_bot(&s.bot, &room, "waits for lock env/prod: request"),
+        )
         .await;
+    assert!(
+        answer_to(&s.bot, &first)(&waits) || answer_to(&s.bot, &second)(&waits),
+        "{}",
+        waits.body
+    );
     assert!(
         waits.body.contains("number 1 in the queue"),
         "{}",
@@ -1301,6 +1310,17 @@ async fn runs_with_one_lock_take_turns_across_a_restart_and_a_hand_lock() {
     // Stopped with one running and one queued: after the restart the
     // queued one runs, once; the running one is interrupted, not re-run.
     say(&s.alice, &room, "!hold 30").await;
+    // Only once it holds the lock does the second ask: the two would
+    // otherwise race to the bot.
+    eventually("the 30-second run holding env/prod", WAIT, || async {
+        let ask = say(&s.alice, &room, "!locks").await;
+        let answer = s
+            .alice
+            .wait_for("the answer to !locks", WAIT, answer_to(&s.bot, &ask))
+            .await;
+        answer.body.contains("env/prod: request").then_some(())
+    })
+    .await;
     let queued = say(&s.bob, &room, "!hold 1").await;
     let waits = s
         .alice

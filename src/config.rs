@@ -422,6 +422,31 @@ impl Config {
         self.data_dir.join("audit")
     }
 
+    /// The web view's sign-in, when `http.web` is on: a sign-in link
+    /// lasts 5 minutes, a session 8 hours.
+    fn web(&self, db: &crate::kv::Db) -> Result<Option<crate::engine::Web>, StartError> {
+        if !self.http.web {
+            return Ok(None);
+        }
+        let url = self.http.public_url.as_deref().unwrap_or_default();
+        let parsed = reqwest::Url::parse(url).ok().filter(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none()
+        });
+        if parsed.is_none() {
+            return Err(StartError::Web(format!(
+                "http.web needs http.public_url, the https:// (or http://) address users reach the listener at; got {url:?}"
+            )));
+        }
+        let access = crate::store::web::WebAccess::open(db)
+            .map_err(|e| StartError::Database(self.store_path(), e.to_string()))?;
+        Ok(Some(crate::engine::Web {
+            access,
+            public_url: url.trim_end_matches('/').to_string(),
+            link_for: std::time::Duration::from_secs(300),
+            session_for: std::time::Duration::from_secs(8 * 3600),
+        }))
+    }
+
     /// What the Matrix transport needs of it.
     pub fn matrix_settings(&self) -> crate::matrix::Settings {
         crate::matrix::Settings {
@@ -508,7 +533,9 @@ impl Config {
             )),
             None => None,
         };
+        let web = self.web(&db)?;
         let engine = Engine::builder(self.settings(), audit, requests, clock)
+            .web(web)
             .notifier(notifier)
             .actions(Actions::standard(packs.clone()))
             .catalog(catalog)

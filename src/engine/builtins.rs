@@ -74,6 +74,7 @@ impl Engine {
             ("lock", "lock <name> [reason]"),
             ("lock", "unlock <name>"),
             ("locks", "locks"),
+            ("web", "web | web logout"),
             (
                 "audit",
                 "deploys <alias|pack> [n] | deploys lock <name> [n]",
@@ -174,7 +175,7 @@ impl Engine {
 
     /// A request in one line; a running one adds its elapsed time and
     /// its last lines of output.
-    fn request_line(&self, r: &Request, now: u64) -> String {
+    pub(super) fn request_line(&self, r: &Request, now: u64) -> String {
         let mut s = pending_line(r, now);
         if let Some(note) = self.queue_note(r) {
             s.push_str(&note);

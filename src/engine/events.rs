@@ -90,9 +90,9 @@ impl Engine {
 
     fn on_message(&self, out: &mut Out) {
         /// The commands the engine answers itself.
-        const COMMAND_WORDS: [&str; 13] = [
+        const COMMAND_WORDS: [&str; 14] = [
             "help", "pending", "status", "audit", "review", "cancel", "approve", "deny", "lock",
-            "unlock", "locks", "deploys", "redeploy",
+            "unlock", "locks", "deploys", "redeploy", "web",
         ];
         let m = out.m;
         // A reply to a prompt: the relation decides, never quoted text.
@@ -139,6 +139,7 @@ impl Engine {
             "locks" => self.builtin_locks(out),
             "deploys" => self.builtin_deploys(out, args),
             "redeploy" => self.builtin_redeploy(out, args),
+            "web" => self.builtin_web(out, args),
             _ => self.run_alias(out, &cmd),
         }
     }

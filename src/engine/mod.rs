@@ -52,6 +52,7 @@ mod protocol;
 mod recheck;
 mod request;
 mod run;
+mod web;
 
 use checkpoints::Checkpoints;
 
@@ -62,6 +63,7 @@ pub use notices::{Kind as NoticeKind, Notice, Notify};
 pub use prompt::params_text;
 pub use protocol::*;
 pub use request::{Evaluation, evaluate, execution_params};
+pub use web::{Web, WebOverview, WebRequest, WebRow};
 
 /// Time as the engine reads it where no entry point hands it in (a
 /// question a running action asks): ms since the epoch. The bot passes
@@ -83,6 +85,9 @@ pub enum StartError {
     /// The packs directory could not be set up.
     #[error("{0}")]
     Packs(String),
+    /// The web view is set up wrong.
+    #[error("{0}")]
+    Web(String),
 }
 
 /// Where aliases and the policy come from (files, in the bot; anything, in
@@ -184,9 +189,16 @@ pub struct EngineBuilder {
     catalog: Arc<dyn Catalog>,
     metrics: Arc<Metrics>,
     notifier: Option<Arc<dyn Notify>>,
+    web: Option<Web>,
 }
 
 impl EngineBuilder {
+    /// The web view's sign-in (`!web`); off by default.
+    pub fn web(mut self, web: Option<Web>) -> Self {
+        self.web = web;
+        self
+    }
+
     /// Who it tells of break-glass runs and failures (nobody by default).
     pub fn notifier(mut self, notifier: Option<Arc<dyn Notify>>) -> Self {
         self.notifier = notifier;
@@ -238,6 +250,7 @@ impl EngineBuilder {
             catalog: self.catalog,
             metrics: self.metrics,
             notifier: self.notifier,
+            web: self.web,
             aliases: RwLock::new(Arc::new(AliasSet::default())),
             policy: RwLock::new(Arc::new(loaded.policy)),
             noticed: Mutex::new(HashSet::new()),
@@ -282,6 +295,8 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     /// Who is told of break-glass runs and failures (`notify:`).
     notifier: Option<Arc<dyn Notify>>,
+    /// The web view's sign-in, when it is on.
+    web: Option<Web>,
     aliases: RwLock<Arc<AliasSet>>,
     policy: RwLock<Arc<Policy>>,
     /// Edits already answered, and when undecryptable-message warnings were
@@ -322,6 +337,7 @@ impl Engine {
             catalog: Arc::new((Vec::new(), Policy::default())),
             metrics: Arc::new(Metrics::new()),
             notifier: None,
+            web: None,
         }
     }
 

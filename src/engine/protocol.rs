@@ -180,4 +180,13 @@ pub enum Effect {
     /// Re-attach to this request's run, which went on elsewhere while
     /// airlock was down, off the event loop with [`Engine::resume`](super::Engine::resume).
     Resume(String),
+    /// Send `message` to `user` alone, in a direct room with them (the
+    /// transport finds or makes it): what only they may read, such as a
+    /// sign-in link.
+    Direct {
+        /// A Matrix user ID.
+        user: String,
+        /// What to say.
+        message: Message,
+    },
 }

@@ -9,6 +9,7 @@ pub mod merkle;
 pub mod packs;
 pub mod requests;
 pub mod segment;
+pub mod web;
 
 use std::path::Path;
 

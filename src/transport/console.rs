@@ -246,6 +246,11 @@ fn apply(engine: &Arc<Engine>, shared: &Arc<Shared>, effects: Vec<Effect>) {
                     engine.bind_prompt(req, &o.room, &id);
                 }
             }
+            Effect::Direct { user, message } => {
+                // The console is one terminal: what goes to one user alone
+                // is marked so.
+                println!("[direct to {user}] {}", message.body);
+            }
             Effect::React { event_id, key, .. } => {
                 let p = shared.out.lock().unwrap_or_else(|e| e.into_inner());
                 println!("    airlock reacted {key} to [{}]", p.show(&event_id));

@@ -36,13 +36,22 @@ pub struct HttpConfig {
     /// while the bot runs. Off by default: the log says who ran what.
     #[serde(default)]
     pub audit_export: bool,
+    /// Serve the read-only web view under `/web/`, signed in through
+    /// Matrix (`!web`). Needs `public_url`.
+    #[serde(default)]
+    pub web: bool,
+    /// Where users reach this listener (through a reverse proxy that
+    /// terminates TLS): `https://airlock.example.org`. Sign-in links and
+    /// `append_url` links point there.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 /// A sync older than this makes the bot unhealthy: the loop syncs at least
 /// every 30 s (its long-poll timeout) while the homeserver answers.
 pub const MAX_SYNC_AGE: Duration = Duration::from_secs(120);
 
-type Body = BoxBody<Bytes, Infallible>;
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 /// How often a followed audit export looks for new entries.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
@@ -106,6 +115,34 @@ pub async fn serve(
             async move {
                 if let Some(export) = export.filter(|_| req.uri().path() == "/audit.jsonl") {
                     return Ok::<_, Infallible>(audit_jsonl(engine, &export, &req));
+                }
+                let path = req.uri().path();
+                if path == "/web" || path.starts_with("/web/") {
+                    let (method, uri, headers) = (
+                        req.method().clone(),
+                        req.uri().clone(),
+                        req.headers().clone(),
+                    );
+                    let page = tokio::task::spawn_blocking(move || {
+                        let secure = engine.web_secure();
+                        super::web::answer(
+                            &method,
+                            &uri,
+                            &headers,
+                            &engine,
+                            secure,
+                            crate::wall::now_ms(),
+                        )
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        response((
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "text/plain",
+                            e.to_string(),
+                        ))
+                    });
+                    return Ok::<_, Infallible>(page);
                 }
                 // The stores are sled: quick, but blocking.
                 let answer = tokio::task::spawn_blocking(move || {

@@ -5,3 +5,4 @@ pub mod console;
 pub mod http;
 pub mod matrix;
 pub mod notify;
+pub mod web;

@@ -293,6 +293,19 @@ impl Bot {
                         prompt_for: o.prompt_for,
                     });
                 }
+                Effect::Direct { user, message } => {
+                    // Shown as sent to a room named for its one reader.
+                    let content = serde_json::json!({"msgtype": "m.text", "body": message.body});
+                    sent.push(Sent {
+                        content,
+                        event_id: self.event_id(),
+                        room: format!("direct:{user}"),
+                        reply_to: None,
+                        body: message.body,
+                        html: message.html,
+                        prompt_for: None,
+                    });
+                }
                 Effect::React { event_id, key, .. } => {
                     self.reactions.lock().unwrap().push((event_id, key));
                 }

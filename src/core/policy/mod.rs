@@ -32,8 +32,8 @@ pub use load::parse_texts;
 pub use window::Window;
 
 /// Commands the bot answers itself, which rules can grant.
-pub const BUILTINS: [&str; 8] = [
-    "help", "audit", "pending", "cancel", "review", "announce", "lock", "locks",
+pub const BUILTINS: [&str; 9] = [
+    "help", "audit", "pending", "cancel", "review", "announce", "lock", "locks", "web",
 ];
 
 /// How long a confirmation stays open unless a rule says otherwise.

@@ -121,6 +121,10 @@ names!(
         /// Sealed segments older than `audit.retention` were deleted
         /// (their manifests are kept).
         Pruned = "pruned",
+        /// A web sign-in link was sent to its user (`!web`).
+        WebLink = "web_link",
+        /// A user ended their web sessions (`!web logout`).
+        WebLogout = "web_logout",
     }
 );
 

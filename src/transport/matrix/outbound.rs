@@ -289,6 +289,7 @@ impl Bot {
             for fx in effects {
                 match fx {
                     Effect::Send(o) => self.send(o).await,
+                    Effect::Direct { user, message } => self.direct(&user, message).await,
                     Effect::React {
                         room,
                         event_id,
@@ -358,6 +359,32 @@ impl Bot {
         RoomId::parse(id)
             .ok()
             .and_then(|id| self.client.get_room(&id))
+    }
+
+    /// Send `message` to `user` in a direct room with them: the first one
+    /// the bot has, or a new one (encrypted, `is_direct`).
+    async fn direct(&self, user: &str, message: crate::render::Message) {
+        let Ok(user) = matrix_sdk::ruma::UserId::parse(user) else {
+            return;
+        };
+        let room = match self.client.get_dm_room(&user) {
+            Some(r) => r,
+            None => match self.client.create_dm(&user).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("cannot open a direct room with {user}: {e}");
+                    return;
+                }
+            },
+        };
+        self.send(Outgoing {
+            room: room.room_id().to_string(),
+            reply_to: None,
+            thread: None,
+            message,
+            prompt_for: None,
+        })
+        .await
     }
 
     async fn send(&self, o: Outgoing) {

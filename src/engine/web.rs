@@ -1,0 +1,264 @@
+//! `!web`: a one-time sign-in link for the read-only web view, sent to
+//! the asker alone in a direct message; `!web logout` ends their
+//! sessions. The pages themselves are the HTTP listener's.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Effect, Engine, Out};
+use crate::audit::{Event, Status};
+use crate::render::Message;
+use crate::store::web::WebAccess;
+
+/// The web view's settings and its sign-in records.
+#[derive(Clone)]
+pub struct Web {
+    /// The links and sessions.
+    pub access: WebAccess,
+    /// Where users reach the pages (`http.public_url`), without a
+    /// trailing slash.
+    pub public_url: String,
+    /// How long a sign-in link may wait for its use.
+    pub link_for: Duration,
+    /// How long a session lasts.
+    pub session_for: Duration,
+}
+
+impl Engine {
+    pub(super) fn builtin_web(&self, out: &mut Out, args: &str) {
+        if !self.gate(out, "web") {
+            return;
+        }
+        let Some(web) = &self.web else {
+            out.say("The web view is off here (http.web and http.public_url in airlock.yaml).");
+            return;
+        };
+        let user = out.m.sender.clone();
+        if args.eq_ignore_ascii_case("logout") {
+            match web.access.logout(&user) {
+                Ok(n) => {
+                    let e = out
+                        .entry(Event::WebLogout)
+                        .status(Status::Ok)
+                        .detail(json!({"sessions": n}));
+                    out.log(e);
+                    out.say(format!(
+                        "Ended {n} web session{} of {user}.",
+                        if n == 1 { "" } else { "s" }
+                    ));
+                }
+                Err(e) => out.say(format!("Cannot end the web sessions: {e}")),
+            }
+            return;
+        }
+        if !args.is_empty() {
+            out.say(format!(
+                "Usage: {p}web (a sign-in link, sent to you alone) or {p}web logout.",
+                p = self.settings.prefix
+            ));
+            return;
+        }
+        let expires = out.now + web.link_for.as_millis() as u64;
+        let token = match web.access.issue_link(&user, expires) {
+            Ok(t) => t,
+            Err(e) => return out.say(format!("Cannot make a sign-in link: {e}")),
+        };
+        let minutes = web.link_for.as_secs().div_ceil(60);
+        out.effects.push(Effect::Direct {
+            user: user.clone(),
+            message: Message::plain(format!(
+                "🔑 Your sign-in link to airlock's web view (for you alone, usable once, for {minutes} minutes): {}/web/login?token={token}",
+                web.public_url
+            )),
+        });
+        // The token is in no entry and no log: only its user receives it.
+        let e = out
+            .entry(Event::WebLink)
+            .status(Status::Ok)
+            .detail(json!({"expires": crate::clock::format_ms(expires)}));
+        out.log(e);
+        out.say(format!(
+            "📬 Sent {user} a sign-in link in a direct message (usable once, for {minutes} minutes)."
+        ));
+    }
+}
+
+impl Engine {
+    /// Open a session with sign-in link `token` at `now` (the listener's
+    /// `/web/login`): the user and the session's token, or why not. The
+    /// link is used up either way.
+    pub fn web_sign_in(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(String, String), crate::store::web::WebError> {
+        let web = self
+            .web
+            .as_ref()
+            .ok_or(crate::store::web::WebError::Unusable)?;
+        let until = now + web.session_for.as_millis() as u64;
+        web.access.redeem(token, now, until)
+    }
+
+    /// The user whose web session `token` is, while it lasts.
+    pub fn web_user(&self, token: &str, now: u64) -> Option<String> {
+        self.web.as_ref()?.access.session(token, now)
+    }
+
+    /// Whether the web view is reached over https (its cookie is then
+    /// sent over TLS only).
+    pub fn web_secure(&self) -> bool {
+        self.web
+            .as_ref()
+            .is_some_and(|w| w.public_url.starts_with("https://"))
+    }
+
+    /// How long a web session lasts (None: the web view is off).
+    pub fn web_session_length(&self) -> Option<Duration> {
+        self.web.as_ref().map(|w| w.session_for)
+    }
+}
+
+/// One request as a page lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WebRow {
+    /// Its id.
+    pub id: String,
+    /// Its room.
+    pub room: String,
+    /// Its state's name.
+    pub state: String,
+    /// The line `!pending` shows for it (with a running one's output).
+    pub line: String,
+}
+
+/// The overview: what is open, and what ran lately, in the rooms the
+/// viewer may see.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WebOverview {
+    /// Who looks.
+    pub user: String,
+    /// Open requests (waiting, approved, running), oldest first.
+    pub open: Vec<WebRow>,
+    /// The last runs' `finished` entries, newest first.
+    pub recent: Vec<String>,
+}
+
+/// One request's page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WebRequest {
+    /// Its id.
+    pub id: String,
+    /// Its room.
+    pub room: String,
+    /// What `!status` says of it (masked as in chat), while it is kept.
+    pub status: Option<String>,
+    /// Its audit entries, oldest first, one line each.
+    pub timeline: Vec<String>,
+    /// A matrix.to link to its room.
+    pub room_link: String,
+}
+
+/// How many recent runs the overview lists.
+const RECENT: usize = 20;
+
+impl Engine {
+    /// Whether `user` may see what happens in `room` on the web: as in
+    /// chat, where the policy grants them `pending` or `audit` there, or
+    /// `audit` in the audit room (which sees every room).
+    fn web_may_see(&self, user: &str, room: &str, now: u64) -> bool {
+        let policy = self.policy();
+        let grants = |room: &str, builtin: &str| {
+            let who = crate::policy::Subject {
+                user,
+                room,
+                // The web has no room to read a power level in: rules that
+                // need one do not apply (deny by default).
+                power_level: None,
+                at: now,
+            };
+            policy.may_use(&who, &crate::policy::Target::Builtin(builtin))
+        };
+        grants(room, "pending")
+            || grants(room, "audit")
+            || self
+                .settings
+                .audit_room
+                .as_deref()
+                .is_some_and(|a| grants(a, "audit"))
+    }
+
+    /// The overview page's content for `user`.
+    pub fn web_overview(&self, user: &str, now: u64) -> WebOverview {
+        let open = self
+            .requests
+            .open_requests()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| self.web_may_see(user, &r.room, now))
+            .map(|r| WebRow {
+                line: self.request_line(&r, now),
+                id: r.id,
+                room: r.room,
+                state: r.state.name().to_string(),
+            })
+            .collect();
+        let q = crate::audit::Query {
+            event: Some(Event::Finished.name().into()),
+            ..Default::default()
+        };
+        let recent = self
+            .audit
+            .query(&q)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .filter(|e| {
+                e.room
+                    .as_deref()
+                    .is_some_and(|room| self.web_may_see(user, room, now))
+            })
+            .take(RECENT)
+            .map(|e| e.summary_line())
+            .collect();
+        WebOverview {
+            user: user.to_string(),
+            open,
+            recent,
+        }
+    }
+
+    /// Request `id`'s page for `user`; None when it is unknown or in a
+    /// room they may not see (the same answer, so its existence is not
+    /// told).
+    pub fn web_request(&self, user: &str, id: &str, now: u64) -> Option<WebRequest> {
+        let q = crate::audit::Query {
+            request: Some(id.to_string()),
+            ..Default::default()
+        };
+        let entries = self.audit.query(&q).ok()?;
+        let kept = self.requests.get(id).ok().flatten();
+        let room = kept
+            .as_ref()
+            .map(|r| r.room.clone())
+            .or_else(|| entries.iter().find_map(|e| e.room.clone()))?;
+        if !self.web_may_see(user, &room, now) {
+            return None;
+        }
+        let status = kept.map(|r| {
+            let mut s = self.request_line(&r, now);
+            if let Some(summary) = &r.summary {
+                s.push_str(&format!(" — {summary}"));
+            }
+            s
+        });
+        Some(WebRequest {
+            id: id.to_string(),
+            room_link: format!("https://matrix.to/#/{room}"),
+            room,
+            status,
+            timeline: entries.iter().map(|e| e.summary_line()).collect(),
+        })
+    }
+}

@@ -1,0 +1,298 @@
+//! The web view's sign-in through Matrix: `!web` sends the asker alone a
+//! one-time link (never in the room, the audit or a log), which opens one
+//! session, in time, once; `!web logout` ends them. Who may ask is the
+//! policy's (built-in `web`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// The shipped aliases and policy, and `say {{ message }}` (core.echo,
+/// free text, confirmed by ops): the bot with the web view on or off.
+fn web_bot(dir: &std::path::Path, on: bool) -> (Bot, PackRepo) {
+    let repo = PackRepo::new(&dir.join("st2-flow"), "st2-flow");
+    let extra = dir.join("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    std::fs::write(
+        extra.join("say.yaml"),
+        "name: say\npack: tests\naction_ref: core.echo\nformats: ['say {{ message }}']\n",
+    )
+    .unwrap();
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    let shipped = std::fs::read_to_string(repo_root().join("policies/ops.yaml")).unwrap();
+    std::fs::write(
+        policies.join("ops.yaml"),
+        format!(
+            "{shipped}\n  - id: say\n    effect: allow\n    groups: [ops]\n    rooms: [\"!ops:example.org\"]\n    packs: [tests]\n    confirm:\n      approvers: {{groups: [ops]}}\n"
+        ),
+    )
+    .unwrap();
+    let mut s = settings(dir, &policies, Some(&repo.path));
+    s.aliases.push(extra);
+    s.http.web = on;
+    s.http.public_url = Some("https://airlock.example.org/".into());
+    (Bot::open(s), repo)
+}
+
+/// The token in a sign-in link's message.
+fn token(body: &str) -> String {
+    let at = body.find("/web/login?token=").expect("a sign-in link") + 17;
+    body[at..at + 64].to_string()
+}
+
+#[test]
+fn a_sign_in_link_goes_to_its_user_alone_and_opens_one_session_in_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = web_bot(tmp.path(), true);
+    let sent = bot.say(ALICE, OPS, "!web");
+    let dm: Vec<_> = sent
+        .iter()
+        .filter(|s| s.room.starts_with("direct:"))
+        .collect();
+    assert_eq!(dm.len(), 1, "{sent:?}");
+    assert_eq!(dm[0].room, format!("direct:{ALICE}"));
+    assert!(
+        dm[0]
+            .body
+            .contains("https://airlock.example.org/web/login?token="),
+        "{}",
+        dm[0].body
+    );
+    let link = token(&dm[0].body);
+    let in_room = bodies(
+        &sent
+            .iter()
+            .filter(|s| s.room == OPS)
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        in_room.contains("Sent @alice:example.org a sign-in link"),
+        "{in_room}"
+    );
+    assert!(!in_room.contains(&link), "the link reached the room");
+    let audit =
+        serde_json::to_string(&bot.engine.audit_log().after(0, usize::MAX).unwrap()).unwrap();
+    assert!(!audit.contains(&link), "the link reached the audit");
+    assert!(bot.audit_events().contains(&"web_link".to_string()));
+
+    // Once, and for its user.
+    let (user, session) = bot.engine.web_sign_in(&link, bot.now()).unwrap();
+    assert_eq!(user, ALICE);
+    assert_eq!(
+        bot.engine.web_user(&session, bot.now()).as_deref(),
+        Some(ALICE)
+    );
+    assert!(
+        bot.engine.web_sign_in(&link, bot.now()).is_err(),
+        "replayed"
+    );
+    // Hours, not days.
+    assert_eq!(
+        bot.engine.web_session_length(),
+        Some(Duration::from_secs(8 * 3600))
+    );
+    assert_eq!(
+        bot.engine.web_user(&session, bot.now() + 9 * 3_600_000),
+        None
+    );
+
+    // A link not used within its minutes is refused.
+    let late = token(&bodies(&bot.say(ALICE, OPS, "!web")));
+    bot.advance(6 * 60_000);
+    assert!(bot.engine.web_sign_in(&late, bot.now()).is_err(), "expired");
+
+    // `!web logout` ends every session of its user, not another's.
+    let (_, mine) = bot
+        .engine
+        .web_sign_in(&token(&bodies(&bot.say(ALICE, OPS, "!web"))), bot.now())
+        .unwrap();
+    let (_, bobs) = bot
+        .engine
+        .web_sign_in(&token(&bodies(&bot.say(BOB, OPS, "!web"))), bot.now())
+        .unwrap();
+    let r = bodies(&bot.say(ALICE, OPS, "!web logout"));
+    // The first session and this one.
+    assert!(
+        r.contains("Ended 2 web sessions of @alice:example.org"),
+        "{r}"
+    );
+    assert_eq!(bot.engine.web_user(&mine, bot.now()), None);
+    assert_eq!(bot.engine.web_user(&bobs, bot.now()).as_deref(), Some(BOB));
+}
+
+#[test]
+fn web_is_a_built_in_the_policy_grants_and_off_unless_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = web_bot(tmp.path(), true);
+    // Mallory is not in ops: refused, and nothing sent.
+    let sent = bot.say(MALLORY, OPS, "!web");
+    assert!(
+        sent.iter().all(|s| !s.room.starts_with("direct:")),
+        "{sent:?}"
+    );
+    drop(bot);
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = web_bot(tmp.path(), false);
+    let r = bodies(&bot.say(ALICE, OPS, "!web"));
+    assert!(r.contains("The web view is off here"), "{r}");
+}
+
+/// The listener over `bot`'s engine on loopback; its base URL.
+fn serve(bot: &Bot, rt: &tokio::runtime::Runtime) -> String {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(airlock::http::serve(
+        listener,
+        bot.engine.clone(),
+        std::sync::Arc::new(airlock::metrics::Liveness::default()),
+        None,
+    ));
+    format!("http://{addr}")
+}
+
+/// A client that keeps no cookies and follows no redirects: each test
+/// step says what it sends.
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Sign in with a fresh link for `user`; the session cookie's value.
+fn signed_in(bot: &Bot, base: &str, user: &str) -> String {
+    let link = token(&bodies(&bot.say(user, OPS, "!web")));
+    let r = client()
+        .get(format!("{base}/web/login?token={link}"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/web/");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    for flag in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/web",
+        "Secure",
+        "Max-Age=28800",
+    ] {
+        assert!(cookie.contains(flag), "{flag} missing: {cookie}");
+    }
+    cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("airlock_session=")
+        .unwrap()
+        .to_string()
+}
+
+fn get(base: &str, path: &str, session: Option<&str>) -> (u16, String, reqwest::header::HeaderMap) {
+    let mut r = client().get(format!("{base}{path}"));
+    if let Some(s) = session {
+        r = r.header("cookie", format!("airlock_session={s}"));
+    }
+    let r = r.send().unwrap();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    (status, r.text().unwrap(), headers)
+}
+
+#[test]
+fn pages_show_the_users_rooms_escaped_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = web_bot(tmp.path(), true);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = serve(&bot, &rt);
+
+    // A request whose command carries markup and script, waiting for
+    // approval in the ops room.
+    let p = prompt(&bot.say(ALICE, OPS, "!say <script>alert(1)</script><b>bold</b>")).clone();
+    let id = request_id(&p.body);
+
+    // No session: sent to sign in through Matrix, nothing shown.
+    let (status, body, _) = get(&base, "/web/", None);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("Type !web"), "{body}");
+    assert!(!body.contains(&id), "{body}");
+    // A forged or replayed link: refused.
+    let (status, _, _) = get(&base, &format!("/web/login?token={}", "0".repeat(64)), None);
+    assert_eq!(status, 403);
+    let (status, _, _) = get(&base, "/web/login?token=%00%3Cscript%3E", None);
+    assert_eq!(status, 403, "a crafted query string is a 4xx");
+    let (status, _, _) = get(&base, "/web/", Some("forged-session"));
+    assert_eq!(status, 401);
+
+    let alice = signed_in(&bot, &base, ALICE);
+    let (status, body, headers) = get(&base, "/web/", Some(&alice));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("/web/request/{id}")), "{body}");
+    // Escaped: the markup shows as text.
+    assert!(
+        body.contains("&lt;script&gt;alert(1)") && body.contains("&lt;b&gt;bold"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("<script>") && !body.contains("<b>"),
+        "{body}"
+    );
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("script-src"),
+        "{csp}"
+    );
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+
+    // Its page: what !status says and its audit timeline.
+    let (status, body, _) = get(&base, &format!("/web/request/{id}"), Some(&alice));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("confirmation_requested"), "{body}");
+    // (minijinja writes `/` as `&#x2f;`, which the browser reads back.)
+    assert!(
+        body.replace("&#x2f;", "/")
+            .contains("href=\"https://matrix.to/#/!ops:example.org\""),
+        "{body}"
+    );
+    assert!(!body.contains("<script>"), "{body}");
+
+    // Mallory (granted neither `pending` nor `audit` anywhere) gets no
+    // link, and would see nothing of the ops room: its request answers as
+    // an unknown id does.
+    let r = bodies(&bot.say(MALLORY, OPS, "!web"));
+    assert!(!r.contains("/web/login"), "{r}");
+    assert!(bot.engine.web_overview(MALLORY, bot.now()).open.is_empty());
+    assert!(bot.engine.web_request(MALLORY, &id, bot.now()).is_none());
+    let (unknown_status, unknown_body, _) = get(&base, "/web/request/zzzzzz", Some(&alice));
+    assert_eq!(unknown_status, 404);
+    assert!(unknown_body.contains("nothing here you may see"));
+
+    // Nothing changes state: any other method is refused, and the request
+    // is still pending.
+    let r = client()
+        .post(format!("{base}/web/request/{id}"))
+        .header("cookie", format!("airlock_session={alice}"))
+        .body("approve")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(
+        bot.engine
+            .requests()
+            .get(&id)
+            .unwrap()
+            .unwrap()
+            .state
+            .name(),
+        "pending"
+    );
+
+    // Logged out: the cookie opens nothing.
+    bot.say(ALICE, OPS, "!web logout");
+    let (status, _, _) = get(&base, "/web/", Some(&alice));
+    assert_eq!(status, 401);
+}

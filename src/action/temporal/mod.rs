@@ -29,8 +29,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+#[cfg(feature = "temporal")]
 use std::time::Duration;
 
+#[cfg(feature = "temporal")]
 use temporalio_client::{Client, ClientOptions, Connection, ConnectionOptions, Url};
 
 use crate::alias::Params;
@@ -155,6 +157,7 @@ pub struct Ran {
 pub const WORKFLOW_TYPE: &str = "AirlockRequest";
 
 /// A connection to Temporal for `airlock worker` or the bot.
+#[cfg(feature = "temporal")]
 pub(crate) async fn connect(cfg: &TemporalConfig) -> Result<Client, String> {
     let url = Url::parse(&cfg.url).map_err(|e| format!("temporal.url {:?}: {e}", cfg.url))?;
     let options = ConnectionOptions::new(url)

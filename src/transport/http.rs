@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame};
 use hyper::{Method, Request, Response, StatusCode};
@@ -18,6 +17,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
+use super::Body;
 use crate::audit::Query;
 use crate::engine::Engine;
 use crate::metrics::Liveness;
@@ -50,8 +50,6 @@ pub struct HttpConfig {
 /// A sync older than this makes the bot unhealthy: the loop syncs at least
 /// every 30 s (its long-poll timeout) while the homeserver answers.
 pub const MAX_SYNC_AGE: Duration = Duration::from_secs(120);
-
-pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 /// How often a followed audit export looks for new entries.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);

@@ -14,7 +14,7 @@ use hyper::{Method, Response, StatusCode};
 use minijinja::Environment;
 use minijinja::Value;
 
-use super::http::Body;
+use super::Body;
 use crate::engine::Engine;
 
 /// The session cookie's name.

@@ -20,6 +20,11 @@ fn web_bot(dir: &std::path::Path, on: bool) -> (Bot, PackRepo) {
         "name: say\npack: tests\naction_ref: core.echo\nformats: ['say {{ message }}']\n",
     )
     .unwrap();
+    std::fs::write(
+        extra.join("quiet.yaml"),
+        "name: quiet\npack: tests\naction_ref: core.echo\nformats: ['quiet {{ message }}']\nresult:\n  append_url: false\n",
+    )
+    .unwrap();
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     let shipped = std::fs::read_to_string(repo_root().join("policies/ops.yaml")).unwrap();
@@ -295,4 +300,32 @@ fn pages_show_the_users_rooms_escaped_and_change_nothing() {
     bot.say(ALICE, OPS, "!web logout");
     let (status, _, _) = get(&base, "/web/", Some(&alice));
     assert_eq!(status, 401);
+}
+
+/// st2's `append_url`: with the web view on, a result message ends with
+/// the link to its request's page, unless the alias says
+/// `result.append_url: false`; off, nothing is appended.
+#[test]
+fn results_link_to_their_page_as_st2s_append_url_did() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = web_bot(tmp.path(), true);
+    let run = |cmd: &str| {
+        let p = prompt(&bot.say(ALICE, OPS, cmd)).clone();
+        let id = request_id(&p.body);
+        (id, bodies(&bot.reply(BOB, OPS, &p.event_id, "yes")))
+    };
+    let (id, r) = run("!say hello");
+    assert!(
+        r.trim_end()
+            .ends_with(&format!("\nhttps://airlock.example.org/web/request/{id}")),
+        "{r}"
+    );
+    let (_, r) = run("!quiet hello");
+    assert!(!r.contains("/web/request/"), "{r}");
+    drop(bot);
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = web_bot(tmp.path(), false);
+    let p = prompt(&bot.say(ALICE, OPS, "!say hello")).clone();
+    let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
+    assert!(!r.contains("/web/request/"), "{r}");
 }

@@ -20,7 +20,8 @@ pub struct MessageSpec {
     /// The Jinja template.
     #[serde(default)]
     pub format: Option<String>,
-    /// st2 appends a web console link; airlock has none to append.
+    /// st2 appends its web UI's link to the result; airlock appends the
+    /// request's page when the web view is on, unless this is `false`.
     #[serde(default)]
     pub append_url: Option<bool>,
     /// Free-form data for chat adapters.

@@ -301,7 +301,13 @@ impl Engine {
         } else {
             outcome.status.name()
         };
-        let execution = execution_view(&req, &outcome, status, started, finished);
+        let page = self.web_page(&req.id);
+        let mut execution = execution_view(&req, &outcome, status, started, finished);
+        // st2's execution carries its web UI link; airlock's is the
+        // request's page, when the web view is on.
+        if let Some(url) = &page {
+            execution["web_url"] = json!(url);
+        }
         if let Some(text) = recovered {
             fx.push(Effect::Send(reply_to_request(&req, Message::plain(text))));
         }
@@ -319,7 +325,17 @@ impl Engine {
                 )),
             )));
         }
-        if let Some(text) = render::result(alias.as_deref(), &execution) {
+        if let Some(mut text) = render::result(alias.as_deref(), &execution) {
+            // As st2's chat adapters appended the web UI's link, unless the
+            // alias's `result.append_url` is false.
+            let appended = alias
+                .as_deref()
+                .and_then(|a| a.result.as_ref())
+                .and_then(|r| r.append_url)
+                != Some(false);
+            if let Some(url) = page.filter(|_| appended) {
+                text.push_str(&format!("\n{url}"));
+            }
             fx.push(Effect::Send(reply_to_request(
                 &req,
                 Message::from_template_output(&text),

@@ -106,6 +106,12 @@ impl Engine {
         self.web.as_ref()?.access.session(token, now)
     }
 
+    /// Request `id`'s page, when the web view is on.
+    pub(super) fn web_page(&self, id: &str) -> Option<String> {
+        let web = self.web.as_ref()?;
+        Some(format!("{}/web/request/{id}", web.public_url))
+    }
+
     /// Whether the web view is reached over https (its cookie is then
     /// sent over TLS only).
     pub fn web_secure(&self) -> bool {

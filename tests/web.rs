@@ -329,3 +329,47 @@ fn results_link_to_their_page_as_st2s_append_url_did() {
     let r = bodies(&bot.reply(BOB, OPS, &p.event_id, "yes"));
     assert!(!r.contains("/web/request/"), "{r}");
 }
+
+/// The example pack's token (in its config only) is on no page: the
+/// overview, and every request's page, pending and finished.
+#[test]
+fn no_page_shows_a_secret() {
+    const SECRET: &str = "s3cr3t-t0ken-value";
+    let tmp = tempfile::tempdir().unwrap();
+    let pol = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &pol,
+        "groups:\n  ops: [\"@alice:example.org\", \"@bob:example.org\"]\nrules:\n  - id: deploys\n    effect: allow\n    groups: [ops]\n    aliases: [deploy_example.deploy]\n    extra_params: true\n    confirm:\n      approvers: {groups: [ops]}\n  - id: builtins\n    effect: allow\n    groups: [ops]\n    builtins: [\"*\"]\n",
+    )
+    .unwrap();
+    let configs = tmp.path().join("configs");
+    std::fs::create_dir_all(&configs).unwrap();
+    std::fs::write(
+        configs.join("deploy_example.yaml"),
+        format!("api_token: {SECRET}\n"),
+    )
+    .unwrap();
+    let mut s = settings(tmp.path(), &pol, None);
+    s.aliases = vec![repo_root().join("tests/packs")];
+    s.runners.configs = configs;
+    s.http.web = true;
+    s.http.public_url = Some("https://airlock.example.org".into());
+    let bot = Bot::open(s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = serve(&bot, &rt);
+
+    let done = prompt(&bot.say(ALICE, OPS, "!deploy web v1.2.3 environment=prod")).clone();
+    let finished = bodies(&bot.reply(BOB, OPS, &done.event_id, "yes"));
+    assert!(finished.contains("Deployed web v1.2.3"), "{finished}");
+    let waiting = prompt(&bot.say(ALICE, OPS, "!deploy api 2.0")).clone();
+    let session = signed_in(&bot, &base, ALICE);
+    let mut pages = vec!["/web/".to_string()];
+    for p in [&done, &waiting] {
+        pages.push(format!("/web/request/{}", request_id(&p.body)));
+    }
+    for page in &pages {
+        let (status, body, _) = get(&base, page, Some(&session));
+        assert_eq!(status, 200, "{page}: {body}");
+        assert!(!body.contains(SECRET), "{page} shows the secret: {body}");
+    }
+}

@@ -246,6 +246,11 @@ fn pages_show_the_users_rooms_escaped_and_change_nothing() {
         !body.contains("<script>") && !body.contains("<b>"),
         "{body}"
     );
+    // The audit's state: its head, and where checkpoints go.
+    assert!(
+        body.contains(" entries, head ") && body.contains("no audit room is set"),
+        "{body}"
+    );
     let csp = headers["content-security-policy"].to_str().unwrap();
     assert!(
         csp.contains("default-src 'none'") && !csp.contains("script-src"),

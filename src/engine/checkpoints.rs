@@ -17,6 +17,13 @@ pub(super) struct Checkpoints {
     posted_ms: u64,
 }
 
+impl Checkpoints {
+    /// The last checkpoint posted to the audit room: its entry and when.
+    pub(super) fn last_posted(&self) -> Option<(u64, u64)> {
+        (self.posted_seq > 0).then_some((self.posted_seq, self.posted_ms))
+    }
+}
+
 impl Engine {
     /// Checkpoints the transport read back from the audit room: what
     /// `!audit verify` checks the local log against.

@@ -149,6 +149,9 @@ pub struct WebOverview {
     pub open: Vec<WebRow>,
     /// The last runs' `finished` entries, newest first.
     pub recent: Vec<String>,
+    /// The audit log's head, and the last checkpoint posted to the audit
+    /// room, in words.
+    pub audit: String,
 }
 
 /// One request's page.
@@ -232,7 +235,30 @@ impl Engine {
             user: user.to_string(),
             open,
             recent,
+            audit: self.audit_state(),
         }
+    }
+
+    /// The audit log's head and the last checkpoint posted, in words.
+    fn audit_state(&self) -> String {
+        let Some(head) = self.audit.checkpoint() else {
+            return "The audit log is empty.".into();
+        };
+        let hash: String = head.hash.chars().take(16).collect();
+        let posted = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_posted();
+        let room = match (&self.settings.audit_room, posted) {
+            (None, _) => "no audit room is set".to_string(),
+            (Some(r), None) => format!("no checkpoint posted to {r} since the start"),
+            (Some(r), Some((seq, ms))) => format!(
+                "the last checkpoint posted to {r}: entry {seq}, at {}",
+                crate::clock::format_ms(ms)
+            ),
+        };
+        format!("{} entries, head {hash}…; {room}.", head.seq)
     }
 
     /// Request `id`'s page for `user`; None when it is unknown or in a

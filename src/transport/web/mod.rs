@@ -153,6 +153,7 @@ pub fn answer(
                 user => o.user,
                 open => Value::from(minijinja::value::Serde(&o.open)),
                 recent => o.recent,
+                audit => o.audit,
             },
         );
     }

@@ -437,17 +437,14 @@ fn nothing_typed_in_a_room_becomes_a_checkpoint() {
 
 /// `/audit.jsonl` on a loopback listener over the engine of `bot`.
 fn export_server(bot: &Bot, rt: &tokio::runtime::Runtime) -> String {
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    rt.spawn(airlock::http::serve(
+    let (listener, base) = loopback(rt);
+    serve_http(
+        bot,
+        rt,
         listener,
-        bot.engine.clone(),
-        std::sync::Arc::new(airlock::metrics::Liveness::default()),
         Some(airlock::http::AuditExport::new(TOKEN.into())),
-    ));
-    format!("http://{addr}/audit.jsonl")
+    );
+    format!("{base}/audit.jsonl")
 }
 
 const TOKEN: &str = "a-token-of-sixteen-or-more";

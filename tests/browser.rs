@@ -80,45 +80,25 @@ async fn browser(d: &Driver, profile: &Path) -> fantoccini::Client {
         .expect("a WebDriver session")
 }
 
+/// The text of the first element `css` selects.
+async fn text(c: &fantoccini::Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
 #[test]
 fn signed_in_by_the_dm_link_the_pages_show_markup_as_text_without_javascript() {
     let Some(d) = driver() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-
-    let repo = PackRepo::new(&tmp.path().join("st2-flow"), "st2-flow");
-    let extra = tmp.path().join("extra");
-    std::fs::create_dir_all(&extra).unwrap();
-    std::fs::write(
-        extra.join("say.yaml"),
-        "name: say\npack: tests\naction_ref: core.echo\nformats: ['say {{ message }}']\n",
-    )
-    .unwrap();
-    let policies = tmp.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    let shipped = std::fs::read_to_string(repo_root().join("policies/ops.yaml")).unwrap();
-    std::fs::write(
-        policies.join("ops.yaml"),
-        format!(
-            "{shipped}\n  - id: say\n    effect: allow\n    groups: [ops]\n    rooms: [\"!ops:example.org\"]\n    packs: [tests]\n    confirm:\n      approvers: {{groups: [ops]}}\n"
-        ),
-    )
-    .unwrap();
-    let mut s = settings(tmp.path(), &policies, Some(&repo.path));
-    s.aliases.push(extra);
-    s.http.web = true;
-    s.http.public_url = Some(base.clone());
+    let (listener, base) = loopback(&rt);
+    let (s, _repo) = web_settings(tmp.path(), Some(&base));
     let bot = Bot::open(s);
-    rt.spawn(airlock::http::serve(
-        listener,
-        bot.engine.clone(),
-        std::sync::Arc::new(airlock::metrics::Liveness::default()),
-        None,
-    ));
+    serve_http(&bot, &rt, listener, None);
 
     // A request whose command holds markup and a script, waiting.
     let p = prompt(&bot.say(
@@ -144,13 +124,7 @@ fn signed_in_by_the_dm_link_the_pages_show_markup_as_text_without_javascript() {
         c.goto(&link).await.unwrap();
         // Signed in: the overview, at /web/.
         assert_eq!(c.current_url().await.unwrap().path(), "/web/");
-        let row = c
-            .find(Locator::Css("ul.requests li pre"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let row = text(&c, "ul.requests li pre").await;
         assert!(
             row.contains("<script>alert('pwned')</script><b>bold</b><i>x</i>"),
             "shown as text: {row}"
@@ -177,13 +151,7 @@ fn signed_in_by_the_dm_link_the_pages_show_markup_as_text_without_javascript() {
             .click()
             .await
             .unwrap();
-        let page = c
-            .find(Locator::Css("main"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = text(&c, "main").await;
         assert!(page.contains(&format!("Request {id}")), "{page}");
         assert!(page.contains("confirmation_requested"), "{page}");
         assert!(c.get_alert_text().await.is_err(), "a dialog opened");
@@ -191,13 +159,7 @@ fn signed_in_by_the_dm_link_the_pages_show_markup_as_text_without_javascript() {
 
         // The link again: refused.
         c.goto(&link).await.unwrap();
-        let again = c
-            .find(Locator::Css("main"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let again = text(&c, "main").await;
         assert!(again.contains("This link cannot be used"), "{again}");
         c.close().await.unwrap();
     });

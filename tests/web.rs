@@ -9,36 +9,8 @@ use std::time::Duration;
 
 use common::*;
 
-/// The shipped aliases and policy, and `say {{ message }}` (core.echo,
-/// free text, confirmed by ops): the bot with the web view on or off.
 fn web_bot(dir: &std::path::Path, on: bool) -> (Bot, PackRepo) {
-    let repo = PackRepo::new(&dir.join("st2-flow"), "st2-flow");
-    let extra = dir.join("extra");
-    std::fs::create_dir_all(&extra).unwrap();
-    std::fs::write(
-        extra.join("say.yaml"),
-        "name: say\npack: tests\naction_ref: core.echo\nformats: ['say {{ message }}']\n",
-    )
-    .unwrap();
-    std::fs::write(
-        extra.join("quiet.yaml"),
-        "name: quiet\npack: tests\naction_ref: core.echo\nformats: ['quiet {{ message }}']\nresult:\n  append_url: false\n",
-    )
-    .unwrap();
-    let policies = dir.join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    let shipped = std::fs::read_to_string(repo_root().join("policies/ops.yaml")).unwrap();
-    std::fs::write(
-        policies.join("ops.yaml"),
-        format!(
-            "{shipped}\n  - id: say\n    effect: allow\n    groups: [ops]\n    rooms: [\"!ops:example.org\"]\n    packs: [tests]\n    confirm:\n      approvers: {{groups: [ops]}}\n"
-        ),
-    )
-    .unwrap();
-    let mut s = settings(dir, &policies, Some(&repo.path));
-    s.aliases.push(extra);
-    s.http.web = on;
-    s.http.public_url = Some("https://airlock.example.org/".into());
+    let (s, repo) = web_settings(dir, on.then_some("https://airlock.example.org/"));
     (Bot::open(s), repo)
 }
 
@@ -148,17 +120,9 @@ fn web_is_a_built_in_the_policy_grants_and_off_unless_configured() {
 
 /// The listener over `bot`'s engine on loopback; its base URL.
 fn serve(bot: &Bot, rt: &tokio::runtime::Runtime) -> String {
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    rt.spawn(airlock::http::serve(
-        listener,
-        bot.engine.clone(),
-        std::sync::Arc::new(airlock::metrics::Liveness::default()),
-        None,
-    ));
-    format!("http://{addr}")
+    let (listener, base) = loopback(rt);
+    serve_http(bot, rt, listener, None);
+    base
 }
 
 /// A client that keeps no cookies and follows no redirects: each test

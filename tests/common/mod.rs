@@ -598,3 +598,63 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
         let _ = to.shutdown(std::net::Shutdown::Write);
     });
 }
+
+/// The shipped aliases and policy, plus `say {{ message }}` and `quiet
+/// {{ message }}` (core.echo, free text, confirmed by ops; `quiet` with
+/// `result.append_url: false`), and the web view on at `public_url`
+/// (`None`: off).
+pub fn web_settings(dir: &Path, public_url: Option<&str>) -> (Config, PackRepo) {
+    let repo = PackRepo::new(&dir.join("st2-flow"), "st2-flow");
+    let extra = dir.join("extra");
+    std::fs::create_dir_all(&extra).unwrap();
+    std::fs::write(
+        extra.join("say.yaml"),
+        "name: say\npack: tests\naction_ref: core.echo\nformats: ['say {{ message }}']\n",
+    )
+    .unwrap();
+    std::fs::write(
+        extra.join("quiet.yaml"),
+        "name: quiet\npack: tests\naction_ref: core.echo\nformats: ['quiet {{ message }}']\nresult:\n  append_url: false\n",
+    )
+    .unwrap();
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    let shipped = std::fs::read_to_string(repo_root().join("policies/ops.yaml")).unwrap();
+    std::fs::write(
+        policies.join("ops.yaml"),
+        format!(
+            "{shipped}\n  - id: say\n    effect: allow\n    groups: [ops]\n    rooms: [\"!ops:example.org\"]\n    packs: [tests]\n    confirm:\n      approvers: {{groups: [ops]}}\n"
+        ),
+    )
+    .unwrap();
+    let mut s = settings(dir, &policies, Some(&repo.path));
+    s.aliases.push(extra);
+    s.http.web = public_url.is_some();
+    s.http.public_url = public_url.map(String::from);
+    (s, repo)
+}
+
+/// The HTTP listener over `bot`'s engine, on `listener` (bound by the
+/// caller, who may need its address first).
+pub fn serve_http(
+    bot: &Bot,
+    rt: &tokio::runtime::Runtime,
+    listener: tokio::net::TcpListener,
+    export: Option<airlock::http::AuditExport>,
+) {
+    rt.spawn(airlock::http::serve(
+        listener,
+        bot.engine.clone(),
+        std::sync::Arc::new(airlock::metrics::Liveness::default()),
+        export,
+    ));
+}
+
+/// A loopback listener on a free port, and its base URL.
+pub fn loopback(rt: &tokio::runtime::Runtime) -> (tokio::net::TcpListener, String) {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    (listener, base)
+}

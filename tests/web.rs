@@ -342,3 +342,81 @@ fn no_page_shows_a_secret() {
         assert!(!body.contains(SECRET), "{page} shows the secret: {body}");
     }
 }
+
+/// Audit search: the filters of `airlock audit` on a room the viewer may
+/// see, newest first, and every match as JSON lines; another room, or no
+/// room for a viewer who may not see them all, is refused; a crafted
+/// query is a 400.
+#[test]
+fn the_audit_is_searched_in_the_viewers_rooms_and_downloads_as_json_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = web_bot(tmp.path(), true);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = serve(&bot, &rt);
+    let p = prompt(&bot.say(ALICE, OPS, "!say one")).clone();
+    bot.reply(BOB, OPS, &p.event_id, "yes");
+    bot.say(BOB, OPS, "!say two");
+    let alice = signed_in(&bot, &base, ALICE);
+
+    let (status, body, _) = get(&base, "/web/audit", Some(&alice));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("Name a room"), "{body}");
+    let (status, body, _) = get(
+        &base,
+        "/web/audit?room=%21elsewhere%3Aexample.org",
+        Some(&alice),
+    );
+    assert_eq!(status, 403, "{body}");
+
+    let q = "/web/audit?room=%21ops%3Aexample.org&user=%40bob%3Aexample.org&user=&since=1h";
+    let (status, body, _) = get(&base, q, Some(&alice));
+    assert_eq!(status, 200, "{body}");
+    let entries: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with('#') || l.contains("<pre class=\"entries\">#"))
+        .collect();
+    assert!(!entries.is_empty(), "{body}");
+    assert!(
+        entries.iter().all(|l| l.contains("by=@bob:example.org")),
+        "{entries:?}"
+    );
+    // Newest first.
+    let seqs: Vec<u64> = entries
+        .iter()
+        .filter_map(|l| {
+            l.rsplit_once('#')
+                .and_then(|(_, r)| r.split(' ').next()?.parse().ok())
+        })
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] > w[1]), "{seqs:?}");
+
+    let (status, body, headers) = get(&base, &format!("{q}&format=jsonl"), Some(&alice));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("attachment")
+    );
+    let lines: Vec<serde_json::Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), seqs.len());
+    assert!(
+        lines.iter().all(|e| e["sender"] == BOB && e["room"] == OPS),
+        "{lines:?}"
+    );
+
+    for crafted in [
+        "/web/audit?room=%21ops%3Aexample.org&drop=table",
+        "/web/audit?room=%21ops%3Aexample.org&since=yesterday%3Cscript%3E",
+    ] {
+        let (status, body, _) = get(&base, crafted, Some(&alice));
+        assert_eq!(status, 400, "{crafted}: {body}");
+        assert!(!body.contains("<script>"), "{body}");
+    }
+    // Signed out: nothing.
+    let (status, _, _) = get(&base, q, None);
+    assert_eq!(status, 401);
+}

@@ -294,3 +294,82 @@ impl Engine {
         })
     }
 }
+
+/// An audit search's answer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WebAudit {
+    /// The newest matching entries first, one line each (at most
+    /// [`AUDIT_PAGE`]).
+    pub lines: Vec<String>,
+    /// Whether more matched than are shown.
+    pub more: bool,
+}
+
+/// How many entries an audit search shows.
+pub const AUDIT_PAGE: usize = 100;
+/// How many entries a download holds at most.
+pub const AUDIT_DOWNLOAD: usize = 100_000;
+
+impl Engine {
+    /// Whether `user` may search every room's entries: `audit` in the
+    /// audit room.
+    fn web_sees_all(&self, user: &str, now: u64) -> bool {
+        let Some(room) = self.settings.audit_room.as_deref() else {
+            return false;
+        };
+        let who = crate::policy::Subject {
+            user,
+            room,
+            power_level: None,
+            at: now,
+        };
+        self.policy()
+            .may_use(&who, &crate::policy::Target::Builtin("audit"))
+    }
+
+    /// The entries `q` matches that `user` may see, newest last, at most
+    /// `limit` of them (and whether there were more); an error says why
+    /// the search is refused (a room must be named unless they may see
+    /// every room).
+    pub fn web_audit_entries(
+        &self,
+        user: &str,
+        mut q: crate::audit::Query,
+        limit: usize,
+        now: u64,
+    ) -> Result<(Vec<crate::audit::Entry>, bool), String> {
+        if !self.web_sees_all(user, now) {
+            match q.room.as_deref() {
+                Some(room) if self.web_may_see(user, room, now) => {}
+                Some(_) => return Err("There is no room by that name you may see.".into()),
+                None => {
+                    return Err(
+                        "Name a room (room=!id:server): you may search the rooms where you may use pending or audit."
+                            .into(),
+                    );
+                }
+            }
+        }
+        q.limit = Some(limit + 1);
+        let mut entries = self.audit.query(&q).map_err(|e| e.to_string())?;
+        let more = entries.len() > limit;
+        if more {
+            entries.remove(0);
+        }
+        Ok((entries, more))
+    }
+
+    /// An audit search for the page: newest first.
+    pub fn web_audit(
+        &self,
+        user: &str,
+        q: crate::audit::Query,
+        now: u64,
+    ) -> Result<WebAudit, String> {
+        let (entries, more) = self.web_audit_entries(user, q, AUDIT_PAGE, now)?;
+        Ok(WebAudit {
+            lines: entries.iter().rev().map(|e| e.summary_line()).collect(),
+            more,
+        })
+    }
+}

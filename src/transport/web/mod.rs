@@ -26,7 +26,7 @@ pub const COOKIE: &str = "airlock_session";
 const HEADERS: [(&str, &str); 5] = [
     (
         "content-security-policy",
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     ),
     ("x-content-type-options", "nosniff"),
     ("referrer-policy", "no-referrer"),
@@ -43,6 +43,7 @@ fn templates() -> &'static Environment<'static> {
             ("overview.html", include_str!("overview.html")),
             ("request.html", include_str!("request.html")),
             ("message.html", include_str!("message.html")),
+            ("audit.html", include_str!("audit.html")),
         ] {
             env.add_template(name, text)
                 .expect("the web templates parse (checked by the tests)");
@@ -157,6 +158,9 @@ pub fn answer(
             },
         );
     }
+    if path == "/web/audit" {
+        return audit(uri, engine, &user, now);
+    }
     if let Some(id) = path.strip_prefix("/web/request/")
         && let Some(r) = engine.web_request(&user, id, now)
     {
@@ -170,6 +174,76 @@ pub fn answer(
         StatusCode::NOT_FOUND,
         "Not found",
         "There is no such page, or nothing here you may see.",
+    )
+}
+
+/// `/web/audit?room=…&user=…&since=…`: the filters of `airlock audit`,
+/// the newest entries first; `&format=jsonl` downloads every match (up to
+/// 100,000) as JSON lines. A viewer names a room unless they may see
+/// every room.
+fn audit(uri: &hyper::Uri, engine: &Engine, user: &str, now: u64) -> Response<Body> {
+    // Empty form fields filter nothing; `format` is the page's own.
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+    let jsonl = pairs.iter().any(|(k, v)| k == "format" && v == "jsonl");
+    let filters: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "format").collect();
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(filters.iter().map(|(k, v)| (k, v)))
+        .finish();
+    let field = |name: &str| {
+        filters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.as_str())
+    };
+    let f = minijinja::context! {
+        room => field("room"), user => field("user"), alias => field("alias"),
+        request => field("request"), event => field("event"), since => field("since"),
+    };
+    let q = match crate::http::export_query(&query, now) {
+        Ok((q, 0, false)) => q,
+        Ok(_) => {
+            return message(
+                StatusCode::BAD_REQUEST,
+                "Not a filter",
+                "after and follow are for /audit.jsonl",
+            );
+        }
+        Err(e) => return message(StatusCode::BAD_REQUEST, "Not a filter", &e),
+    };
+    if jsonl {
+        return match engine.web_audit_entries(user, q, crate::engine::AUDIT_DOWNLOAD, now) {
+            Ok((entries, _)) => {
+                let mut body = String::new();
+                for e in &entries {
+                    body.push_str(&serde_json::to_string(e).unwrap_or_default());
+                    body.push('\n');
+                }
+                let mut r = respond(StatusCode::OK, "application/jsonl", body);
+                if let Ok(v) = "attachment; filename=\"airlock-audit.jsonl\"".parse() {
+                    r.headers_mut()
+                        .insert(hyper::header::CONTENT_DISPOSITION, v);
+                }
+                r
+            }
+            Err(e) => message(StatusCode::FORBIDDEN, "Not a search you may run", &e),
+        };
+    }
+    let (lines, more, error) = match engine.web_audit(user, q, now) {
+        Ok(a) => (a.lines, a.more, None),
+        Err(e) => (Vec::new(), false, Some(e)),
+    };
+    page(
+        if error.is_some() {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::OK
+        },
+        "audit.html",
+        minijinja::context! { user, f, lines, more, error, query },
     )
 }
 

@@ -100,6 +100,12 @@ fn signed_in_by_the_dm_link_the_pages_show_markup_as_text_without_javascript() {
     let bot = Bot::open(s);
     serve_http(&bot, &rt, listener, None);
 
+    // Two runs of `say`, approved and done, a minute apart.
+    for word in ["first", "second"] {
+        let p = prompt(&bot.say(ALICE, OPS, &format!("!say {word}"))).clone();
+        bot.reply(BOB, OPS, &p.event_id, "yes");
+        bot.advance(60_000);
+    }
     // A request whose command holds markup and a script, waiting.
     let p = prompt(&bot.say(
         ALICE,
@@ -156,6 +162,19 @@ fn signed_in_by_the_dm_link_the_pages_show_markup_as_text_without_javascript() {
         assert!(page.contains("confirmation_requested"), "{page}");
         assert!(c.get_alert_text().await.is_err(), "a dialog opened");
         std::fs::write(shots.join("web-request.png"), c.screenshot().await.unwrap()).unwrap();
+
+        // The alias's runs: one mark per run on the timeline.
+        c.goto(&format!("{base}/web/deploys/tests.say"))
+            .await
+            .unwrap();
+        let marks = c.find_all(Locator::Css("svg circle.deploy")).await.unwrap();
+        assert_eq!(marks.len(), 2, "one mark per run");
+        let rows = c
+            .find_all(Locator::Css("table.runs tr.succeeded"))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        std::fs::write(shots.join("web-deploys.png"), c.screenshot().await.unwrap()).unwrap();
 
         // The link again: refused.
         c.goto(&link).await.unwrap();

@@ -420,3 +420,47 @@ fn the_audit_is_searched_in_the_viewers_rooms_and_downloads_as_json_lines() {
     let (status, _, _) = get(&base, q, None);
     assert_eq!(status, 401);
 }
+
+/// An alias's runs: one mark per run on the timeline (drawn on the
+/// server as SVG), a row each with outcome, who asked and who approved;
+/// none from rooms the viewer may not see.
+#[test]
+fn an_alias_history_has_one_mark_per_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = web_bot(tmp.path(), true);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = serve(&bot, &rt);
+    let mut ids = Vec::new();
+    for word in ["one", "two", "three"] {
+        let p = prompt(&bot.say(ALICE, OPS, &format!("!say {word}"))).clone();
+        ids.push(request_id(&p.body));
+        bot.reply(BOB, OPS, &p.event_id, "yes");
+        bot.advance(60_000);
+    }
+    let alice = signed_in(&bot, &base, ALICE);
+    let (status, body, _) = get(&base, "/web/deploys/tests.say", Some(&alice));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body.matches("<circle class=\"deploy succeeded\"").count(),
+        3,
+        "{body}"
+    );
+    for id in &ids {
+        assert!(body.contains(&format!("/web/request/{id}")), "{id}: {body}");
+    }
+    assert!(body.contains("@bob:example.org"), "the approver: {body}");
+    // Oldest left, newest right.
+    let xs: Vec<u64> = body
+        .match_indices("cx=\"")
+        .map(|(i, _)| body[i + 4..].split('"').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(xs, vec![20, 520, 1020], "{body}");
+    // Its request page links here.
+    let (_, page, _) = get(&base, &format!("/web/request/{}", ids[0]), Some(&alice));
+    assert!(page.contains("/web/deploys/tests.say"), "{page}");
+    assert!(
+        bot.engine
+            .web_deploys(MALLORY, "tests.say", bot.now())
+            .is_empty()
+    );
+}

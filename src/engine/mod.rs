@@ -63,7 +63,10 @@ pub use notices::{Kind as NoticeKind, Notice, Notify};
 pub use prompt::params_text;
 pub use protocol::*;
 pub use request::{Evaluation, evaluate, execution_params};
-pub use web::{AUDIT_DOWNLOAD, AUDIT_PAGE, Web, WebAudit, WebOverview, WebRequest, WebRow};
+pub use web::{
+    AUDIT_DOWNLOAD, AUDIT_PAGE, DEPLOY_PAGE, Web, WebAudit, WebDeploy, WebOverview, WebRequest,
+    WebRow,
+};
 
 /// Time as the engine reads it where no entry point hands it in (a
 /// question a running action asks): ms since the epoch. The bot passes

@@ -28,13 +28,14 @@ pub(super) fn end_reaction(state: State) -> &'static str {
     }
 }
 
-/// st2's `execution` as result templates see it.
+/// st2's `execution` as result templates see it (`page`: the request's
+/// web page, if the web view is on).
 pub(super) fn execution_view(
     req: &Request,
     outcome: &Outcome,
     status: &str,
-    started: u64,
-    finished: u64,
+    (started, finished): (u64, u64),
+    page: Option<&str>,
 ) -> Value {
     // Run by StackStorm: its execution id and the parameters it ran, as
     // st2's own execution object would give them to the templates.
@@ -56,7 +57,9 @@ pub(super) fn execution_view(
         "start_timestamp": clock::format_ms(started),
         "end_timestamp": clock::format_ms(finished),
         "elapsed_seconds": finished.saturating_sub(started) as f64 / 1000.0,
-        "web_url": Value::Null,
+        // st2's execution carries its web UI link; airlock's is the
+        // request's page, when the web view is on.
+        "web_url": page,
     })
 }
 

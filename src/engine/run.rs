@@ -302,12 +302,8 @@ impl Engine {
             outcome.status.name()
         };
         let page = self.web_page(&req.id);
-        let mut execution = execution_view(&req, &outcome, status, started, finished);
-        // st2's execution carries its web UI link; airlock's is the
-        // request's page, when the web view is on.
-        if let Some(url) = &page {
-            execution["web_url"] = json!(url);
-        }
+        let execution =
+            execution_view(&req, &outcome, status, (started, finished), page.as_deref());
         if let Some(text) = recovered {
             fx.push(Effect::Send(reply_to_request(&req, Message::plain(text))));
         }
@@ -325,17 +321,7 @@ impl Engine {
                 )),
             )));
         }
-        if let Some(mut text) = render::result(alias.as_deref(), &execution) {
-            // As st2's chat adapters appended the web UI's link, unless the
-            // alias's `result.append_url` is false.
-            let appended = alias
-                .as_deref()
-                .and_then(|a| a.result.as_ref())
-                .and_then(|r| r.append_url)
-                != Some(false);
-            if let Some(url) = page.filter(|_| appended) {
-                text.push_str(&format!("\n{url}"));
-            }
+        if let Some(text) = result_text(alias.as_deref(), &execution, page) {
             fx.push(Effect::Send(reply_to_request(
                 &req,
                 Message::from_template_output(&text),
@@ -630,4 +616,23 @@ impl Engine {
         }
         done
     }
+}
+
+/// The alias's result message for `execution`, with the request's `page`
+/// appended, as st2's chat adapters appended the web UI's link, unless the
+/// alias's `result.append_url` is false.
+fn result_text(
+    alias: Option<&crate::alias::Alias>,
+    execution: &Value,
+    page: Option<String>,
+) -> Option<String> {
+    let mut text = render::result(alias, execution)?;
+    let appended = alias
+        .and_then(|a| a.result.as_ref())
+        .and_then(|r| r.append_url)
+        != Some(false);
+    if let Some(url) = page.filter(|_| appended) {
+        text.push_str(&format!("\n{url}"));
+    }
+    Some(text)
 }

@@ -167,6 +167,8 @@ pub struct WebRequest {
     pub timeline: Vec<String>,
     /// A matrix.to link to its room.
     pub room_link: String,
+    /// Its alias (`pack.name`), whose runs the page links to.
+    pub alias: Option<String>,
 }
 
 /// How many recent runs the overview lists.
@@ -278,6 +280,10 @@ impl Engine {
         if !self.web_may_see(user, &room, now) {
             return None;
         }
+        let alias = kept
+            .as_ref()
+            .and_then(|r| r.alias.clone())
+            .or_else(|| entries.iter().find_map(|e| e.alias.clone()));
         let status = kept.map(|r| {
             let mut s = self.request_line(&r, now);
             if let Some(summary) = &r.summary {
@@ -289,6 +295,7 @@ impl Engine {
             id: id.to_string(),
             room_link: format!("https://matrix.to/#/{room}"),
             room,
+            alias,
             status,
             timeline: entries.iter().map(|e| e.summary_line()).collect(),
         })
@@ -371,5 +378,96 @@ impl Engine {
             lines: entries.iter().rev().map(|e| e.summary_line()).collect(),
             more,
         })
+    }
+}
+
+/// One run in a deploy history.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WebDeploy {
+    /// The request.
+    pub id: String,
+    /// How it ended (`succeeded`, `failed`, …).
+    pub status: String,
+    /// The alias or action.
+    pub what: String,
+    /// The commit it deployed, short, if it deployed one.
+    pub commit: String,
+    /// Who asked.
+    pub by: String,
+    /// Who approved.
+    pub approvers: Vec<String>,
+    /// When it ended, RFC 3339.
+    pub at: String,
+    /// Where on the timeline, 0 (oldest shown) to 1000 (newest).
+    pub x: u64,
+}
+
+/// How many runs a deploy history shows.
+pub const DEPLOY_PAGE: usize = 100;
+
+impl Engine {
+    /// The runs of alias `what` (`pack.name`) or of pack `what`, in the
+    /// rooms `user` may see, oldest first, with their places on a
+    /// timeline.
+    pub fn web_deploys(&self, user: &str, what: &str, now: u64) -> Vec<WebDeploy> {
+        let mut q = crate::audit::Query {
+            event: Some(Event::Finished.name().into()),
+            // Read past what other rooms hold; the page shows its own.
+            limit: Some(DEPLOY_PAGE * 5),
+            ..Default::default()
+        };
+        if what.contains('.') {
+            q.alias = Some(what.into());
+        } else {
+            q.deployed = Some(what.into());
+        }
+        let mut entries: Vec<crate::audit::Entry> = self
+            .audit
+            .query(&q)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| {
+                e.room
+                    .as_deref()
+                    .is_some_and(|r| self.web_may_see(user, r, now))
+            })
+            .collect();
+        let skip = entries.len().saturating_sub(DEPLOY_PAGE);
+        entries.drain(..skip);
+        let (first, last) = match (entries.first(), entries.last()) {
+            (Some(f), Some(l)) => (f.ts, l.ts),
+            _ => return Vec::new(),
+        };
+        let span = last.saturating_sub(first).max(1);
+        entries
+            .iter()
+            .map(|e| {
+                let deployed: Vec<crate::action::Deployed> =
+                    e.detail_field("deployed").unwrap_or_default();
+                let commit = deployed
+                    .iter()
+                    .find(|d| q.deployed.as_deref().is_none_or(|p| d.pack == p))
+                    .map(|d| d.commit.get(..12).unwrap_or(&d.commit).to_string())
+                    .unwrap_or_default();
+                WebDeploy {
+                    id: e.request.clone().unwrap_or_default(),
+                    status: e.status.map_or("?", |s| s.name()).to_string(),
+                    what: e
+                        .alias
+                        .clone()
+                        .or_else(|| e.action.clone())
+                        .unwrap_or_default(),
+                    commit,
+                    by: e.sender.clone().unwrap_or_default(),
+                    approvers: e.detail_field("approved_by").unwrap_or_default(),
+                    at: crate::clock::format_ms(e.ts),
+                    x: if entries.len() == 1 {
+                        500
+                    } else {
+                        e.ts.saturating_sub(first) * 1000 / span
+                    },
+                }
+            })
+            .collect()
     }
 }

@@ -44,6 +44,7 @@ fn templates() -> &'static Environment<'static> {
             ("request.html", include_str!("request.html")),
             ("message.html", include_str!("message.html")),
             ("audit.html", include_str!("audit.html")),
+            ("deploys.html", include_str!("deploys.html")),
         ] {
             env.add_template(name, text)
                 .expect("the web templates parse (checked by the tests)");
@@ -160,6 +161,18 @@ pub fn answer(
     }
     if path == "/web/audit" {
         return audit(uri, engine, &user, now);
+    }
+    if let Some(what) = path.strip_prefix("/web/deploys/") {
+        let what = url::form_urlencoded::parse(what.as_bytes())
+            .next()
+            .map(|(k, _)| k.into_owned())
+            .unwrap_or_default();
+        let runs = engine.web_deploys(&user, &what, now);
+        return page(
+            StatusCode::OK,
+            "deploys.html",
+            minijinja::context! { user, what, runs => Value::from(minijinja::value::Serde(&runs)) },
+        );
     }
     if let Some(id) = path.strip_prefix("/web/request/")
         && let Some(r) = engine.web_request(&user, id, now)

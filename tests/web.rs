@@ -464,3 +464,29 @@ fn an_alias_history_has_one_mark_per_run() {
             .is_empty()
     );
 }
+
+/// A request's page says who approved it, when, and from which device,
+/// cross-signed or not.
+#[test]
+fn a_requests_page_names_its_approvers_and_their_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, _repo) = web_bot(tmp.path(), true);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = serve(&bot, &rt);
+    let p = prompt(&bot.say(ALICE, OPS, "!say approved")).clone();
+    let id = request_id(&p.body);
+    let mut yes = bot.message(BOB, OPS, "yes");
+    yes.reply_to = Some(p.event_id.clone());
+    yes.device = airlock::engine::Device::CrossSigned("BOBSLAPTOP".into());
+    bot.deliver(yes);
+    let alice = signed_in(&bot, &base, ALICE);
+    let (status, body, _) = get(&base, &format!("/web/request/{id}"), Some(&alice));
+    assert_eq!(status, 200, "{body}");
+    let approvals = &body[body.find("<h2>Approvals</h2>").expect("an approvals table")..];
+    assert!(
+        approvals.contains("<td>@bob:example.org</td>")
+            && approvals.contains("<td>BOBSLAPTOP</td>")
+            && approvals.contains("<td>cross-signed</td>"),
+        "{approvals}"
+    );
+}

@@ -27,6 +27,16 @@ impl Verdict {
     }
 }
 
+/// The device an answer came from, and whether it was cross-signed, as
+/// an approval records it.
+fn device_of(d: &Device) -> (Option<String>, Option<bool>) {
+    match d {
+        Device::Unknown => (None, None),
+        Device::CrossSigned(id) => (Some(id.clone()), Some(true)),
+        Device::NotCrossSigned(id) => (Some(id.clone()), Some(false)),
+    }
+}
+
 /// For a quorum: the part the last approval counts for, and what is
 /// still missing (both empty without one).
 fn quorum_text(req: &Request) -> (String, String) {
@@ -207,7 +217,7 @@ impl Engine {
             Err(why) => return refuse(out, req, verdict, why),
         }
         let result = self.requests.update(&req.id, |r| match verdict {
-            Verdict::Approve => r.approve(user, now),
+            Verdict::Approve => r.approve_from(user, device_of(&out.m.device), now),
             Verdict::Deny => r.deny(user, now),
             Verdict::Cancel => r.cancel(user, now),
         });

@@ -169,6 +169,21 @@ pub struct WebRequest {
     pub room_link: String,
     /// Its alias (`pack.name`), whose runs the page links to.
     pub alias: Option<String>,
+    /// Who approved it, when, and from which device (while it is kept).
+    pub approvals: Vec<WebApproval>,
+}
+
+/// One approval as a request's page shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WebApproval {
+    /// Who.
+    pub user: String,
+    /// When, RFC 3339.
+    pub at: String,
+    /// The device, when known.
+    pub device: Option<String>,
+    /// "cross-signed", "not cross-signed", or "unknown".
+    pub verified: &'static str,
 }
 
 /// How many recent runs the overview lists.
@@ -284,6 +299,20 @@ impl Engine {
             .as_ref()
             .and_then(|r| r.alias.clone())
             .or_else(|| entries.iter().find_map(|e| e.alias.clone()));
+        let approvals = kept
+            .iter()
+            .flat_map(|r| &r.approvals)
+            .map(|a| WebApproval {
+                user: a.user.clone(),
+                at: crate::clock::format_ms(a.ts),
+                device: a.device.clone(),
+                verified: match a.cross_signed {
+                    Some(true) => "cross-signed",
+                    Some(false) => "not cross-signed",
+                    None => "unknown",
+                },
+            })
+            .collect();
         let status = kept.map(|r| {
             let mut s = self.request_line(&r, now);
             if let Some(summary) = &r.summary {
@@ -296,6 +325,7 @@ impl Engine {
             room_link: format!("https://matrix.to/#/{room}"),
             room,
             alias,
+            approvals,
             status,
             timeline: entries.iter().map(|e| e.summary_line()).collect(),
         })

@@ -140,4 +140,10 @@ pub struct Approval {
     pub user: String,
     /// When.
     pub ts: u64,
+    /// The device it came from, when the transport knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Whether its owner had cross-signed that device (None: unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_signed: Option<bool>,
 }

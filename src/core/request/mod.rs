@@ -404,6 +404,17 @@ impl Request {
 
     /// `user`'s approval (who may approve is the engine's question).
     pub fn approve(&mut self, user: &str, now: u64) -> Result<Step, Refusal> {
+        self.approve_from(user, (None, None), now)
+    }
+
+    /// `user`'s approval from `device` (its ID, and whether its owner had
+    /// cross-signed it), as the request's record keeps it.
+    pub fn approve_from(
+        &mut self,
+        user: &str,
+        (device, cross_signed): (Option<String>, Option<bool>),
+        now: u64,
+    ) -> Result<Step, Refusal> {
         self.expect(&[State::Pending])?;
         if self.due(now) {
             self.close(State::Expired, now);
@@ -427,6 +438,8 @@ impl Request {
         self.approvals.push(Approval {
             user: user.to_string(),
             ts: now,
+            device,
+            cross_signed,
         });
         if self.approvals.len() as u32 >= self.approvals_needed() {
             self.state = State::Approved;

@@ -10,7 +10,7 @@ use super::request::{Asking, Repeat};
 use super::{Engine, Out};
 use crate::action::Deployed;
 use crate::alias::Params;
-use crate::audit::{Event, Query, Status};
+use crate::audit::{Entry, Event, Query, Status};
 use crate::clock;
 
 /// Runs `!deploys` lists unless told otherwise, and at most.
@@ -74,13 +74,8 @@ impl Engine {
             .iter()
             .rev()
             .map(|e| {
-                let deployed: Vec<Deployed> = e.detail_field("deployed").unwrap_or_default();
-                let commit = deployed
-                    .iter()
-                    .find(|d| q.deployed.as_deref().is_none_or(|p| d.pack == p))
-                    .map(|d| format!(" at {}", d.commit.get(..12).unwrap_or(&d.commit)))
-                    .unwrap_or_default();
-                let approvers: Vec<String> = e.detail_field("approved_by").unwrap_or_default();
+                let (commit, approvers) = run_facts(e, q.deployed.as_deref());
+                let commit = commit.map(|c| format!(" at {c}")).unwrap_or_default();
                 format!(
                     "{} {} {}{commit} by {}{} at {}",
                     e.request.as_deref().unwrap_or("?"),
@@ -214,4 +209,16 @@ impl Engine {
         };
         self.request(out, &alias, parsed, &asking);
     }
+}
+
+/// What a run's `finished` entry says it deployed (the short commit, of
+/// `pack` when named) and who approved it: what `!deploys` and the web
+/// view's history show of each run.
+pub(super) fn run_facts(e: &Entry, pack: Option<&str>) -> (Option<String>, Vec<String>) {
+    let deployed: Vec<Deployed> = e.detail_field("deployed").unwrap_or_default();
+    let commit = deployed
+        .iter()
+        .find(|d| pack.is_none_or(|p| d.pack == p))
+        .map(|d| d.commit.get(..12).unwrap_or(&d.commit).to_string());
+    (commit, e.detail_field("approved_by").unwrap_or_default())
 }

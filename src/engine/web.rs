@@ -194,35 +194,45 @@ impl Engine {
     /// chat, where the policy grants them `pending` or `audit` there, or
     /// `audit` in the audit room (which sees every room).
     fn web_may_see(&self, user: &str, room: &str, now: u64) -> bool {
-        let policy = self.policy();
-        let grants = |room: &str, builtin: &str| {
-            let who = crate::policy::Subject {
-                user,
-                room,
-                // The web has no room to read a power level in: rules that
-                // need one do not apply (deny by default).
-                power_level: None,
-                at: now,
-            };
-            policy.may_use(&who, &crate::policy::Target::Builtin(builtin))
+        self.web_grants(user, room, "pending", now)
+            || self.web_grants(user, room, "audit", now)
+            || self.web_sees_all(user, now)
+    }
+
+    /// [`Engine::web_may_see`] for many rooms: each room is judged once.
+    fn web_visibility<'a>(&'a self, user: &'a str, now: u64) -> impl FnMut(&str) -> bool + 'a {
+        let all = self.web_sees_all(user, now);
+        let mut judged: std::collections::HashMap<String, bool> = Default::default();
+        move |room: &str| {
+            all || *judged
+                .entry(room.to_string())
+                .or_insert_with(|| self.web_may_see(user, room, now))
+        }
+    }
+
+    /// Whether the policy lets `user` use built-in `builtin` in `room`.
+    /// The web has no room to read a power level in: rules that need one
+    /// do not apply (deny by default).
+    fn web_grants(&self, user: &str, room: &str, builtin: &str, now: u64) -> bool {
+        let who = crate::policy::Subject {
+            user,
+            room,
+            power_level: None,
+            at: now,
         };
-        grants(room, "pending")
-            || grants(room, "audit")
-            || self
-                .settings
-                .audit_room
-                .as_deref()
-                .is_some_and(|a| grants(a, "audit"))
+        self.policy()
+            .may_use(&who, &crate::policy::Target::Builtin(builtin))
     }
 
     /// The overview page's content for `user`.
     pub fn web_overview(&self, user: &str, now: u64) -> WebOverview {
+        let mut visible = self.web_visibility(user, now);
         let open = self
             .requests
             .open_requests()
             .unwrap_or_default()
             .into_iter()
-            .filter(|r| self.web_may_see(user, &r.room, now))
+            .filter(|r| visible(&r.room))
             .map(|r| WebRow {
                 line: self.request_line(&r, now),
                 id: r.id,
@@ -240,11 +250,7 @@ impl Engine {
             .unwrap_or_default()
             .into_iter()
             .rev()
-            .filter(|e| {
-                e.room
-                    .as_deref()
-                    .is_some_and(|room| self.web_may_see(user, room, now))
-            })
+            .filter(|e| e.room.as_deref().is_some_and(&mut visible))
             .take(RECENT)
             .map(|e| e.summary_line())
             .collect();
@@ -351,17 +357,10 @@ impl Engine {
     /// Whether `user` may search every room's entries: `audit` in the
     /// audit room.
     fn web_sees_all(&self, user: &str, now: u64) -> bool {
-        let Some(room) = self.settings.audit_room.as_deref() else {
-            return false;
-        };
-        let who = crate::policy::Subject {
-            user,
-            room,
-            power_level: None,
-            at: now,
-        };
-        self.policy()
-            .may_use(&who, &crate::policy::Target::Builtin("audit"))
+        self.settings
+            .audit_room
+            .as_deref()
+            .is_some_and(|room| self.web_grants(user, room, "audit", now))
     }
 
     /// The entries `q` matches that `user` may see, newest last, at most
@@ -451,16 +450,13 @@ impl Engine {
         } else {
             q.deployed = Some(what.into());
         }
+        let mut visible = self.web_visibility(user, now);
         let mut entries: Vec<crate::audit::Entry> = self
             .audit
             .query(&q)
             .unwrap_or_default()
             .into_iter()
-            .filter(|e| {
-                e.room
-                    .as_deref()
-                    .is_some_and(|r| self.web_may_see(user, r, now))
-            })
+            .filter(|e| e.room.as_deref().is_some_and(&mut visible))
             .collect();
         let skip = entries.len().saturating_sub(DEPLOY_PAGE);
         entries.drain(..skip);
@@ -472,13 +468,7 @@ impl Engine {
         entries
             .iter()
             .map(|e| {
-                let deployed: Vec<crate::action::Deployed> =
-                    e.detail_field("deployed").unwrap_or_default();
-                let commit = deployed
-                    .iter()
-                    .find(|d| q.deployed.as_deref().is_none_or(|p| d.pack == p))
-                    .map(|d| d.commit.get(..12).unwrap_or(&d.commit).to_string())
-                    .unwrap_or_default();
+                let (commit, approvers) = super::deploys::run_facts(e, q.deployed.as_deref());
                 WebDeploy {
                     id: e.request.clone().unwrap_or_default(),
                     status: e.status.map_or("?", |s| s.name()).to_string(),
@@ -487,9 +477,9 @@ impl Engine {
                         .clone()
                         .or_else(|| e.action.clone())
                         .unwrap_or_default(),
-                    commit,
+                    commit: commit.unwrap_or_default(),
                     by: e.sender.clone().unwrap_or_default(),
-                    approvers: e.detail_field("approved_by").unwrap_or_default(),
+                    approvers,
                     at: crate::clock::format_ms(e.ts),
                     x: if entries.len() == 1 {
                         500

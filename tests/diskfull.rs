@@ -134,6 +134,7 @@ fn a_full_disk_refuses_with_the_reason_loses_nothing_and_recovers_by_itself() {
     assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>());
     let said: Vec<String> = all
         .iter()
+        .filter(|e| e.event.name() == "received")
         .filter_map(|e| e.detail_field::<String>("command"))
         .collect();
     for c in ["say before", "hold on", "say after"] {

@@ -57,6 +57,33 @@ fn quorum_text(req: &Request) -> (String, String) {
     )
 }
 
+/// What the audit keeps of the last approval of `req`: which part of
+/// its confirmation it counted for (`as`), and the device it came from
+/// and whether that device was cross-signed, when the transport knew.
+fn approval_detail(req: &Request, mut detail: serde_json::Value) -> serde_json::Value {
+    let Some(last) = req.approvals.last() else {
+        return detail;
+    };
+    let part = req.confirmation.as_ref().and_then(|c| {
+        if c.quorum.is_empty() {
+            return Some(c.approvers_text.clone());
+        }
+        let users: Vec<&str> = req.approvals.iter().map(|a| a.user.as_str()).collect();
+        let i = c.assign(&users).last().copied().flatten()?;
+        Some(c.quorum[i].text.clone())
+    });
+    if let Some(part) = part {
+        detail["as"] = json!(part);
+    }
+    if let Some(device) = &last.device {
+        detail["device"] = json!(device);
+    }
+    if let Some(cross_signed) = last.cross_signed {
+        detail["cross_signed"] = json!(cross_signed);
+    }
+    detail
+}
+
 /// What a check of an answer found: go on and record it, or it was
 /// handled already (a queued request taken out of its queue).
 enum Answer {
@@ -321,7 +348,10 @@ impl Engine {
                     request_entry(Event::Approval, req, now)
                         .sender(user)
                         .status(Status::Pending)
-                        .detail(json!({"approvals": have, "needed": need})),
+                        .detail(approval_detail(
+                            req,
+                            json!({"approvals": have, "needed": need}),
+                        )),
                 );
                 let (part, missing) = quorum_text(req);
                 out.say(format!(
@@ -348,10 +378,13 @@ impl Engine {
                     request_entry(Event::Approval, req, now)
                         .sender(user)
                         .status(Status::Approved)
-                        .detail(json!({
-                            "approvals": req.approvals.len(), "needed": req.approvals_needed(),
-                            "approvers": req.approvals.iter().map(|a| &a.user).collect::<Vec<_>>(),
-                        })),
+                        .detail(approval_detail(
+                            req,
+                            json!({
+                                "approvals": req.approvals.len(), "needed": req.approvals_needed(),
+                                "approvers": req.approvals.iter().map(|a| &a.user).collect::<Vec<_>>(),
+                            }),
+                        )),
                 );
                 // `!approve <id>` is not a reply to the prompt: answer it
                 // directly (the ack goes to the command, as in st2).

@@ -334,12 +334,20 @@ impl Engine {
             request_entry(Event::Allowed, &req, now)
                 .rule(Some(&req.rule))
                 .status(req.state)
-                .detail(if req.shown.is_empty() {
-                    json!({"parameters": req.params, "confirmation": req.confirmation})
-                } else {
-                    // What approvers are shown (for an install, the commit
-                    // range): the approval is for exactly that.
-                    json!({"parameters": req.params, "confirmation": req.confirmation, "shown": req.shown})
+                .detail({
+                    // The command and its event again: the `received`
+                    // entry came before the request had an id, and a
+                    // request's history is read by its id.
+                    let mut d = json!({
+                        "command": req.command, "event": req.event_id,
+                        "parameters": req.params, "confirmation": req.confirmation,
+                    });
+                    if !req.shown.is_empty() {
+                        // What approvers are shown (for an install, the
+                        // commit range): the approval is for exactly that.
+                        d["shown"] = json!(req.shown);
+                    }
+                    d
                 }),
         );
         if let Some(c) = &req.confirmation {

@@ -6,6 +6,12 @@ use std::time::Duration;
 
 use serde_json::json;
 
+mod history;
+mod request;
+
+pub use history::{AUDIT_DOWNLOAD, AUDIT_PAGE, DEPLOY_PAGE, WebAudit, WebDeploy};
+pub use request::{WebApproval, WebCommit, WebEntry, WebParam, WebPlan, WebRequest, WebStream};
+
 use super::{Effect, Engine, Out};
 use crate::audit::{Event, Status};
 use crate::render::Message;
@@ -154,38 +160,6 @@ pub struct WebOverview {
     pub audit: String,
 }
 
-/// One request's page.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct WebRequest {
-    /// Its id.
-    pub id: String,
-    /// Its room.
-    pub room: String,
-    /// What `!status` says of it (masked as in chat), while it is kept.
-    pub status: Option<String>,
-    /// Its audit entries, oldest first, one line each.
-    pub timeline: Vec<String>,
-    /// A matrix.to link to its room.
-    pub room_link: String,
-    /// Its alias (`pack.name`), whose runs the page links to.
-    pub alias: Option<String>,
-    /// Who approved it, when, and from which device (while it is kept).
-    pub approvals: Vec<WebApproval>,
-}
-
-/// One approval as a request's page shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct WebApproval {
-    /// Who.
-    pub user: String,
-    /// When, RFC 3339.
-    pub at: String,
-    /// The device, when known.
-    pub device: Option<String>,
-    /// "cross-signed", "not cross-signed", or "unknown".
-    pub verified: &'static str,
-}
-
 /// How many recent runs the overview lists.
 const RECENT: usize = 20;
 
@@ -193,14 +167,18 @@ impl Engine {
     /// Whether `user` may see what happens in `room` on the web: as in
     /// chat, where the policy grants them `pending` or `audit` there, or
     /// `audit` in the audit room (which sees every room).
-    fn web_may_see(&self, user: &str, room: &str, now: u64) -> bool {
+    pub(super) fn web_may_see(&self, user: &str, room: &str, now: u64) -> bool {
         self.web_grants(user, room, "pending", now)
             || self.web_grants(user, room, "audit", now)
             || self.web_sees_all(user, now)
     }
 
     /// [`Engine::web_may_see`] for many rooms: each room is judged once.
-    fn web_visibility<'a>(&'a self, user: &'a str, now: u64) -> impl FnMut(&str) -> bool + 'a {
+    pub(super) fn web_visibility<'a>(
+        &'a self,
+        user: &'a str,
+        now: u64,
+    ) -> impl FnMut(&str) -> bool + 'a {
         let all = self.web_sees_all(user, now);
         let mut judged: std::collections::HashMap<String, bool> = Default::default();
         move |room: &str| {
@@ -222,6 +200,15 @@ impl Engine {
         };
         self.policy()
             .may_use(&who, &crate::policy::Target::Builtin(builtin))
+    }
+
+    /// Whether `user` may search every room's entries: `audit` in the
+    /// audit room.
+    pub(super) fn web_sees_all(&self, user: &str, now: u64) -> bool {
+        self.settings
+            .audit_room
+            .as_deref()
+            .is_some_and(|room| self.web_grants(user, room, "audit", now))
     }
 
     /// The overview page's content for `user`.
@@ -282,212 +269,5 @@ impl Engine {
             ),
         };
         format!("{} entries, head {hash}…; {room}.", head.seq)
-    }
-
-    /// Request `id`'s page for `user`; None when it is unknown or in a
-    /// room they may not see (the same answer, so its existence is not
-    /// told).
-    pub fn web_request(&self, user: &str, id: &str, now: u64) -> Option<WebRequest> {
-        let q = crate::audit::Query {
-            request: Some(id.to_string()),
-            ..Default::default()
-        };
-        let entries = self.audit.query(&q).ok()?;
-        let kept = self.requests.get(id).ok().flatten();
-        let room = kept
-            .as_ref()
-            .map(|r| r.room.clone())
-            .or_else(|| entries.iter().find_map(|e| e.room.clone()))?;
-        if !self.web_may_see(user, &room, now) {
-            return None;
-        }
-        let alias = kept
-            .as_ref()
-            .and_then(|r| r.alias.clone())
-            .or_else(|| entries.iter().find_map(|e| e.alias.clone()));
-        let approvals = kept
-            .iter()
-            .flat_map(|r| &r.approvals)
-            .map(|a| WebApproval {
-                user: a.user.clone(),
-                at: crate::clock::format_ms(a.ts),
-                device: a.device.clone(),
-                verified: match a.cross_signed {
-                    Some(true) => "cross-signed",
-                    Some(false) => "not cross-signed",
-                    None => "unknown",
-                },
-            })
-            .collect();
-        let status = kept.map(|r| {
-            let mut s = self.request_line(&r, now);
-            if let Some(summary) = &r.summary {
-                s.push_str(&format!(" — {summary}"));
-            }
-            s
-        });
-        Some(WebRequest {
-            id: id.to_string(),
-            room_link: format!("https://matrix.to/#/{room}"),
-            room,
-            alias,
-            approvals,
-            status,
-            timeline: entries.iter().map(|e| e.summary_line()).collect(),
-        })
-    }
-}
-
-/// An audit search's answer.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct WebAudit {
-    /// The newest matching entries first, one line each (at most
-    /// [`AUDIT_PAGE`]).
-    pub lines: Vec<String>,
-    /// Whether more matched than are shown.
-    pub more: bool,
-}
-
-/// How many entries an audit search shows.
-pub const AUDIT_PAGE: usize = 100;
-/// How many entries a download holds at most.
-pub const AUDIT_DOWNLOAD: usize = 100_000;
-
-impl Engine {
-    /// Whether `user` may search every room's entries: `audit` in the
-    /// audit room.
-    fn web_sees_all(&self, user: &str, now: u64) -> bool {
-        self.settings
-            .audit_room
-            .as_deref()
-            .is_some_and(|room| self.web_grants(user, room, "audit", now))
-    }
-
-    /// The entries `q` matches that `user` may see, newest last, at most
-    /// `limit` of them (and whether there were more); an error says why
-    /// the search is refused (a room must be named unless they may see
-    /// every room).
-    pub fn web_audit_entries(
-        &self,
-        user: &str,
-        mut q: crate::audit::Query,
-        limit: usize,
-        now: u64,
-    ) -> Result<(Vec<crate::audit::Entry>, bool), String> {
-        if !self.web_sees_all(user, now) {
-            match q.room.as_deref() {
-                Some(room) if self.web_may_see(user, room, now) => {}
-                Some(_) => return Err("There is no room by that name you may see.".into()),
-                None => {
-                    return Err(
-                        "Name a room (room=!id:server): you may search the rooms where you may use pending or audit."
-                            .into(),
-                    );
-                }
-            }
-        }
-        q.limit = Some(limit + 1);
-        let mut entries = self.audit.query(&q).map_err(|e| e.to_string())?;
-        let more = entries.len() > limit;
-        if more {
-            entries.remove(0);
-        }
-        Ok((entries, more))
-    }
-
-    /// An audit search for the page: newest first.
-    pub fn web_audit(
-        &self,
-        user: &str,
-        q: crate::audit::Query,
-        now: u64,
-    ) -> Result<WebAudit, String> {
-        let (entries, more) = self.web_audit_entries(user, q, AUDIT_PAGE, now)?;
-        Ok(WebAudit {
-            lines: entries.iter().rev().map(|e| e.summary_line()).collect(),
-            more,
-        })
-    }
-}
-
-/// One run in a deploy history.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct WebDeploy {
-    /// The request.
-    pub id: String,
-    /// How it ended (`succeeded`, `failed`, …).
-    pub status: String,
-    /// The alias or action.
-    pub what: String,
-    /// The commit it deployed, short, if it deployed one.
-    pub commit: String,
-    /// Who asked.
-    pub by: String,
-    /// Who approved.
-    pub approvers: Vec<String>,
-    /// When it ended, RFC 3339.
-    pub at: String,
-    /// Where on the timeline, 0 (oldest shown) to 1000 (newest).
-    pub x: u64,
-}
-
-/// How many runs a deploy history shows.
-pub const DEPLOY_PAGE: usize = 100;
-
-impl Engine {
-    /// The runs of alias `what` (`pack.name`) or of pack `what`, in the
-    /// rooms `user` may see, oldest first, with their places on a
-    /// timeline.
-    pub fn web_deploys(&self, user: &str, what: &str, now: u64) -> Vec<WebDeploy> {
-        let mut q = crate::audit::Query {
-            event: Some(Event::Finished.name().into()),
-            // Read past what other rooms hold; the page shows its own.
-            limit: Some(DEPLOY_PAGE * 5),
-            ..Default::default()
-        };
-        if what.contains('.') {
-            q.alias = Some(what.into());
-        } else {
-            q.deployed = Some(what.into());
-        }
-        let mut visible = self.web_visibility(user, now);
-        let mut entries: Vec<crate::audit::Entry> = self
-            .audit
-            .query(&q)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| e.room.as_deref().is_some_and(&mut visible))
-            .collect();
-        let skip = entries.len().saturating_sub(DEPLOY_PAGE);
-        entries.drain(..skip);
-        let (first, last) = match (entries.first(), entries.last()) {
-            (Some(f), Some(l)) => (f.ts, l.ts),
-            _ => return Vec::new(),
-        };
-        let span = last.saturating_sub(first).max(1);
-        entries
-            .iter()
-            .map(|e| {
-                let (commit, approvers) = super::deploys::run_facts(e, q.deployed.as_deref());
-                WebDeploy {
-                    id: e.request.clone().unwrap_or_default(),
-                    status: e.status.map_or("?", |s| s.name()).to_string(),
-                    what: e
-                        .alias
-                        .clone()
-                        .or_else(|| e.action.clone())
-                        .unwrap_or_default(),
-                    commit: commit.unwrap_or_default(),
-                    by: e.sender.clone().unwrap_or_default(),
-                    approvers,
-                    at: crate::clock::format_ms(e.ts),
-                    x: if entries.len() == 1 {
-                        500
-                    } else {
-                        e.ts.saturating_sub(first) * 1000 / span
-                    },
-                }
-            })
-            .collect()
     }
 }

@@ -1,0 +1,152 @@
+//! The audit search page and a pack's or alias's deploy history: the
+//! audit's own queries (the CLI's filters), limited to the rooms the
+//! viewer may see.
+
+use crate::audit::Event;
+use crate::engine::Engine;
+
+/// An audit search's answer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WebAudit {
+    /// The newest matching entries first, one line each (at most
+    /// [`AUDIT_PAGE`]).
+    pub lines: Vec<String>,
+    /// Whether more matched than are shown.
+    pub more: bool,
+}
+
+/// How many entries an audit search shows.
+pub const AUDIT_PAGE: usize = 100;
+/// How many entries a download holds at most.
+pub const AUDIT_DOWNLOAD: usize = 100_000;
+
+impl Engine {
+    /// The entries `q` matches that `user` may see, newest last, at most
+    /// `limit` of them (and whether there were more); an error says why
+    /// the search is refused (a room must be named unless they may see
+    /// every room).
+    pub fn web_audit_entries(
+        &self,
+        user: &str,
+        mut q: crate::audit::Query,
+        limit: usize,
+        now: u64,
+    ) -> Result<(Vec<crate::audit::Entry>, bool), String> {
+        if !self.web_sees_all(user, now) {
+            match q.room.as_deref() {
+                Some(room) if self.web_may_see(user, room, now) => {}
+                Some(_) => return Err("There is no room by that name you may see.".into()),
+                None => {
+                    return Err(
+                        "Name a room (room=!id:server): you may search the rooms where you may use pending or audit."
+                            .into(),
+                    );
+                }
+            }
+        }
+        q.limit = Some(limit + 1);
+        let mut entries = self.audit.query(&q).map_err(|e| e.to_string())?;
+        let more = entries.len() > limit;
+        if more {
+            entries.remove(0);
+        }
+        Ok((entries, more))
+    }
+
+    /// An audit search for the page: newest first.
+    pub fn web_audit(
+        &self,
+        user: &str,
+        q: crate::audit::Query,
+        now: u64,
+    ) -> Result<WebAudit, String> {
+        let (entries, more) = self.web_audit_entries(user, q, AUDIT_PAGE, now)?;
+        Ok(WebAudit {
+            lines: entries.iter().rev().map(|e| e.summary_line()).collect(),
+            more,
+        })
+    }
+}
+
+/// One run in a deploy history.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WebDeploy {
+    /// The request.
+    pub id: String,
+    /// How it ended (`succeeded`, `failed`, …).
+    pub status: String,
+    /// The alias or action.
+    pub what: String,
+    /// The commit it deployed, short, if it deployed one.
+    pub commit: String,
+    /// Who asked.
+    pub by: String,
+    /// Who approved.
+    pub approvers: Vec<String>,
+    /// When it ended, RFC 3339.
+    pub at: String,
+    /// Where on the timeline, 0 (oldest shown) to 1000 (newest).
+    pub x: u64,
+}
+
+/// How many runs a deploy history shows.
+pub const DEPLOY_PAGE: usize = 100;
+
+impl Engine {
+    /// The runs of alias `what` (`pack.name`) or of pack `what`, in the
+    /// rooms `user` may see, oldest first, with their places on a
+    /// timeline.
+    pub fn web_deploys(&self, user: &str, what: &str, now: u64) -> Vec<WebDeploy> {
+        let mut q = crate::audit::Query {
+            event: Some(Event::Finished.name().into()),
+            // Read past what other rooms hold; the page shows its own.
+            limit: Some(DEPLOY_PAGE * 5),
+            ..Default::default()
+        };
+        if what.contains('.') {
+            q.alias = Some(what.into());
+        } else {
+            q.deployed = Some(what.into());
+        }
+        let mut visible = self.web_visibility(user, now);
+        let mut entries: Vec<crate::audit::Entry> = self
+            .audit
+            .query(&q)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.room.as_deref().is_some_and(&mut visible))
+            .collect();
+        let skip = entries.len().saturating_sub(DEPLOY_PAGE);
+        entries.drain(..skip);
+        let (first, last) = match (entries.first(), entries.last()) {
+            (Some(f), Some(l)) => (f.ts, l.ts),
+            _ => return Vec::new(),
+        };
+        let span = last.saturating_sub(first).max(1);
+        entries
+            .iter()
+            .map(|e| {
+                let (commit, approvers) =
+                    crate::engine::deploys::run_facts(e, q.deployed.as_deref());
+                WebDeploy {
+                    id: e.request.clone().unwrap_or_default(),
+                    status: e.status.map_or("?", |s| s.name()).to_string(),
+                    what: e
+                        .alias
+                        .clone()
+                        .or_else(|| e.action.clone())
+                        .unwrap_or_default(),
+                    commit: commit.unwrap_or_default(),
+                    by: e.sender.clone().unwrap_or_default(),
+                    approvers,
+                    at: crate::clock::format_ms(e.ts),
+                    x: if entries.len() == 1 {
+                        500
+                    } else {
+                        e.ts.saturating_sub(first) * 1000 / span
+                    },
+                }
+            })
+            .collect()
+    }
+}

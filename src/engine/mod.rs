@@ -323,6 +323,13 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The engine's time, ms since the epoch: what a transport with no
+    /// event time of its own (the HTTP listener) hands back in, so a
+    /// sign-in link expires by the same clock that issued it.
+    pub fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
     /// An engine over these stores and this clock; see [`EngineBuilder`].
     pub fn builder(
         settings: Settings,

@@ -123,14 +123,7 @@ pub async fn serve(
                     );
                     let page = tokio::task::spawn_blocking(move || {
                         let secure = engine.web_secure();
-                        super::web::answer(
-                            &method,
-                            &uri,
-                            &headers,
-                            &engine,
-                            secure,
-                            crate::wall::now_ms(),
-                        )
+                        super::web::answer(&method, &uri, &headers, &engine, secure, engine.now())
                     })
                     .await
                     .unwrap_or_else(|e| {
@@ -264,11 +257,10 @@ fn audit_jsonl(
         );
         return r;
     }
-    let (query, after, follow) =
-        match export_query(req.uri().query().unwrap_or(""), crate::wall::now_ms()) {
-            Ok(q) => q,
-            Err(e) => return bad_request(e),
-        };
+    let (query, after, follow) = match export_query(req.uri().query().unwrap_or(""), engine.now()) {
+        Ok(q) => q,
+        Err(e) => return bad_request(e),
+    };
     let follower = if follow {
         let n = export.followers.fetch_add(1, Ordering::SeqCst);
         let f = Follower(export.followers.clone());
@@ -346,7 +338,7 @@ fn route(
     }
     match path {
         "/healthz" => {
-            let (ok, body) = health(engine, liveness, crate::wall::now_ms());
+            let (ok, body) = health(engine, liveness, engine.now());
             let status = if ok {
                 StatusCode::OK
             } else {

@@ -79,6 +79,12 @@ pub struct WebDeploy {
     pub what: String,
     /// The commit it deployed, short, if it deployed one.
     pub commit: String,
+    /// The version it put in place (the pack's `version`), if it says.
+    pub version: Option<String>,
+    /// Whether it was a rollback (`packs.rollback`).
+    pub rollback: bool,
+    /// How it ended, in a line.
+    pub summary: String,
     /// Who asked.
     pub by: String,
     /// Who approved.
@@ -87,6 +93,34 @@ pub struct WebDeploy {
     pub at: String,
     /// Where on the timeline, 0 (oldest shown) to 1000 (newest).
     pub x: u64,
+}
+
+impl WebDeploy {
+    /// The run a `finished` entry records; `pack`: the pack whose commit
+    /// and version it shows (the first it deployed when None).
+    pub(super) fn of(e: &crate::audit::Entry, pack: Option<&str>) -> Self {
+        let (commit, approvers) = crate::engine::deploys::run_facts(e, pack);
+        let deployed = e.deployed_packs();
+        let shown = pack.or(deployed.first().map(String::as_str));
+        let result: serde_json::Value = e.detail_field("result").unwrap_or_default();
+        WebDeploy {
+            id: e.request.clone().unwrap_or_default(),
+            status: e.status.map_or("?", |s| s.name()).to_string(),
+            what: e
+                .alias
+                .clone()
+                .or_else(|| e.action.clone())
+                .unwrap_or_default(),
+            commit: commit.unwrap_or_default(),
+            version: shown.and_then(|p| super::request::pack_facts(&result, p).version),
+            rollback: e.action.as_deref() == Some("packs.rollback"),
+            summary: e.detail_field("summary").unwrap_or_default(),
+            by: e.sender.clone().unwrap_or_default(),
+            approvers,
+            at: crate::clock::format_ms(e.ts),
+            x: 0,
+        }
+    }
 }
 
 /// How many runs a deploy history shows.
@@ -125,27 +159,13 @@ impl Engine {
         let span = last.saturating_sub(first).max(1);
         entries
             .iter()
-            .map(|e| {
-                let (commit, approvers) =
-                    crate::engine::deploys::run_facts(e, q.deployed.as_deref());
-                WebDeploy {
-                    id: e.request.clone().unwrap_or_default(),
-                    status: e.status.map_or("?", |s| s.name()).to_string(),
-                    what: e
-                        .alias
-                        .clone()
-                        .or_else(|| e.action.clone())
-                        .unwrap_or_default(),
-                    commit: commit.unwrap_or_default(),
-                    by: e.sender.clone().unwrap_or_default(),
-                    approvers,
-                    at: crate::clock::format_ms(e.ts),
-                    x: if entries.len() == 1 {
-                        500
-                    } else {
-                        e.ts.saturating_sub(first) * 1000 / span
-                    },
-                }
+            .map(|e| WebDeploy {
+                x: if entries.len() == 1 {
+                    500
+                } else {
+                    e.ts.saturating_sub(first) * 1000 / span
+                },
+                ..WebDeploy::of(e, q.deployed.as_deref())
             })
             .collect()
     }

@@ -153,8 +153,8 @@ pub struct WebOverview {
     pub user: String,
     /// Open requests (waiting, approved, running), oldest first.
     pub open: Vec<WebRow>,
-    /// The last runs' `finished` entries, newest first.
-    pub recent: Vec<String>,
+    /// The last runs, newest first.
+    pub recent: Vec<WebDeploy>,
     /// The audit log's head, and the last checkpoint posted to the audit
     /// room, in words.
     pub audit: String,
@@ -239,7 +239,7 @@ impl Engine {
             .rev()
             .filter(|e| e.room.as_deref().is_some_and(&mut visible))
             .take(RECENT)
-            .map(|e| e.summary_line())
+            .map(|e| WebDeploy::of(&e, None))
             .collect();
         WebOverview {
             user: user.to_string(),

@@ -237,23 +237,12 @@ impl WebRequest {
             plain(&d["summary"])
         ));
         let result = &d["result"];
-        let packs = result["packs"].as_array().cloned().unwrap_or_default();
         let deployed: Vec<crate::action::Deployed> = e.detail_field("deployed").unwrap_or_default();
         self.deployed = deployed
             .into_iter()
-            .map(|p| {
-                let rec = packs.iter().find(|r| r["name"] == p.pack);
-                let field = |k: &str| rec.and_then(|r| r[k].as_str()).map(String::from);
-                WebCommit {
-                    version: field("version"),
-                    previous: field("previous"),
-                    source: field("url").map(|u| match field("ref") {
-                        Some(r) => format!("{u} ({r})"),
-                        None => u,
-                    }),
-                    pack: p.pack,
-                    commit: p.commit,
-                }
+            .map(|p| WebCommit {
+                commit: p.commit,
+                ..pack_facts(result, &p.pack)
             })
             .collect();
         for name in ["stdout", "stderr"] {
@@ -279,6 +268,32 @@ impl WebRequest {
         if !result.is_null() {
             self.result = serde_json::to_string_pretty(result).ok();
         }
+    }
+}
+
+/// What a run's result says of `pack`: an install's `packs` record
+/// (version, the commit replaced, the source) or a rollback's `from` and
+/// `version`. The commit is left empty: the `deployed` detail has it.
+pub(super) fn pack_facts(result: &Value, pack: &str) -> WebCommit {
+    let installed = result["packs"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == pack));
+    let rolled_back = (result["pack"] == pack).then_some(result);
+    let field = |k: &str| {
+        installed
+            .or(rolled_back)
+            .and_then(|r| r[k].as_str())
+            .map(String::from)
+    };
+    WebCommit {
+        pack: pack.to_string(),
+        version: field("version"),
+        commit: String::new(),
+        previous: field("previous").or_else(|| field("from")),
+        source: field("url").map(|u| match field("ref") {
+            Some(r) => format!("{u} ({r})"),
+            None => u,
+        }),
     }
 }
 

@@ -45,6 +45,7 @@ fn templates() -> &'static Environment<'static> {
             ("message.html", include_str!("message.html")),
             ("audit.html", include_str!("audit.html")),
             ("deploys.html", include_str!("deploys.html")),
+            ("runs.html", include_str!("runs.html")),
         ] {
             env.add_template(name, text)
                 .expect("the web templates parse (checked by the tests)");
@@ -151,12 +152,7 @@ pub fn answer(
         return page(
             StatusCode::OK,
             "overview.html",
-            minijinja::context! {
-                user => o.user,
-                open => Value::from(minijinja::value::Serde(&o.open)),
-                recent => o.recent,
-                audit => o.audit,
-            },
+            minijinja::context! { user => o.user.clone(), o => Value::from(minijinja::value::Serde(&o)) },
         );
     }
     if path == "/web/audit" {

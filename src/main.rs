@@ -125,6 +125,10 @@ enum Cmd {
         /// An entry status (succeeded, failed, denied...) or event name.
         #[arg(long)]
         status: Option<String>,
+        /// Only entries numbered below SEQ: the next page after the oldest
+        /// entry a search printed.
+        #[arg(long, value_name = "SEQ")]
+        before: Option<u64>,
         /// The newest N matching entries (default 100).
         #[arg(long, short = 'n', conflicts_with = "all")]
         limit: Option<usize>,
@@ -267,6 +271,7 @@ fn main() -> ExitCode {
             deployed,
             since,
             status,
+            before,
             limit,
             all,
             json,
@@ -299,6 +304,7 @@ fn main() -> ExitCode {
                         limit: if all { None } else { Some(limit.unwrap_or(100)) },
                         event: None,
                         deployed,
+                        before,
                     };
                     if follow {
                         cmd_follow(config, &q, since)

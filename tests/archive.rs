@@ -164,6 +164,37 @@ fn every_query_finds_every_entry_once_across_the_tiers() {
             })
             .unwrap();
         assert_eq!(seqs(&since), (990..=1_050).collect::<Vec<_>>());
+        // Pages: the newest 100 below an entry, in either tier, and a
+        // viewer's own filter counted before the limit.
+        for before in [1_051, 1_020, 950, 601, 40] {
+            let page = s
+                .log
+                .query(&Query {
+                    user: Some(ALICE.into()),
+                    before: Some(before),
+                    limit: Some(100),
+                    ..Default::default()
+                })
+                .unwrap();
+            let want: Vec<u64> = (1..before).filter(|i| i % 3 == 0).collect();
+            assert_eq!(
+                seqs(&page),
+                want[want.len().saturating_sub(100)..],
+                "before {before}"
+            );
+        }
+        let odd = s
+            .log
+            .query_where(
+                &Query {
+                    before: Some(700),
+                    limit: Some(5),
+                    ..Default::default()
+                },
+                &mut |e| e.seq % 2 == 1,
+            )
+            .unwrap();
+        assert_eq!(seqs(&odd), vec![691, 693, 695, 697, 699]);
         let followed = s.log.after(250, 10_000).unwrap();
         assert_eq!(seqs(&followed), (251..=1_050).collect::<Vec<_>>());
         let v = s.log.verify().unwrap();

@@ -480,6 +480,37 @@ fn console_session_deploy_confirm_rollback_audit() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(!lines.is_empty() && lines.iter().all(|e| e["sender"] == BOB));
+    // The next page: two entries below the newest of bob's.
+    let newest = lines.last().unwrap()["seq"].as_u64().unwrap();
+    let o = airlock(
+        &[
+            "audit",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--user",
+            BOB,
+            "--before",
+            &newest.to_string(),
+            "-n",
+            "2",
+            "--jsonl",
+        ],
+        tmp.path(),
+    );
+    let page: Vec<u64> = text(&o)
+        .0
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let want: Vec<u64> = lines[lines.len() - 3..lines.len() - 1]
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(page, want);
     let o = airlock(
         &[
             "audit",

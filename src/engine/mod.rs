@@ -64,8 +64,8 @@ pub use prompt::params_text;
 pub use protocol::*;
 pub use request::{Evaluation, evaluate, execution_params};
 pub use web::{
-    AUDIT_DOWNLOAD, AUDIT_PAGE, DEPLOY_PAGE, Web, WebApproval, WebAudit, WebCommit, WebDeploy,
-    WebEntry, WebOverview, WebParam, WebPlan, WebRequest, WebRow, WebStream,
+    AUDIT_DOWNLOAD, AUDIT_PAGE, DEPLOY_PAGE, Web, WebApproval, WebAudit, WebAuditLine, WebCommit,
+    WebDeploy, WebEntry, WebOverview, WebParam, WebPlan, WebRequest, WebRow, WebStream,
 };
 
 /// Time as the engine reads it where no entry point hands it in (a

@@ -191,6 +191,12 @@ pub fn export_query(query: &str, now_ms: u64) -> Result<(Query, u64, bool), Stri
                         format!("since={v}: expected RFC 3339 or a span such as 2h")
                     })?);
             }
+            "before" => {
+                q.before = Some(
+                    v.parse()
+                        .map_err(|_| format!("before={v}: expected an entry's number"))?,
+                );
+            }
             "after" => {
                 after = v
                     .parse()
@@ -212,7 +218,7 @@ pub fn export_query(query: &str, now_ms: u64) -> Result<(Query, u64, bool), Stri
             "event" => q.event = Some(v),
             other => {
                 return Err(format!(
-                    "{other}: not a filter (user, room, alias, action, request, status, event, since, after, follow)"
+                    "{other}: not a filter (user, room, alias, action, request, status, event, since, before, after, follow)"
                 ));
             }
         }

@@ -8,11 +8,20 @@ use crate::engine::Engine;
 /// An audit search's answer.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WebAudit {
-    /// The newest matching entries first, one line each (at most
-    /// [`AUDIT_PAGE`]).
-    pub lines: Vec<String>,
-    /// Whether more matched than are shown.
-    pub more: bool,
+    /// The newest matching entries first (at most [`AUDIT_PAGE`]).
+    pub entries: Vec<WebAuditLine>,
+    /// When more matched than are shown: the oldest entry shown, where
+    /// the next page begins (`before=`).
+    pub older: Option<u64>,
+}
+
+/// One entry of an audit search.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WebAuditLine {
+    /// The entry, in a line.
+    pub line: String,
+    /// The request it is about, whose page it links to.
+    pub request: Option<String>,
 }
 
 /// How many entries an audit search shows.
@@ -62,8 +71,15 @@ impl Engine {
     ) -> Result<WebAudit, String> {
         let (entries, more) = self.web_audit_entries(user, q, AUDIT_PAGE, now)?;
         Ok(WebAudit {
-            lines: entries.iter().rev().map(|e| e.summary_line()).collect(),
-            more,
+            older: entries.first().filter(|_| more).map(|e| e.seq),
+            entries: entries
+                .iter()
+                .rev()
+                .map(|e| WebAuditLine {
+                    line: e.summary_line(),
+                    request: e.request.clone(),
+                })
+                .collect(),
         })
     }
 }
@@ -133,8 +149,7 @@ impl Engine {
     pub fn web_deploys(&self, user: &str, what: &str, now: u64) -> Vec<WebDeploy> {
         let mut q = crate::audit::Query {
             event: Some(Event::Finished.name().into()),
-            // Read past what other rooms hold; the page shows its own.
-            limit: Some(DEPLOY_PAGE * 5),
+            limit: Some(DEPLOY_PAGE),
             ..Default::default()
         };
         if what.contains('.') {
@@ -143,15 +158,10 @@ impl Engine {
             q.deployed = Some(what.into());
         }
         let mut visible = self.web_visibility(user, now);
-        let mut entries: Vec<crate::audit::Entry> = self
+        let entries = self
             .audit
-            .query(&q)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| e.room.as_deref().is_some_and(&mut visible))
-            .collect();
-        let skip = entries.len().saturating_sub(DEPLOY_PAGE);
-        entries.drain(..skip);
+            .query_where(&q, &mut |e| e.room.as_deref().is_some_and(&mut visible))
+            .unwrap_or_default();
         let (first, last) = match (entries.first(), entries.last()) {
             (Some(f), Some(l)) => (f.ts, l.ts),
             _ => return Vec::new(),

@@ -9,7 +9,7 @@ use serde_json::json;
 mod history;
 mod request;
 
-pub use history::{AUDIT_DOWNLOAD, AUDIT_PAGE, DEPLOY_PAGE, WebAudit, WebDeploy};
+pub use history::{AUDIT_DOWNLOAD, AUDIT_PAGE, DEPLOY_PAGE, WebAudit, WebAuditLine, WebDeploy};
 pub use request::{WebApproval, WebCommit, WebEntry, WebParam, WebPlan, WebRequest, WebStream};
 
 use super::{Effect, Engine, Out};
@@ -229,17 +229,16 @@ impl Engine {
             .collect();
         let q = crate::audit::Query {
             event: Some(Event::Finished.name().into()),
+            limit: Some(RECENT),
             ..Default::default()
         };
         let recent = self
             .audit
-            .query(&q)
+            .query_where(&q, &mut |e| e.room.as_deref().is_some_and(&mut visible))
             .unwrap_or_default()
-            .into_iter()
+            .iter()
             .rev()
-            .filter(|e| e.room.as_deref().is_some_and(&mut visible))
-            .take(RECENT)
-            .map(|e| WebDeploy::of(&e, None))
+            .map(|e| WebDeploy::of(e, None))
             .collect();
         WebOverview {
             user: user.to_string(),

@@ -172,6 +172,17 @@ impl AuditLog {
 
     /// Entries matching `q`, oldest first (the newest `q.limit` of them).
     pub fn query(&self, q: &Query) -> Result<Vec<Entry>, AuditError> {
+        self.query_where(q, &mut |_| true)
+    }
+
+    /// [`query`](Self::query) of the entries `keep` also accepts, the
+    /// limit counting only those: the newest 20 a viewer may see are read
+    /// newest first until found, not all matches and then filtered.
+    pub fn query_where(
+        &self,
+        q: &Query,
+        keep: &mut dyn FnMut(&Entry) -> bool,
+    ) -> Result<Vec<Entry>, AuditError> {
         let limit = q.limit.unwrap_or(usize::MAX);
         let mut out = Vec::new();
         let done = std::cell::Cell::new(false);
@@ -184,13 +195,19 @@ impl AuditLog {
                     done.set(true);
                     return false;
                 }
-                if q.accepts(&e) {
+                if q.accepts(&e) && keep(&e) {
                     out.push(e);
                 }
                 done.set(out.len() >= limit);
                 !done.get()
             };
             for e in epochs.iter().rev() {
+                // An epoch wholly past a page's bound holds nothing for it.
+                if q.before
+                    .is_some_and(|b| e.first().ok().flatten().is_some_and(|f| f >= b))
+                {
+                    continue;
+                }
                 e.scan(q, &mut take)?;
                 if done.get() {
                     break;
@@ -205,7 +222,7 @@ impl AuditLog {
                 if q.since.is_some_and(|t| e.ts < t) {
                     return false;
                 }
-                if q.accepts(&e) {
+                if q.accepts(&e) && keep(&e) {
                     out.push(e);
                 }
                 out.len() < limit

@@ -308,6 +308,9 @@ pub struct Query {
     pub deployed: Option<String>,
     /// Lower bound on the timestamp, in ms.
     pub since: Option<u64>,
+    /// Only entries numbered below this one: the next page of a search
+    /// (the oldest entry shown so far).
+    pub before: Option<u64>,
     /// Newest `limit` entries.
     pub limit: Option<usize>,
 }
@@ -328,6 +331,7 @@ impl Query {
                 e.status.map(Status::name) == Some(s.as_str()) || e.event.name() == s
             })
             && self.since.is_none_or(|t| e.ts >= t)
+            && self.before.is_none_or(|b| e.seq < b)
             && self
                 .deployed
                 .as_ref()

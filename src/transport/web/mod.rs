@@ -198,7 +198,13 @@ fn audit(uri: &hyper::Uri, engine: &Engine, user: &str, now: u64) -> Response<Bo
             .filter(|(_, v)| !v.is_empty())
             .collect();
     let jsonl = pairs.iter().any(|(k, v)| k == "format" && v == "jsonl");
-    let filters: Vec<&(String, String)> = pairs.iter().filter(|(k, _)| k != "format").collect();
+    // `before` is the page's place: links to other pages and the download
+    // carry the filters without it.
+    let filters: Vec<&(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k != "format" && k != "before")
+        .collect();
+    let before = pairs.iter().find(|(k, _)| k == "before");
     let query = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(filters.iter().map(|(k, v)| (k, v)))
         .finish();
@@ -212,7 +218,13 @@ fn audit(uri: &hyper::Uri, engine: &Engine, user: &str, now: u64) -> Response<Bo
         room => field("room"), user => field("user"), alias => field("alias"),
         request => field("request"), event => field("event"), since => field("since"),
     };
-    let q = match crate::http::export_query(&query, now) {
+    let paged = match before {
+        Some((k, v)) => url::form_urlencoded::Serializer::new(query.clone())
+            .append_pair(k, v)
+            .finish(),
+        None => query.clone(),
+    };
+    let q = match crate::http::export_query(&paged, now) {
         Ok((q, 0, false)) => q,
         Ok(_) => {
             return message(
@@ -241,9 +253,10 @@ fn audit(uri: &hyper::Uri, engine: &Engine, user: &str, now: u64) -> Response<Bo
             Err(e) => message(StatusCode::FORBIDDEN, "Not a search you may run", &e),
         };
     }
-    let (lines, more, error) = match engine.web_audit(user, q, now) {
-        Ok(a) => (a.lines, a.more, None),
-        Err(e) => (Vec::new(), false, Some(e)),
+    let paging = before.is_some();
+    let (entries, older, error) = match engine.web_audit(user, q, now) {
+        Ok(a) => (a.entries, a.older, None),
+        Err(e) => (Vec::new(), None, Some(e)),
     };
     page(
         if error.is_some() {
@@ -252,7 +265,10 @@ fn audit(uri: &hyper::Uri, engine: &Engine, user: &str, now: u64) -> Response<Bo
             StatusCode::OK
         },
         "audit.html",
-        minijinja::context! { user, f, lines, more, error, query },
+        minijinja::context! {
+            user, f, error, query, older, paging,
+            entries => Value::from(minijinja::value::Serde(&entries)),
+        },
     )
 }
 

@@ -136,7 +136,10 @@ impl Archive {
             if q.since.is_some_and(|t| m.max_ts < t) {
                 break;
             }
-            if !m.may_hold(q) || self.pruned(m.first)?.is_some() {
+            if !m.may_hold(q)
+                || q.before.is_some_and(|b| m.first >= b)
+                || self.pruned(m.first)?.is_some()
+            {
                 continue;
             }
             let s = self.open_segment(&m.segment, m.first, m.last)?;

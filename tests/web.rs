@@ -413,6 +413,123 @@ fn the_audit_is_searched_in_the_viewers_rooms_and_downloads_as_json_lines() {
     assert_eq!(status, 401);
 }
 
+/// The overview's locks: a hand lock and the request waiting for it, to
+/// whoever may see that request's room, not to a viewer of another room;
+/// and the audit's state: not checked, intact, then, once an entry is
+/// altered in the store, not intact, naming the entry.
+#[test]
+fn the_overview_shows_locks_and_whether_the_chain_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut s, _repo) = web_settings(tmp.path(), Some("https://airlock.example.org/"));
+    std::fs::write(
+        tmp.path().join("extra/hold.yaml"),
+        "name: hold\npack: locked\naction_ref: core.echo\nformats: ['hold {{ message }}']\n",
+    )
+    .unwrap();
+    let policy = tmp.path().join("policies/ops.yaml");
+    let mut text = std::fs::read_to_string(&policy).unwrap();
+    text.push_str("\n  - id: locked\n    effect: allow\n    groups: [ops]\n    rooms: [\"!ops:example.org\"]\n    packs: [locked]\n    confirm: false\n    lock: env/prod\n    queue_timeout: 10m\n");
+    text.push_str("\n  - id: carol-elsewhere\n    effect: allow\n    groups: [security]\n    rooms: [\"!elsewhere:example.org\"]\n    builtins: [pending, web]\n");
+    std::fs::write(&policy, text).unwrap();
+    s.http.web = true;
+    let data = s.data_dir.clone();
+    let bot = Bot::open(s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = serve(&bot, &rt);
+    let r = bodies(&bot.say(BOB, OPS, "!lock env/prod db maintenance"));
+    assert!(r.contains("env/prod"), "{r}");
+    let r = bodies(&bot.say(ALICE, OPS, "!hold on"));
+    let queued = request_id(r.lines().find(|l| l.contains("waits for lock")).unwrap());
+    let alice = signed_in(&bot, &base, ALICE);
+    let body = page(&base, "/web/", &alice);
+    let locks = &body[body
+        .find("<h1>Locks</h1>")
+        .unwrap_or_else(|| panic!("{body}"))..];
+    let locks = locks.split("</table>").next().unwrap();
+    assert!(locks.contains("<code>env/prod</code>"), "{locks}");
+    assert!(locks.contains("@bob:example.org locked it"), "{locks}");
+    assert!(locks.contains("db maintenance"), "{locks}");
+    assert!(locks.contains(&format!(">{queued}</a>")), "{locks}");
+    // Carol sees another room only: no lock, no request.
+    let carol = "@carol:example.org";
+    let link = bodies(&bot.say(carol, "!elsewhere:example.org", "!web"));
+    assert!(link.contains("/web/login?token="), "{link}");
+    let carols = signed_in_from(&base, &link);
+    let body = page(&base, "/web/", &carols);
+    assert!(
+        !body.contains("env/prod") && !body.contains(&queued),
+        "{body}"
+    );
+
+    // The chain: not checked yet, then intact, then altered.
+    let chain = |body: &str| {
+        let at = body
+            .find("class=\"chain")
+            .unwrap_or_else(|| panic!("{body}"));
+        body[at..].split("</li>").next().unwrap().to_string()
+    };
+    let body = page(&base, "/web/", &alice);
+    assert!(
+        chain(&body).contains("unchecked\">Chain: Not checked yet"),
+        "{}",
+        chain(&body)
+    );
+    let c = bot.engine.check_chain(bot.now()).unwrap();
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    let body = page(&base, "/web/", &alice);
+    assert!(
+        chain(&body).contains(&format!(
+            "intact\">Chain: Intact at {}",
+            airlock::clock::format_ms(bot.now())
+        )) && chain(&body).contains(&format!("{} entries chain", c.entries)),
+        "{}",
+        chain(&body)
+    );
+    airlock::audit::edit_stored(&memory_db(&data), 3, |b| {
+        let text = String::from_utf8(b.unwrap().to_vec()).unwrap();
+        Some(
+            text.replace("@alice:example.org", "@mallory:example.org")
+                .into_bytes(),
+        )
+    })
+    .unwrap();
+    bot.engine.check_chain(bot.now()).unwrap();
+    let body = page(&base, "/web/", &alice);
+    assert!(
+        chain(&body).contains("broken\">Chain: Does NOT verify at")
+            && chain(&body).contains("entry 3: content does not match its hash (altered)"),
+        "{}",
+        chain(&body)
+    );
+}
+
+/// Page `path`, answered 200, with `/` as a browser reads it (minijinja
+/// writes it `&#x2f;`).
+fn page(base: &str, path: &str, session: &str) -> String {
+    let (status, body, _) = get(base, path, Some(session));
+    assert_eq!(status, 200, "{path}: {body}");
+    body.replace("&#x2f;", "/")
+}
+
+/// The session a sign-in link (in `dm`, the text of the direct message)
+/// opens.
+fn signed_in_from(base: &str, dm: &str) -> String {
+    let r = client()
+        .get(format!("{base}/web/login?token={}", token(dm)))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string()
+}
+
 /// The entries' numbers on an audit search page, in order.
 fn audit_seqs(body: &str) -> Vec<u64> {
     body.lines()

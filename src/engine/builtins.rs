@@ -212,7 +212,7 @@ impl Engine {
                 .status(Status::Ok)
                 .detail(json!({"query": args}));
             out.log(e);
-            return out.say(self.verify_text());
+            return out.say(self.verify_text(out.now));
         }
         if args == "unreviewed" {
             let e = out
@@ -302,46 +302,6 @@ impl Engine {
 
     /// `!audit verify`: the hash chain, then every checkpoint known to be
     /// in the audit room.
-    fn verify_text(&self) -> String {
-        let local = match self.audit.verify() {
-            Ok(v) => v,
-            Err(e) => return format!("⚠️ Cannot read the audit log: {e}"),
-        };
-        let known = self.known_checkpoints();
-        let against = match self.audit.verify_against(&known).and_then(|mut p| {
-            p.extend(self.audit.verify_seals(&self.known_seals())?);
-            Ok(p)
-        }) {
-            Ok(p) => p,
-            Err(e) => return format!("⚠️ Cannot read the audit log: {e}"),
-        };
-        let problems: Vec<&String> = local.problems.iter().chain(&against).collect();
-        if problems.is_empty() {
-            let checked = if known.is_empty() {
-                "no checkpoints to check it against yet".to_string()
-            } else {
-                format!(
-                    "it matches all {} checkpoint(s) in the audit room (the newest at entry {})",
-                    known.len(),
-                    known.iter().map(|c| c.seq).max().unwrap_or(0)
-                )
-            };
-            format!(
-                "✅ The audit log is intact: {} entries chain correctly, and {checked}.",
-                local.entries
-            )
-        } else {
-            format!(
-                "❌ The audit log does NOT verify:\n{}",
-                problems
-                    .iter()
-                    .map(|p| format!("  {p}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        }
-    }
-
     /// Break-glass runs nobody has reviewed yet: this room's, or every
     /// room's in the audit room.
     fn unreviewed(&self, room: &str) -> String {

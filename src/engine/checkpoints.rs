@@ -15,6 +15,25 @@ pub(super) struct Checkpoints {
     seals: Vec<Seal>,
     posted_seq: u64,
     posted_ms: u64,
+    /// The last whole check of the chain.
+    checked: Option<ChainCheck>,
+}
+
+/// A whole check of the audit chain, and of it against the checkpoints
+/// and seals the audit room holds: by `!audit verify`, or the transport's
+/// periodic one. What the web view's overview says of the log.
+#[derive(Debug, Clone)]
+pub struct ChainCheck {
+    /// When it ran (ms since the epoch).
+    pub at: u64,
+    /// The entries that chain.
+    pub entries: u64,
+    /// The checkpoints it was checked against.
+    pub checkpoints: usize,
+    /// The newest of them.
+    pub newest_checkpoint: u64,
+    /// Every break found; none: intact.
+    pub problems: Vec<String>,
 }
 
 impl Checkpoints {
@@ -25,6 +44,70 @@ impl Checkpoints {
 }
 
 impl Engine {
+    /// Check the whole chain, and it against the audit room's checkpoints
+    /// and seals, at `now`; the result is kept for the web view. Reads
+    /// every live entry and hashes every segment file: the transport runs
+    /// it off the event path, every few minutes.
+    pub fn check_chain(&self, now: u64) -> Result<ChainCheck, crate::audit::AuditError> {
+        let local = self.audit.verify()?;
+        let known = self.known_checkpoints();
+        let mut problems = local.problems;
+        problems.extend(self.audit.verify_against(&known)?);
+        problems.extend(self.audit.verify_seals(&self.known_seals())?);
+        let check = ChainCheck {
+            at: now,
+            entries: local.entries,
+            checkpoints: known.len(),
+            newest_checkpoint: known.iter().map(|c| c.seq).max().unwrap_or(0),
+            problems,
+        };
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .checked = Some(check.clone());
+        Ok(check)
+    }
+
+    /// The last [`Engine::check_chain`], if one ran.
+    pub fn last_chain_check(&self) -> Option<ChainCheck> {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .checked
+            .clone()
+    }
+
+    /// `!audit verify`'s answer, checked at `now`.
+    pub(super) fn verify_text(&self, now: u64) -> String {
+        let c = match self.check_chain(now) {
+            Ok(c) => c,
+            Err(e) => return format!("⚠️ Cannot read the audit log: {e}"),
+        };
+        if c.problems.is_empty() {
+            let checked = if c.checkpoints == 0 {
+                "no checkpoints to check it against yet".to_string()
+            } else {
+                format!(
+                    "it matches all {} checkpoint(s) in the audit room (the newest at entry {})",
+                    c.checkpoints, c.newest_checkpoint
+                )
+            };
+            format!(
+                "✅ The audit log is intact: {} entries chain correctly, and {checked}.",
+                c.entries
+            )
+        } else {
+            format!(
+                "❌ The audit log does NOT verify:\n{}",
+                c.problems
+                    .iter()
+                    .map(|p| format!("  {p}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        }
+    }
+
     /// Checkpoints the transport read back from the audit room: what
     /// `!audit verify` checks the local log against.
     pub fn add_checkpoints(&self, found: Vec<Checkpoint>) {

@@ -40,6 +40,55 @@ fn blocker_text(b: &Blocker, now: u64) -> String {
 }
 
 impl Engine {
+    /// The locks the web overview shows a viewer: every one to whoever
+    /// sees every room (`all`); to others, those held or waited for by a
+    /// request of a room `visible` accepts, naming only those requests
+    /// (a run of another room holds it "in another room"; others waiting
+    /// are counted). Locks have no room of their own; this is what `!locks`
+    /// would say, cut to what the viewer may know.
+    pub(super) fn web_locks(
+        &self,
+        all: bool,
+        visible: &mut dyn FnMut(&str) -> bool,
+        now: u64,
+    ) -> Vec<super::WebLock> {
+        let mut sees = |id: &str| {
+            all || self
+                .requests
+                .get(id)
+                .ok()
+                .flatten()
+                .is_some_and(|r| visible(&r.room))
+        };
+        let mut shown = Vec::new();
+        for l in self.requests.locks().all().unwrap_or_default() {
+            let holder_seen = l.held.as_ref().map(|h| sees(&h.request));
+            let (queue, others): (Vec<String>, Vec<String>) =
+                l.queue.iter().cloned().partition(|id| sees(id));
+            if !all && holder_seen != Some(true) && queue.is_empty() {
+                continue;
+            }
+            let mut held: Vec<String> = Vec::new();
+            if let Some(h) = &l.held {
+                held.push(if holder_seen == Some(true) {
+                    blocker_text(&Blocker::Run(h.clone()), now)
+                } else {
+                    "a run in another room holds it".to_string()
+                });
+            }
+            if let Some(m) = &l.manual {
+                held.push(blocker_text(&Blocker::Hand(m.clone()), now));
+            }
+            shown.push(super::WebLock {
+                name: l.name,
+                held: (!held.is_empty()).then(|| held.join("; ")),
+                queue,
+                others: others.len(),
+            });
+        }
+        shown
+    }
+
     /// The lock `req`'s run must hold, under its rule as the policy says
     /// now.
     pub(super) fn lock_of(&self, req: &Request) -> Result<Option<LockSpec>, String> {

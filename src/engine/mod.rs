@@ -57,6 +57,7 @@ mod web;
 use checkpoints::Checkpoints;
 
 pub use builtins::{pending_line, who_deployed};
+pub use checkpoints::ChainCheck;
 pub use events::{command_text, strip_prefix_caseless};
 pub use explain::{Explained, explain};
 pub use notices::{Kind as NoticeKind, Notice, Notify};
@@ -64,8 +65,9 @@ pub use prompt::params_text;
 pub use protocol::*;
 pub use request::{Evaluation, evaluate, execution_params};
 pub use web::{
-    AUDIT_DOWNLOAD, AUDIT_PAGE, DEPLOY_PAGE, Web, WebApproval, WebAudit, WebAuditLine, WebCommit,
-    WebDeploy, WebEntry, WebOverview, WebParam, WebPlan, WebRequest, WebRow, WebStream,
+    AUDIT_DOWNLOAD, AUDIT_PAGE, DEPLOY_PAGE, Web, WebApproval, WebAudit, WebAuditLine,
+    WebAuditState, WebCommit, WebDeploy, WebEntry, WebLock, WebOverview, WebParam, WebPlan,
+    WebRequest, WebRow, WebStream,
 };
 
 /// Time as the engine reads it where no entry point hands it in (a

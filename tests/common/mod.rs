@@ -188,12 +188,12 @@ pub fn settings(dir: &Path, policies: &Path, seed_repo: Option<&Path>) -> Config
     }
 }
 
-/// The in-memory databases of this test process, by data directory: a
+/// The in-memory databases of this test process, by data directory ([`memory_db`]): a
 /// bot opened again on the same configuration (a restart) finds what the
 /// last one stored, as it would on disk.
 static MEMORY: Mutex<Vec<(PathBuf, airlock::kv::Db)>> = Mutex::new(Vec::new());
 
-fn memory_db(data_dir: &Path) -> airlock::kv::Db {
+pub fn memory_db(data_dir: &Path) -> airlock::kv::Db {
     let mut dbs = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, db)) = dbs.iter().find(|(d, _)| d == data_dir) {
         return db.clone();

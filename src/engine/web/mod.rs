@@ -155,9 +155,37 @@ pub struct WebOverview {
     pub open: Vec<WebRow>,
     /// The last runs, newest first.
     pub recent: Vec<WebDeploy>,
-    /// The audit log's head, and the last checkpoint posted to the audit
-    /// room, in words.
-    pub audit: String,
+    /// The audit log's state.
+    pub audit: WebAuditState,
+    /// The locks that hold or queue a run of the viewer's rooms.
+    pub locks: Vec<WebLock>,
+}
+
+/// The audit log's state, in words.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WebAuditState {
+    /// Its head: how many entries, and the last one's hash.
+    pub head: String,
+    /// The last checkpoint posted to the audit room, and when.
+    pub posted: String,
+    /// What the last whole check of the chain found, and when.
+    pub chain: String,
+    /// Whether that check found it intact (None: not checked yet).
+    pub intact: Option<bool>,
+}
+
+/// A lock as the overview shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WebLock {
+    /// Its name (`deploy/st2-flow`).
+    pub name: String,
+    /// Who or what holds it, in words (None: free).
+    pub held: Option<String>,
+    /// The requests waiting for it, first in line first: those of the
+    /// viewer's rooms by id; the others are counted, not named.
+    pub queue: Vec<String>,
+    /// How many more wait in rooms the viewer may not see.
+    pub others: usize,
 }
 
 /// How many recent runs the overview lists.
@@ -245,28 +273,61 @@ impl Engine {
             open,
             recent,
             audit: self.audit_state(),
+            locks: self.web_locks(self.web_sees_all(user, now), &mut visible, now),
         }
     }
 
-    /// The audit log's head and the last checkpoint posted, in words.
-    fn audit_state(&self) -> String {
-        let Some(head) = self.audit.checkpoint() else {
-            return "The audit log is empty.".into();
+    /// The audit log's head, the last checkpoint posted, and the last
+    /// whole check of the chain, in words.
+    fn audit_state(&self) -> WebAuditState {
+        let head = match self.audit.checkpoint() {
+            None => "The audit log is empty.".to_string(),
+            Some(h) => format!(
+                "{} entries; the newest's hash {}…",
+                h.seq,
+                h.hash.chars().take(16).collect::<String>()
+            ),
         };
-        let hash: String = head.hash.chars().take(16).collect();
         let posted = self
             .checkpoints
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .last_posted();
-        let room = match (&self.settings.audit_room, posted) {
-            (None, _) => "no audit room is set".to_string(),
-            (Some(r), None) => format!("no checkpoint posted to {r} since the start"),
+        let posted = match (&self.settings.audit_room, posted) {
+            (None, _) => "No audit room is set: no checkpoint leaves this machine.".to_string(),
+            (Some(r), None) => format!("No checkpoint posted to {r} since the start."),
             (Some(r), Some((seq, ms))) => format!(
-                "the last checkpoint posted to {r}: entry {seq}, at {}",
+                "The last checkpoint posted to {r}: entry {seq}, at {}.",
                 crate::clock::format_ms(ms)
             ),
         };
-        format!("{} entries, head {hash}…; {room}.", head.seq)
+        let check = self.last_chain_check();
+        let chain = match &check {
+            None => "Not checked yet since the start (airlock checks it every 10 minutes; !audit verify checks it now).".to_string(),
+            Some(c) if c.problems.is_empty() => format!(
+                "Intact at {}: {} entries chain, {}.",
+                crate::clock::format_ms(c.at),
+                c.entries,
+                match c.checkpoints {
+                    0 => "with no checkpoint from the audit room to match yet".to_string(),
+                    n => format!("matching all {n} checkpoints in the audit room (the newest at entry {})", c.newest_checkpoint),
+                }
+            ),
+            Some(c) => format!(
+                "Does NOT verify at {}: {}{}",
+                crate::clock::format_ms(c.at),
+                c.problems[0],
+                match c.problems.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more; !audit verify lists them)", n - 1),
+                }
+            ),
+        };
+        WebAuditState {
+            head,
+            posted,
+            chain,
+            intact: check.map(|c| c.problems.is_empty()),
+        }
     }
 }

@@ -44,6 +44,10 @@ use session::{login, retry_after, sync_with_retry};
 /// interrupted.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// Seconds between whole checks of the audit chain (the first comes five
+/// seconds after the start).
+const CHAIN_CHECK_EVERY: u64 = 600;
+
 /// Why the bot stopped or could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -288,7 +292,8 @@ impl Bot {
         self.engine.add_seals(seals);
     }
 
-    /// The engine's tick, every second, for as long as the bot runs.
+    /// The engine's tick, every second, for as long as the bot runs; and
+    /// every [`CHAIN_CHECK_EVERY`] seconds a whole check of the audit chain.
     async fn tick_every_second(self: Arc<Self>) {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         for n in 0u64.. {
@@ -301,6 +306,25 @@ impl Bot {
             if n % 30 == 2 {
                 // SAFETY: malloc_trim only returns free memory.
                 let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+            }
+            // The whole chain, checked off the tick (it reads every live
+            // entry and hashes every segment): what the web view's
+            // overview says of the log.
+            if n % CHAIN_CHECK_EVERY == 5 {
+                let engine = self.engine.clone();
+                tokio::task::spawn_blocking(move || {
+                    match engine.check_chain(crate::wall::now_ms()) {
+                        Ok(c) if c.problems.is_empty() => {
+                            tracing::debug!(entries = c.entries, "audit chain intact");
+                        }
+                        Ok(c) => tracing::error!(
+                            problems = c.problems.len(),
+                            "the audit log does NOT verify: {}",
+                            c.problems[0]
+                        ),
+                        Err(e) => tracing::warn!("cannot check the audit chain: {e}"),
+                    }
+                });
             }
             let engine = self.engine.clone();
             if let Ok(fx) =

@@ -50,4 +50,4 @@ pub mod wall;
 
 pub use crate::core::{alias, clock, diag, ids, policy, render, request};
 pub use store::{audit, free_bytes, kv, locks, merkle, requests, segment};
-pub use transport::{console, http, matrix, notify};
+pub use transport::{console, http, matrix, notify, web};

@@ -9,5 +9,4 @@ pub mod web;
 
 /// A response body of the HTTP listener's (its pages, its metrics, its
 /// audit stream).
-pub(crate) type Body =
-    http_body_util::combinators::BoxBody<hyper::body::Bytes, std::convert::Infallible>;
+pub type Body = http_body_util::combinators::BoxBody<hyper::body::Bytes, std::convert::Infallible>;

@@ -74,7 +74,7 @@ fn run_entries(run: u64) -> Vec<Entry> {
             .status(Status::Running)
             .detail(json!({"parameters": params, "executor": "embedded"})),
         base(Event::Finished, &asker)
-            .status(if run % 10 == 0 { Status::Failed } else { Status::Succeeded })
+            .status(if run.is_multiple_of(10) { Status::Failed } else { Status::Succeeded })
             .detail(json!({
                 "summary": format!("installed {pack} 1.{run} at {:012x}", run),
                 "elapsed_ms": 2300,

@@ -530,6 +530,82 @@ fn signed_in_from(base: &str, dm: &str) -> String {
         .to_string()
 }
 
+/// A pack's history: its deploys as circles and a rollback as a square on
+/// the timeline, each row naming the version and commit it put in place;
+/// the version is written on the timeline where it changes; the request
+/// page of the second deploy names the commit it replaced.
+#[test]
+fn a_packs_history_names_versions_and_marks_rollbacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (bot, repo) = web_bot(tmp.path(), true);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = serve(&bot, &rt);
+    let mut ids = Vec::new();
+    let mut run = |cmd: &str| {
+        let p = prompt(&bot.say(ALICE, OPS, cmd)).clone();
+        ids.push(request_id(&p.body));
+        bot.reply(BOB, OPS, &p.event_id, "yes");
+        bot.advance(60_000);
+    };
+    let v1 = repo.head();
+    run("!flow deploy main");
+    repo.write(
+        "pack.yaml",
+        "---\nname: st2-flow\ndescription: test pack\nversion: 0.2.0\nauthor: tests\n",
+    );
+    let v2 = repo.commit("version 0.2.0");
+    run("!flow deploy main");
+    run("!pack rollback st2-flow");
+    let alice = signed_in(&bot, &base, ALICE);
+    let body = page(&base, "/web/deploys/st2-flow", &alice);
+    assert_eq!(
+        body.matches("<circle class=\"deploy succeeded\"").count(),
+        2,
+        "{body}"
+    );
+    assert_eq!(
+        body.matches("<rect class=\"deploy rollback succeeded\"")
+            .count(),
+        1,
+        "{body}"
+    );
+    // Versions on the timeline where they change: 0.1.0, 0.2.0, 0.1.0.
+    let labels: Vec<&str> = body
+        .split("text-anchor=\"middle\" font-size=\"11\">")
+        .skip(1)
+        .map(|t| t.split('<').next().unwrap())
+        .collect();
+    assert_eq!(labels, ["0.1.0", "0.2.0", "0.1.0"], "{body}");
+    let rows: Vec<&str> = body.split("<tr class=\"").skip(1).collect();
+    assert!(
+        rows[0].starts_with("succeeded rollback") && rows[0].contains(&v1[..12]),
+        "{}",
+        rows[0]
+    );
+    assert!(
+        rows[1].contains("<td>0.2.0</td>") && rows[1].contains(&v2[..12]),
+        "{}",
+        rows[1]
+    );
+    assert!(
+        rows[2].contains("<td>0.1.0</td>") && rows[2].contains(&v1[..12]),
+        "{}",
+        rows[2]
+    );
+    // The second deploy's page: what it put in place, and what it replaced.
+    let second = page(&base, &format!("/web/request/{}", ids[1]), &alice);
+    let deployed = second
+        .split("class=\"runs deployed\"")
+        .nth(1)
+        .expect("a deployed table");
+    assert!(
+        deployed.contains(&format!(
+            "<td><code>{v2}</code></td><td><code>{v1}</code></td>"
+        )),
+        "{deployed}"
+    );
+}
+
 /// The entries' numbers on an audit search page, in order.
 fn audit_seqs(body: &str) -> Vec<u64> {
     body.lines()

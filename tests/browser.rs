@@ -483,6 +483,25 @@ rules:
     c.goto(&link).await.unwrap();
     assert!(text(&c, "main").await.contains("This link cannot be used"));
     c.close().await.unwrap();
+
+    // Alice leaves the direct room: the next link comes in a new one.
+    alice.room(&invited).await.leave().await.unwrap();
+    said(alice, &ops_room, "!web", None).await;
+    let again = mx::eventually("a new direct room", WAIT, || async {
+        alice
+            .client
+            .invited_rooms()
+            .into_iter()
+            .map(|r| r.room_id().to_owned())
+            .find(|r| *r != invited)
+    })
+    .await;
+    alice.join(&again).await;
+    alice
+        .wait_for("a second sign-in link", WAIT, |x| {
+            x.sender == bot && x.room == again && x.body.contains("/web/login?token=")
+        })
+        .await;
 }
 
 /// A room `owner` makes under `alias`, inviting `invite`; end-to-end

@@ -361,13 +361,30 @@ impl Bot {
             .and_then(|id| self.client.get_room(&id))
     }
 
-    /// Send `message` to `user` in a direct room with them: the first one
-    /// the bot has, or a new one (encrypted, `is_direct`).
+    /// A direct room the bot shares with `user` that they are still in
+    /// (or invited to): one they left would swallow the message.
+    async fn dm_room(&self, user: &matrix_sdk::ruma::UserId) -> Option<Room> {
+        use matrix_sdk::ruma::events::room::member::MembershipState;
+        for room in self.client.get_dm_rooms(user) {
+            if let Ok(Some(m)) = room.get_member_no_sync(user).await
+                && matches!(
+                    m.membership(),
+                    MembershipState::Join | MembershipState::Invite
+                )
+            {
+                return Some(room);
+            }
+        }
+        None
+    }
+
+    /// Send `message` to `user` in a direct room with them: one they are
+    /// still in, or a new one (encrypted, `is_direct`).
     async fn direct(&self, user: &str, message: crate::render::Message) {
         let Ok(user) = matrix_sdk::ruma::UserId::parse(user) else {
             return;
         };
-        let room = match self.client.get_dm_room(&user) {
+        let room = match self.dm_room(&user).await {
             Some(r) => r,
             None => match self.client.create_dm(&user).await {
                 Ok(r) => r,

@@ -78,6 +78,11 @@ pub const TARGETS: &[Target] = &[
         heavy: true,
     },
     Target {
+        name: "web pages over arbitrary text",
+        run: web_pages,
+        heavy: true,
+    },
+    Target {
         name: "alias YAML (random and truncated)",
         run: alias_yaml,
         heavy: true,
@@ -475,4 +480,163 @@ pub fn policy_yaml(cases: u32) {
             );
         }
     });
+}
+
+/// Every web page rendered with every text field from chat, a file or a
+/// query (each made unique by a number, so equal values stay equal only
+/// where they were) and again with plain names: the markup must be the
+/// same. Escaping leaves no `<`, `>`, `"` or `'` of a value in the page,
+/// so their counts, the page's elements and attribute boundaries, do not
+/// depend on the values. Nothing may fail to render.
+pub fn web_pages(cases: u32) {
+    run(cases, prop::collection::vec(text(), 1..6), |texts| {
+        let mut n = 0;
+        let mut arbitrary = || {
+            n += 1;
+            format!("{}{n}", texts[n % texts.len()])
+        };
+        let hostile = web_contexts(&mut arbitrary);
+        let mut m = 0;
+        let mut plain = || {
+            m += 1;
+            format!("v{m}")
+        };
+        let benign = web_contexts(&mut plain);
+        for ((name, hostile), (_, benign)) in hostile.into_iter().zip(benign) {
+            let a = airlock::web::render(name, hostile)
+                .unwrap_or_else(|e| panic!("{name} over {texts:?}: {e}"));
+            let b = airlock::web::render(name, benign).unwrap();
+            for c in ['<', '>', '"', '\''] {
+                assert_eq!(
+                    a.matches(c).count(),
+                    b.matches(c).count(),
+                    "{name}: {c:?} from a value reached the page ({texts:?}):\n{a}"
+                );
+            }
+        }
+    });
+}
+
+/// Each page's template and a context for it, every text taken from `v`.
+fn web_contexts(v: &mut dyn FnMut() -> String) -> Vec<(&'static str, minijinja::Value)> {
+    use airlock::engine::*;
+    use minijinja::{Value, context};
+    let deploy = |v: &mut dyn FnMut() -> String, rollback: bool, x: u64| WebDeploy {
+        id: v(),
+        status: v(),
+        what: v(),
+        commit: v(),
+        version: Some(v()),
+        rollback,
+        summary: v(),
+        by: v(),
+        approvers: vec![v(), v()],
+        at: v(),
+        x,
+    };
+    let runs = vec![
+        deploy(v, false, 0),
+        deploy(v, true, 500),
+        deploy(v, false, 1000),
+    ];
+    let overview = WebOverview {
+        user: v(),
+        open: vec![WebRow {
+            id: v(),
+            room: v(),
+            state: v(),
+            line: v(),
+        }],
+        recent: runs.clone(),
+        audit: WebAuditState {
+            head: v(),
+            posted: v(),
+            chain: v(),
+            intact: Some(false),
+        },
+        locks: vec![WebLock {
+            name: v(),
+            held: Some(v()),
+            queue: vec![v(), v()],
+            others: 2,
+        }],
+    };
+    let request = WebRequest {
+        id: v(),
+        room: v(),
+        room_link: v(),
+        command: Some(v()),
+        command_link: Some(v()),
+        requester: Some(v()),
+        alias: Some(v()),
+        action: Some(v()),
+        status: Some(v()),
+        parameters: vec![WebParam {
+            name: v(),
+            value: v(),
+        }],
+        changes: vec![v()],
+        plan: Some(WebPlan {
+            action: v(),
+            ok: false,
+            output: v(),
+            truncated: true,
+        }),
+        approvals: vec![WebApproval {
+            user: v(),
+            part: Some(v()),
+            at: v(),
+            device: Some(v()),
+            verified: "cross-signed",
+            link: Some(v()),
+        }],
+        outcome: Some(v()),
+        deployed: vec![WebCommit {
+            pack: v(),
+            version: Some(v()),
+            commit: v(),
+            previous: Some(v()),
+            source: Some(v()),
+        }],
+        output: vec![WebStream {
+            name: "stdout",
+            text: v(),
+        }],
+        truncated: vec![v()],
+        result: Some(v()),
+        timeline: vec![WebEntry {
+            line: v(),
+            link: Some(v()),
+        }],
+    };
+    let entries = vec![WebAuditLine {
+        line: v(),
+        request: Some(v()),
+    }];
+    vec![
+        (
+            "overview.html",
+            context! { user => v(), o => Value::from(minijinja::value::Serde(&overview)) },
+        ),
+        (
+            "request.html",
+            context! { user => v(), r => Value::from(minijinja::value::Serde(&request)) },
+        ),
+        (
+            "deploys.html",
+            context! { user => v(), what => v(), runs => Value::from(minijinja::value::Serde(&runs)) },
+        ),
+        (
+            "audit.html",
+            context! {
+                user => v(), error => Option::<String>::None, query => v(), older => 7, paging => true,
+                f => context! { room => v(), user => v(), alias => v(), request => v(), event => v(), since => v() },
+                entries => Value::from(minijinja::value::Serde(&entries)),
+            },
+        ),
+        (
+            "message.html",
+            context! { heading => v(), text => v(), user => v() },
+        ),
+    ]
 }

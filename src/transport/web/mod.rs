@@ -54,15 +54,19 @@ fn templates() -> &'static Environment<'static> {
     })
 }
 
+/// The HTML of page template `template` (`overview.html`, …) over
+/// `ctx`, every value escaped. Public so the property tests can render
+/// every page over arbitrary text.
+pub fn render(template: &str, ctx: minijinja::Value) -> Result<String, minijinja::Error> {
+    templates().get_template(template)?.render(ctx)
+}
+
 /// A page: `template` over `ctx`, with the headers every page has.
 fn page(status: StatusCode, template: &str, ctx: minijinja::Value) -> Response<Body> {
-    let html = templates()
-        .get_template(template)
-        .and_then(|t| t.render(ctx))
-        .unwrap_or_else(|e| {
-            tracing::error!("web page {template}: {e}");
-            "<!doctype html><title>airlock</title><p>This page could not be shown.".into()
-        });
+    let html = render(template, ctx).unwrap_or_else(|e| {
+        tracing::error!("web page {template}: {e}");
+        "<!doctype html><title>airlock</title><p>This page could not be shown.".into()
+    });
     respond(status, "text/html; charset=utf-8", html)
 }
 

@@ -212,7 +212,7 @@ fn pages_show_the_users_rooms_escaped_and_change_nothing() {
     );
     // The audit's state: its head, and where checkpoints go.
     assert!(
-        body.contains(" entries, head ") && body.contains("no audit room is set"),
+        body.contains(" entries; the newest") && body.contains("No audit room is set"),
         "{body}"
     );
     let csp = headers["content-security-policy"].to_str().unwrap();
@@ -701,6 +701,17 @@ fn an_alias_history_has_one_mark_per_run() {
         .map(|(i, _)| body[i + 4..].split('"').next().unwrap().parse().unwrap())
         .collect();
     assert_eq!(xs, vec![20, 520, 1020], "{body}");
+    // The name is a percent-encoded path segment: encoded, the same page;
+    // not UTF-8 once decoded, a 400.
+    let (_, encoded, _) = get(&base, "/web/deploys/tests%2Esay", Some(&alice));
+    assert_eq!(
+        encoded
+            .matches("<circle class=\"deploy succeeded\"")
+            .count(),
+        3
+    );
+    let (status, _, _) = get(&base, "/web/deploys/%ff%fe", Some(&alice));
+    assert_eq!(status, 400);
     // Its request page links here.
     let (_, page, _) = get(&base, &format!("/web/request/{}", ids[0]), Some(&alice));
     assert!(page.contains("/web/deploys/tests.say"), "{page}");

@@ -185,7 +185,6 @@ pub struct Opened {
 /// The key of the hashes the audit keeps of secret values: 32 random
 /// bytes in `data_dir/secret.key` (owner-only), made on first start.
 fn secret_key(data_dir: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
     let path = data_dir.join("secret.key");
     match std::fs::read(&path) {
         Ok(k) if k.len() >= 32 => return Ok(k),
@@ -197,8 +196,7 @@ fn secret_key(data_dir: &Path) -> std::io::Result<Vec<u8>> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         Err(_) => {}
     }
-    let mut key = vec![0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    let key = crate::store::random_bytes::<32>()?.to_vec();
     crate::store::write_private(&path, &key)?;
     Ok(key)
 }

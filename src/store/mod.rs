@@ -29,6 +29,15 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     }
 }
 
+/// `N` bytes from the system's randomness (`/dev/urandom`): sign-in
+/// tokens, the audit's secret key, the request ids' key.
+pub(crate) fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    use std::io::Read;
+    let mut b = [0u8; N];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b)
+}
+
 /// Write a secret file readable only by us, atomically (a temporary file,
 /// synced, renamed over `path`).
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -45,9 +45,7 @@ pub struct WebAccess {
 
 /// 32 random bytes from the kernel, as 64 hex digits.
 fn token() -> std::io::Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let bytes = super::random_bytes::<32>()?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 

@@ -46,10 +46,8 @@ pub(super) fn nth(n: u64, key: u64) -> Option<String> {
 /// from the time and the process (ids stay unique either way; only how
 /// well the next one is hidden depends on it).
 pub(super) fn new_key(now_ms: u64) -> u64 {
-    use std::io::Read;
-    let mut b = [0u8; 8];
-    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
-        Ok(()) => u64::from_le_bytes(b),
+    match crate::store::random_bytes::<8>() {
+        Ok(b) => u64::from_le_bytes(b),
         Err(_) => mix(now_ms ^ (u64::from(std::process::id()) << 32)),
     }
 }

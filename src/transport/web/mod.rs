@@ -163,10 +163,16 @@ pub fn answer(
         return audit(uri, engine, &user, now);
     }
     if let Some(what) = path.strip_prefix("/web/deploys/") {
-        let what = url::form_urlencoded::parse(what.as_bytes())
-            .next()
-            .map(|(k, _)| k.into_owned())
-            .unwrap_or_default();
+        // A path segment, percent-encoded (`+` is a plus here, not a
+        // space as in a query string).
+        let Ok(what) = percent_encoding::percent_decode_str(what).decode_utf8() else {
+            return message(
+                StatusCode::BAD_REQUEST,
+                "Not a name",
+                "An alias or pack name is UTF-8 text.",
+            );
+        };
+        let what = what.into_owned();
         let runs = engine.web_deploys(&user, &what, now);
         return page(
             StatusCode::OK,

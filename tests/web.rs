@@ -301,7 +301,8 @@ fn results_link_to_their_page_as_st2s_append_url_did() {
 }
 
 /// The example pack's token (in its config only) is on no page: the
-/// overview, and every request's page, pending and finished.
+/// overview, every request's page, pending and finished, the histories,
+/// the audit search and its download.
 #[test]
 fn no_page_shows_a_secret() {
     const SECRET: &str = "s3cr3t-t0ken-value";
@@ -333,7 +334,15 @@ fn no_page_shows_a_secret() {
     assert!(finished.contains("Deployed web v1.2.3"), "{finished}");
     let waiting = prompt(&bot.say(ALICE, OPS, "!deploy api 2.0")).clone();
     let session = signed_in(&bot, &base, ALICE);
-    let mut pages = vec!["/web/".to_string()];
+    // Every page there is: the overview, both requests', the alias's and
+    // the pack's history, the audit search and its download.
+    let mut pages = vec![
+        "/web/".to_string(),
+        "/web/deploys/deploy_example.deploy".into(),
+        "/web/deploys/deploy_example".into(),
+        "/web/audit?room=%21ops%3Aexample.org".into(),
+        "/web/audit?room=%21ops%3Aexample.org&format=jsonl".into(),
+    ];
     for p in [&done, &waiting] {
         pages.push(format!("/web/request/{}", request_id(&p.body)));
     }

@@ -497,15 +497,7 @@ fn console_session_deploy_confirm_rollback_audit() {
         ],
         tmp.path(),
     );
-    let page: Vec<u64> = text(&o)
-        .0
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let page = jsonl_seqs(&text(&o).0);
     let want: Vec<u64> = lines[lines.len() - 3..lines.len() - 1]
         .iter()
         .map(|e| e["seq"].as_u64().unwrap())

@@ -439,15 +439,7 @@ fn sealing_killed_at_each_step_loses_and_repeats_nothing() {
             "{point}: {}",
             String::from_utf8_lossy(&verify.stdout)
         );
-        let seqs: Vec<u64> = site
-            .export()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
+        let seqs = jsonl_seqs(&site.export());
         assert!(seqs.len() > 30, "{point}: {} entries", seqs.len());
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{point}");
         let db = site.db();

@@ -637,14 +637,7 @@ fn audit_search_pages_back_through_every_match() {
     let alice = signed_in(&bot, &base, ALICE);
     let first = "/web/audit?room=%21ops%3Aexample.org&user=%40alice%3Aexample.org";
     let (_, all, _) = get(&base, &format!("{first}&format=jsonl"), Some(&alice));
-    let mut want: Vec<u64> = all
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let mut want = jsonl_seqs(&all);
     want.reverse();
     assert!(want.len() > 200, "{} entries", want.len());
     let (mut seen, mut next, mut pages) = (Vec::new(), Some(first.to_string()), 0);

@@ -658,3 +658,14 @@ pub fn loopback(rt: &tokio::runtime::Runtime) -> (tokio::net::TcpListener, Strin
     let base = format!("http://{}", listener.local_addr().unwrap());
     (listener, base)
 }
+
+/// The entry numbers (`seq`) of audit entries given as JSON lines, in order.
+pub fn jsonl_seqs(text: &str) -> Vec<u64> {
+    text.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}

@@ -601,6 +601,14 @@ fn a_packs_history_names_versions_and_marks_rollbacks() {
         "{}",
         rows[2]
     );
+    // The audit search takes the CLI's filters, `deployed` and `status`
+    // among them: the three runs that put st2-flow in place.
+    let found = page(
+        &base,
+        "/web/audit?room=%21ops%3Aexample.org&deployed=st2-flow&status=succeeded",
+        &alice,
+    );
+    assert_eq!(audit_seqs(&found).len(), 3, "{found}");
     // The second deploy's page: what it put in place, and what it replaced.
     let second = page(&base, &format!("/web/request/{}", ids[1]), &alice);
     let deployed = second

@@ -216,9 +216,10 @@ pub fn export_query(query: &str, now_ms: u64) -> Result<(Query, u64, bool), Stri
             "request" => q.request = Some(v),
             "status" => q.status = Some(v),
             "event" => q.event = Some(v),
+            "deployed" => q.deployed = Some(v),
             other => {
                 return Err(format!(
-                    "{other}: not a filter (user, room, alias, action, request, status, event, since, before, after, follow)"
+                    "{other}: not a filter (user, room, alias, action, request, status, event, deployed, since, before, after, follow)"
                 ));
             }
         }

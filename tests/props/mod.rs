@@ -630,7 +630,7 @@ fn web_contexts(v: &mut dyn FnMut() -> String) -> Vec<(&'static str, minijinja::
             "audit.html",
             context! {
                 user => v(), error => Option::<String>::None, query => v(), older => 7, paging => true,
-                f => context! { room => v(), user => v(), alias => v(), request => v(), event => v(), since => v() },
+                f => context! { room => v(), user => v(), alias => v(), action => v(), request => v(), status => v(), event => v(), deployed => v(), since => v() },
                 entries => Value::from(minijinja::value::Serde(&entries)),
             },
         ),

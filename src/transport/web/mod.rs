@@ -226,7 +226,8 @@ fn audit(uri: &hyper::Uri, engine: &Engine, user: &str, now: u64) -> Response<Bo
     };
     let f = minijinja::context! {
         room => field("room"), user => field("user"), alias => field("alias"),
-        request => field("request"), event => field("event"), since => field("since"),
+        action => field("action"), request => field("request"), status => field("status"),
+        event => field("event"), deployed => field("deployed"), since => field("since"),
     };
     let paged = match before {
         Some((k, v)) => url::form_urlencoded::Serializer::new(query.clone())

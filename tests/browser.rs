@@ -453,6 +453,8 @@ rules:
     let output = text(&c, "pre.output.stdout").await;
     assert_eq!(output.trim_end(), format!("{MARKUP} 2"));
     assert_eq!(text(&c, "code.command").await, format!("say {MARKUP} 2"));
+    let params = text(&c, "table.params").await;
+    assert!(params.contains(&format!("message {MARKUP} 2")), "{params}");
     assert!(
         c.find_all(Locator::Css("main b, main script"))
             .await

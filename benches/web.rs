@@ -29,8 +29,15 @@ fn room(run: u64) -> String {
     format!("!room{}:example.org", run % ROOMS)
 }
 
+/// One run in 500 is a report whose output is large: 256 KiB of stdout.
+const REPORT_EVERY: u64 = 500;
+const REPORT_BYTES: usize = 256 * 1024;
+
 /// The entries of run `run`, as the bot writes them.
 fn run_entries(run: u64) -> Vec<Entry> {
+    if run % REPORT_EVERY == 7 {
+        return report_entries(run);
+    }
     let id = format!("r{run:07}");
     let pack = format!("pack{}", run % 30);
     let alias = format!("{pack}.deploy");
@@ -89,6 +96,33 @@ fn run_entries(run: u64) -> Vec<Entry> {
     ]
 }
 
+/// A report's run: no approval, and a large output.
+fn report_entries(run: u64) -> Vec<Entry> {
+    let id = format!("r{run:07}");
+    let ts = T0 + run * 60_000;
+    let line = "row 0123456789 abcdefghij klmnopqrst uvwxyz ok\n";
+    let stdout = line.repeat(REPORT_BYTES / line.len());
+    let base = |event: Event| {
+        Entry::new(event, ts)
+            .room(&room(run))
+            .sender("@reporter:example.org")
+            .request(&id)
+            .alias(Some("reports.nightly"))
+            .action("core.local")
+    };
+    vec![
+        base(Event::Allowed)
+            .status(Status::Approved)
+            .detail(json!({"command": "report nightly", "event": format!("$c{run}"), "parameters": {"cmd": "report"}})),
+        base(Event::Started)
+            .status(Status::Running)
+            .detail(json!({"parameters": {"cmd": "report"}, "executor": "embedded"})),
+        base(Event::Finished)
+            .status(Status::Succeeded)
+            .detail(json!({"summary": "succeeded (exit code 0)", "elapsed_ms": 90_000, "result": {"stdout": stdout, "stderr": "", "return_code": 0}})),
+    ]
+}
+
 fn config(dir: &std::path::Path) -> Config {
     let policy = dir.join("policy.yaml");
     std::fs::write(
@@ -139,13 +173,14 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    // Close enough: a report run writes 3 entries, not 8.
     let runs = total / PER_RUN;
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path());
     std::fs::create_dir_all(&config.data_dir).unwrap();
     let db = airlock::config::open_store(&config.store_path()).unwrap();
     let t = Instant::now();
-    {
+    let written = {
         let log = AuditLog::open_at(&db, Some(&config.archive_dir())).unwrap();
         let mut batch = Vec::new();
         for run in 0..runs {
@@ -160,11 +195,12 @@ fn main() {
         for run in runs..runs + 250 {
             log.append(run_entries(run)).unwrap();
         }
-    }
+        log.len()
+    };
     let runs = runs + 250;
     println!(
-        "web bench: {} entries ({runs} runs in {ROOMS} rooms) written and sealed in {:.1?}",
-        runs * PER_RUN,
+        "web bench: {written} entries ({runs} runs in {ROOMS} rooms, one in {REPORT_EVERY} a report of {} KiB) written and sealed in {:.1?}",
+        REPORT_BYTES / 1024,
         t.elapsed()
     );
     let now = T0 + runs * 60_000 + 3_600_000;
@@ -186,8 +222,11 @@ fn main() {
     ];
     // Both in room 0, which either viewer may see.
     let recent = format!("r{:07}", (runs - 20) / ROOMS * ROOMS);
+    // The newest report of room 0 (run ≡ 7 mod 500 and ≡ 0 mod 20 never
+    // meet; room 7 it is, which only the auditor sees).
+    let report = format!("r{:07}", (runs / REPORT_EVERY - 1) * REPORT_EVERY + 7);
     let old = format!("r{:07}", 40);
-    let deep = runs * PER_RUN / 2;
+    let deep = written / 2;
     let r0 = "%21room0%3Aexample.org";
     let pages: Vec<(&str, String)> = vec![
         ("overview", "/web/".into()),
@@ -201,6 +240,14 @@ fn main() {
             "/web/deploys/pack0.deploy".into(),
         ),
         ("a pack's last 100 deploys", "/web/deploys/pack0".into()),
+        (
+            "a report's page (256 KiB of output)",
+            format!("/web/request/{report}"),
+        ),
+        (
+            "the reports' last 100 runs (256 KiB each)",
+            "/web/deploys/reports.nightly".into(),
+        ),
         (
             "audit search, a room, newest 100",
             format!("/web/audit?room={r0}"),

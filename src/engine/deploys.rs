@@ -74,8 +74,12 @@ impl Engine {
             .iter()
             .rev()
             .map(|e| {
-                let (commit, approvers) = run_facts(e, q.deployed.as_deref());
-                let commit = commit.map(|c| format!(" at {c}")).unwrap_or_default();
+                let facts = RunFacts::of(e);
+                let commit = facts
+                    .commit(q.deployed.as_deref())
+                    .map(|c| format!(" at {c}"))
+                    .unwrap_or_default();
+                let approvers = facts.approved_by;
                 format!(
                     "{} {} {}{commit} by {}{} at {}",
                     e.request.as_deref().unwrap_or("?"),
@@ -211,14 +215,31 @@ impl Engine {
     }
 }
 
-/// What a run's `finished` entry says it deployed (the short commit, of
-/// `pack` when named) and who approved it: what `!deploys` and the web
-/// view's history show of each run.
-pub(super) fn run_facts(e: &Entry, pack: Option<&str>) -> (Option<String>, Vec<String>) {
-    let deployed: Vec<Deployed> = e.detail_field("deployed").unwrap_or_default();
-    let commit = deployed
-        .iter()
-        .find(|d| pack.is_none_or(|p| d.pack == p))
-        .map(|d| d.commit.get(..12).unwrap_or(&d.commit).to_string());
-    (commit, e.detail_field("approved_by").unwrap_or_default())
+/// What a run's `finished` entry says of it: the packs it put in place,
+/// who approved it, how it ended. What `!deploys` and the web view's
+/// histories show of each run, read in one pass over the details (a
+/// result with a megabyte of output is skipped, not built).
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct RunFacts {
+    #[serde(default)]
+    pub deployed: Vec<Deployed>,
+    #[serde(default)]
+    pub approved_by: Vec<String>,
+    #[serde(default)]
+    pub summary: String,
+}
+
+impl RunFacts {
+    pub(super) fn of(e: &Entry) -> Self {
+        e.detail_as().unwrap_or_default()
+    }
+
+    /// The short commit it put in place: of `pack` when named, else of
+    /// the first pack.
+    pub(super) fn commit(&self, pack: Option<&str>) -> Option<String> {
+        self.deployed
+            .iter()
+            .find(|d| pack.is_none_or(|p| d.pack == p))
+            .map(|d| d.commit.get(..12).unwrap_or(&d.commit).to_string())
+    }
 }

@@ -115,10 +115,17 @@ impl WebDeploy {
     /// The run a `finished` entry records; `pack`: the pack whose commit
     /// and version it shows (the first it deployed when None).
     pub(super) fn of(e: &crate::audit::Entry, pack: Option<&str>) -> Self {
-        let (commit, approvers) = crate::engine::deploys::run_facts(e, pack);
-        let deployed = e.deployed_packs();
-        let shown = pack.or(deployed.first().map(String::as_str));
-        let result: serde_json::Value = e.detail_field("result").unwrap_or_default();
+        let facts = crate::engine::deploys::RunFacts::of(e);
+        let shown = pack.or(facts.deployed.first().map(|d| d.pack.as_str()));
+        // Only a run that put a pack in place has a version, and only then
+        // is its result read: another run's may hold a megabyte of output.
+        let version = match shown {
+            Some(p) if !facts.deployed.is_empty() => {
+                let result: serde_json::Value = e.detail_field("result").unwrap_or_default();
+                super::request::pack_facts(&result, p).version
+            }
+            _ => None,
+        };
         WebDeploy {
             id: e.request.clone().unwrap_or_default(),
             status: e.status.map_or("?", |s| s.name()).to_string(),
@@ -127,12 +134,12 @@ impl WebDeploy {
                 .clone()
                 .or_else(|| e.action.clone())
                 .unwrap_or_default(),
-            commit: commit.unwrap_or_default(),
-            version: shown.and_then(|p| super::request::pack_facts(&result, p).version),
+            commit: facts.commit(pack).unwrap_or_default(),
+            version,
             rollback: e.action.as_deref() == Some("packs.rollback"),
-            summary: e.detail_field("summary").unwrap_or_default(),
             by: e.sender.clone().unwrap_or_default(),
-            approvers,
+            approvers: facts.approved_by,
+            summary: facts.summary,
             at: crate::clock::format_ms(e.ts),
             x: 0,
         }

@@ -50,7 +50,8 @@ pub struct WebRequest {
     pub output: Vec<WebStream>,
     /// What of the output was dropped past the runner's cap, in words.
     pub truncated: Vec<String>,
-    /// The whole result (st2's `execution.result`), as indented JSON.
+    /// The result (st2's `execution.result`) but the streams in
+    /// `output`, as indented JSON.
     pub result: Option<String>,
     /// Its audit entries, oldest first.
     pub timeline: Vec<WebEntry>,
@@ -265,8 +266,16 @@ impl WebRequest {
                 ));
             }
         }
-        if !result.is_null() {
-            self.result = serde_json::to_string_pretty(result).ok();
+        // The rest of the result; the streams shown above are not repeated
+        // (an output may be a megabyte).
+        let mut rest = result.clone();
+        if let Some(fields) = rest.as_object_mut() {
+            for s in &self.output {
+                fields.remove(s.name);
+            }
+        }
+        if !rest.is_null() && rest.as_object().is_none_or(|f| !f.is_empty()) {
+            self.result = serde_json::to_string_pretty(&rest).ok();
         }
     }
 }

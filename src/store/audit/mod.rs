@@ -169,6 +169,13 @@ impl Entry {
         serde_json::from_str(fields.get(key)?.get()).ok()
     }
 
+    /// The details as a `T` naming the fields it needs, read in one pass:
+    /// the others (a result with a megabyte of output) are skipped, not
+    /// built. None when there are none or they are not of that shape.
+    pub fn detail_as<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_str(self.detail.0.as_ref()?.get()).ok()
+    }
+
     /// The packs a run put in place, as its `finished` entry says
     /// (detail `deployed`: `[{pack, commit}]`).
     pub fn deployed_packs(&self) -> Vec<String> {

@@ -305,6 +305,7 @@ fn main() -> ExitCode {
                         event: None,
                         deployed,
                         before,
+                        rooms: None,
                     };
                     if follow {
                         cmd_follow(config, &q, since)

@@ -36,13 +36,19 @@ impl Store {
     }
 
     /// `n` more entries, a minute apart: every third alice's, a request
-    /// each five.
+    /// each five, every seventh in the prod room (up to entry 600) or the
+    /// dev room (after), the rest in ops.
     fn append(&self, n: u64) {
         let start = self.log.len();
         for i in start + 1..=start + n {
+            let room = match (i % 7, i <= 600) {
+                (0, true) => "!prod:example.org",
+                (0, false) => "!dev:example.org",
+                _ => "!ops:example.org",
+            };
             let e = Entry::new(Event::Received, T0 + i * 60_000)
                 .sender(if i % 3 == 0 { ALICE } else { BOB })
-                .room("!ops:example.org")
+                .room(room)
                 .request(&format!("r{}", i / 5))
                 .alias(Some("st2-flow.flow_deploy"))
                 .status(if i % 2 == 0 {
@@ -183,6 +189,26 @@ fn every_query_finds_every_entry_once_across_the_tiers() {
                 "before {before}"
             );
         }
+        // Any of some rooms: segments holding none of them (prod's end at
+        // 600) are skipped, the rest read through their room postings.
+        let rooms = |rs: &[&str]| {
+            s.log
+                .query(&Query {
+                    rooms: Some(rs.iter().map(|r| r.to_string()).collect()),
+                    ..Default::default()
+                })
+                .unwrap()
+        };
+        assert_eq!(
+            seqs(&rooms(&["!prod:example.org", "!dev:example.org"])),
+            (7..=1_050).step_by(7).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            seqs(&rooms(&["!prod:example.org"])),
+            (7..=600).step_by(7).collect::<Vec<_>>()
+        );
+        assert!(rooms(&[]).is_empty());
+        assert!(rooms(&["!elsewhere:example.org"]).is_empty());
         let odd = s
             .log
             .query_where(

@@ -29,6 +29,40 @@ impl Policy {
         self.room_aliases = resolved;
     }
 
+    /// Every room where an allow rule could grant `user` one of
+    /// `builtins`, when they can be listed: each such rule names its rooms
+    /// literally (IDs, or aliases, with what they resolved to). None when
+    /// one names no room or a pattern, so any room may be granted. A
+    /// superset (power levels and windows aside): the decision is still
+    /// what grants. Lets a reader of the audit skip other rooms' entries.
+    pub fn literal_rooms_for(&self, user: &str, builtins: &[&str]) -> Option<Vec<String>> {
+        let mut rooms = Vec::new();
+        for rule in &self.rules {
+            if !matches!(rule.effect, Effect::Allow)
+                || !rule.subjects.contains(user)
+                || !builtins.iter().any(|b| rule.targets(&Target::Builtin(b)))
+            {
+                continue;
+            }
+            if rule.rooms.is_empty() {
+                return None;
+            }
+            for g in &rule.rooms {
+                if g.text.contains(['*', '?']) {
+                    return None;
+                }
+                if let Some(id) = self.room_aliases.get(&g.text) {
+                    rooms.push(id.clone());
+                }
+                // Unresolved, an alias is matched as an ID (the console).
+                rooms.push(g.text.clone());
+            }
+        }
+        rooms.sort();
+        rooms.dedup();
+        Some(rooms)
+    }
+
     fn room_matches(&self, rule: &Rule, room: &str) -> bool {
         rule.rooms.is_empty()
             || rule.rooms.iter().any(|g| {
@@ -425,5 +459,55 @@ fn value_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(rules: &str) -> Policy {
+        let text = format!(
+            "groups:\n  ops: [\"@alice:example.org\", \"@bob:example.org\"]\nrules:\n{rules}"
+        );
+        let loaded = super::super::load::parse_texts(&[("p.yaml".into(), text)]);
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        loaded.policy
+    }
+
+    /// The rooms a viewer's rules name, when they name them all literally:
+    /// none for whom no rule grants; unknown (None) once a granting rule
+    /// names a pattern or no room; an alias with what it resolved to.
+    #[test]
+    fn literal_rooms_are_listed_only_when_every_granting_rule_names_them() {
+        let mut p = policy(
+            "  - id: help\n    effect: allow\n    users: [\"*\"]\n    builtins: [help]\n  - id: ops\n    effect: allow\n    groups: [ops]\n    rooms: [\"!ops:example.org\", \"#prod:example.org\"]\n    builtins: [pending, audit]\n  - id: bob-teams\n    effect: allow\n    users: [\"@bob:example.org\"]\n    rooms: [\"!team-*:example.org\"]\n    builtins: [audit]\n  - id: no-audit\n    effect: deny\n    users: [\"@alice:example.org\"]\n    builtins: [pending]\n",
+        );
+        p.set_room_aliases(
+            [(
+                "#prod:example.org".to_string(),
+                "!prod:example.org".to_string(),
+            )]
+            .into(),
+        );
+        let rooms = |u: &str| p.literal_rooms_for(u, &["pending", "audit"]);
+        assert_eq!(
+            rooms("@alice:example.org"),
+            Some(vec![
+                "!ops:example.org".to_string(),
+                "!prod:example.org".into(),
+                "#prod:example.org".into()
+            ])
+        );
+        assert_eq!(rooms("@bob:example.org"), None, "a pattern");
+        assert_eq!(rooms("@mallory:example.org"), Some(vec![]));
+        let p = policy(
+            "  - id: anywhere\n    effect: allow\n    groups: [ops]\n    builtins: [pending]\n",
+        );
+        assert_eq!(
+            p.literal_rooms_for("@alice:example.org", &["pending"]),
+            None,
+            "no room named"
+        );
     }
 }

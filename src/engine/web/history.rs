@@ -157,6 +157,7 @@ impl Engine {
         let mut q = crate::audit::Query {
             event: Some(Event::Finished.name().into()),
             limit: Some(DEPLOY_PAGE),
+            rooms: self.web_rooms(user, now),
             ..Default::default()
         };
         if what.contains('.') {

@@ -216,6 +216,21 @@ impl Engine {
         }
     }
 
+    /// The rooms `user` may see, when they can be listed (None: every
+    /// room, or rooms the policy names by pattern). A query given them
+    /// skips other rooms' entries unread; [`Engine::web_visibility`] still
+    /// judges each entry.
+    pub(super) fn web_rooms(&self, user: &str, now: u64) -> Option<Vec<String>> {
+        if self.web_sees_all(user, now) {
+            return None;
+        }
+        let mut rooms = self
+            .policy()
+            .literal_rooms_for(user, &["pending", "audit"])?;
+        rooms.retain(|r| self.web_may_see(user, r, now));
+        Some(rooms)
+    }
+
     /// Whether the policy lets `user` use built-in `builtin` in `room`.
     /// The web has no room to read a power level in: rules that need one
     /// do not apply (deny by default).
@@ -258,6 +273,7 @@ impl Engine {
         let q = crate::audit::Query {
             event: Some(Event::Finished.name().into()),
             limit: Some(RECENT),
+            rooms: self.web_rooms(user, now),
             ..Default::default()
         };
         let recent = self

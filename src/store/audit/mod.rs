@@ -301,6 +301,8 @@ pub struct Query {
     pub user: Option<String>,
     /// In this room.
     pub room: Option<String>,
+    /// In any of these rooms (a viewer's).
+    pub rooms: Option<Vec<String>>,
     /// About this alias.
     pub alias: Option<String>,
     /// About this action.
@@ -330,6 +332,10 @@ impl Query {
         };
         eq(&self.user, &e.sender)
             && eq(&self.room, &e.room)
+            && self
+                .rooms
+                .as_ref()
+                .is_none_or(|rs| e.room.as_ref().is_some_and(|r| rs.contains(r)))
             && eq(&self.alias, &e.alias)
             && eq(&self.action, &e.action)
             && eq(&self.request, &e.request)

@@ -51,6 +51,9 @@ impl Glance<'_> {
             && has("request", &q.request)
             && has("event", &q.event)
             && has("deployed", &q.deployed)
+            && q.rooms
+                .as_ref()
+                .is_none_or(|rs| rs.iter().any(|r| has("room", &Some(r.clone()))))
     }
 }
 
@@ -168,6 +171,20 @@ impl Archive {
                         Some(f) => f.intersection(&hit).copied().collect(),
                     });
                 }
+            }
+            // Any of a viewer's rooms: the union of their posting lists.
+            if let Some(rooms) = &q.rooms {
+                let mut hit = BTreeSet::new();
+                for r in rooms {
+                    hit.extend(
+                        s.postings("room", r)
+                            .map_err(|e| AuditError::Archive(e.to_string()))?,
+                    );
+                }
+                frames = Some(match frames {
+                    None => hit,
+                    Some(f) => f.intersection(&hit).copied().collect(),
+                });
             }
             let wanted: Vec<usize> = (0..s.frames().len())
                 .filter(|i| {

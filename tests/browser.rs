@@ -292,6 +292,11 @@ rules:
             "say.yaml",
             "name: say\npack: tests\naction_ref: core.echo\nformats: ['say {{ message }}']\nresult:\n  format: 'said: {{ execution.result.stdout }}'\n",
         ),
+        (
+            "aliases",
+            "slow.yaml",
+            "name: slow\npack: tests\naction_ref: core.local\nformats: ['slow']\nimmutable_parameters:\n  cmd: 'echo step one; sleep 6'\n",
+        ),
     ] {
         std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         std::fs::write(dir.path().join(sub).join(name), text).unwrap();
@@ -462,6 +467,25 @@ rules:
             .is_empty()
     );
     assert!(c.get_alert_text().await.is_err(), "a dialog opened");
+
+    // A run in progress: the overview says for how long, and its last
+    // output lines.
+    let cmd = said(alice, &ops_room, "!slow", None).await;
+    let prompt = alice
+        .wait_for("the slow prompt", WAIT, |x| {
+            x.sender == bot && x.reply_to.as_ref() == Some(&cmd) && x.body.contains("Confirmation")
+        })
+        .await;
+    let slow = common::request_id(&prompt.body);
+    said(bob, &ops_room, "yes", Some(&prompt.event_id)).await;
+    let running = mx::eventually("the slow run's output on the overview", WAIT, || async {
+        c.goto(&format!("{base}/web/")).await.unwrap();
+        let row = text(&c, "ul.requests").await;
+        (row.contains(&slow) && row.contains("running for") && row.contains("│ step one"))
+            .then_some(row)
+    })
+    .await;
+    assert!(running.contains("running"), "{running}");
 
     // Carol's run is not alice's to see: as unknown as a made-up id.
     for id in &carols {

@@ -528,6 +528,56 @@ rules:
             x.sender == bot && x.room == again && x.body.contains("/web/login?token=")
         })
         .await;
+    // …and the bot left the room she had left (as the bot's account sees
+    // it, from a login of its own).
+    let rooms = joined_rooms(&hs.url, &bot, PW).await;
+    assert!(rooms.contains(&again.to_string()), "{rooms:?}");
+    assert!(!rooms.contains(&invited.to_string()), "{rooms:?}");
+}
+
+/// The rooms `user` has joined, by the client-server API from a login of
+/// its own (logged out again after).
+async fn joined_rooms(
+    hs: &str,
+    user: &matrix_sdk::ruma::OwnedUserId,
+    password: &str,
+) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let login: serde_json::Value = http
+        .post(format!("{hs}/_matrix/client/v3/login"))
+        .json(&serde_json::json!({
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user.as_str()},
+            "password": password,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().expect("a login").to_string();
+    let joined: serde_json::Value = http
+        .get(format!("{hs}/_matrix/client/v3/joined_rooms"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    http.post(format!("{hs}/_matrix/client/v3/logout"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    joined["joined_rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect()
 }
 
 /// A room `owner` makes under `alias`, inviting `invite`; end-to-end

@@ -362,20 +362,27 @@ impl Bot {
     }
 
     /// A direct room the bot shares with `user` that they are still in
-    /// (or invited to): one they left would swallow the message.
+    /// (or invited to): one they left would swallow the message. The bot
+    /// leaves those they left, so years of sign-ins gather no empty rooms.
     async fn dm_room(&self, user: &matrix_sdk::ruma::UserId) -> Option<Room> {
         use matrix_sdk::ruma::events::room::member::MembershipState;
+        let mut found = None;
         for room in self.client.get_dm_rooms(user) {
-            if let Ok(Some(m)) = room.get_member_no_sync(user).await
-                && matches!(
-                    m.membership(),
-                    MembershipState::Join | MembershipState::Invite
-                )
-            {
-                return Some(room);
+            let Ok(Some(m)) = room.get_member_no_sync(user).await else {
+                continue;
+            };
+            match m.membership() {
+                MembershipState::Join | MembershipState::Invite => {
+                    found.get_or_insert(room);
+                }
+                MembershipState::Leave | MembershipState::Ban => match room.leave().await {
+                    Ok(()) => tracing::info!("left {}: {user} had left it", room.room_id()),
+                    Err(e) => tracing::warn!("cannot leave {}: {e}", room.room_id()),
+                },
+                _ => {}
             }
         }
-        None
+        found
     }
 
     /// Send `message` to `user` in a direct room with them: one they are

@@ -141,15 +141,7 @@ fn signed_in_by_the_dm_link_the_pages_show_markup_as_text_without_javascript() {
             row.contains("<script>alert('pwned')</script><b>bold</b><i>x</i>"),
             "shown as text: {row}"
         );
-        // No script element, no markup from the command, no dialog.
-        assert!(c.find_all(Locator::Css("script")).await.unwrap().is_empty());
-        assert!(
-            c.find_all(Locator::Css("main b, main i"))
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert!(c.get_alert_text().await.is_err(), "a dialog opened");
+        markup_is_text(&c).await;
         std::fs::write(
             shots.join("web-overview.png"),
             c.screenshot().await.unwrap(),
@@ -166,7 +158,7 @@ fn signed_in_by_the_dm_link_the_pages_show_markup_as_text_without_javascript() {
         let page = text(&c, "main").await;
         assert!(page.contains(&format!("Request {id}")), "{page}");
         assert!(page.contains("confirmation_requested"), "{page}");
-        assert!(c.get_alert_text().await.is_err(), "a dialog opened");
+        markup_is_text(&c).await;
 
         // A finished run's page: its approver, and its output as text.
         c.goto(&format!("{base}/web/request/{}", runs[1]))
@@ -177,7 +169,7 @@ fn signed_in_by_the_dm_link_the_pages_show_markup_as_text_without_javascript() {
             text(&c, "pre.output.stdout").await.trim_end(),
             "second <b>run</b>"
         );
-        assert!(c.find_all(Locator::Css("main b")).await.unwrap().is_empty());
+        markup_is_text(&c).await;
         std::fs::write(shots.join("web-request.png"), c.screenshot().await.unwrap()).unwrap();
 
         // The alias's runs: one mark per run on the timeline.
@@ -214,6 +206,20 @@ fn signed_in_by_the_dm_link_the_pages_show_markup_as_text_without_javascript() {
         assert!(expired.contains("This link cannot be used"), "{expired}");
         c.close().await.unwrap();
     });
+}
+
+/// What commands, parameters and outputs held as markup and script
+/// showed as text: no script element anywhere, no `<b>` or `<i>` of theirs
+/// in the page, no dialog open.
+async fn markup_is_text(c: &fantoccini::Client) {
+    assert!(c.find_all(Locator::Css("script")).await.unwrap().is_empty());
+    assert!(
+        c.find_all(Locator::Css("main b, main i"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(c.get_alert_text().await.is_err(), "a dialog opened");
 }
 
 /// Whoever may not see a room's requests on the web: a page of another
@@ -316,9 +322,10 @@ rules:
 
     // Two rooms, each under the alias its rules name.
     let (alice, bob, carol) = (&users[0], &users[1], &users[2]);
-    let ops_room = aliased_room(alice, &ops, vec![bot.clone(), bob.id.clone()], true).await;
+    let ops_room =
+        mx::create_room(alice, Some(&ops), vec![bot.clone(), bob.id.clone()], true).await;
     bob.join(&ops_room).await;
-    let other_room = aliased_room(carol, &other, vec![bot.clone()], false).await;
+    let other_room = mx::create_room(carol, Some(&other), vec![bot.clone()], false).await;
     // The bot joins on its invites; a command before that is never seen.
     for (u, room) in [(alice, &ops_room), (carol, &other_room)] {
         let r = u.room(room).await;
@@ -344,7 +351,7 @@ rules:
     const MARKUP: &str = "<script>alert('pwned')</script><b>bold</b>";
     let mut ids = Vec::new();
     for n in 1..=2 {
-        let cmd = said(alice, &ops_room, &format!("!say {MARKUP} {n}"), None).await;
+        let cmd = mx::say(alice, &ops_room, &format!("!say {MARKUP} {n}")).await;
         let prompt = alice
             .wait_for("the prompt", WAIT, |x| {
                 x.sender == bot
@@ -353,7 +360,7 @@ rules:
             })
             .await;
         ids.push(common::request_id(&prompt.body));
-        said(bob, &ops_room, "yes", Some(&prompt.event_id)).await;
+        mx::reply(bob, &ops_room, &prompt.event_id, "yes").await;
         alice
             .wait_for("the result", WAIT, |x| {
                 x.sender == bot && x.body.contains(&format!("said: {MARKUP} {n}"))
@@ -361,7 +368,7 @@ rules:
             .await;
     }
     // One more of alice's, left waiting.
-    let cmd = said(alice, &ops_room, "!say still waiting", None).await;
+    let cmd = mx::say(alice, &ops_room, "!say still waiting").await;
     let waiting = common::request_id(
         &alice
             .wait_for("the prompt", WAIT, |x| {
@@ -373,7 +380,7 @@ rules:
     // Carol's, in her room: one run, one waiting.
     let mut carols = Vec::new();
     for (what, approve) in [("carols own run", true), ("carols open one", false)] {
-        let cmd = said(carol, &other_room, &format!("!say {what}"), None).await;
+        let cmd = mx::say(carol, &other_room, &format!("!say {what}")).await;
         let prompt = carol
             .wait_for("carol's prompt", WAIT, |x| {
                 x.sender == bot && x.reply_to.as_ref() == Some(&cmd)
@@ -381,7 +388,7 @@ rules:
             .await;
         carols.push(common::request_id(&prompt.body));
         if approve {
-            said(carol, &other_room, "yes", Some(&prompt.event_id)).await;
+            mx::reply(carol, &other_room, &prompt.event_id, "yes").await;
             carol
                 .wait_for("carol's result", WAIT, |x| {
                     x.sender == bot && x.body.contains("said: carols own run")
@@ -392,7 +399,7 @@ rules:
 
     // `!web`: the bot opens a direct room with alice; her client joins it
     // and reads the link there, never in the ops room.
-    said(alice, &ops_room, "!web", None).await;
+    mx::say(alice, &ops_room, "!web").await;
     let invited = mx::eventually("the bot's invite to a direct room", WAIT, || async {
         alice
             .client
@@ -439,7 +446,7 @@ rules:
         );
     }
     assert!(!overview.contains("carols"), "carol's room: {overview}");
-    assert!(c.find_all(Locator::Css("script")).await.unwrap().is_empty());
+    markup_is_text(&c).await;
 
     // A run's page: bob approved it, and its output is there, as text.
     c.goto(&format!("{base}/web/request/{}", ids[1]))
@@ -460,24 +467,18 @@ rules:
     assert_eq!(text(&c, "code.command").await, format!("say {MARKUP} 2"));
     let params = text(&c, "table.params").await;
     assert!(params.contains(&format!("message {MARKUP} 2")), "{params}");
-    assert!(
-        c.find_all(Locator::Css("main b, main script"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert!(c.get_alert_text().await.is_err(), "a dialog opened");
+    markup_is_text(&c).await;
 
     // A run in progress: the overview says for how long, and its last
     // output lines.
-    let cmd = said(alice, &ops_room, "!slow", None).await;
+    let cmd = mx::say(alice, &ops_room, "!slow").await;
     let prompt = alice
         .wait_for("the slow prompt", WAIT, |x| {
             x.sender == bot && x.reply_to.as_ref() == Some(&cmd) && x.body.contains("Confirmation")
         })
         .await;
     let slow = common::request_id(&prompt.body);
-    said(bob, &ops_room, "yes", Some(&prompt.event_id)).await;
+    mx::reply(bob, &ops_room, &prompt.event_id, "yes").await;
     let running = mx::eventually("the slow run's output on the overview", WAIT, || async {
         c.goto(&format!("{base}/web/")).await.unwrap();
         let row = text(&c, "ul.requests").await;
@@ -512,7 +513,7 @@ rules:
 
     // Alice leaves the direct room: the next link comes in a new one.
     alice.room(&invited).await.leave().await.unwrap();
-    said(alice, &ops_room, "!web", None).await;
+    mx::say(alice, &ops_room, "!web").await;
     let again = mx::eventually("a new direct room", WAIT, || async {
         alice
             .client
@@ -530,94 +531,7 @@ rules:
         .await;
     // …and the bot left the room she had left (as the bot's account sees
     // it, from a login of its own).
-    let rooms = joined_rooms(&hs.url, &bot, PW).await;
+    let rooms = hs.joined_rooms(&bot, PW).await;
     assert!(rooms.contains(&again.to_string()), "{rooms:?}");
     assert!(!rooms.contains(&invited.to_string()), "{rooms:?}");
-}
-
-/// The rooms `user` has joined, by the client-server API from a login of
-/// its own (logged out again after).
-async fn joined_rooms(
-    hs: &str,
-    user: &matrix_sdk::ruma::OwnedUserId,
-    password: &str,
-) -> Vec<String> {
-    let http = reqwest::Client::new();
-    let login: serde_json::Value = http
-        .post(format!("{hs}/_matrix/client/v3/login"))
-        .json(&serde_json::json!({
-            "type": "m.login.password",
-            "identifier": {"type": "m.id.user", "user": user.as_str()},
-            "password": password,
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["access_token"].as_str().expect("a login").to_string();
-    let joined: serde_json::Value = http
-        .get(format!("{hs}/_matrix/client/v3/joined_rooms"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    http.post(format!("{hs}/_matrix/client/v3/logout"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    joined["joined_rooms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap().to_string())
-        .collect()
-}
-
-/// A room `owner` makes under `alias`, inviting `invite`; end-to-end
-/// encrypted if `encrypted`.
-async fn aliased_room(
-    owner: &mx::User,
-    alias: &str,
-    invite: Vec<matrix_sdk::ruma::OwnedUserId>,
-    encrypted: bool,
-) -> matrix_sdk::ruma::OwnedRoomId {
-    use matrix_sdk::ruma::events::InitialStateEvent;
-    use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
-    let mut req = matrix_sdk::ruma::api::client::room::create_room::v3::Request::new();
-    let local = alias.trim_start_matches('#').split(':').next().unwrap();
-    req.room_alias_name = Some(local.into());
-    req.invite = invite;
-    if encrypted {
-        req.initial_state = vec![
-            InitialStateEvent::with_empty_state_key(
-                RoomEncryptionEventContent::with_recommended_defaults(),
-            )
-            .to_raw_any(),
-        ];
-    }
-    let room = owner.client.create_room(req).await.unwrap();
-    room.room_id().to_owned()
-}
-
-/// `u` says `body` in `room`, in reply to `to` if given.
-async fn said(
-    u: &mx::User,
-    room: &matrix_sdk::ruma::OwnedRoomId,
-    body: &str,
-    to: Option<&matrix_sdk::ruma::OwnedEventId>,
-) -> matrix_sdk::ruma::OwnedEventId {
-    use matrix_sdk::ruma::events::relation::{InReplyTo, Reply};
-    use matrix_sdk::ruma::events::room::message::{Relation, RoomMessageEventContent};
-    let mut c = RoomMessageEventContent::text_plain(body);
-    if let Some(to) = to {
-        c.relates_to = Some(Relation::Reply(Reply::new(InReplyTo::new(to.clone()))));
-    }
-    u.room(room).await.send(c).await.unwrap().response.event_id
 }

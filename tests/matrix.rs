@@ -9,12 +9,12 @@ mod mx;
 use std::time::Duration;
 
 use matrix_sdk::ruma::api::client::room::create_room::v3::Request as CreateRoom;
-use matrix_sdk::ruma::events::relation::{InReplyTo, Reply, Thread};
+use matrix_sdk::ruma::events::relation::Thread;
 use matrix_sdk::ruma::events::room::message::{
     Relation, ReplacementMetadata, RoomMessageEventContent,
 };
 use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
-use mx::{AUDIT_TOKEN, Airlock, Homeserver, Seen, User, eventually, unique};
+use mx::{AUDIT_TOKEN, Airlock, Homeserver, Seen, User, eventually, reply, say, unique};
 
 const PW: &str = "correct horse battery staple";
 const WAIT: Duration = Duration::from_secs(30);
@@ -128,32 +128,13 @@ impl Scene {
     /// Alice makes a room (with the policy's alias when `aliased`), invites
     /// the bot, bob and mallory; everyone joins.
     async fn room(&self, aliased: bool, encrypted: bool) -> OwnedRoomId {
-        let mut req = CreateRoom::new();
-        if aliased {
-            req.room_alias_name = Some(
-                self.alias
-                    .trim_start_matches('#')
-                    .split(':')
-                    .next()
-                    .unwrap()
-                    .to_string(),
-            );
-        }
-        if encrypted {
-            req.initial_state = vec![
-                matrix_sdk::ruma::events::InitialStateEvent::with_empty_state_key(
-                    matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent::with_recommended_defaults(),
-                )
-                .to_raw_any(),
-            ];
-        }
-        req.invite = vec![
+        let invite = vec![
             self.bot.clone(),
             self.bob.id.clone(),
             self.mallory.id.clone(),
         ];
-        let room = self.alice.client.create_room(req).await.unwrap();
-        let id = room.room_id().to_owned();
+        let alias = aliased.then_some(self.alias.as_str());
+        let id = mx::create_room(&self.alice, alias, invite, encrypted).await;
         self.bob.join(&id).await;
         self.mallory.join(&id).await;
         id
@@ -185,29 +166,6 @@ impl Scene {
         self.alice.knows_devices_of(&self.bot).await;
         self.bob.knows_devices_of(&self.bot).await;
     }
-}
-
-async fn say(u: &User, room: &OwnedRoomId, body: &str) -> matrix_sdk::ruma::OwnedEventId {
-    u.room(room)
-        .await
-        .send(RoomMessageEventContent::text_plain(body))
-        .await
-        .unwrap()
-        .response
-        .event_id
-}
-
-async fn reply(
-    u: &User,
-    room: &OwnedRoomId,
-    to: &matrix_sdk::ruma::OwnedEventId,
-    body: &str,
-) -> matrix_sdk::ruma::OwnedEventId {
-    let mut c = RoomMessageEventContent::text_plain(body);
-    c.relates_to = Some(matrix_sdk::ruma::events::room::message::Relation::Reply(
-        Reply::new(InReplyTo::new(to.clone())),
-    ));
-    u.room(room).await.send(c).await.unwrap().response.event_id
 }
 
 fn from_bot<'a>(

@@ -3,7 +3,6 @@
 use serde_json::{Value, json};
 
 use super::{Engine, Out};
-use crate::action::Deployed;
 use crate::alias::Params;
 use crate::audit::{AuditLog, Entry, Event, Query, Status};
 use crate::clock;
@@ -373,13 +372,16 @@ pub fn who_deployed(
     let mut lines = Vec::new();
     for e in entries.iter().rev() {
         let Some(id) = &e.request else { continue };
-        let deployed: Vec<Deployed> = e.detail_field("deployed").unwrap_or_default();
-        let Some(this) = deployed.iter().find(|d| d.pack == pack) else {
+        let facts = super::deploys::RunFacts::of(e);
+        let Some(this) = facts.deployed.iter().find(|d| d.pack == pack) else {
             continue;
         };
-        let approvers = match e.detail_field::<Vec<String>>("approved_by") {
-            Some(a) => a,
-            None => approvers_of(audit, requests, id),
+        // An entry records `approved_by` only when someone approved; older
+        // ones never did, and the request or its approval entry says.
+        let approvers = if facts.approved_by.is_empty() {
+            approvers_of(audit, requests, id)
+        } else {
+            facts.approved_by.clone()
         };
         lines.push(format!(
             "{} {} {} by {}{} at {} — {} [request {id}]",

@@ -173,8 +173,9 @@ fn bad_request(msg: String) -> Response<Body> {
     response((StatusCode::BAD_REQUEST, "text/plain", format!("{msg}\n")))
 }
 
-/// What `/audit.jsonl` was asked: the filters of `airlock audit` (`user`,
-/// `room`, `alias`, `action`, `request`, `status`, `event`, `since`),
+/// What `/audit.jsonl` (and the web view's search) was asked: the
+/// filters of `airlock audit` (`user`, `room`, `alias`, `action`,
+/// `request`, `status`, `event`, `deployed`, `since`, `before=<seq>`),
 /// `after=<seq>` and `follow`. Anything else, or a value that does not
 /// parse, is refused: a filter the server ignored would export more than
 /// was asked for.

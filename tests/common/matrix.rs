@@ -14,7 +14,9 @@ use matrix_sdk::Client;
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::room::Room;
 use matrix_sdk::ruma::events::reaction::OriginalSyncReactionEvent;
-use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent};
+use matrix_sdk::ruma::events::room::message::{
+    MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent,
+};
 use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use tokio::sync::Notify;
 
@@ -98,6 +100,106 @@ impl Homeserver {
         );
         OwnedUserId::try_from(format!("@{name}:example.org")).unwrap()
     }
+}
+
+impl Homeserver {
+    /// The rooms `user` has joined, by the client-server API from a login
+    /// of its own (logged out again after): what the account sees,
+    /// whatever a client of it believes.
+    pub async fn joined_rooms(&self, user: &OwnedUserId, password: &str) -> Vec<String> {
+        let http = reqwest::Client::new();
+        let login: serde_json::Value = http
+            .post(format!("{}/_matrix/client/v3/login", self.url))
+            .json(&serde_json::json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": user.as_str()},
+                "password": password,
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = login["access_token"].as_str().expect("a login").to_string();
+        let joined: serde_json::Value = http
+            .get(format!("{}/_matrix/client/v3/joined_rooms", self.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        http.post(format!("{}/_matrix/client/v3/logout", self.url))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        joined["joined_rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// `u` says `body` in `room`; the event's ID.
+pub async fn say(u: &User, room: &OwnedRoomId, body: &str) -> OwnedEventId {
+    u.room(room)
+        .await
+        .send(RoomMessageEventContent::text_plain(body))
+        .await
+        .unwrap()
+        .response
+        .event_id
+}
+
+/// `u` says `body` in `room` in reply to `to`.
+pub async fn reply(u: &User, room: &OwnedRoomId, to: &OwnedEventId, body: &str) -> OwnedEventId {
+    use matrix_sdk::ruma::events::relation::{InReplyTo, Reply};
+    let mut c = RoomMessageEventContent::text_plain(body);
+    c.relates_to = Some(matrix_sdk::ruma::events::room::message::Relation::Reply(
+        Reply::new(InReplyTo::new(to.clone())),
+    ));
+    u.room(room).await.send(c).await.unwrap().response.event_id
+}
+
+/// A room `owner` makes, under `alias` if given (`#name:server`),
+/// inviting `invite`; end-to-end encrypted if `encrypted`.
+pub async fn create_room(
+    owner: &User,
+    alias: Option<&str>,
+    invite: Vec<OwnedUserId>,
+    encrypted: bool,
+) -> OwnedRoomId {
+    use matrix_sdk::ruma::events::InitialStateEvent;
+    use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+    let mut req = matrix_sdk::ruma::api::client::room::create_room::v3::Request::new();
+    req.room_alias_name = alias.and_then(|a| {
+        a.trim_start_matches('#')
+            .split(':')
+            .next()
+            .map(String::from)
+    });
+    req.invite = invite;
+    if encrypted {
+        req.initial_state = vec![
+            InitialStateEvent::with_empty_state_key(
+                RoomEncryptionEventContent::with_recommended_defaults(),
+            )
+            .to_raw_any(),
+        ];
+    }
+    owner
+        .client
+        .create_room(req)
+        .await
+        .unwrap()
+        .room_id()
+        .to_owned()
 }
 
 /// A unique suffix for names in this run.

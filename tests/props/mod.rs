@@ -78,6 +78,11 @@ pub const TARGETS: &[Target] = &[
         heavy: true,
     },
     Target {
+        name: "audit query strings (the web search, /audit.jsonl)",
+        run: audit_queries,
+        heavy: false,
+    },
+    Target {
         name: "web pages over arbitrary text",
         run: web_pages,
         heavy: true,
@@ -639,4 +644,33 @@ fn web_contexts(v: &mut dyn FnMut() -> String) -> Vec<(&'static str, minijinja::
             context! { heading => v(), text => v(), user => v() },
         ),
     ]
+}
+
+/// A query string of the audit's filters, from anyone holding a session
+/// or the export's token: any text in any key or value is a query or a
+/// refusal naming what it could not read, never a panic; a filter read
+/// holds the text as sent.
+pub fn audit_queries(cases: u32) {
+    let key = prop_oneof![
+        prop::sample::select(vec![
+            "user", "alias", "action", "request", "status", "event", "deployed"
+        ])
+        .prop_map(String::from),
+        text(),
+    ];
+    let bound = prop_oneof![any::<u64>().prop_map(|n| n.to_string()), text()];
+    run(cases, (key, text(), bound), |(key, value, bound)| {
+        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let q = format!(
+            "room={}&{}={}&before={}&since=2h",
+            enc(&value),
+            enc(&key),
+            enc(&value),
+            enc(&bound),
+        );
+        match airlock::http::export_query(&q, 1_800_000_000_000) {
+            Ok((parsed, _, _)) => assert_eq!(parsed.room.as_deref(), Some(value.as_str())),
+            Err(e) => assert!(!e.is_empty(), "{q}"),
+        }
+    });
 }

@@ -129,12 +129,19 @@ pub struct WebEntry {
     pub link: Option<String>,
 }
 
-/// A matrix.to link to `event` in `room`. Both are Matrix identifiers
-/// (no `/`, `?` or `#` in them), but they are percent-encoded anyway:
-/// the link must stay one link whatever the homeserver sent.
+/// A matrix.to link to `ids` (a room, then an event in it). They are
+/// Matrix identifiers (no `/`, `?` or `#` in them), but percent-encoded
+/// anyway, as the spec shows them: the link must stay one link whatever
+/// the homeserver sent.
+fn matrix_to(ids: &[&str]) -> String {
+    let enc = |s: &&str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let path: Vec<String> = ids.iter().map(enc).collect();
+    format!("https://matrix.to/#/{}", path.join("/"))
+}
+
+/// A matrix.to link to `event` in `room`.
 fn event_link(room: &str, event: &str) -> String {
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    format!("https://matrix.to/#/{}/{}", enc(room), enc(event))
+    matrix_to(&[room, event])
 }
 
 /// Text as it is, anything else as compact JSON.
@@ -151,10 +158,7 @@ impl WebRequest {
         let mut page = WebRequest {
             id: id.to_string(),
             room: room.to_string(),
-            room_link: format!(
-                "https://matrix.to/#/{}",
-                url::form_urlencoded::byte_serialize(room.as_bytes()).collect::<String>()
-            ),
+            room_link: matrix_to(&[room]),
             ..Default::default()
         };
         for e in entries {

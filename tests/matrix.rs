@@ -504,16 +504,13 @@ async fn devices(u: &User, who: &OwnedUserId) -> Vec<Option<String>> {
         .homeserver()
         .join("_matrix/client/v3/keys/query")
         .unwrap();
-    let r: serde_json::Value = reqwest::Client::new()
-        .post(url)
-        .bearer_auth(u.client.access_token().unwrap())
-        .json(&serde_json::json!({"device_keys": {who.as_str(): []}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = mx::json(
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(u.client.access_token().unwrap())
+            .json(&serde_json::json!({"device_keys": {who.as_str(): []}})),
+    )
+    .await;
     r["device_keys"][who.as_str()]
         .as_object()
         .unwrap()

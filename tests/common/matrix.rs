@@ -70,14 +70,7 @@ impl Homeserver {
     pub async fn register(&self, name: &str, password: &str) -> OwnedUserId {
         let http = reqwest::Client::new();
         let endpoint = format!("{}/_synapse/admin/v1/register", self.url);
-        let nonce: serde_json::Value = http
-            .get(&endpoint)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let nonce = json(http.get(&endpoint)).await;
         let nonce = nonce["nonce"].as_str().unwrap().to_string();
         let mut mac = Hmac::<sha1::Sha1>::new_from_slice(self.secret.as_bytes()).unwrap();
         mac.update(format!("{nonce}\0{name}\0{password}\0notadmin").as_bytes());
@@ -108,29 +101,21 @@ impl Homeserver {
     /// whatever a client of it believes.
     pub async fn joined_rooms(&self, user: &OwnedUserId, password: &str) -> Vec<String> {
         let http = reqwest::Client::new();
-        let login: serde_json::Value = http
-            .post(format!("{}/_matrix/client/v3/login", self.url))
-            .json(&serde_json::json!({
-                "type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": user.as_str()},
-                "password": password,
-            }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let login = json(
+            http.post(format!("{}/_matrix/client/v3/login", self.url))
+                .json(&serde_json::json!({
+                    "type": "m.login.password",
+                    "identifier": {"type": "m.id.user", "user": user.as_str()},
+                    "password": password,
+                })),
+        )
+        .await;
         let token = login["access_token"].as_str().expect("a login").to_string();
-        let joined: serde_json::Value = http
-            .get(format!("{}/_matrix/client/v3/joined_rooms", self.url))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let joined = json(
+            http.get(format!("{}/_matrix/client/v3/joined_rooms", self.url))
+                .bearer_auth(&token),
+        )
+        .await;
         http.post(format!("{}/_matrix/client/v3/logout", self.url))
             .bearer_auth(&token)
             .json(&serde_json::json!({}))
@@ -144,6 +129,11 @@ impl Homeserver {
             .map(|r| r.as_str().unwrap().to_string())
             .collect()
     }
+}
+
+/// The JSON a request answers with (the tests' requests must succeed).
+pub async fn json(r: reqwest::RequestBuilder) -> serde_json::Value {
+    r.send().await.unwrap().json().await.unwrap()
 }
 
 /// `u` says `body` in `room`; the event's ID.

@@ -170,24 +170,44 @@ fn every_query_finds_every_entry_once_across_the_tiers() {
             })
             .unwrap();
         assert_eq!(seqs(&since), (990..=1_050).collect::<Vec<_>>());
-        // Pages: the newest 100 below an entry, in either tier, and a
-        // viewer's own filter counted before the limit.
-        for before in [1_051, 1_020, 950, 601, 40] {
-            let page = s
-                .log
-                .query(&Query {
+        // Pages: the newest 100 below an entry, in either tier, through
+        // a sender's copies, a posting list or no index; and a viewer's
+        // own filter counted before the limit.
+        type Matches = fn(u64) -> bool;
+        let filters: [(Query, Matches); 3] = [
+            (
+                Query {
                     user: Some(ALICE.into()),
-                    before: Some(before),
-                    limit: Some(100),
                     ..Default::default()
-                })
-                .unwrap();
-            let want: Vec<u64> = (1..before).filter(|i| i % 3 == 0).collect();
-            assert_eq!(
-                seqs(&page),
-                want[want.len().saturating_sub(100)..],
-                "before {before}"
-            );
+                },
+                |i| i % 3 == 0,
+            ),
+            (
+                Query {
+                    room: Some("!dev:example.org".into()),
+                    ..Default::default()
+                },
+                |i| i % 7 == 0 && i > 600,
+            ),
+            (Query::default(), |_| true),
+        ];
+        for (filter, matches) in &filters {
+            for before in [1_051, 1_049, 1_020, 950, 601, 40, 1] {
+                let page = s
+                    .log
+                    .query(&Query {
+                        before: Some(before),
+                        limit: Some(100),
+                        ..filter.clone()
+                    })
+                    .unwrap();
+                let want: Vec<u64> = (1..before).filter(|i| matches(*i)).collect();
+                assert_eq!(
+                    seqs(&page),
+                    want[want.len().saturating_sub(100)..],
+                    "before {before} of {filter:?}"
+                );
+            }
         }
         // Any of some rooms: segments holding none of them (prod's end at
         // 600) are skipped, the rest read through their room postings.

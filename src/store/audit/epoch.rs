@@ -5,6 +5,10 @@
 use crate::store::kv::{self, Batch, Bytes, Db, Tree};
 use sha2::{Digest, Sha256};
 
+use super::chunks::{
+    CHUNK, CHUNK_BYTES, COPIES, ENTRIES, ENTRY_CHUNK_BYTES, Stored, add_to_chunks, chunk_key,
+    framed, holder, key_seq, unchunk,
+};
 use super::parallel::in_batches;
 use super::{AuditError, Entry, Head, Query, Verification, Walk};
 
@@ -33,17 +37,8 @@ pub(super) const BY_SENDER: u8 = b'U';
 /// Entries indexed per batch when an index is rebuilt.
 pub(super) const REBUILD_BATCH: u64 = 10_000;
 
-/// The prefix of the log's chunks of entries.
-pub(super) const CHUNK: &[u8] = b"c";
 /// An older airlock's entries, a key each: `e` + seq.
 pub(super) const OLD_ENTRY: &[u8] = b"e";
-
-/// The key of the chunk of entries that starts at `seq`.
-pub(super) fn chunk_key(seq: u64) -> [u8; 9] {
-    let mut k = [CHUNK[0]; 9];
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
 
 /// The most selective index query `q` can use: (tag, value).
 pub(super) fn query_index(q: &Query) -> Option<(u8, &str)> {
@@ -88,92 +83,6 @@ pub(super) fn copy_key(sender: &str, seq: u64) -> Vec<u8> {
     let mut k = index_prefix(BY_SENDER, sender);
     k.extend_from_slice(&seq.to_be_bytes());
     k
-}
-
-/// The seq in the last 8 bytes of a key (an entry's, a copy's) or of
-/// a stored seq (the watermark, a posting).
-pub(super) fn key_seq(key: &[u8]) -> u64 {
-    key.len()
-        .checked_sub(8)
-        .and_then(|at| key[at..].try_into().ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0)
-}
-
-/// A posting chunk grows to this many bytes (128 seqs) before the next
-/// starts. sled keeps a record of every page for the life of the process
-/// (and rebuilds it at every start), a page holding at most 16 keys: a
-/// chunk per (field, value) per append was three quarters of the keys a
-/// command wrote, and the bot's memory grew with them.
-pub(super) const CHUNK_BYTES: usize = 1024;
-
-/// A chunk of entries (the log's, a sender's copies) grows to about this
-/// many bytes, a few entries, before the next starts, for the same
-/// reason: a key per entry and per copy were ten keys a command. Each
-/// append rewrites the newest chunk, and sled rewrites whole pages, so a
-/// bigger chunk costs disk: measured over 30,000 commands, 2 KiB chunks
-/// took 1,030 MB on disk and 11 MiB at the next start, 4 KiB 1,185 MB and
-/// 10 MiB, a key each 704 MB and 31 MiB.
-pub(super) const ENTRY_CHUNK_BYTES: usize = 2048;
-
-/// An entry as a chunk holds it: seq, length, its stored bytes.
-pub(super) fn framed(seq: u64, bytes: &[u8]) -> Vec<u8> {
-    let mut r = Vec::with_capacity(12 + bytes.len());
-    r.extend_from_slice(&seq.to_be_bytes());
-    r.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    r.extend_from_slice(bytes);
-    r
-}
-
-/// The entries in `chunk`: (seq, where its bytes lie), oldest first; None
-/// if the chunk does not parse (cut or altered).
-pub(super) fn framed_in(chunk: &[u8]) -> Option<Vec<(u64, std::ops::Range<usize>)>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < chunk.len() {
-        let head = chunk.get(at..at + 12)?;
-        let seq = u64::from_be_bytes(head[..8].try_into().ok()?);
-        let len = u32::from_be_bytes(head[8..].try_into().ok()?) as usize;
-        let body = at + 12..at + 12 + len;
-        chunk.get(body.clone())?;
-        out.push((seq, body.clone()));
-        at = body.end;
-    }
-    Some(out)
-}
-
-/// Add `records` (seq, bytes; in seq order) to the chunks under `prefix`:
-/// to the newest while it is under `cap` bytes, then to new ones keyed by
-/// their first seq.
-pub(super) fn add_to_chunks(
-    tree: &Tree,
-    batch: &mut Batch,
-    prefix: &[u8],
-    records: &[(u64, Vec<u8>)],
-    cap: usize,
-) -> kv::Result<()> {
-    let newest = tree.scan_prefix(prefix).next_back().transpose()?;
-    let mut open = newest
-        .filter(|(_, old)| old.len() < cap)
-        .map(|(key, old)| (key.to_vec(), old.to_vec()));
-    for (seq, record) in records {
-        let chunk = match open.as_mut() {
-            Some((_, bytes)) if bytes.len() < cap => bytes,
-            _ => {
-                if let Some((key, bytes)) = open.take() {
-                    batch.insert(key, bytes);
-                }
-                let mut key = prefix.to_vec();
-                key.extend_from_slice(&seq.to_be_bytes());
-                &mut open.insert((key, Vec::new())).1
-            }
-        };
-        chunk.extend_from_slice(record);
-    }
-    if let Some((key, bytes)) = open {
-        batch.insert(key, bytes);
-    }
-    Ok(())
 }
 
 /// Index writes for `entries` (in seq order), stored as `stored`: each
@@ -455,6 +364,9 @@ impl Epoch {
         q: &Query,
         take: &mut dyn FnMut(Entry) -> bool,
     ) -> Result<(), AuditError> {
+        // A page far back names its bound: entries at or past it are
+        // skipped by their seq, never read or parsed.
+        let below = |seq: u64| q.before.is_none_or(|b| seq < b);
         match query_index(q) {
             Some((BY_SENDER, user)) => {
                 let mut copies = self
@@ -466,7 +378,12 @@ impl Epoch {
                             .map_err(AuditError::from)
                             .and_then(|kv| unchunk(kv, COPIES))
                         {
-                            Ok(v) => v.into_iter().rev().map(Ok).collect(),
+                            Ok(v) => v
+                                .into_iter()
+                                .rev()
+                                .filter(|(seq, _, _)| below(*seq))
+                                .map(Ok)
+                                .collect(),
                             Err(e) => vec![Err(e)],
                         }
                     });
@@ -483,15 +400,25 @@ impl Epoch {
                     .values()
                     .rev()
                     .flat_map(|chunk| match chunk {
-                        Ok(c) => c.chunks_exact(8).rev().map(|s| Ok(key_seq(s))).collect(),
+                        Ok(c) => c
+                            .chunks_exact(8)
+                            .rev()
+                            .map(key_seq)
+                            .filter(|s| below(*s))
+                            .map(Ok)
+                            .collect(),
                         Err(e) => vec![Err(AuditError::from(e))],
                     });
                 in_batches(&mut seqs, |s| self.read(*s), take)?;
             }
             None => {
-                'chunks: for kv in self.chunks_from(0)?.rev() {
+                // Chunks are keyed by their first seq: those starting
+                // past the bound are not read at all.
+                let last = q.before.map_or(u64::MAX, |b| b.saturating_sub(1));
+                let chunks = self.tree.range(chunk_key(0)..=chunk_key(last));
+                'chunks: for kv in chunks.rev() {
                     for (seq, chunk, at) in unchunk(kv?, ENTRIES)?.into_iter().rev() {
-                        if !take(parse(seq, &chunk[at])?) {
+                        if below(seq) && !take(parse(seq, &chunk[at])?) {
                             break 'chunks;
                         }
                     }
@@ -601,38 +528,6 @@ impl Epoch {
         }
         Ok(())
     }
-}
-
-/// An entry as stored: its seq, the chunk that holds it, where its bytes
-/// lie in the chunk.
-type Stored = (u64, Bytes, std::ops::Range<usize>);
-
-/// What a chunk of the log holds, as its errors name it.
-pub(super) const ENTRIES: &str = "entries";
-/// What a chunk filed under a sender holds.
-pub(super) const COPIES: &str = "copies for queries by user";
-
-/// The entries in chunk `(key, chunk)` (of the log, or of copies: `what`),
-/// oldest first.
-pub(super) fn unchunk((key, chunk): (Bytes, Bytes), what: &str) -> Result<Vec<Stored>, AuditError> {
-    let framed = framed_in(&chunk).ok_or_else(|| {
-        AuditError::Corrupt(
-            key_seq(&key),
-            format!("the chunk of {what} starting here is cut or altered"),
-        )
-    })?;
-    Ok(framed
-        .into_iter()
-        .map(|(seq, at)| (seq, chunk.clone(), at))
-        .collect())
-}
-
-/// The chunk of the log that holds entry `seq`, if any: the last to start
-/// at or before it.
-pub(super) fn holder(tree: &Tree, seq: u64) -> kv::Result<Option<(Bytes, Bytes)>> {
-    tree.range(chunk_key(0)..=chunk_key(seq))
-        .next_back()
-        .transpose()
 }
 
 /// Entry `seq`'s stored bytes replaced, in place, by what `edit` makes of

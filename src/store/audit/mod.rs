@@ -17,6 +17,7 @@ use crate::clock;
 use crate::requests::State;
 
 mod archive;
+mod chunks;
 mod epoch;
 mod event;
 mod log;
@@ -590,6 +591,7 @@ impl Verification {
 
 #[cfg(test)]
 mod tests {
+    use super::chunks::*;
     use super::epoch::*;
     use super::*;
 

@@ -110,7 +110,7 @@ impl Archive {
             .map(|kv| {
                 let (k, v) = kv?;
                 let m = serde_json::from_slice(&v).map_err(|e| {
-                    AuditError::Corrupt(super::epoch::key_seq(&k), format!("its manifest: {e}"))
+                    AuditError::Corrupt(super::chunks::key_seq(&k), format!("its manifest: {e}"))
                 })?;
                 Ok((m, v.to_vec()))
             })
@@ -124,7 +124,7 @@ impl Archive {
             Some(kv) => {
                 let (k, v) = kv?;
                 serde_json::from_slice(&v).map(Some).map_err(|e| {
-                    AuditError::Corrupt(super::epoch::key_seq(&k), format!("its manifest: {e}"))
+                    AuditError::Corrupt(super::chunks::key_seq(&k), format!("its manifest: {e}"))
                 })
             }
         }

@@ -132,7 +132,7 @@ impl Archive {
             let (k, bytes) = kv?;
             let m: Glance = serde_json::from_slice(&bytes).map_err(|e| {
                 AuditError::Corrupt(
-                    crate::store::audit::epoch::key_seq(&k),
+                    crate::store::audit::chunks::key_seq(&k),
                     format!("its manifest: {e}"),
                 )
             })?;

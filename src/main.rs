@@ -284,38 +284,45 @@ fn main() -> ExitCode {
             Some(AuditCmd::Prove { seq }) => cmd_prove(config, seq),
             Some(AuditCmd::CheckProof { file, root }) => cmd_check_proof(&file, root.as_deref()),
             Some(AuditCmd::WhoDeployed { pack }) => cmd_who_deployed(config, &pack),
-            None => since
-                .as_deref()
-                .map(|s| {
-                    clock::parse_since(s, airlock::wall::now_ms()).ok_or_else(|| {
-                        fail("--since: expected RFC 3339 (2026-11-24T18:00:00Z) or a span such as 2h")
-                    })
-                })
-                .transpose()
-                .and_then(|since| {
-                    let q = Query {
-                        user,
-                        room,
-                        alias,
-                        action,
-                        request,
-                        status,
-                        since,
-                        limit: if all { None } else { Some(limit.unwrap_or(100)) },
-                        event: None,
-                        deployed,
-                        before,
-                        rooms: None,
-                    };
-                    if follow {
-                        cmd_follow(config, &q, since)
+            None => since_arg(since.as_deref()).and_then(|since| {
+                let q = Query {
+                    user,
+                    room,
+                    alias,
+                    action,
+                    request,
+                    status,
+                    since,
+                    limit: if all {
+                        None
                     } else {
-                        cmd_audit(config, &q, json, jsonl)
-                    }
-                }),
+                        Some(limit.unwrap_or(100))
+                    },
+                    event: None,
+                    deployed,
+                    before,
+                    rooms: None,
+                };
+                if follow {
+                    cmd_follow(config, &q, since)
+                } else {
+                    cmd_audit(config, &q, json, jsonl)
+                }
+            }),
         },
     };
     outcome.unwrap_or_else(|code| code)
+}
+
+/// `airlock audit --since`: a time or a span back from now.
+fn since_arg(since: Option<&str>) -> Result<Option<u64>, ExitCode> {
+    since
+        .map(|s| {
+            clock::parse_since(s, airlock::wall::now_ms()).ok_or_else(|| {
+                fail("--since: expected RFC 3339 (2026-11-24T18:00:00Z) or a span such as 2h")
+            })
+        })
+        .transpose()
 }
 
 /// What a command returns: its exit code, or (as Err) the code of a

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{Archive, MANIFEST};
 use crate::store::audit::parallel::on_two_threads;
-use crate::store::audit::{AuditError, Entry, Query, epoch::parse};
+use crate::store::audit::{AuditError, Entry, Query, chunks::key_seq, epoch::parse};
 use crate::store::segment::Segment;
 
 /// What a query needs of a manifest to skip its segment, read without
@@ -130,12 +130,8 @@ impl Archive {
         let (mut batch_frames, mut batch_target) = (0, 4);
         for kv in self.meta.scan_prefix([MANIFEST]).rev() {
             let (k, bytes) = kv?;
-            let m: Glance = serde_json::from_slice(&bytes).map_err(|e| {
-                AuditError::Corrupt(
-                    crate::store::audit::chunks::key_seq(&k),
-                    format!("its manifest: {e}"),
-                )
-            })?;
+            let m: Glance = serde_json::from_slice(&bytes)
+                .map_err(|e| AuditError::Corrupt(key_seq(&k), format!("its manifest: {e}")))?;
             if q.since.is_some_and(|t| m.max_ts < t) {
                 break;
             }
@@ -146,52 +142,7 @@ impl Archive {
                 continue;
             }
             let s = self.open_segment(&m.segment, m.first, m.last)?;
-            let mut frames: Option<BTreeSet<u32>> = None;
-            for (fields, v) in [
-                (&["request"][..], &q.request),
-                (&["deployed"], &q.deployed),
-                (&["alias"], &q.alias),
-                (&["sender"], &q.user),
-                (&["room"], &q.room),
-                (&["action"], &q.action),
-                (&["event"], &q.event),
-                // A status filter matches an entry's status or its event.
-                (&["status", "event"], &q.status),
-            ] {
-                if let Some(v) = v {
-                    let mut hit = BTreeSet::new();
-                    for f in fields {
-                        hit.extend(
-                            s.postings(f, v)
-                                .map_err(|e| AuditError::Archive(e.to_string()))?,
-                        );
-                    }
-                    frames = Some(match frames {
-                        None => hit,
-                        Some(f) => f.intersection(&hit).copied().collect(),
-                    });
-                }
-            }
-            // Any of a viewer's rooms: the union of their posting lists.
-            if let Some(rooms) = &q.rooms {
-                let mut hit = BTreeSet::new();
-                for r in rooms {
-                    hit.extend(
-                        s.postings("room", r)
-                            .map_err(|e| AuditError::Archive(e.to_string()))?,
-                    );
-                }
-                frames = Some(match frames {
-                    None => hit,
-                    Some(f) => f.intersection(&hit).copied().collect(),
-                });
-            }
-            let wanted: Vec<usize> = (0..s.frames().len())
-                .filter(|i| {
-                    frames.as_ref().is_none_or(|f| f.contains(&(*i as u32)))
-                        && q.since.is_none_or(|t| s.frames()[*i].max_ts >= t)
-                })
-                .collect();
+            let wanted = wanted_frames(&s, q)?;
             if wanted.is_empty() {
                 continue;
             }
@@ -208,4 +159,53 @@ impl Archive {
         read_frames(pending, &filter, take)?;
         Ok(())
     }
+}
+
+/// The frames of segment `s` that may hold entries for `q`: those its
+/// posting lists name for each field `q` filters on (any of its rooms),
+/// and whose times reach `q.since`.
+fn wanted_frames(s: &Segment, q: &Query) -> Result<Vec<usize>, AuditError> {
+    // Each condition holds for a frame that any of its (field, value)
+    // postings names; a frame is wanted when every condition holds.
+    let mut conditions: Vec<Vec<(&str, &str)>> = [
+        (&["request"][..], &q.request),
+        (&["deployed"], &q.deployed),
+        (&["alias"], &q.alias),
+        (&["sender"], &q.user),
+        (&["room"], &q.room),
+        (&["action"], &q.action),
+        (&["event"], &q.event),
+        // A status filter matches an entry's status or its event.
+        (&["status", "event"], &q.status),
+    ]
+    .into_iter()
+    .filter_map(|(fields, v)| {
+        let v = v.as_deref()?;
+        Some(fields.iter().map(|f| (*f, v)).collect())
+    })
+    .collect();
+    // Any of a viewer's rooms.
+    if let Some(rooms) = &q.rooms {
+        conditions.push(rooms.iter().map(|r| ("room", r.as_str())).collect());
+    }
+    let mut frames: Option<BTreeSet<u32>> = None;
+    for any_of in conditions {
+        let mut hit = BTreeSet::new();
+        for (field, value) in any_of {
+            hit.extend(
+                s.postings(field, value)
+                    .map_err(|e| AuditError::Archive(e.to_string()))?,
+            );
+        }
+        frames = Some(match frames {
+            None => hit,
+            Some(f) => f.intersection(&hit).copied().collect(),
+        });
+    }
+    Ok((0..s.frames().len())
+        .filter(|i| {
+            frames.as_ref().is_none_or(|f| f.contains(&(*i as u32)))
+                && q.since.is_none_or(|t| s.frames()[*i].max_ts >= t)
+        })
+        .collect())
 }

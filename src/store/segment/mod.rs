@@ -561,6 +561,33 @@ impl Segment {
         })
     }
 
+    /// The smallest seq in each frame, in file order: one read of every
+    /// frame's seqs, for a page far back to skip the frames wholly past
+    /// its bound. A frame whose seqs cannot be read says 0, so it is read
+    /// and its error reported there.
+    pub fn frame_min_seqs(&self) -> Result<Vec<u64>, SegmentError> {
+        let raw = self.index_bytes(self.head.seqs.clone())?;
+        let start = self.head.seqs.start;
+        Ok(self
+            .head
+            .frames
+            .iter()
+            .map(|fr| {
+                fr.seqs
+                    .start
+                    .checked_sub(start)
+                    .zip(fr.seqs.end.checked_sub(start))
+                    .and_then(|(a, b)| raw.get(a..b))
+                    .and_then(|mine| {
+                        mine.chunks_exact(4)
+                            .map(|b| u32::from_le_bytes(b.try_into().expect("4")))
+                            .min()
+                    })
+                    .map_or(0, |d| self.footer.first + u64::from(d))
+            })
+            .collect())
+    }
+
     /// Every entry, in seq order.
     pub fn all(&self) -> Result<Vec<(u64, Vec<u8>)>, SegmentError> {
         let mut out = Vec::with_capacity(self.footer.count as usize);
@@ -642,6 +669,19 @@ mod tests {
         );
         assert!(alice.len() + bob.len() <= s.frames().len() + 1);
         assert!(s.postings("sender", "@nobody:x").unwrap().is_empty());
+        // Each frame's smallest seq, as its entries say.
+        let mins: Vec<u64> = (0..s.frames().len())
+            .map(|i| {
+                s.frame(i)
+                    .unwrap()
+                    .iter()
+                    .map(|(seq, _)| *seq)
+                    .min()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(s.frame_min_seqs().unwrap(), mins);
+        assert!(mins.iter().any(|m| *m > 1_000), "{mins:?}");
         let (f, l) = s.frame_of(3).unwrap();
         assert_eq!(s.frame(f).unwrap()[l].0, 3);
         assert_eq!(s.frame_of(2_001), None);

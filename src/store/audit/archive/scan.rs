@@ -142,7 +142,7 @@ impl Archive {
                 continue;
             }
             let s = self.open_segment(&m.segment, m.first, m.last)?;
-            let wanted = wanted_frames(&s, q)?;
+            let wanted = wanted_frames(&s, q, m.last)?;
             if wanted.is_empty() {
                 continue;
             }
@@ -163,8 +163,9 @@ impl Archive {
 
 /// The frames of segment `s` that may hold entries for `q`: those its
 /// posting lists name for each field `q` filters on (any of its rooms),
-/// and whose times reach `q.since`.
-fn wanted_frames(s: &Segment, q: &Query) -> Result<Vec<usize>, AuditError> {
+/// whose times reach `q.since`, and that hold an entry below `q.before`
+/// (the segment ends at entry `last`).
+fn wanted_frames(s: &Segment, q: &Query, last: u64) -> Result<Vec<usize>, AuditError> {
     // Each condition holds for a frame that any of its (field, value)
     // postings names; a frame is wanted when every condition holds.
     let mut conditions: Vec<Vec<(&str, &str)>> = [
@@ -202,10 +203,23 @@ fn wanted_frames(s: &Segment, q: &Query) -> Result<Vec<usize>, AuditError> {
             Some(f) => f.intersection(&hit).copied().collect(),
         });
     }
+    // A page's bound inside the segment: frames wholly past it are not
+    // read (the segment's order is by sender, so any frame may be).
+    let min_seqs = match q.before {
+        Some(b) if last >= b => Some(
+            s.frame_min_seqs()
+                .map_err(|e| AuditError::Archive(e.to_string()))?,
+        ),
+        _ => None,
+    };
     Ok((0..s.frames().len())
         .filter(|i| {
             frames.as_ref().is_none_or(|f| f.contains(&(*i as u32)))
                 && q.since.is_none_or(|t| s.frames()[*i].max_ts >= t)
+                && min_seqs
+                    .as_ref()
+                    .zip(q.before)
+                    .is_none_or(|(m, b)| m.get(*i).is_none_or(|first| *first < b))
         })
         .collect())
 }

@@ -74,6 +74,7 @@ impl Manifest {
     }
 }
 
+/// A segment's manifest's key: `m` + its first seq.
 fn manifest_key(first: u64) -> [u8; 9] {
     let mut k = [MANIFEST; 9];
     k[1..].copy_from_slice(&first.to_be_bytes());

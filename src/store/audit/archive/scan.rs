@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{Archive, MANIFEST};
+use super::{Archive, manifest_key};
 use crate::store::audit::parallel::on_two_threads;
 use crate::store::audit::{AuditError, Entry, Query, chunks::key_seq, epoch::parse};
 use crate::store::segment::Segment;
@@ -128,17 +128,17 @@ impl Archive {
         // reads on two threads.
         let mut pending: Vec<(Arc<Segment>, Vec<usize>)> = Vec::new();
         let (mut batch_frames, mut batch_target) = (0, 4);
-        for kv in self.meta.scan_prefix([MANIFEST]).rev() {
+        // Manifests are keyed by their first seq: those of segments
+        // starting past a page's bound are not read.
+        let last = q.before.map_or(u64::MAX, |b| b.saturating_sub(1));
+        for kv in self.meta.range(manifest_key(0)..=manifest_key(last)).rev() {
             let (k, bytes) = kv?;
             let m: Glance = serde_json::from_slice(&bytes)
                 .map_err(|e| AuditError::Corrupt(key_seq(&k), format!("its manifest: {e}")))?;
             if q.since.is_some_and(|t| m.max_ts < t) {
                 break;
             }
-            if !m.may_hold(q)
-                || q.before.is_some_and(|b| m.first >= b)
-                || self.pruned(m.first)?.is_some()
-            {
+            if !m.may_hold(q) || self.pruned(m.first)?.is_some() {
                 continue;
             }
             let s = self.open_segment(&m.segment, m.first, m.last)?;

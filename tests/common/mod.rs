@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -515,12 +515,28 @@ pub fn bodies(sent: &[Sent]) -> String {
         .join("\n---\n")
 }
 
+/// A free port for a server a test starts, taken below the kernel's
+/// ephemeral range (32768 on). A port from that range (bind to 0, then
+/// close) can be handed to any new socket before the server binds it: the
+/// Temporal dev server binds ephemeral ports of its own, and every
+/// outgoing connection takes one as its local port (the bot's http
+/// listener once lost its port that way). Below the range only tests
+/// choose ports: a counter per process, from a base its pid picks, and a
+/// bind to check nobody holds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 1000) as u16 * 10,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 /// A TCP proxy on loopback in front of a server that can be made to fail:

@@ -4,7 +4,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 /// The `temporal` binary, from AIRLOCK_TEST_TEMPORAL (scripts/test sets it).
@@ -32,7 +31,7 @@ impl Server {
         Server {
             bin: bin.to_path_buf(),
             child: None,
-            port: port(),
+            port: super::free_port(),
             db: dir.join("temporal.db"),
         }
     }
@@ -50,7 +49,7 @@ impl Server {
 
     /// Start it and wait until it serves.
     pub fn up(&mut self) {
-        let (http, metrics) = (port(), port());
+        let (http, metrics) = (super::free_port(), super::free_port());
         let child = Command::new(&self.bin)
             .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1"])
             .args(["--port", &self.port.to_string()])
@@ -106,26 +105,6 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.down();
-    }
-}
-
-/// A free port below the kernel's ephemeral range. The dev server binds
-/// its internal services to ephemeral ports of its own choosing, so a port
-/// taken from that range (bind to 0) could be handed to another test's
-/// server between choosing it and starting ours.
-fn port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20_000 + (std::process::id() % 1000) as u16 * 10,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
     }
 }
 

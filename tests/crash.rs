@@ -439,8 +439,12 @@ fn sealing_killed_at_each_step_loses_and_repeats_nothing() {
             "{point}: {}",
             String::from_utf8_lossy(&verify.stdout)
         );
+        // The kill comes at the first sealing, which needs a full epoch
+        // of 10 entries; how many of the 30 commands ran before the
+        // ticker's first sealing depends on the machine's load (once 30
+        // entries, under CI's).
         let seqs = jsonl_seqs(&site.export());
-        assert!(seqs.len() > 30, "{point}: {} entries", seqs.len());
+        assert!(seqs.len() > 10, "{point}: {} entries", seqs.len());
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{point}");
         let db = site.db();
         let archive = site.dir.join("data/audit");

@@ -604,7 +604,19 @@ impl Segment {
         let Some((n, section)) = self.head.section(field) else {
             return Ok(Vec::new());
         };
-        let mut list = index::lookup(&self.index_bytes(section)?, n, value);
+        // Read in pieces, each within the section; an unreadable piece
+        // finds nothing, and the frames a list names are checked below.
+        let mut failed = None;
+        let mut list = index::lookup_in(n, value, &mut |r| {
+            if r.end > section.len() {
+                return None;
+            }
+            let at = section.start + r.start..section.start + r.end;
+            self.index_bytes(at).map_err(|e| failed = Some(e)).ok()
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
         list.retain(|f| (*f as usize) < self.head.frames.len());
         Ok(list)
     }

@@ -18,6 +18,10 @@ use std::time::Duration;
 
 use common::*;
 use fantoccini::{ClientBuilder, Locator};
+use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
+
+/// How long a Synapse scene waits for what the bot or a client does.
+const WAIT: Duration = Duration::from_secs(30);
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -237,7 +241,6 @@ const NOT_FOUND: &str = "There is no such page, or nothing here you may see.";
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_synapse_the_dm_link_signs_in_and_pages_show_only_the_users_rooms() {
     const PW: &str = "correct horse battery staple";
-    const WAIT: Duration = Duration::from_secs(30);
     let Some(hs) = mx::Homeserver::from_env() else {
         return;
     };
@@ -399,22 +402,7 @@ rules:
 
     // `!web`: the bot opens a direct room with alice; her client joins it
     // and reads the link there, never in the ops room.
-    mx::say(alice, &ops_room, "!web").await;
-    let invited = mx::eventually("the bot's invite to a direct room", WAIT, || async {
-        alice
-            .client
-            .invited_rooms()
-            .into_iter()
-            .next()
-            .map(|r| r.room_id().to_owned())
-    })
-    .await;
-    alice.join(&invited).await;
-    let dm = alice
-        .wait_for("the sign-in link", WAIT, |x| {
-            x.sender == bot && x.room == invited && x.body.contains("/web/login?token=")
-        })
-        .await;
+    let (invited, dm) = ask_for_link(alice, &ops_room, &bot, None).await;
     let at = dm.body.find(&format!("{base}/web/login?token=")).unwrap();
     let link = dm.body[at..].split_whitespace().next().unwrap().to_string();
     alice
@@ -513,25 +501,38 @@ rules:
 
     // Alice leaves the direct room: the next link comes in a new one.
     alice.room(&invited).await.leave().await.unwrap();
-    mx::say(alice, &ops_room, "!web").await;
-    let again = mx::eventually("a new direct room", WAIT, || async {
-        alice
-            .client
-            .invited_rooms()
-            .into_iter()
-            .map(|r| r.room_id().to_owned())
-            .find(|r| *r != invited)
-    })
-    .await;
-    alice.join(&again).await;
-    alice
-        .wait_for("a second sign-in link", WAIT, |x| {
-            x.sender == bot && x.room == again && x.body.contains("/web/login?token=")
-        })
-        .await;
+    let (again, _) = ask_for_link(alice, &ops_room, &bot, Some(&invited)).await;
     // …and the bot left the room she had left (as the bot's account sees
     // it, from a login of its own).
     let rooms = hs.joined_rooms(&bot, PW).await;
     assert!(rooms.contains(&again.to_string()), "{rooms:?}");
     assert!(!rooms.contains(&invited.to_string()), "{rooms:?}");
+}
+
+/// `!web` from `alice` in `ops_room`: the direct room the bot invites her
+/// to (other than `not`), which she joins, and the sign-in link's message
+/// there.
+async fn ask_for_link(
+    alice: &mx::User,
+    ops_room: &OwnedRoomId,
+    bot: &OwnedUserId,
+    not: Option<&OwnedRoomId>,
+) -> (OwnedRoomId, mx::Seen) {
+    mx::say(alice, ops_room, "!web").await;
+    let room = mx::eventually("the bot's invite to a direct room", WAIT, || async {
+        alice
+            .client
+            .invited_rooms()
+            .into_iter()
+            .map(|r| r.room_id().to_owned())
+            .find(|r| Some(r) != not)
+    })
+    .await;
+    alice.join(&room).await;
+    let dm = alice
+        .wait_for("the sign-in link", WAIT, |x| {
+            x.sender == *bot && x.room == room && x.body.contains("/web/login?token=")
+        })
+        .await;
+    (room, dm)
 }
